@@ -1,0 +1,65 @@
+"""The ``om3db`` command. Library errors become one ``Error: ...`` line and exit code 1, here only."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+
+from om3db.errors import Om3dbError
+
+app = typer.Typer(
+    name="om3db",
+    help="Open-vocabulary 3D scene database: ingest RGB-D scans, search object instances by text or image.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+
+@app.callback()
+def _root() -> None:
+    """Open-vocabulary 3D scene database: ingest RGB-D scans, search object instances by text or image."""
+
+
+# Each module adds its commands to `app` when imported; they stay import-light (no torch at import).
+_COMMAND_MODULES = ["synth_cmd", "db_cmds", "eval_cmd"]
+for _name in _COMMAND_MODULES:
+    try:
+        importlib.import_module(f"{__package__}.{_name}").register(app)
+    except ModuleNotFoundError as exc:  # a command module not written yet
+        if exc.name != f"{__package__}.{_name}":
+            raise
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the app, turning om3db errors into ``Error: ...`` and exit status 1."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except Om3dbError as exc:
+        typer.echo(f"Error: {exc}", err=True)
+        return 1
+    except typer.Abort:
+        typer.echo("Aborted.", err=True)
+        return 1
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    except Exception as exc:  # click usage errors
+        import click  # noqa: PLC0415
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            return exc.exit_code
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+def run() -> None:
+    """Console-script wrapper around :func:`main`."""
+    sys.exit(main())

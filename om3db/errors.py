@@ -1,0 +1,78 @@
+"""One hierarchy of typed errors. Every message names the file / scan / instance and the fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = [
+    "Om3dbError",
+    "ConfigError",
+    "ScanError",
+    "MaskFileError",
+    "ModelLoadError",
+    "StoreError",
+    "SchemaOutOfDateError",
+    "EncoderMismatchError",
+    "NotFoundError",
+    "DatabaseBusyError",
+    "EvaluationError",
+]
+
+
+class Om3dbError(Exception):
+    """Base class of every error om3db raises on purpose."""
+
+
+class ConfigError(Om3dbError, ValueError):
+    """An option or configuration value is invalid."""
+
+
+class ScanError(Om3dbError):
+    """A scan on disk is missing something or holds something unreadable.
+
+    ``path`` is the offending file or folder; the message is ``"<path>: <problem>. <fix>"``.
+    """
+
+    def __init__(self, path: str | Path, problem: str, fix: str = "") -> None:
+        self.path = Path(path)
+        self.problem = problem
+        self.fix = fix
+        message = f"{self.path}: {problem}"
+        if fix:
+            message += f". {fix}"
+        super().__init__(message)
+
+
+class MaskFileError(ScanError):
+    """A class-agnostic mask file cannot be used."""
+
+
+class ModelLoadError(Om3dbError):
+    """A model checkpoint could not be found or loaded."""
+
+
+class StoreError(Om3dbError):
+    """The database or its vector indexes cannot be used as asked."""
+
+
+class SchemaOutOfDateError(StoreError):
+    """The database schema is older (or newer) than this version of om3db expects."""
+
+
+class EncoderMismatchError(StoreError):
+    """A query or an ingest uses another encoder than the one a vector space was built with."""
+
+
+class NotFoundError(StoreError, KeyError):
+    """A scan or instance named by the user is not in the database."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class DatabaseBusyError(StoreError):
+    """Another process holds the write lock of the database."""
+
+
+class EvaluationError(Om3dbError):
+    """Predictions and ground truth cannot be evaluated together."""

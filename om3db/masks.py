@@ -1,0 +1,109 @@
+"""Class-agnostic 3D mask files: OpenMask3D's ``<scan>_masks.pt`` (a torch-saved numpy array,
+points x masks), ``.npy`` or ``.npz``. Pickles are loaded without executing code."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from .errors import MaskFileError
+
+__all__ = ["find_mask_file", "load_masks", "save_masks"]
+
+_SAVE_FIX = "Save the masks as a points x masks 0/1 array with numpy.save (.npy)"
+
+
+def find_mask_file(root: Path) -> Path | None:
+    """``<name>_masks.pt|.npy|.npz`` in the scan folder, else the only ``*_masks.*`` there, else None."""
+    for ext in (".pt", ".npy", ".npz"):
+        p = root / f"{root.name}_masks{ext}"
+        if p.is_file():
+            return p
+    found = sorted(p for p in root.glob("*_masks.*") if p.suffix in (".pt", ".npy", ".npz"))
+    if len(found) > 1:
+        raise MaskFileError(root, f"several mask files: {[p.name for p in found]}", "Pass masks=PATH to choose one")
+    return found[0] if found else None
+
+
+def _load_torch(path: Path) -> object:
+    import pickle  # noqa: PLC0415
+
+    import torch  # noqa: PLC0415
+
+    # numpy arrays in a weights_only pickle need these reconstructors allow-listed; nothing else runs.
+    allowed = [np.ndarray, np.dtype, np.core.multiarray._reconstruct] if hasattr(np, "core") else []
+    allowed += [type(np.dtype(t)) for t in ("float16", "float32", "float64", "bool", "uint8", "int32", "int64")]
+    try:
+        from numpy._core.multiarray import _reconstruct  # noqa: PLC0415
+
+        allowed.append(_reconstruct)
+    except ImportError:  # numpy < 2
+        pass
+    try:
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise MaskFileError(
+            path,
+            f"refused to load: the pickle asks to run code or build objects that are not arrays ({str(exc).splitlines()[0]})",
+            _SAVE_FIX,
+        ) from exc
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
+        raise MaskFileError(path, f"not a readable torch file ({exc})", _SAVE_FIX) from exc
+
+
+def load_masks(path: str | Path, *, num_points: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Load a mask file. Returns (N, M) bool masks and (M,) float32 scores (None when absent)."""
+    path = Path(path)
+    if not path.is_file():
+        raise MaskFileError(path, "mask file not found", _SAVE_FIX)
+    scores = None
+    try:
+        if path.suffix == ".pt":
+            arr = _load_torch(path)
+            if hasattr(arr, "numpy"):
+                arr = arr.numpy()
+        elif path.suffix == ".npy":
+            arr = np.load(path, allow_pickle=False)
+        elif path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                keys = list(z.keys())
+                key = "masks" if "masks" in keys else (keys[0] if len(keys) == 1 else None)
+                if key is None:
+                    raise MaskFileError(path, f"npz holds {keys} and no 'masks' array", "Store the masks under the key 'masks'")
+                arr = z[key]
+                if "scores" in keys:
+                    scores = np.asarray(z["scores"], dtype=np.float32)
+        else:
+            raise MaskFileError(path, f"unknown mask file type {path.suffix!r}", "Use .pt, .npy or .npz")
+    except ValueError as exc:  # allow_pickle=False refusing an object array, or a corrupt header
+        raise MaskFileError(path, f"cannot be read as a plain array ({exc})", _SAVE_FIX) from exc
+    if not isinstance(arr, np.ndarray):
+        raise MaskFileError(path, f"holds a {type(arr).__name__}, not an array", _SAVE_FIX)
+    if arr.ndim == 1:
+        arr = arr[:, None]
+    if arr.ndim != 2:
+        raise MaskFileError(path, f"masks must be 2-D (points x masks), got shape {arr.shape}", _SAVE_FIX)
+    if arr.shape[0] != num_points:
+        hint = " (it looks transposed: masks x points)" if arr.shape[1] == num_points else ""
+        raise MaskFileError(
+            path,
+            f"mask rows ({arr.shape[0]}) do not match the point count of the scene PLY ({num_points}){hint}",
+            "Masks must have one row per PLY vertex, in file order",
+        )
+    if arr.dtype != bool:
+        if not np.all(np.isfinite(arr)) or not np.isin(arr, (0, 1)).all():
+            raise MaskFileError(path, "masks must hold only 0 and 1", _SAVE_FIX)
+        arr = arr.astype(bool)
+    if scores is not None and scores.shape != (arr.shape[1],):
+        raise MaskFileError(path, f"scores shape {scores.shape} does not match {arr.shape[1]} masks", "Store one score per mask")
+    return arr, scores
+
+
+def save_masks(path: str | Path, masks: np.ndarray) -> None:
+    """Write masks in OpenMask3D's format: ``torch.save`` of a float16 points x masks numpy array."""
+    import torch  # noqa: PLC0415
+
+    torch.save(np.ascontiguousarray(masks, dtype=np.float16), Path(path))

@@ -1,0 +1,385 @@
+"""Read a scan in the ScanNet / OpenMask3D layout (see docs/data-conventions.md).
+
+``read_scan`` validates the whole folder (file presence, pose matrices, image headers, intrinsics,
+mask shape) before returning; frames are decoded lazily. Every problem raises :class:`ScanError`
+naming the file and the fix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from .camera import Intrinsics
+from .errors import ConfigError, ScanError
+from .masks import find_mask_file, load_masks
+
+__all__ = ["Frame", "SkippedFrame", "Scan", "read_scan", "PoseConvention"]
+
+PoseConvention = Literal["opencv", "opengl"]
+COLOR_EXTS = (".jpg", ".jpeg", ".png")
+_INT_STEM = re.compile(r"^\d+$")
+# OpenGL / ARKit camera axes (x right, y up, z backward) -> OpenCV (x right, y down, z forward)
+_GL_TO_CV = np.diag([1.0, -1.0, -1.0, 1.0])
+RIGID_TOL = 1e-3
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One usable RGB-D frame. Images are decoded on demand."""
+
+    frame_id: int
+    """Integer stem of the file names (``color/000120.jpg`` -> 120)."""
+    color_path: Path
+    depth_path: Path
+    pose_path: Path
+    pose: np.ndarray = field(repr=False)
+    """(4, 4) float64 camera-to-world, OpenCV camera axes (x right, y down, z forward), metres."""
+    depth_scale: float = 1000.0
+    """Raw uint16 depth units per metre."""
+
+    @property
+    def world_to_camera(self) -> np.ndarray:
+        """(4, 4) float64 inverse of :attr:`pose`."""
+        return np.linalg.inv(self.pose)
+
+    def color(self) -> np.ndarray:
+        """(H, W, 3) uint8 RGB at colour resolution."""
+        img = _open_image(self.color_path)
+        try:
+            return np.asarray(img.convert("RGB"))
+        except OSError as exc:
+            raise ScanError(self.color_path, f"image is truncated or corrupt ({exc})", _REEXPORT) from exc
+
+    def depth(self) -> np.ndarray:
+        """(h, w) float32 depth in metres at depth resolution; 0 means no measurement."""
+        img = _open_image(self.depth_path)
+        try:
+            raw = np.asarray(img)
+        except OSError as exc:
+            raise ScanError(self.depth_path, f"image is truncated or corrupt ({exc})", _REEXPORT) from exc
+        if raw.dtype not in (np.uint16, np.int32, np.uint32, np.int16):
+            raise ScanError(self.depth_path, f"depth is not 16-bit (dtype {raw.dtype})", _DEPTH_FIX)
+        return raw.astype(np.float32) / np.float32(self.depth_scale)
+
+
+@dataclass(frozen=True)
+class SkippedFrame:
+    """A frame present on disk that cannot be used, and why."""
+
+    frame_id: int
+    path: Path
+    reason: str
+
+
+@dataclass(frozen=True)
+class Scan:
+    """A validated scan: scene points in PLY file order, frames, cameras and optional masks."""
+
+    name: str
+    path: Path
+    ply_path: Path
+    points: np.ndarray = field(repr=False)
+    """(N, 3) float32 world coordinates in metres, PLY vertex order."""
+    colors: np.ndarray = field(repr=False)
+    """(N, 3) uint8 RGB per point (zeros when the PLY has no colours)."""
+    frames: tuple[Frame, ...] = field(repr=False)
+    """Usable frames after the frame step, sorted by id."""
+    skipped: tuple[SkippedFrame, ...] = field(repr=False)
+    """Frames dropped (non-finite or non-rigid pose), counted for the ingest report."""
+    color_intrinsics: Intrinsics
+    """Pinhole camera at colour resolution (crops are cut here)."""
+    depth_intrinsics: Intrinsics
+    """Pinhole camera at depth resolution (visibility is computed here)."""
+    depth_scale: float
+    frame_step: int
+    masks: np.ndarray | None = field(default=None, repr=False)
+    """(N, M) bool class-agnostic masks, or None when the scan has no mask file."""
+    mask_scores: np.ndarray | None = field(default=None, repr=False)
+    """(M,) float32 proposal scores when the mask file provides them."""
+    mask_path: Path | None = None
+    frames_on_disk: int = 0
+    """Frames found on disk before the frame step."""
+
+    @property
+    def num_points(self) -> int:
+        return int(self.points.shape[0])
+
+    def frame(self, frame_id: int) -> Frame:
+        for f in self.frames:
+            if f.frame_id == frame_id:
+                return f
+        raise KeyError(f"scan {self.name!r} has no usable frame {frame_id}")
+
+    def mesh(self):
+        """The PLY as an open3d TriangleMesh (faces may be empty for a point cloud)."""
+        from ._o3d import open3d  # noqa: PLC0415
+
+        return open3d().io.read_triangle_mesh(str(self.ply_path))
+
+    def fingerprint(self) -> str:
+        """sha256 over the PLY, masks, poses and intrinsics contents and every image's name and size.
+
+        Changes when any input that ingest reads changes; cheap enough to compute on every ingest.
+        """
+        h = hashlib.sha256()
+        for p in (self.ply_path, self.mask_path):
+            if p is not None:
+                h.update(p.name.encode())
+                with open(p, "rb") as fh:
+                    for chunk in iter(lambda: fh.read(1 << 20), b""):
+                        h.update(chunk)
+        for p in sorted((self.path / "intrinsic").glob("*.txt")):
+            h.update(p.name.encode() + p.read_bytes())
+        for f in self.frames:
+            h.update(f"{f.frame_id}:{f.color_path.stat().st_size}:{f.depth_path.stat().st_size}".encode())
+            h.update(np.ascontiguousarray(f.pose).tobytes())
+        return h.hexdigest()
+
+
+_REEXPORT = "Re-export the frame or delete its colour, depth and pose files"
+_DEPTH_FIX = "Depth must be a single-channel 16-bit PNG (mode I;16) holding depth_scale units per metre"
+
+
+def _open_image(path: Path):
+    from PIL import Image, UnidentifiedImageError  # noqa: PLC0415
+
+    try:
+        return Image.open(path)
+    except FileNotFoundError as exc:
+        raise ScanError(path, "file not found", _REEXPORT) from exc
+    except (UnidentifiedImageError, OSError) as exc:
+        raise ScanError(path, f"not a readable image ({exc})", _REEXPORT) from exc
+
+
+def _index_frames(folder: Path, exts: tuple[str, ...]) -> dict[int, Path]:
+    if not folder.is_dir():
+        raise ScanError(folder, "folder is missing", "A scan needs color/, depth/, pose/ and intrinsic/ folders")
+    found: dict[int, Path] = {}
+    for p in folder.iterdir():
+        if p.suffix.lower() not in exts or not _INT_STEM.match(p.stem):
+            continue
+        fid = int(p.stem)
+        if fid in found:
+            raise ScanError(p, f"frame id {fid} appears twice (also {found[fid].name})", "Keep one file per frame id")
+        found[fid] = p
+    return found
+
+
+def _read_matrix(path: Path, what: str) -> np.ndarray:
+    try:
+        m = np.loadtxt(path, dtype=np.float64, ndmin=2)
+    except (ValueError, OSError) as exc:
+        raise ScanError(path, f"{what} is not a numeric matrix ({exc})", f"Write the {what} as 4 rows of 4 numbers") from exc
+    if m.shape != (4, 4):
+        raise ScanError(path, f"{what} is not 4x4 (shape {m.shape[0]}x{m.shape[1]})", f"Write the {what} as 4 rows of 4 numbers")
+    return m
+
+
+def _pose_problem(pose: np.ndarray) -> str | None:
+    if not np.all(np.isfinite(pose)):
+        return "pose is not finite (contains inf or nan)"
+    r = pose[:3, :3]
+    if (
+        np.abs(r @ r.T - np.eye(3)).max() > RIGID_TOL
+        or abs(np.linalg.det(r) - 1.0) > RIGID_TOL
+        or np.abs(pose[3] - [0, 0, 0, 1]).max() > RIGID_TOL
+    ):
+        return "pose is not rigid (rotation not orthonormal with det 1, or last row not 0 0 0 1)"
+    return None
+
+
+def _find_ply(root: Path, name: str) -> Path:
+    candidates = [root / f"{name}.ply", *sorted(root.glob("*_vh_clean_2.ply"))]
+    for c in candidates:
+        if c.is_file():
+            return c
+    plys = sorted(root.glob("*.ply"))
+    if len(plys) == 1:
+        return plys[0]
+    if not plys:
+        raise ScanError(root, "no scene point cloud (.ply) found", f"Put the scene points in {root / (name + '.ply')}")
+    raise ScanError(root, f"several .ply files and none named {name}.ply: {[p.name for p in plys]}", "Pass ply=PATH to choose one")
+
+
+def _read_ply(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    from ._o3d import open3d  # noqa: PLC0415
+
+    o3d = open3d()
+    pcd = o3d.io.read_point_cloud(str(path), format="ply")
+    pts = np.asarray(pcd.points, dtype=np.float32)
+    if pts.shape[0] == 0:
+        raise ScanError(path, "PLY has no vertices or cannot be parsed", "Export the scene as a PLY with x, y, z vertex properties")
+    if not np.all(np.isfinite(pts)):
+        raise ScanError(path, "PLY has non-finite vertex coordinates", "Remove or fix the nan/inf vertices")
+    if pcd.has_colors():
+        cols = np.clip(np.rint(np.asarray(pcd.colors) * 255.0), 0, 255).astype(np.uint8)
+    else:
+        cols = np.zeros_like(pts, dtype=np.uint8)
+    return pts, cols
+
+
+def _image_size(path: Path) -> tuple[int, int, str]:
+    img = _open_image(path)
+    return img.size[0], img.size[1], img.mode
+
+
+def read_scan(
+    path: str | Path,
+    *,
+    frame_step: int = 1,
+    depth_scale: float = 1000.0,
+    pose_convention: PoseConvention = "opencv",
+    masks: str | Path | bool | None = True,
+    ply: str | Path | None = None,
+    check_all_images: bool = True,
+) -> Scan:
+    """Read and validate a scan folder.
+
+    frame_step: keep every n-th frame in sorted id order (OpenMask3D's ``frequency``).
+    depth_scale: raw depth units per metre (1000 for ScanNet / 7-Scenes, 6553.5 for Replica).
+    pose_convention: camera axes of the pose files; "opengl" (also ARKit, PolyCam) is converted.
+    masks: True to load ``<scan>_masks.pt`` / ``.npy`` / ``.npz`` when present, a path to load that
+        file, False/None to ignore masks.
+    ply: the scene point cloud; default ``<name>.ply``, ``*_vh_clean_2.ply`` or the only ``.ply``.
+    check_all_images: read every image header (size, bit depth); False checks only the first frame.
+    """
+    root = Path(path)
+    if frame_step < 1:
+        raise ConfigError(f"frame_step must be >= 1, got {frame_step}")
+    if not depth_scale > 0:
+        raise ConfigError(f"depth_scale must be > 0, got {depth_scale}")
+    if pose_convention not in ("opencv", "opengl"):
+        raise ConfigError(f"pose_convention must be 'opencv' or 'opengl', got {pose_convention!r}")
+    if not root.is_dir():
+        raise ScanError(root, "scan folder not found", "Pass the folder that holds color/, depth/, pose/ and intrinsic/")
+    if not any(root.iterdir()):
+        raise ScanError(root, "scan folder is empty", "A scan needs color/, depth/, pose/, intrinsic/ and a .ply")
+    name = root.name
+
+    intr_path = root / "intrinsic" / "intrinsic_color.txt"
+    if not intr_path.is_file():
+        raise ScanError(intr_path, "colour intrinsics are missing", "Write the 4x4 colour camera matrix there (only [:3,:3] is used)")
+    k_color = _read_matrix(intr_path, "intrinsic matrix")
+    k_depth_path = root / "intrinsic" / "intrinsic_depth.txt"
+    k_depth = _read_matrix(k_depth_path, "intrinsic matrix") if k_depth_path.is_file() else None
+
+    colors = _index_frames(root / "color", COLOR_EXTS)
+    depths = _index_frames(root / "depth", (".png",))
+    poses = _index_frames(root / "pose", (".txt",))
+    if not colors and not depths:
+        raise ScanError(root / "color", "no frames found", "Frames are color/<id>.jpg|png, depth/<id>.png, pose/<id>.txt")
+    _check_same_ids(root, colors, depths, poses)
+
+    ids = sorted(colors)
+    on_disk = len(ids)
+    ids = ids[::frame_step]
+
+    # Image sizes: every header (cheap) so a bad frame is caught before any work.
+    check_ids = ids if check_all_images else ids[:1]
+    c_size = d_size = None
+    for fid in check_ids:
+        cw, ch, _ = _image_size(colors[fid])
+        dw, dh, dmode = _image_size(depths[fid])
+        if dmode not in ("I;16", "I;16B", "I;16L", "I"):
+            raise ScanError(depths[fid], f"depth is not 16-bit (PIL mode {dmode})", _DEPTH_FIX)
+        if c_size is None:
+            c_size, d_size = (cw, ch), (dw, dh)
+        elif (cw, ch) != c_size:
+            raise ScanError(colors[fid], f"colour size {cw}x{ch} differs from the first frame's {c_size[0]}x{c_size[1]}", "All colour frames must share one resolution")
+        elif (dw, dh) != d_size:
+            raise ScanError(depths[fid], f"depth size {dw}x{dh} differs from the first frame's {d_size[0]}x{d_size[1]}", "All depth frames must share one resolution")
+
+    color_intr = Intrinsics.from_matrix(k_color, *c_size)
+    if k_depth is not None:
+        depth_intr = Intrinsics.from_matrix(k_depth, *d_size)
+    else:
+        depth_intr = color_intr.scaled_to(*d_size)
+
+    frames: list[Frame] = []
+    skipped: list[SkippedFrame] = []
+    for fid in ids:
+        pose = _read_matrix(poses[fid], "pose")
+        problem = _pose_problem(pose)
+        if problem is not None:
+            skipped.append(SkippedFrame(fid, poses[fid], problem))
+            continue
+        if pose_convention == "opengl":
+            pose = pose @ _GL_TO_CV
+        frames.append(Frame(fid, colors[fid], depths[fid], poses[fid], pose, depth_scale))
+    if not frames:
+        raise ScanError(root / "pose", f"no usable frame: all {len(ids)} poses are non-finite or non-rigid", "Check the pose export")
+
+    ply_path = Path(ply) if ply is not None else _find_ply(root, name)
+    if not ply_path.is_file():
+        raise ScanError(ply_path, "point cloud file not found", "Pass an existing .ply")
+    points, point_colors = _read_ply(ply_path)
+
+    mask_path = None
+    mask_arr = mask_scores = None
+    if masks is not None and masks is not False:
+        mask_path = find_mask_file(root) if masks is True else Path(masks)
+        if mask_path is not None:
+            mask_arr, mask_scores = load_masks(mask_path, num_points=points.shape[0])
+
+    return Scan(
+        name=name,
+        path=root,
+        ply_path=ply_path,
+        points=points,
+        colors=point_colors,
+        frames=tuple(frames),
+        skipped=tuple(skipped),
+        color_intrinsics=color_intr,
+        depth_intrinsics=depth_intr,
+        depth_scale=float(depth_scale),
+        frame_step=frame_step,
+        masks=mask_arr,
+        mask_scores=mask_scores,
+        mask_path=mask_path,
+        frames_on_disk=on_disk,
+    )
+
+
+def _check_same_ids(root: Path, colors: dict, depths: dict, poses: dict) -> None:
+    for folder, have in (("depth", depths), ("pose", poses)):
+        if set(have) == set(colors):
+            continue
+        missing = sorted(set(colors) - set(have))
+        extra = sorted(set(have) - set(colors))
+        detail = []
+        if missing:
+            detail.append(f"no {folder} for frame ids {_id_list(missing)}")
+        if extra:
+            detail.append(f"no colour for frame ids {_id_list(extra)}")
+        raise ScanError(
+            root / folder,
+            f"colour and {folder} frame counts differ ({len(colors)} colour, {len(have)} {folder}): " + "; ".join(detail),
+            "Every frame id needs color/<id>, depth/<id>.png and pose/<id>.txt",
+        )
+
+
+def _id_list(ids: list[int], limit: int = 8) -> str:
+    head = ", ".join(str(i) for i in ids[:limit])
+    return head + (f", ... ({len(ids)} in all)" if len(ids) > limit else "")
+
+
+def is_scan_dir(path: Path) -> bool:
+    """True when ``path`` looks like a scan folder (has color/ and intrinsic/)."""
+    return (path / "color").is_dir() and (path / "intrinsic").is_dir()
+
+
+def find_scans(root: str | Path) -> list[Path]:
+    """Every scan folder at or below ``root``, sorted by path."""
+    root = Path(root)
+    if is_scan_dir(root):
+        return [root]
+    if not root.is_dir():
+        raise ScanError(root, "folder not found", "Pass a scan folder or a folder of scans")
+    return sorted(p.parent for p in root.rglob("intrinsic") if is_scan_dir(p.parent))
+
