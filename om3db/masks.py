@@ -33,14 +33,12 @@ def _load_torch(path: Path) -> object:
     import torch  # noqa: PLC0415
 
     # numpy arrays in a weights_only pickle need these reconstructors allow-listed; nothing else runs.
-    allowed = [np.ndarray, np.dtype, np.core.multiarray._reconstruct] if hasattr(np, "core") else []
-    allowed += [type(np.dtype(t)) for t in ("float16", "float32", "float64", "bool", "uint8", "int32", "int64")]
     try:
         from numpy._core.multiarray import _reconstruct  # noqa: PLC0415
-
-        allowed.append(_reconstruct)
     except ImportError:  # numpy < 2
-        pass
+        from numpy.core.multiarray import _reconstruct  # noqa: PLC0415
+    allowed = [np.ndarray, np.dtype, _reconstruct]
+    allowed += [type(np.dtype(t)) for t in ("float16", "float32", "float64", "bool", "uint8", "int32", "int64")]
     try:
         with torch.serialization.safe_globals(allowed):
             return torch.load(path, map_location="cpu", weights_only=True)
