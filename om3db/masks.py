@@ -43,9 +43,11 @@ def _load_torch(path: Path) -> object:
         with torch.serialization.safe_globals(allowed):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        # torch's message suggests weights_only=False; name only the blocked global instead.
+        blocked = next((ln.strip() for ln in str(exc).splitlines() if "GLOBAL" in ln), "unsupported pickle content")
         raise MaskFileError(
             path,
-            f"refused to load: the pickle asks to run code or build objects that are not arrays ({str(exc).splitlines()[0]})",
+            f"refused to load: the pickle asks to run code or build objects that are not arrays ({blocked})",
             _SAVE_FIX,
         ) from exc
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
