@@ -1,0 +1,177 @@
+"""Benchmark: om3db view selection against a straightforward reference that follows OpenMask3D.
+
+The reference (:func:`reference_counts`) does what OpenMask3D's ``PointProjector`` does
+(openmask3d/mask_features_computation/features_extractor.py): a (views x points) visibility array,
+a (views x points x 2) array of projected pixels, then a (views x masks x H x W) boolean array
+filled by a loop over every (view, mask) pair, summed over H and W, ``argsort`` for the top k.
+It fixes the same bugs om3db fixes (z > 0, depth 0, axis scaling, rounding) and uses the same
+projection function so both produce identical output; only the algorithm differs.
+
+Run (see docs/benchmarks.md, "View selection"):
+
+    .venv/bin/python benchmarks/bench_views.py --size scannet --repeats 3 --ref-frames 50
+
+Each implementation runs in its own subprocess per repeat (time) and once more under tracemalloc
+(peak of traced numpy/Python allocations); ru_maxrss of that process is reported too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+
+from om3db.camera import project
+
+
+def reference_counts(scan, masks: np.ndarray, *, vis_threshold: float = 0.2, frame_limit: int | None = None) -> np.ndarray:
+    """(F, M) int visible-pixel counts, OpenMask3D's way (views x masks x H x W boolean array)."""
+    frames = scan.frames[:frame_limit]
+    n = scan.num_points
+    intr = scan.depth_intrinsics
+    h, w = intr.height, intr.width
+    visible_points_view = np.zeros((len(frames), n), dtype=bool)
+    projected_points = np.zeros((len(frames), n, 2), dtype=np.int64)
+    for i, frame in enumerate(frames):
+        depth = frame.depth()
+        u, v, z = project(scan.points, np.linalg.inv(frame.pose), intr)
+        with np.errstate(invalid="ignore"):
+            uv = np.stack([np.rint(u), np.rint(v)], axis=1)
+        uv[~np.isfinite(uv)] = -1
+        projected_points[i] = uv.astype(np.int64)
+        pp = projected_points[i]
+        inside = (z > 0) & (pp[:, 0] >= 0) & (pp[:, 0] < w) & (pp[:, 1] >= 0) & (pp[:, 1] < h)
+        d = depth[pp[inside, 1], pp[inside, 0]]
+        visible_points_view[i][inside] = (d > 0) & (np.abs(d - z[inside]) <= vis_threshold)
+    num_masks = masks.shape[1]
+    in_view_in_mask = np.zeros((len(frames), num_masks, h, w), dtype=bool)
+    for i in range(len(frames)):
+        for j in range(num_masks):
+            sel = masks[:, j] & visible_points_view[i]
+            pp = projected_points[i][sel]
+            if len(pp):
+                in_view_in_mask[i, j, pp[:, 1], pp[:, 0]] = True
+    return in_view_in_mask.sum(axis=2).sum(axis=2)
+
+
+def reference_top_k(counts: np.ndarray, k: int = 5) -> list[list[int]]:
+    """Per mask the top-k frame indices (ties: earlier frame), zero-visibility views dropped."""
+    order = np.argsort(-counts, axis=0, kind="stable")[:k, :].T
+    return [[int(f) for f in row if counts[f, j] > 0] for j, row in enumerate(order)]
+
+
+# --------------------------------------------------------------------------- benchmark driver
+
+
+def _worker(args) -> dict:
+    from om3db.scan import read_scan
+    from om3db.views import compute_visibility, select_views
+
+    if args.trace:
+        tracemalloc.start()
+    times: dict[str, float] = {}
+    t = time.perf_counter()
+    scan = read_scan(args.scan)
+    masks = scan.masks
+    if args.frames:
+        scan = _prefix(scan, args.frames)
+    times["load_scan"] = time.perf_counter() - t
+    if args.trace:
+        tracemalloc.reset_peak()
+    if args.impl == "fast":
+        t = time.perf_counter()
+        vis = compute_visibility(scan, masks)
+        times["visibility"] = time.perf_counter() - t
+        t = time.perf_counter()
+        top = reference_top_k(vis.counts, 5)
+        times["top_k"] = time.perf_counter() - t
+        t = time.perf_counter()
+        select_views(scan, masks, visibility=vis)
+        times["prompts_boxes"] = time.perf_counter() - t
+        counts = vis.counts
+    else:
+        t = time.perf_counter()
+        counts = reference_counts(scan, masks)
+        times["visibility"] = time.perf_counter() - t
+        t = time.perf_counter()
+        top = reference_top_k(counts, 5)
+        times["top_k"] = time.perf_counter() - t
+    out = {"times": times, "rss_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if args.trace:
+        out["traced_peak_mb"] = tracemalloc.get_traced_memory()[1] / 2**20
+    out["checksum"] = [int(counts.sum()), top]
+    out["frames"], out["masks"], out["points"] = len(scan.frames), int(masks.shape[1]), scan.num_points
+    return out
+
+
+def _prefix(scan, n: int):
+    import dataclasses
+
+    return dataclasses.replace(scan, frames=scan.frames[:n])
+
+
+def _run(scan: Path, impl: str, frames: int, trace: bool) -> dict:
+    cmd = [sys.executable, __file__, "--worker", impl, "--scan", str(scan), "--frames", str(frames)]
+    if trace:
+        cmd.append("--trace")
+    res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def _bench(impl: str, scan: Path, frames: int, repeats: int) -> dict:
+    runs = [_run(scan, impl, frames, False) for _ in range(repeats)]
+    mem = _run(scan, impl, frames, True)
+    stages = runs[0]["times"].keys()
+    med = {s: statistics.median(r["times"][s] for r in runs) for s in stages}
+    return {"median_s": med, "rss_peak_mb": max(r["rss_peak_mb"] for r in runs + [mem]), "traced_peak_mb": mem["traced_peak_mb"],
+            "checksum": runs[0]["checksum"], "frames": runs[0]["frames"], "masks": runs[0]["masks"], "points": runs[0]["points"]}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--size", default="scannet", choices=["tiny", "scannet"])
+    p.add_argument("--cache", type=Path, default=Path(".bench_cache"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--ref-repeats", type=int, default=1)
+    p.add_argument("--ref-frames", type=int, default=50, help="frames the reference runs on (0: all)")
+    p.add_argument("--worker", choices=["fast", "ref"])
+    p.add_argument("--scan", type=Path)
+    p.add_argument("--frames", type=int, default=0)
+    p.add_argument("--trace", action="store_true")
+    args = p.parse_args()
+    if args.worker:
+        print(json.dumps(_worker(argparse.Namespace(impl=args.worker, scan=args.scan, frames=args.frames, trace=args.trace))))
+        return
+
+    from om3db.synth import write_scans
+
+    out = args.cache / f"views-{args.size}-{args.seed}"
+    scans = sorted(out.glob("*/intrinsic")) if out.is_dir() else []
+    scan = scans[0].parent if scans else write_scans(out, scans=1, seed=args.seed, size=args.size, masks=True)[0]
+    fast_all = _bench("fast", scan, 0, args.repeats)
+    nref = args.ref_frames or fast_all["frames"]
+    fast_pre = _bench("fast", scan, nref, args.repeats)
+    ref_pre = _bench("ref", scan, nref, args.ref_repeats)
+    assert fast_pre["checksum"] == ref_pre["checksum"], "fast and reference disagree"
+    sel = lambda r: r["median_s"]["visibility"] + r["median_s"]["top_k"]  # noqa: E731
+    report = {
+        "scan": str(scan), "points": fast_all["points"], "masks": fast_all["masks"], "frames": fast_all["frames"],
+        "fast_all_frames": fast_all, "fast_prefix": fast_pre, "reference_prefix": ref_pre, "prefix_frames": nref,
+        "speedup_on_prefix": sel(ref_pre) / sel(fast_pre), "outputs_identical_on_prefix": True,
+    }
+    for r in (fast_all, fast_pre, ref_pre):
+        r.pop("checksum")
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

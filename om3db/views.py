@@ -1,0 +1,282 @@
+"""Visibility of class-agnostic 3D masks in the frames of a scan, and view selection per mask.
+
+Facts (docs ../shared/DESIGN.md §3, OpenMask3D's ``PointProjector`` with its bugs fixed):
+
+- every scene point is projected with the depth camera ``K·[R|t]`` (world-to-camera = inverse pose);
+  its pixel is ``(round(u), round(v))`` (pixel centres sit at integer coordinates, see
+  :mod:`om3db.camera`; OpenMask3D truncates, which shifts every point by up to one pixel);
+- a point is visible in a frame when that pixel is inside the depth image, ``z > 0`` (OpenMask3D
+  forgets this), the depth there is measured (``> 0``) and ``|depth - z| <= vis_threshold`` metres;
+- a mask's score in a frame is the number of *distinct* depth pixels covered by its visible points.
+
+OpenMask3D builds a ``views x masks x H x W`` boolean array for the last step (~16 GB on a ScanNet
+scene). Here each frame is one sort/unique over (mask, pixel) keys of its visible point-mask
+memberships: memory O(points + memberships) per frame, time O(memberships log memberships).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from .camera import Intrinsics, project
+from .errors import ConfigError, MaskFileError
+
+__all__ = [
+    "MaskMembership",
+    "Visibility",
+    "ChosenView",
+    "MaskViews",
+    "ViewSelection",
+    "compute_visibility",
+    "select_views",
+    "visible_points_in_frame",
+    "pixel_keys",
+]
+
+Progress = Callable[[str, int, int], None]
+PROMPT_CAP = 1024
+"""Most prompt points kept per (mask, view); the four extreme points are always among them."""
+
+
+@dataclass(frozen=True)
+class MaskMembership:
+    """Sparse (CSR) view of an (N, M) bool mask matrix: point -> the masks containing it."""
+
+    indptr: np.ndarray = field(repr=False)
+    """(N + 1,) int64; the masks of point p are ``indices[indptr[p]:indptr[p + 1]]``."""
+    indices: np.ndarray = field(repr=False)
+    """(nnz,) int32 mask columns, sorted per point."""
+    num_masks: int
+
+    @classmethod
+    def from_dense(cls, masks: np.ndarray) -> "MaskMembership":
+        pts, cols = np.nonzero(masks)  # row-major: sorted by point, then mask
+        indptr = np.zeros(masks.shape[0] + 1, dtype=np.int64)
+        np.cumsum(np.bincount(pts, minlength=masks.shape[0]), out=indptr[1:])
+        return cls(indptr, cols.astype(np.int32), int(masks.shape[1]))
+
+    def expand(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For (P,) point indices, every (position in ``points``, mask) membership pair, both int64."""
+        starts = self.indptr[points]
+        lengths = self.indptr[points + 1] - starts
+        total = int(lengths.sum())
+        owner = np.repeat(np.arange(points.shape[0], dtype=np.int64), lengths)
+        # position of each membership inside its point's slice, then offset by the slice start
+        offsets = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        return owner, self.indices[starts[owner] + offsets].astype(np.int64)
+
+
+@dataclass(frozen=True)
+class Visibility:
+    """Per (frame, mask) visible-pixel counts of a scan, plus what view selection needs afterwards."""
+
+    frame_ids: np.ndarray = field(repr=False)
+    """(F,) int64 ids of the scan's usable frames, in ``scan.frames`` order."""
+    counts: np.ndarray = field(repr=False)
+    """(F, M) int32 distinct depth pixels covered by mask m's visible points in frame f."""
+    visible_points: tuple[np.ndarray, ...] = field(repr=False)
+    """Per frame, (P_f,) int32 sorted indices of the points visible in it."""
+    camera_centres: np.ndarray = field(repr=False)
+    """(F, 3) float64 camera centres in world metres."""
+
+
+@dataclass(frozen=True)
+class ChosenView:
+    """One view chosen for a mask."""
+
+    frame_id: int
+    frame_index: int
+    """Position of the frame in ``scan.frames``."""
+    visible_pixels: int
+    """Distinct depth pixels covered by the mask's visible points."""
+    prompt_points: np.ndarray = field(repr=False)
+    """(P, 2) int32 colour-pixel (x, y) of visible mask points, at most :data:`PROMPT_CAP`, seeded
+    sub-sample that always keeps the extreme points (so their box equals :attr:`box`)."""
+    box: np.ndarray = field(repr=False)
+    """(4,) int32 box of all visible mask points in colour pixels: x0, y0, x1, y1 (x1/y1 exclusive)."""
+
+
+@dataclass(frozen=True)
+class MaskViews:
+    mask_index: int
+    views: tuple[ChosenView, ...]
+    """Best first; empty when no frame sees the mask."""
+
+
+@dataclass(frozen=True)
+class ViewSelection:
+    """The result of :func:`select_views`."""
+
+    visibility: Visibility = field(repr=False)
+    masks: tuple[MaskViews, ...]
+    """One entry per mask column, in column order."""
+
+    def by_frame(self) -> dict[int, list[tuple[int, int]]]:
+        """frame index -> [(mask index, rank of the view for that mask)], frames in scan order."""
+        out: dict[int, list[tuple[int, int]]] = {}
+        for mv in self.masks:
+            for rank, v in enumerate(mv.views):
+                out.setdefault(v.frame_index, []).append((mv.mask_index, rank))
+        return dict(sorted(out.items()))
+
+
+def _check_masks(scan, masks: np.ndarray | None) -> np.ndarray:
+    m = scan.masks if masks is None else masks
+    if m is None:
+        raise MaskFileError(scan.path, "the scan has no class-agnostic masks", "Pass masks= or put <scan>_masks.pt in the scan folder")
+    m = np.asarray(m)
+    if m.ndim != 2 or m.shape[0] != scan.num_points:
+        raise MaskFileError(scan.path, f"masks have shape {m.shape}, expected ({scan.num_points}, M) for the scan's {scan.num_points} points", "Pass a points x masks array in PLY vertex order")
+    return m.astype(bool, copy=False)
+
+
+def visible_points_in_frame(points: np.ndarray, world_to_camera: np.ndarray, depth: np.ndarray, intr: Intrinsics, vis_threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (P,) int64 of the visible points and their flat depth-pixel index ``v * W + u`` (P,) int64."""
+    u, v, z = project(points, world_to_camera, intr)
+    h, w = depth.shape
+    front = z > 0
+    ui = np.full(u.shape, -1, dtype=np.int64)
+    vi = np.full(v.shape, -1, dtype=np.int64)
+    ui[front] = np.rint(u[front])
+    vi[front] = np.rint(v[front])
+    inside = front & (ui >= 0) & (ui < w) & (vi >= 0) & (vi < h)
+    idx = np.flatnonzero(inside)
+    pix = vi[idx] * w + ui[idx]
+    d = depth.reshape(-1)[pix]
+    ok = (d > 0) & (np.abs(d - z[idx]) <= vis_threshold)
+    return idx[ok], pix[ok]
+
+
+def pixel_keys(num_pixels: int, owner: np.ndarray, mask_ids: np.ndarray, pix: np.ndarray) -> np.ndarray:
+    """Distinct (mask, pixel) keys ``mask * num_pixels + pixel`` (sorted int64)."""
+    return np.unique(mask_ids * num_pixels + pix[owner])
+
+
+def compute_visibility(scan, masks: np.ndarray | None = None, *, vis_threshold: float = 0.2, progress: Progress | None = None) -> Visibility:
+    """Visible-pixel counts of every mask in every usable frame of ``scan`` (decodes each depth once)."""
+    if not vis_threshold > 0:
+        raise ConfigError(f"vis_threshold must be > 0 metres, got {vis_threshold}")
+    m = _check_masks(scan, masks)
+    member = MaskMembership.from_dense(m)
+    intr = scan.depth_intrinsics
+    frames = scan.frames
+    counts = np.zeros((len(frames), member.num_masks), dtype=np.int32)
+    visible: list[np.ndarray] = []
+    centres = np.zeros((len(frames), 3), dtype=np.float64)
+    for i, frame in enumerate(frames):
+        depth = frame.depth()
+        if depth.shape != (intr.height, intr.width):
+            intr = intr.scaled_to(depth.shape[1], depth.shape[0])
+        idx, pix = visible_points_in_frame(scan.points, frame.world_to_camera, depth, intr, vis_threshold)
+        owner, mids = member.expand(idx)
+        keys = pixel_keys(depth.size, owner, mids, pix)
+        counts[i] = np.bincount(keys // depth.size, minlength=member.num_masks)
+        visible.append(idx.astype(np.int32))
+        centres[i] = frame.pose[:3, 3]
+        if progress is not None:
+            progress("visibility", i + 1, len(frames))
+    return Visibility(np.array([f.frame_id for f in frames], dtype=np.int64), counts, tuple(visible), centres)
+
+
+def _top_views(counts_m: np.ndarray, top_k: int) -> np.ndarray:
+    """Frame indices of the ``top_k`` most visible frames (ties: earlier frame first), zero dropped."""
+    order = np.argsort(-counts_m, kind="stable")[:top_k]
+    return order[counts_m[order] > 0]
+
+
+def _diverse_views(counts_m: np.ndarray, centres: np.ndarray, centroid: np.ndarray, top_k: int, pool: int, min_fraction: float) -> np.ndarray:
+    """Most visible view first, then greedily the pool view with the largest minimum angle between
+    its viewing ray (centroid - camera centre) and those of the views already chosen."""
+    cand = _top_views(counts_m, pool)
+    if cand.size == 0:
+        return cand
+    cand = cand[counts_m[cand] >= min_fraction * counts_m[cand[0]]]
+    rays = centroid[None, :] - centres[cand]
+    rays /= np.maximum(np.linalg.norm(rays, axis=1, keepdims=True), 1e-12)
+    chosen = [0]
+    min_angle = np.full(cand.size, np.inf)
+    while len(chosen) < min(top_k, cand.size):
+        cos = np.clip(rays @ rays[chosen[-1]], -1.0, 1.0)
+        min_angle = np.minimum(min_angle, np.arccos(cos))
+        min_angle[chosen] = -1.0
+        chosen.append(int(np.argmax(min_angle)))  # ties: the more visible candidate
+    return cand[np.array(chosen)]
+
+
+def _prompts(points_world: np.ndarray, world_to_camera: np.ndarray, intr: Intrinsics, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    u, v, z = project(points_world, world_to_camera, intr)
+    xy = np.stack([np.rint(u), np.rint(v)], axis=1)
+    xy = xy[(z > 0) & np.all(np.isfinite(xy), axis=1)]
+    xy[:, 0] = np.clip(xy[:, 0], 0, intr.width - 1)
+    xy[:, 1] = np.clip(xy[:, 1], 0, intr.height - 1)
+    xy = xy.astype(np.int32)
+    if xy.shape[0] == 0:  # cannot happen for a visible point; keep the type honest
+        return np.zeros((0, 2), np.int32), np.zeros(4, np.int32)
+    lo, hi = xy.min(axis=0), xy.max(axis=0)
+    box = np.array([lo[0], lo[1], hi[0] + 1, hi[1] + 1], dtype=np.int32)
+    if xy.shape[0] > PROMPT_CAP:
+        extremes = np.unique(np.concatenate([xy.argmin(axis=0), xy.argmax(axis=0)]))
+        rest = np.setdiff1d(np.arange(xy.shape[0]), extremes)
+        pick = rng.choice(rest, PROMPT_CAP - extremes.size, replace=False)
+        xy = xy[np.sort(np.concatenate([extremes, pick]))]
+    return xy, box
+
+
+def select_views(
+    scan,
+    masks: np.ndarray | None = None,
+    *,
+    top_k: int = 5,
+    diverse: bool = False,
+    diverse_pool: int = 10,
+    min_visibility_fraction: float = 0.5,
+    vis_threshold: float = 0.2,
+    seed: int = 0,
+    visibility: Visibility | None = None,
+    progress: Progress | None = None,
+) -> ViewSelection:
+    """Choose up to ``top_k`` views per mask (best first), with prompt points and boxes in colour pixels.
+
+    diverse: OpenMask3D++'s diverse views among the ``diverse_pool`` most visible frames, restricted
+    to frames with at least ``min_visibility_fraction`` of the best frame's visible pixels.
+    visibility: a precomputed :func:`compute_visibility` result (else computed here).
+    """
+    if top_k < 1:
+        raise ConfigError(f"top_k must be >= 1, got {top_k}")
+    if diverse and diverse_pool < top_k:
+        raise ConfigError(f"diverse_pool ({diverse_pool}) must be >= top_k ({top_k})")
+    if not 0.0 <= min_visibility_fraction <= 1.0:
+        raise ConfigError(f"min_visibility_fraction must be in [0, 1], got {min_visibility_fraction}")
+    m = _check_masks(scan, masks)
+    vis = visibility if visibility is not None else compute_visibility(scan, m, vis_threshold=vis_threshold, progress=progress)
+    if vis.counts.shape != (len(scan.frames), m.shape[1]):
+        raise ConfigError(f"visibility counts have shape {vis.counts.shape}, expected ({len(scan.frames)}, {m.shape[1]}) for scan {scan.name!r}")
+    chosen: list[np.ndarray] = []
+    for j in range(m.shape[1]):
+        if diverse:
+            centroid = scan.points[m[:, j]].astype(np.float64).mean(axis=0) if m[:, j].any() else np.zeros(3)
+            chosen.append(_diverse_views(vis.counts[:, j], vis.camera_centres, centroid, top_k, diverse_pool, min_visibility_fraction))
+        else:
+            chosen.append(_top_views(vis.counts[:, j], top_k))
+
+    # Prompt points: per frame, the mask's visible points projected with the colour camera.
+    rng = np.random.default_rng(seed)
+    views: dict[tuple[int, int], ChosenView] = {}
+    wanted: dict[int, list[int]] = {}
+    for j, fr in enumerate(chosen):
+        for f in fr:
+            wanted.setdefault(int(f), []).append(j)
+    cintr = scan.color_intrinsics
+    for f in sorted(wanted):
+        frame = scan.frames[f]
+        w2c = frame.world_to_camera
+        vis_pts = vis.visible_points[f]
+        for j in wanted[f]:
+            pts = vis_pts[m[vis_pts, j]]
+            xy, box = _prompts(scan.points[pts], w2c, cintr, rng)
+            views[(j, f)] = ChosenView(frame.frame_id, f, int(vis.counts[f, j]), xy, box)
+    out = tuple(MaskViews(j, tuple(views[(j, int(f))] for f in fr)) for j, fr in enumerate(chosen))
+    return ViewSelection(vis, out)
