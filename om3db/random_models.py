@@ -1,0 +1,125 @@
+"""Randomly initialised SigLIP / DINOv2 / SAM checkpoints in their real on-disk formats.
+
+The real loaders (`om3db.embed.load_siglip`, `load_dinov2`, `om3db.sam.load_sam`) read what these
+functions write, offline. Tiny sizes make tests fast; full sizes (SigLIP-SO400M/14@384, DINOv2-L/14,
+SAM ViT-H / ViT-B) are for GPU benchmarks of the real architectures (weights are random: the vectors
+mean nothing, only their shapes and costs are real).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from om3db.errors import ConfigError
+
+__all__ = ["write_random_siglip", "write_random_dinov2", "write_random_sam", "TINY_VOCAB"]
+
+TINY_VOCAB = (
+    "a an the of in on at with and or photo picture scene room object thing "
+    "red green blue yellow orange purple pink brown black white gray grey "
+    "chair table sofa couch bed lamp mug cup bottle book box shelf door window plant tv monitor "
+    "keyboard desk cabinet sink toilet pillow bag shoe"
+).split()
+"""Words of the tiny word-level SigLIP tokenizer (anything else becomes <unk>)."""
+
+_SIGLIP_SIZES = {
+    # vision / text towers: hidden, intermediate, layers, heads; vision image size and patch
+    "tiny": dict(hidden=32, inter=64, layers=2, heads=2, image=32, patch=8, max_pos=16, vocab=len(TINY_VOCAB) + 3),
+    "so400m": dict(hidden=1152, inter=4304, layers=27, heads=16, image=384, patch=14, max_pos=64, vocab=32000),
+}
+_DINOV2_SIZES = {
+    "tiny": dict(hidden=32, layers=2, heads=2, patch=14, image=56, resize=64, crop=56),
+    "large": dict(hidden=1024, layers=24, heads=16, patch=14, image=518, resize=256, crop=224),
+}
+
+
+def _check_size(size: str, sizes, what: str) -> None:
+    if size not in sizes:
+        raise ConfigError(f"unknown {what} size {size!r}; choose one of {sorted(sizes)}")
+
+
+def _tiny_tokenizer(max_length: int):
+    """A word-level fast tokenizer (lower-cased, whitespace split, ``</s>`` appended) for tiny SigLIP."""
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2}
+    for word in TINY_VOCAB:
+        vocab.setdefault(word, len(vocab))
+    tok = Tokenizer(WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", model_max_length=max_length
+    )
+
+
+def write_random_siglip(out_dir: str | Path, size: Literal["tiny", "so400m"] = "tiny", seed: int = 0) -> Path:
+    """Write a random SigLIP (model + image processor + tokenizer) into ``out_dir``; return it.
+
+    "so400m" has the architecture of google/siglip-so400m-patch14-384 (1152-d) with a word-level
+    tokenizer (the real sentencepiece vocabulary cannot be downloaded here).
+    """
+    _check_size(size, _SIGLIP_SIZES, "SigLIP")
+    import torch
+    from transformers import SiglipConfig, SiglipImageProcessorPil, SiglipModel, SiglipTextConfig, SiglipVisionConfig
+
+    s = _SIGLIP_SIZES[size]
+    tower = dict(hidden_size=s["hidden"], intermediate_size=s["inter"], num_hidden_layers=s["layers"],
+                 num_attention_heads=s["heads"])
+    config = SiglipConfig(
+        text_config=SiglipTextConfig(**tower, vocab_size=s["vocab"], max_position_embeddings=s["max_pos"],
+                                     pad_token_id=0, bos_token_id=1, eos_token_id=1),
+        vision_config=SiglipVisionConfig(**tower, image_size=s["image"], patch_size=s["patch"]),
+    )
+    torch.manual_seed(seed)
+    model = SiglipModel(config).eval()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    SiglipImageProcessorPil(size={"height": s["image"], "width": s["image"]}).save_pretrained(out)
+    _tiny_tokenizer(s["max_pos"]).save_pretrained(out)
+    return out
+
+
+def write_random_dinov2(out_dir: str | Path, size: Literal["tiny", "large"] = "tiny", seed: int = 0) -> Path:
+    """Write a random DINOv2 (model + BiT image processor as facebook/dinov2-*) into ``out_dir``; return it."""
+    _check_size(size, _DINOV2_SIZES, "DINOv2")
+    import torch
+    from transformers import BitImageProcessorPil, Dinov2Config, Dinov2Model
+
+    s = _DINOV2_SIZES[size]
+    config = Dinov2Config(hidden_size=s["hidden"], num_hidden_layers=s["layers"], num_attention_heads=s["heads"],
+                          patch_size=s["patch"], image_size=s["image"], mlp_ratio=4)
+    torch.manual_seed(seed)
+    model = Dinov2Model(config).eval()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    BitImageProcessorPil(
+        size={"shortest_edge": s["resize"]}, crop_size={"height": s["crop"], "width": s["crop"]},
+        do_center_crop=True, resample=3, image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225],
+        do_convert_rgb=True,
+    ).save_pretrained(out)
+    return out
+
+
+def write_random_sam(out_path: str | Path, size: Literal["tiny", "vit_h", "vit_l", "vit_b"] = "tiny",
+                     seed: int = 0) -> Path:
+    """Write a random SAM state dict in the original segment-anything format (``sam_vit_h_4b8939.pth``'s)."""
+    from om3db.sam import SAM_CONFIGS, TINY_SAM_CONFIG, build_sam_model
+
+    if size != "tiny" and size not in SAM_CONFIGS:
+        raise ConfigError(f"unknown SAM size {size!r}; choose one of ['tiny', 'vit_b', 'vit_h', 'vit_l']")
+    import torch
+
+    config = TINY_SAM_CONFIG if size == "tiny" else SAM_CONFIGS[size]
+    torch.manual_seed(seed)
+    model = build_sam_model(config)
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), out)
+    return out
