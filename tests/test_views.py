@@ -188,3 +188,65 @@ def test_bad_inputs(hand_scan, tmp_path):
     vis = compute_visibility(hand_scan)
     with pytest.raises(ConfigError, match=r"visibility counts have shape \(3, 6\), expected \(3, 2\)"):
         select_views(hand_scan, hand_scan.masks[:, :2], visibility=vis)
+
+
+# ------------------------------------------------------------------ synthetic scan with exact GT
+
+
+@pytest.fixture(scope="module")
+def synth_scan(tmp_path_factory):
+    from om3db.synth import write_scans
+
+    path = write_scans(tmp_path_factory.mktemp("synth_views"), scans=1, seed=0, size="tiny")[0]
+    return path, read_scan(path)
+
+
+def _gt_pixel_counts(path: Path, scan, k: int) -> np.ndarray:
+    """(F, K) pixels of each object in the GT instance map at depth resolution (value = object + 1)."""
+    from PIL import Image
+
+    out = np.zeros((len(scan.frames), k), np.int64)
+    for i, f in enumerate(scan.frames):
+        ids = np.asarray(Image.open(path / "gt" / "instance2d_depth" / f.depth_path.name)).astype(np.int64)
+        out[i] = np.bincount(ids.ravel(), minlength=k + 1)[1 : k + 1]
+    return out
+
+
+def test_views_agree_with_gt_visibility(synth_scan):
+    from scipy.stats import spearmanr
+
+    from om3db.camera import project
+    from om3db.synth import gt_point_visibility, load_gt
+
+    path, scan = synth_scan
+    gt = load_gt(path)
+    k = gt.num_objects
+    sel = select_views(scan, gt.masks, top_k=5)
+    counts = sel.visibility.counts
+    gt_pix = _gt_pixel_counts(path, scan, k)
+    # pixel counts and point-footprint counts are not linear (points are sparser than far pixels): ranks
+    assert spearmanr(counts.ravel(), gt_pix.ravel())[0] > 0.9
+    assert not np.any((counts > 0) & (gt_pix == 0)), "a frame where GT shows no pixel of the object scored > 0"
+    for j in range(k):
+        chosen = [v.frame_index for v in sel.masks[j].views]
+        assert len(chosen) == 5
+        assert chosen[0] in np.argsort(-gt_pix[:, j], kind="stable")[:3].tolist()
+        assert np.all(gt_pix[chosen, j] > 0)
+    # the same measure over GT-visible points (first surface hit, no depth tolerance)
+    intr = scan.depth_intrinsics
+    for i in (0, len(scan.frames) // 2):
+        truth = gt_point_visibility(path, scan.frames[i].frame_id)
+        u, v, _ = project(scan.points, scan.frames[i].world_to_camera, intr)
+        for j in range(k):
+            t = truth & gt.masks[:, j]
+            exact = np.unique(np.rint(v[t]).astype(int) * intr.width + np.rint(u[t]).astype(int)).size
+            assert abs(int(counts[i, j]) - exact) <= max(10, 0.25 * exact), (i, j, counts[i, j], exact)
+
+
+def test_fast_equals_reference_on_synthetic_scan(synth_scan):
+    _, scan = synth_scan
+    bench = _bench()
+    ref = bench.reference_counts(scan, scan.masks)
+    vis = compute_visibility(scan)
+    assert np.array_equal(ref, vis.counts)
+    assert bench.reference_top_k(ref, 5) == [[v.frame_index for v in mv.views] for mv in select_views(scan, visibility=vis).masks]
