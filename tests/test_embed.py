@@ -1,0 +1,158 @@
+"""SigLIP / DINOv2 encoders: tiny random checkpoints through the real transformers loading code."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from om3db.embed import load_dinov2, load_encoder, load_siglip, weights_hash
+from om3db.errors import ConfigError, ModelLoadError
+from om3db.random_models import write_random_dinov2
+
+
+def _images(n: int, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (20 + 3 * i, 30 + 5 * (i % 3), 3), dtype=np.uint8) for i in range(n)]
+
+
+def test_import_is_light():
+    code = ("import sys, om3db.embed, om3db.sam, om3db.crops, om3db.random_models; "
+            "print(sorted(m for m in ('torch', 'transformers', 'segment_anything', 'torchvision') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_siglip_images_and_texts_are_unit_rows(tiny_siglip):
+    vecs = tiny_siglip.encode_images(_images(6))
+    assert vecs.shape == (6, 32) and vecs.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
+    texts = tiny_siglip.encode_texts(["a red chair", "blue mug", "an unknown zebra", "lamp"])
+    assert texts.shape == (4, 32) and texts.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(texts, axis=1), 1.0, atol=1e-5)
+    assert tiny_siglip.encode_images([]).shape == (0, 32)
+    assert tiny_siglip.encode_texts([]).shape == (0, 32)
+
+
+def test_siglip_batches_equal_single_and_are_deterministic(tiny_siglip):
+    ims = _images(6)
+    batched = tiny_siglip.encode_images(ims)  # batch_size 4: two batches
+    single = np.concatenate([tiny_siglip.encode_images([im]) for im in ims])
+    np.testing.assert_allclose(batched, single, atol=1e-5)
+    np.testing.assert_array_equal(batched, tiny_siglip.encode_images(ims))
+    texts = ["a red chair", "a blue mug on the table", "lamp", "green plant", "sofa"]
+    batched_t = tiny_siglip.encode_texts(texts)
+    single_t = np.concatenate([tiny_siglip.encode_texts([t]) for t in texts])
+    np.testing.assert_allclose(batched_t, single_t, atol=1e-5)
+    assert not np.allclose(batched_t[0], batched_t[1])
+
+
+def test_siglip_matches_transformers_by_hand(tiny_siglip):
+    import torch
+
+    ims = _images(3)
+    from PIL import Image
+
+    pixels = tiny_siglip.processor(images=[Image.fromarray(i) for i in ims], return_tensors="pt")["pixel_values"]
+    assert pixels.shape == (3, 3, 32, 32)
+    with torch.no_grad():
+        ref = tiny_siglip.model.get_image_features(pixel_values=pixels).pooler_output.numpy()
+        ids = tiny_siglip.tokenizer(["a red chair"], padding="max_length", max_length=16, return_tensors="pt")
+        ref_t = tiny_siglip.model.get_text_features(input_ids=ids["input_ids"]).pooler_output.numpy()
+    np.testing.assert_allclose(tiny_siglip.encode_images(ims), ref / np.linalg.norm(ref, axis=1, keepdims=True),
+                               atol=1e-5)
+    np.testing.assert_allclose(tiny_siglip.encode_texts(["a red chair"]), ref_t / np.linalg.norm(ref_t), atol=1e-5)
+
+
+def test_dinov2_feature_is_cls_concat_mean_patch(tiny_dinov2):
+    import torch
+    from PIL import Image
+
+    ims = _images(5, seed=3)
+    vecs = tiny_dinov2.encode_images(ims)
+    assert vecs.shape == (5, 64) and vecs.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
+    pixels = tiny_dinov2.processor(images=[Image.fromarray(i) for i in ims], return_tensors="pt")["pixel_values"]
+    assert pixels.shape == (5, 3, 56, 56)  # shortest edge 64, centre crop 56
+    with torch.no_grad():
+        tokens = tiny_dinov2.model(pixel_values=pixels).last_hidden_state.numpy()
+    assert tokens.shape == (5, 1 + 16, 32)  # CLS + (56/14)^2 patches
+    ref = np.concatenate([tokens[:, 0], tokens[:, 1:].mean(axis=1)], axis=1)
+    np.testing.assert_allclose(vecs, ref / np.linalg.norm(ref, axis=1, keepdims=True), atol=1e-5)
+    np.testing.assert_allclose(vecs, np.concatenate([tiny_dinov2.encode_images([i]) for i in ims]), atol=1e-5)
+
+
+def test_identity_content(tiny_siglip, tiny_dinov2, tiny_siglip_dir, tiny_dinov2_dir):
+    sid, did = tiny_siglip.identity, tiny_dinov2.identity
+    assert sid.model_id == str(tiny_siglip_dir) and did.model_id == str(tiny_dinov2_dir)
+    assert re.fullmatch(r"sha256:[0-9a-f]{16}", sid.revision) and sid.revision == weights_hash(tiny_siglip_dir)
+    assert did.revision == weights_hash(tiny_dinov2_dir) and did.revision != sid.revision
+    assert (sid.dim, did.dim, sid.normalization, did.normalization) == (32, 64, "l2", "l2")
+    assert sid.preprocessing == ("siglip image features; 32x32, bicubic, mean [0.5, 0.5, 0.5] std [0.5, 0.5, 0.5] "
+                                 "(PIL); text padded to 16")
+    assert did.preprocessing == ("cls+meanpatch; shortest edge 64, centre crop 56x56, bicubic, "
+                                 "mean [0.485, 0.456, 0.406] std [0.229, 0.224, 0.225] (PIL)")
+
+
+def test_revision_hash_follows_weights(tmp_path, tiny_dinov2_dir):
+    same = write_random_dinov2(tmp_path / "same", seed=0)
+    other = write_random_dinov2(tmp_path / "other", seed=1)
+    assert weights_hash(same) == weights_hash(tiny_dinov2_dir)
+    enc = load_dinov2(other, device="cpu")
+    assert enc.identity.revision == weights_hash(other) != weights_hash(tiny_dinov2_dir)
+    assert not np.allclose(enc.encode_images(_images(1)), load_dinov2(same, device="cpu").encode_images(_images(1)))
+
+
+def test_registry_and_dtype(tiny_siglip_dir, tiny_dinov2_dir):
+    import torch
+
+    enc = load_encoder("dinov2", tiny_dinov2_dir, device="cpu", dtype="bfloat16")
+    assert enc.model.dtype == torch.bfloat16
+    vec = enc.encode_images(_images(2))
+    assert vec.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vec, axis=1), 1.0, atol=1e-5)
+    assert load_encoder("siglip", tiny_siglip_dir, device="cpu").identity.dim == 32
+    with pytest.raises(ConfigError, match=r"^unknown encoder kind 'clip'; choose one of \['dinov2', 'siglip'\]$"):
+        load_encoder("clip", tiny_siglip_dir)
+    with pytest.raises(ConfigError, match=r"^unknown dtype 'int8': use 'float32', 'bfloat16' or 'float16'$"):
+        load_dinov2(tiny_dinov2_dir, dtype="int8")
+    with pytest.raises(ConfigError, match=r"^batch_size must be >= 1, got 0$"):
+        load_dinov2(tiny_dinov2_dir, device="cpu", batch_size=0)
+
+
+def test_missing_directory(tmp_path):
+    missing = tmp_path / "nope"
+    with pytest.raises(ModelLoadError) as err:
+        load_siglip(missing)
+    assert str(err.value) == (f"{missing}: model directory not found. Pass an existing directory written by "
+                              "save_pretrained, a Hugging Face hub id, or write a random demo checkpoint with "
+                              "`om3db models random DIR`")
+
+
+def test_offline_uncached_hub_id():
+    with pytest.raises(ModelLoadError) as err:
+        load_dinov2("om3db-test/not-a-cached-model")
+    assert str(err.value) == ("om3db-test/not-a-cached-model: weights cannot be downloaded (HF_HUB_OFFLINE=1) and "
+                              "are not in the Hugging Face cache. Pass a local directory with the weights, run once "
+                              "online to cache them, or write a random demo checkpoint with `om3db models random DIR`")
+
+
+def test_directory_without_checkpoint(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelLoadError, match=re.escape(f"{tmp_path / 'empty'}: cannot load a SigLIP checkpoint from "
+                                                       "this directory (OSError: ")) as err:
+        load_siglip(tmp_path / "empty")
+    assert str(err.value).endswith("Pass a directory written by save_pretrained (config.json, weights, processor "
+                                   "files), or write a random demo checkpoint with `om3db models random DIR`")
+
+
+def test_bad_inputs(tiny_siglip, tiny_dinov2):
+    with pytest.raises(ConfigError, match=r"^image 1 must be a non-empty \(H, W, 3\) uint8 array, got \(4, 4\) uint8$"):
+        tiny_dinov2.encode_images([np.zeros((4, 4, 3), np.uint8), np.zeros((4, 4), np.uint8)])
+    with pytest.raises(ConfigError, match=r"^image 0 must be .* got \(4, 4, 3\) float32$"):
+        tiny_siglip.encode_images([np.zeros((4, 4, 3), np.float32)])
+    with pytest.raises(ConfigError, match=r"^encode_texts takes a sequence of strings"):
+        tiny_siglip.encode_texts("a chair")
