@@ -1,0 +1,143 @@
+"""SQLAlchemy 2 ORM models: the source of truth (FAISS indexes are derived from the ``vectors`` table).
+
+Portable types only (no SQLite-specific columns), so the same metadata works on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+__all__ = ["Base", "ScanRow", "InstanceRow", "ViewRow", "SpaceRow", "VectorRow"]
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class ScanRow(Base):
+    """One ingested scan. Only rows with status 'ready' are visible to queries."""
+
+    __tablename__ = "scans"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+    path: Mapped[str] = mapped_column(Text)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    """sha256 of the scan's inputs (``Scan.fingerprint()``)."""
+    frame_count: Mapped[int] = mapped_column(Integer)
+    num_points: Mapped[int] = mapped_column(Integer)
+    settings: Mapped[dict] = mapped_column(JSON)
+    """{"key": what decides a re-ingest (config + encoders), "ingest": IngestResult.settings, "report": ...}."""
+    status: Mapped[str] = mapped_column(String(16), default="ready")
+    """'ingesting' | 'ready'."""
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=_now)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=_now, onupdate=_now)
+
+    instances: Mapped[list[InstanceRow]] = relationship(
+        back_populates="scan", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+
+class InstanceRow(Base):
+    """One object instance of a scan (geometry in world metres)."""
+
+    __tablename__ = "instances"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    scan_id: Mapped[int] = mapped_column(ForeignKey("scans.id", ondelete="CASCADE"), index=True)
+    mask_index: Mapped[int] = mapped_column(Integer)
+    point_count: Mapped[int] = mapped_column(Integer, index=True)
+    bbox_min_x: Mapped[float] = mapped_column(Float)
+    bbox_min_y: Mapped[float] = mapped_column(Float)
+    bbox_min_z: Mapped[float] = mapped_column(Float)
+    bbox_max_x: Mapped[float] = mapped_column(Float)
+    bbox_max_y: Mapped[float] = mapped_column(Float)
+    bbox_max_z: Mapped[float] = mapped_column(Float)
+    centroid_x: Mapped[float] = mapped_column(Float)
+    centroid_y: Mapped[float] = mapped_column(Float)
+    centroid_z: Mapped[float] = mapped_column(Float)
+    point_indices: Mapped[bytes] = mapped_column(LargeBinary)
+    """zlib-compressed little-endian int32 indices into the scan's PLY vertices."""
+    score: Mapped[float] = mapped_column(Float)
+    """Proposal confidence."""
+
+    scan: Mapped[ScanRow] = relationship(back_populates="instances")
+    views: Mapped[list[ViewRow]] = relationship(
+        back_populates="instance", cascade="all, delete-orphan", passive_deletes=True, order_by="ViewRow.rank"
+    )
+
+
+class ViewRow(Base):
+    """One chosen view of an instance."""
+
+    __tablename__ = "instance_views"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    instance_id: Mapped[int] = mapped_column(ForeignKey("instances.id", ondelete="CASCADE"), index=True)
+    rank: Mapped[int] = mapped_column(Integer)
+    """0 = best view."""
+    frame_id: Mapped[int] = mapped_column(Integer)
+    visible_pixels: Mapped[int] = mapped_column(Integer)
+    crop_boxes: Mapped[list] = mapped_column(JSON)
+    """[[x0, y0, x1, y1], ...] per crop level, colour pixels, x1/y1 exclusive."""
+    inlier: Mapped[bool] = mapped_column(Boolean, default=True)
+
+    instance: Mapped[InstanceRow] = relationship(back_populates="views")
+
+
+class SpaceRow(Base):
+    """A vector space: one encoder at one level ('instance' or 'view'), one FAISS index."""
+
+    __tablename__ = "vector_spaces"
+    __table_args__ = (UniqueConstraint("name", "level", name="uq_vector_spaces_name_level"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    """"siglip" | "dinov2"."""
+    level: Mapped[str] = mapped_column(String(16))
+    """'instance' (FAISS ids = instance ids) | 'view' (FAISS ids = view ids)."""
+    model_id: Mapped[str] = mapped_column(Text)
+    revision: Mapped[str] = mapped_column(String(128))
+    dim: Mapped[int] = mapped_column(Integer)
+    normalization: Mapped[str] = mapped_column(String(32))
+    preprocessing: Mapped[str] = mapped_column(Text)
+    index_kind: Mapped[str] = mapped_column(String(32), default="flat")
+    """'flat' (exact) | 'ivf' (chosen automatically past a size threshold)."""
+    index_params: Mapped[dict] = mapped_column(JSON, default=dict)
+    """e.g. {"nlist": 1264, "nprobe": 4, "trained_on": 100000}."""
+    generation: Mapped[int] = mapped_column(Integer, default=0)
+    """Bumped in the same transaction as every change of this space's vectors; the FAISS file records
+    the generation it reflects, so a crash between the SQLite commit and the FAISS save is detected."""
+
+
+class VectorRow(Base):
+    """One stored vector (float16), enough to rebuild every FAISS index from SQLite alone."""
+
+    __tablename__ = "vectors"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    space_id: Mapped[int] = mapped_column(ForeignKey("vector_spaces.id", ondelete="CASCADE"), index=True)
+    instance_id: Mapped[int] = mapped_column(ForeignKey("instances.id", ondelete="CASCADE"), index=True)
+    view_id: Mapped[int | None] = mapped_column(
+        ForeignKey("instance_views.id", ondelete="CASCADE"), nullable=True, index=True
+    )
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    """(dim,) little-endian float16."""

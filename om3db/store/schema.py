@@ -1,0 +1,96 @@
+"""Engine creation (SQLite: WAL + foreign keys per connection) and the Alembic runner used on open."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import SchemaOutOfDateError, StoreError
+
+__all__ = ["make_engine", "current_revision", "head_revision", "upgrade", "check_schema"]
+
+
+def make_engine(url: str):
+    """A SQLAlchemy engine; SQLite connections get WAL, foreign keys and a busy timeout."""
+    from sqlalchemy import create_engine, event  # noqa: PLC0415
+
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 60})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn, _record) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.close()
+
+        return engine
+    return create_engine(url)
+
+
+def _config(connection):
+    from alembic.config import Config  # noqa: PLC0415
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(__import__("om3db.migrations").migrations.__file__).parent))
+    cfg.attributes["connection"] = connection
+    return cfg
+
+
+def head_revision() -> str:
+    """The newest migration shipped with this version of om3db."""
+    from alembic.script import ScriptDirectory  # noqa: PLC0415
+
+    return ScriptDirectory.from_config(_config(None)).get_current_head()
+
+
+def current_revision(engine) -> str | None:
+    """The revision a database is at (None for an empty database)."""
+    from alembic.runtime.migration import MigrationContext  # noqa: PLC0415
+
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def upgrade(engine, revision: str = "head") -> None:
+    """Run the shipped migrations up to ``revision`` (default: the newest)."""
+    from alembic import command  # noqa: PLC0415
+
+    with engine.begin() as conn:
+        command.upgrade(_config(conn), revision)
+
+
+def _has_tables(engine) -> bool:
+    from sqlalchemy import inspect  # noqa: PLC0415
+
+    return bool(inspect(engine).get_table_names())
+
+
+def check_schema(engine, where: str, *, create: bool) -> None:
+    """Create an empty database's schema; refuse a database at another revision.
+
+    ``where`` names the database in messages (the ``--db`` value).
+    """
+    current = current_revision(engine)
+    head = head_revision()
+    if current == head:
+        return
+    if current is None:
+        if _has_tables(engine):
+            raise StoreError(f"{where}: holds tables that are not an om3db database. Use another --db folder")
+        if not create:
+            raise StoreError(f"{where}: no om3db database here. Create one with om3db ingest --db {where}")
+        upgrade(engine)
+        return
+    from alembic.script import ScriptDirectory  # noqa: PLC0415
+
+    known = {s.revision for s in ScriptDirectory.from_config(_config(None)).walk_revisions()}
+    if current not in known:
+        raise SchemaOutOfDateError(
+            f"{where}: database schema revision {current} is newer than this om3db knows (newest {head}). "
+            "Upgrade om3db"
+        )
+    raise SchemaOutOfDateError(
+        f"{where}: database schema is out of date (revision {current}, this om3db needs {head}). "
+        f"Run: om3db db upgrade --db {where}"
+    )

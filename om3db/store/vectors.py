@@ -1,0 +1,292 @@
+"""FAISS vector indexes: inner product over unit vectors, ids are database primary keys.
+
+``VectorIndex`` is reusable on its own (the query benchmark builds one directly): exact search
+(``IndexFlatIP``) below ``ivf_threshold`` vectors, IVF-Flat above it with nlist ~ 4·sqrt(N) and the
+smallest nprobe that reaches the target recall@10 against exact search on probe queries. Always kept
+in CPU form (what is saved); searched on a GPU copy when the installed faiss has GPU support and a
+GPU is present.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ConfigError, StoreError
+
+__all__ = ["VectorIndex", "IndexChoice", "gpu_count", "recall_at_k", "DEFAULT_IVF_THRESHOLD"]
+
+DEFAULT_IVF_THRESHOLD = 50_000
+"""Vectors in a space past which an IVF index replaces exact search."""
+_NPROBES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+_MAGIC = b"OM3DBIDX"
+
+
+def _faiss():
+    import faiss  # noqa: PLC0415
+
+    return faiss
+
+
+def gpu_count() -> int:
+    """GPUs faiss can use (0 for faiss-cpu, or a GPU build on a machine without a GPU)."""
+    faiss = _faiss()
+    if not hasattr(faiss, "StandardGpuResources"):
+        return 0
+    try:
+        return int(faiss.get_num_gpus())
+    except Exception:  # noqa: BLE001 - a broken CUDA runtime means no GPU
+        return 0
+
+
+@dataclass(frozen=True)
+class IndexChoice:
+    """Which FAISS index a space uses; recorded in the database."""
+
+    kind: str
+    """'flat' (exact) | 'ivf' (IVF-Flat, inner product)."""
+    nlist: int = 0
+    """IVF cells (0 for flat)."""
+    nprobe: int = 0
+    """IVF cells visited per query (0 for flat)."""
+    trained_on: int = 0
+    """Vector count when the IVF quantizer was trained; retrained once the space grows 4x."""
+
+    def params(self) -> dict:
+        return {"nlist": self.nlist, "nprobe": self.nprobe, "trained_on": self.trained_on}
+
+
+def recall_at_k(approx_ids: np.ndarray, exact_ids: np.ndarray) -> float:
+    """Mean fraction of each exact top-k list found in the approximate top-k list ((Q, k) int64 each)."""
+    hits = sum(len(set(a[a >= 0]) & set(e[e >= 0])) for a, e in zip(approx_ids, exact_ids, strict=True))
+    total = sum(int((e >= 0).sum()) for e in exact_ids)
+    return hits / total if total else 1.0
+
+
+def _as_matrix(vectors: np.ndarray, dim: int | None = None) -> np.ndarray:
+    x = np.ascontiguousarray(np.asarray(vectors, dtype=np.float32))
+    if x.ndim == 1:
+        x = x[None, :]
+    if x.ndim != 2 or (dim is not None and x.shape[1] != dim):
+        raise ConfigError(f"vectors must be (n, {dim or 'D'}) float32, got shape {x.shape}")
+    return x
+
+
+def _probe_queries(x: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Queries that look like unseen ones: half perturbed stored vectors, half midpoints of two."""
+    rng = np.random.default_rng(seed)
+    a = x[rng.integers(0, len(x), n)]
+    b = x[rng.integers(0, len(x), n)]
+    noise = rng.standard_normal(a.shape).astype(np.float32)
+    noise *= 0.5 / np.sqrt(x.shape[1])
+    q = np.concatenate([a[: n // 2] + noise[: n // 2], (a[n // 2 :] + b[n // 2 :]) / 2])
+    return q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+
+
+class VectorIndex:
+    """One FAISS index with int64 ids (``IndexIDMap2``), inner product on unit vectors."""
+
+    def __init__(self, dim: int, choice: IndexChoice | None = None, *, use_gpu: bool | None = None) -> None:
+        faiss = _faiss()
+        self.dim = int(dim)
+        self.choice = choice or IndexChoice("flat")
+        if self.choice.kind == "flat":
+            inner = faiss.IndexFlatIP(self.dim)
+        elif self.choice.kind == "ivf":
+            quantizer = faiss.IndexFlatIP(self.dim)
+            inner = faiss.IndexIVFFlat(quantizer, self.dim, self.choice.nlist, faiss.METRIC_INNER_PRODUCT)
+            inner.nprobe = self.choice.nprobe
+            self._quantizer = quantizer  # keep alive: the IVF index does not own it
+        else:
+            raise ConfigError(f"index kind must be 'flat' or 'ivf', got {self.choice.kind!r}")
+        self._inner = inner
+        self.index = faiss.IndexIDMap2(inner)
+        self._use_gpu = gpu_count() > 0 if use_gpu is None else bool(use_gpu)
+        self._gpu = None
+
+    # -- building -------------------------------------------------------------------------
+
+    @classmethod
+    def build(
+        cls,
+        vectors: np.ndarray,
+        ids: np.ndarray,
+        *,
+        kind: str = "auto",
+        ivf_threshold: int = DEFAULT_IVF_THRESHOLD,
+        nlist: int | None = None,
+        nprobe: int | None = None,
+        target_recall: float = 0.95,
+        use_gpu: bool | None = None,
+        seed: int = 0,
+        dim: int | None = None,
+    ) -> VectorIndex:
+        """An index over ``vectors`` (N, D) float32 unit rows with ``ids`` (N,) int64.
+
+        kind: "auto" (flat below ``ivf_threshold`` vectors, IVF above), "flat" or "ivf".
+        nprobe: None tunes it: the smallest power of two reaching ``target_recall`` @10 on probe queries.
+        """
+        x = _as_matrix(vectors, dim)
+        ids = np.ascontiguousarray(np.asarray(ids, dtype=np.int64))
+        if ids.shape != (len(x),):
+            raise ConfigError(f"ids must be ({len(x)},) int64, got shape {ids.shape}")
+        n, d = x.shape
+        if kind == "auto":
+            kind = "ivf" if n >= ivf_threshold else "flat"
+        if kind == "flat":
+            index = cls(d, IndexChoice("flat"), use_gpu=use_gpu)
+            index.add(x, ids)
+            return index
+        if kind != "ivf":
+            raise ConfigError(f"index kind must be 'auto', 'flat' or 'ivf', got {kind!r}")
+        nlist = int(nlist or max(1, min(round(4 * math.sqrt(n)), n // 39 or 1)))
+        index = cls(d, IndexChoice("ivf", nlist, nprobe or 1, n), use_gpu=use_gpu)
+        rng = np.random.default_rng(seed)
+        train = x if n <= 64 * nlist else x[rng.choice(n, 64 * nlist, replace=False)]
+        index._inner.train(train)
+        index.add(x, ids)
+        if nprobe is None:
+            index.tune_nprobe(x, target_recall=target_recall, seed=seed)
+        return index
+
+    def tune_nprobe(self, x: np.ndarray, *, target_recall: float = 0.95, queries: int = 200, seed: int = 0) -> float:
+        """Set the smallest nprobe whose recall@10 vs exact search on probe queries reaches the target."""
+        if self.choice.kind != "ivf":
+            return 1.0
+        faiss = _faiss()
+        q = _probe_queries(x, min(queries, len(x)), seed)
+        exact = faiss.IndexFlatIP(self.dim)
+        exact.add(x)
+        k = min(10, len(x))
+        _, truth = exact.search(q, k)
+        recall = 0.0
+        for nprobe in [p for p in _NPROBES if p < self.choice.nlist] + [self.choice.nlist]:
+            self._inner.nprobe = nprobe
+            _, got = self._inner.search(q, k)
+            recall = recall_at_k(got, truth)
+            if recall >= target_recall:
+                break
+        self.choice = IndexChoice("ivf", self.choice.nlist, int(self._inner.nprobe), self.choice.trained_on)
+        self._gpu = None
+        return recall
+
+    # -- updates --------------------------------------------------------------------------
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.index.ntotal)
+
+    def add(self, vectors: np.ndarray, ids: np.ndarray) -> None:
+        x = _as_matrix(vectors, self.dim)
+        if len(x):
+            self.index.add_with_ids(x, np.ascontiguousarray(np.asarray(ids, dtype=np.int64)))
+        self._gpu = None
+
+    def remove(self, ids) -> int:
+        """Remove these ids (missing ones are ignored); returns how many were removed."""
+        ids = np.ascontiguousarray(np.asarray(list(ids), dtype=np.int64))
+        if not len(ids):
+            return 0
+        self._gpu = None
+        return int(self.index.remove_ids(_faiss().IDSelectorBatch(ids)))
+
+    def ids(self) -> np.ndarray:
+        """(N,) int64 ids held by the index."""
+        return _faiss().vector_to_array(self.index.id_map).astype(np.int64)
+
+    # -- search ---------------------------------------------------------------------------
+
+    def _searcher(self):
+        if not self._use_gpu:
+            return self.index
+        if self._gpu is None:
+            faiss = _faiss()
+            self._res = getattr(self, "_res", None) or faiss.StandardGpuResources()
+            self._gpu = faiss.index_cpu_to_gpu(self._res, 0, self.index)
+        return self._gpu
+
+    def search(
+        self, queries: np.ndarray, k: int, *, allowed_ids: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k by inner product: (Q, k) float32 scores and (Q, k) int64 ids, ``-1`` where none.
+
+        allowed_ids: search only these ids (an id selector on the CPU index, so the k results are
+        the best k among them, not a post-filtered top-k).
+        """
+        q = _as_matrix(queries, self.dim)
+        if k < 1:
+            raise ConfigError(f"k must be >= 1, got {k}")
+        if allowed_ids is None:
+            return self._searcher().search(q, k)
+        faiss = _faiss()
+        sel = faiss.IDSelectorBatch(np.ascontiguousarray(np.asarray(allowed_ids, dtype=np.int64)))
+        if self.choice.kind != "ivf":
+            return self.index.search(q, k, params=faiss.SearchParameters(sel=sel))
+        # IVF visits only nprobe cells: widen until every query has min(k, allowed) results.
+        want = min(k, len(np.unique(np.asarray(allowed_ids))))
+        nprobe = max(1, self.choice.nprobe)
+        while True:
+            scores, ids = self.index.search(q, k, params=faiss.SearchParametersIVF(sel=sel, nprobe=nprobe))
+            if nprobe >= self.choice.nlist or bool(((ids >= 0).sum(axis=1) >= want).all()):
+                return scores, ids
+            nprobe = min(nprobe * 4, self.choice.nlist)
+
+    # -- persistence ----------------------------------------------------------------------
+
+    def save(self, path: str | Path, header: dict | None = None) -> None:
+        """Write the CPU index and a JSON header atomically (temp file + fsync + os.replace)."""
+        faiss = _faiss()
+        path = Path(path)
+        head = dict(header or {}, dim=self.dim, count=self.ntotal, kind=self.choice.kind, **self.choice.params())
+        blob = faiss.serialize_index(self.index)
+        head_bytes = json.dumps(head).encode()
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        with open(tmp, "wb") as fh:
+            fh.write(_MAGIC + struct.pack("<Q", len(head_bytes)) + head_bytes)
+            fh.write(blob.tobytes())
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+
+    @staticmethod
+    def read_header(path: str | Path) -> dict | None:
+        """The header of a saved index, or None when the file is missing or not an index."""
+        try:
+            with open(path, "rb") as fh:
+                if fh.read(8) != _MAGIC:
+                    return None
+                (n,) = struct.unpack("<Q", fh.read(8))
+                return json.loads(fh.read(n))
+        except (OSError, ValueError, struct.error):
+            return None
+
+    @classmethod
+    def load(cls, path: str | Path, *, use_gpu: bool | None = None) -> tuple[VectorIndex, dict]:
+        """Read a saved index; raises StoreError when the file is damaged."""
+        faiss = _faiss()
+        try:
+            data = Path(path).read_bytes()
+            if data[:8] != _MAGIC:
+                raise ValueError("bad magic")
+            (n,) = struct.unpack("<Q", data[8:16])
+            head = json.loads(data[16 : 16 + n])
+            raw = faiss.deserialize_index(np.frombuffer(data[16 + n :], dtype=np.uint8).copy())
+        except Exception as exc:  # noqa: BLE001 - any damage means: rebuild from SQLite
+            raise StoreError(f"{path}: damaged vector index ({exc}). Run: om3db reindex") from exc
+        choice = IndexChoice(head["kind"], head.get("nlist", 0), head.get("nprobe", 0), head.get("trained_on", 0))
+        index = cls.__new__(cls)
+        index.dim = int(head["dim"])
+        index.choice = choice
+        index.index = faiss.downcast_index(raw) if not isinstance(raw, faiss.IndexIDMap2) else raw
+        index._inner = faiss.downcast_index(index.index.index)
+        if choice.kind == "ivf":
+            index._inner.nprobe = choice.nprobe
+        index._use_gpu = gpu_count() > 0 if use_gpu is None else bool(use_gpu)
+        index._gpu = None
+        return index, head
