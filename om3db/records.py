@@ -77,6 +77,8 @@ class IngestReport:
     """Mask indices that no usable frame sees; they are not stored."""
     seconds_per_stage: dict[str, float]
     crops: int = 0
+    masks_too_small: list[int] = field(default_factory=list)
+    """Mask indices with fewer points than the ingest's ``min_points``; they are not stored."""
 
 
 @dataclass(frozen=True)
