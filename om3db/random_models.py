@@ -13,7 +13,7 @@ from typing import Literal
 
 from om3db.errors import ConfigError
 
-__all__ = ["write_random_siglip", "write_random_dinov2", "write_random_sam", "TINY_VOCAB"]
+__all__ = ["write_random_siglip", "write_random_dinov2", "write_random_sam", "write_random_models", "TINY_VOCAB"]
 
 TINY_VOCAB = (
     "a an the of in on at with and or photo picture scene room object thing "
@@ -123,3 +123,20 @@ def write_random_sam(out_path: str | Path, size: Literal["tiny", "vit_h", "vit_l
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), out)
     return out
+
+
+def write_random_models(out_dir: str | Path, size: Literal["tiny", "full"] = "tiny", seed: int = 0) -> dict[str, Path]:
+    """All three demo checkpoints under ``out_dir``: ``siglip/``, ``dinov2/``, ``sam.pth``.
+
+    "full" = SigLIP-SO400M/14@384, DINOv2-L/14 and SAM ViT-H architectures (~4.5 GB on disk).
+    Returns {"siglip": dir, "dinov2": dir, "sam": file}.
+    """
+    if size not in ("tiny", "full"):
+        raise ConfigError(f"unknown random model size {size!r}; choose 'tiny' or 'full'")
+    out = Path(out_dir)
+    full = size == "full"
+    return {
+        "siglip": write_random_siglip(out / "siglip", "so400m" if full else "tiny", seed),
+        "dinov2": write_random_dinov2(out / "dinov2", "large" if full else "tiny", seed),
+        "sam": write_random_sam(out / "sam.pth", "vit_h" if full else "tiny", seed),
+    }

@@ -156,3 +156,20 @@ def test_bad_inputs(tiny_siglip, tiny_dinov2):
         tiny_siglip.encode_images([np.zeros((4, 4, 3), np.float32)])
     with pytest.raises(ConfigError, match=r"^encode_texts takes a sequence of strings"):
         tiny_siglip.encode_texts("a chair")
+
+
+def test_write_random_models_round_trip(tmp_path):
+    from om3db.random_models import write_random_models
+    from om3db.sam import load_sam
+
+    paths = write_random_models(tmp_path / "demo", seed=2)
+    assert paths == {"siglip": tmp_path / "demo" / "siglip", "dinov2": tmp_path / "demo" / "dinov2",
+                     "sam": tmp_path / "demo" / "sam.pth"}
+    assert load_siglip(paths["siglip"], device="cpu").encode_texts(["red"]).shape == (1, 32)
+    assert load_sam(paths["sam"], device="cpu").model_type == "custom"
+    with pytest.raises(ConfigError, match=r"^unknown random model size 'huge'; choose 'tiny' or 'full'$"):
+        write_random_models(tmp_path, size="huge")
+    with pytest.raises(ConfigError, match=r"^unknown SigLIP size 'base'; choose one of \['so400m', 'tiny'\]$"):
+        from om3db.random_models import write_random_siglip
+
+        write_random_siglip(tmp_path / "x", size="base")
