@@ -1,7 +1,7 @@
 """Test doubles and hand-built inputs (TEST-ONLY; nothing here is used by the library).
 
-- :class:`FakeColorEncoder`: a deterministic encoder that maps an image to its mean colour's
-  similarity to a palette of named colours, and a text to the colour word it contains. With it a
+- :class:`FakeColorEncoder`: a deterministic encoder that maps an image to the histogram of its
+  pixels' nearest named palette colour, and a text to the colour word it contains. With it a
   crop of the red object is nearest to the text "red", which checks end to end that the pipeline
   crops the right pixels without any real model.
 - :func:`write_scan`: write a tiny scan folder in the ScanNet layout from arrays.
@@ -43,25 +43,35 @@ def _palette() -> dict[str, tuple[int, int, int]]:
 
 
 class FakeColorEncoder:
-    """FAKE encoder for tests: vector = softmax-free similarity profile of a colour to the palette.
+    """FAKE encoder for tests: an image is the histogram of its pixels' nearest palette colour.
 
-    ``encode_images``: mean RGB of the image -> for each palette colour ``exp(-|c - p|^2 / 2s^2)``,
-    L2-normalised. ``encode_texts``: the profile of the first palette word in the text (uniform
-    when none). So a text "red" is most similar to images whose mean colour is nearest red.
+    ``encode_images``: every pixel votes for its nearest colour (up to a shading factor in
+    [0.35, 1], as om3db.synth shades surfaces) among the palette plus three
+    achromatic "background" colours (white, gray, black: walls and floors vote there); the vector is
+    the vote fraction per colour, L2-normalised. ``encode_texts``: one-hot on the first palette word
+    in the text (uniform when none). So the text "red" is most similar to the crops with the
+    largest share of red pixels: the crops of the red object.
     """
 
-    def __init__(self, palette: dict[str, tuple[int, int, int]] | None = None, sigma: float = 60.0) -> None:
+    BACKGROUND = {"white": (230, 230, 230), "gray": (128, 128, 128), "black": (15, 15, 15)}
+
+    def __init__(self, palette: dict[str, tuple[int, int, int]] | None = None) -> None:
         self.palette = dict(palette) if palette is not None else _palette()
-        self.names = list(self.palette)
-        self._colors = np.array([self.palette[n] for n in self.names], dtype=np.float64)
-        self.sigma = sigma
-        self.identity = EncoderIdentity(model_id="fake-color", revision="test", dim=len(self.names), preprocessing="mean colour vs palette")
+        self.names = list(self.palette) + [n for n in self.BACKGROUND if n not in self.palette]
+        colours = {**self.BACKGROUND, **self.palette}
+        self._colors = np.array([colours[n] for n in self.names], dtype=np.float64)
+        self.identity = EncoderIdentity(model_id="fake-color", revision="test", dim=len(self.names), preprocessing="nearest-palette histogram")
         self.image_calls = 0
         self.images_seen = 0
 
-    def _profile(self, rgb: np.ndarray) -> np.ndarray:
-        d2 = ((self._colors - rgb[None, :]) ** 2).sum(axis=1)
-        v = np.exp(-d2 / (2 * self.sigma**2)) + 1e-6
+    def _histogram(self, image: np.ndarray) -> np.ndarray:
+        px = np.asarray(image, dtype=np.float64).reshape(-1, 3)
+        # nearest palette colour up to the renderer's shading factor s in [0.35, 1] (om3db.synth)
+        pp = (self._colors**2).sum(axis=1)
+        dot = px @ self._colors.T
+        s = np.clip(dot / pp, 0.35, 1.0)
+        nearest = np.argmin(-2 * s * dot + s**2 * pp, axis=1)
+        v = np.bincount(nearest, minlength=len(self.names)).astype(np.float64)
         return (v / np.linalg.norm(v)).astype(np.float32)
 
     def encode_images(self, images: list[np.ndarray]) -> np.ndarray:
@@ -69,18 +79,15 @@ class FakeColorEncoder:
         self.images_seen += len(images)
         if not images:
             return np.zeros((0, len(self.names)), dtype=np.float32)
-        return np.stack([self._profile(np.asarray(im, dtype=np.float64).reshape(-1, 3).mean(axis=0)) for im in images])
+        return np.stack([self._histogram(im) for im in images])
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         out = []
         for t in texts:
             words = t.lower().replace(",", " ").split()
             hit = next((w for w in words if w in self.palette), None)
-            if hit is None:
-                v = np.ones(len(self.names), dtype=np.float32)
-                out.append(v / np.linalg.norm(v))
-            else:
-                out.append(self._profile(np.asarray(self.palette[hit], dtype=np.float64)))
+            v = np.ones(len(self.names), dtype=np.float32) if hit is None else np.eye(len(self.names), dtype=np.float32)[self.names.index(hit)]
+            out.append(v / np.linalg.norm(v))
         return np.stack(out) if out else np.zeros((0, len(self.names)), dtype=np.float32)
 
 
