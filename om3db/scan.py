@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal
 
 import numpy as np
 
@@ -19,9 +19,10 @@ from .camera import Intrinsics
 from .errors import ConfigError, ScanError
 from .masks import find_mask_file, load_masks
 
-__all__ = ["Frame", "SkippedFrame", "Scan", "read_scan", "PoseConvention"]
+__all__ = ["Frame", "SkippedFrame", "Scan", "read_scan", "PoseConvention", "DepthSource"]
 
 PoseConvention = Literal["opencv", "opengl"]
+DepthSource = Literal["sensor", "rendered", "auto"]
 COLOR_EXTS = (".jpg", ".jpeg", ".png")
 _INT_STEM = re.compile(r"^\d+$")
 # OpenGL / ARKit camera axes (x right, y up, z backward) -> OpenCV (x right, y down, z forward)
@@ -36,12 +37,20 @@ class Frame:
     frame_id: int
     """Integer stem of the file names (``color/000120.jpg`` -> 120)."""
     color_path: Path
-    depth_path: Path
+    depth_path: Path | None
+    """None when the scan has no sensor depth (depth is rendered, see :attr:`depth_renderer`)."""
     pose_path: Path
     pose: np.ndarray = field(repr=False)
     """(4, 4) float64 camera-to-world, OpenCV camera axes (x right, y down, z forward), metres."""
     depth_scale: float = 1000.0
     """Raw uint16 depth units per metre."""
+    depth_renderer: Callable[["Frame"], np.ndarray] | None = field(default=None, repr=False, compare=False)
+    """When set (``read_scan(depth="rendered"|"auto")``), :meth:`depth` renders from the scan's PLY."""
+
+    @property
+    def rendered_depth(self) -> bool:
+        """True when :meth:`depth` is rendered from the scan's mesh / points, not read from a sensor image."""
+        return self.depth_renderer is not None
 
     @property
     def world_to_camera(self) -> np.ndarray:
@@ -58,6 +67,8 @@ class Frame:
 
     def depth(self) -> np.ndarray:
         """(h, w) float32 depth in metres at depth resolution; 0 means no measurement."""
+        if self.depth_renderer is not None:
+            return self.depth_renderer(self)
         img = _open_image(self.depth_path)
         try:
             raw = np.asarray(img)
@@ -105,6 +116,8 @@ class Scan:
     mask_path: Path | None = None
     frames_on_disk: int = 0
     """Frames found on disk before the frame step."""
+    depth_source: str = "sensor"
+    """"sensor" (depth/ images) or "rendered" (depth rendered from the PLY per frame)."""
 
     @property
     def num_points(self) -> int:
@@ -137,7 +150,8 @@ class Scan:
         for p in sorted((self.path / "intrinsic").glob("*.txt")):
             h.update(p.name.encode() + p.read_bytes())
         for f in self.frames:
-            h.update(f"{f.frame_id}:{f.color_path.stat().st_size}:{f.depth_path.stat().st_size}".encode())
+            depth_size = f.depth_path.stat().st_size if f.depth_path is not None else "rendered"
+            h.update(f"{f.frame_id}:{f.color_path.stat().st_size}:{depth_size}".encode())
             h.update(np.ascontiguousarray(f.pose).tobytes())
         return h.hexdigest()
 
@@ -238,6 +252,7 @@ def read_scan(
     masks: str | Path | bool | None = True,
     ply: str | Path | None = None,
     check_all_images: bool = True,
+    depth: DepthSource = "sensor",
 ) -> Scan:
     """Read and validate a scan folder.
 
@@ -248,6 +263,11 @@ def read_scan(
         file, False/None to ignore masks.
     ply: the scene point cloud; default ``<name>.ply``, ``*_vh_clean_2.ply`` or the only ``.ply``.
     check_all_images: read every image header (size, bit depth); False checks only the first frame.
+    depth: "sensor" reads depth/ (missing depth/ is an error); "rendered" renders every frame's depth
+        from the PLY (its faces with open3d RaycastingScene, else its points as splats); "auto"
+        renders only when the scan has no depth/ folder (or it holds no PNG). Rendered depth has the
+        sensor depth size when depth/ exists, else half the colour size, with the colour intrinsics
+        rescaled to it (intrinsic_depth.txt is then ignored: its image size is unknown).
     """
     root = Path(path)
     if frame_step < 1:
@@ -256,6 +276,8 @@ def read_scan(
         raise ConfigError(f"depth_scale must be > 0, got {depth_scale}")
     if pose_convention not in ("opencv", "opengl"):
         raise ConfigError(f"pose_convention must be 'opencv' or 'opengl', got {pose_convention!r}")
+    if depth not in ("sensor", "rendered", "auto"):
+        raise ConfigError(f"depth must be 'sensor', 'rendered' or 'auto', got {depth!r}")
     if not root.is_dir():
         raise ScanError(root, "scan folder not found", "Pass the folder that holds color/, depth/, pose/ and intrinsic/")
     if not any(root.iterdir()):
@@ -270,11 +292,13 @@ def read_scan(
     k_depth = _read_matrix(k_depth_path, "intrinsic matrix") if k_depth_path.is_file() else None
 
     colors = _index_frames(root / "color", COLOR_EXTS)
-    depths = _index_frames(root / "depth", (".png",))
+    has_depth_dir = (root / "depth").is_dir()
+    render = depth == "rendered" or (depth == "auto" and not (has_depth_dir and any((root / "depth").glob("*.png"))))
+    depths = _index_frames(root / "depth", (".png",)) if has_depth_dir or not render else {}
     poses = _index_frames(root / "pose", (".txt",))
     if not colors and not depths:
         raise ScanError(root / "color", "no frames found", "Frames are color/<id>.jpg|png, depth/<id>.png, pose/<id>.txt")
-    _check_same_ids(root, colors, depths, poses)
+    _check_same_ids(root, colors, depths if not render or depths else dict.fromkeys(colors), poses)
 
     ids = sorted(colors)
     on_disk = len(ids)
@@ -285,7 +309,10 @@ def read_scan(
     c_size = d_size = None
     for fid in check_ids:
         cw, ch, _ = _image_size(colors[fid])
-        dw, dh, dmode = _image_size(depths[fid])
+        if render and not depths:
+            dw, dh, dmode = max(cw // 2, 1), max(ch // 2, 1), "I;16"
+        else:
+            dw, dh, dmode = _image_size(depths[fid])
         if dmode not in ("I;16", "I;16B", "I;16L", "I"):
             raise ScanError(depths[fid], f"depth is not 16-bit (PIL mode {dmode})", _DEPTH_FIX)
         if c_size is None:
@@ -296,7 +323,7 @@ def read_scan(
             raise ScanError(depths[fid], f"depth size {dw}x{dh} differs from the first frame's {d_size[0]}x{d_size[1]}", "All depth frames must share one resolution")
 
     color_intr = Intrinsics.from_matrix(k_color, *c_size)
-    if k_depth is not None:
+    if k_depth is not None and depths:
         depth_intr = Intrinsics.from_matrix(k_depth, *d_size)
     else:
         depth_intr = color_intr.scaled_to(*d_size)
@@ -311,7 +338,7 @@ def read_scan(
             continue
         if pose_convention == "opengl":
             pose = pose @ _GL_TO_CV
-        frames.append(Frame(fid, colors[fid], depths[fid], poses[fid], pose, depth_scale))
+        frames.append(Frame(fid, colors[fid], depths.get(fid), poses[fid], pose, depth_scale))
     if not frames:
         raise ScanError(root / "pose", f"no usable frame: all {len(ids)} poses are non-finite or non-rigid", "Check the pose export")
 
@@ -319,6 +346,11 @@ def read_scan(
     if not ply_path.is_file():
         raise ScanError(ply_path, "point cloud file not found", "Pass an existing .ply")
     points, point_colors = _read_ply(ply_path)
+    if render:
+        from .proposals.render import FrameDepthRenderer  # noqa: PLC0415
+
+        renderer = FrameDepthRenderer(ply_path, points, depth_intr)
+        frames = [replace(f, depth_renderer=renderer) for f in frames]
 
     mask_path = None
     mask_arr = mask_scores = None
@@ -343,6 +375,7 @@ def read_scan(
         mask_scores=mask_scores,
         mask_path=mask_path,
         frames_on_disk=on_disk,
+        depth_source="rendered" if render else "sensor",
     )
 
 
