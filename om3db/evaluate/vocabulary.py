@@ -80,8 +80,22 @@ def scannet200() -> Vocabulary:
     )
 
 
-def load_vocabulary(spec: str | Path) -> Vocabulary:
-    """``"scannet200"``, a ``classes.json`` (``[{"id": .., "name": ..}]``), or a text file (one name per line, ids 1..n)."""
+def load_vocabulary(spec: str | Path, *, exclude: tuple[str, ...] | list[str] = ("wall", "floor")) -> Vocabulary:
+    """``"scannet200"``, a ``classes.json`` (``[{"id": .., "name": ..}]``), a scan folder with ``gt/classes.json``,
+    or a text file (one name per line, ids 1..n).
+
+    ``exclude``: class names prompted but not evaluated (their GT points are void), by default wall and
+    floor as in ScanNet200; names absent from the vocabulary are ignored.
+    """
+    vocab = _load_vocabulary(spec)
+    skip = set(exclude)
+    evaluated = frozenset(i for i, n in zip(vocab.ids, vocab.names, strict=True) if n not in skip)
+    if not evaluated:
+        raise EvaluationError(f"{spec}: every class is excluded from evaluation; exclude fewer classes")
+    return Vocabulary(ids=vocab.ids, names=vocab.names, evaluated=evaluated, splits=vocab.splits)
+
+
+def _load_vocabulary(spec: str | Path) -> Vocabulary:
     if str(spec).lower() == "scannet200":
         return scannet200()
     path = Path(spec)
