@@ -170,12 +170,13 @@ def _resolve_device(device: str):
 
 
 def load_sam(checkpoint: str | Path, model_type: Literal["vit_h", "vit_l", "vit_b", "auto"] = "auto", *,
-             config: SamConfig | None = None, device: str = "auto") -> "SamPredictor":
+             config: SamConfig | None = None, device: str = "auto", dtype: str | None = None) -> "SamPredictor":
     """Load an original segment-anything checkpoint (e.g. ``sam_vit_h_4b8939.pth``) into a `SamPredictor`.
 
     ``model_type="auto"`` reads the architecture off the tensor shapes; a named type must match them.
-    ``config`` overrides both for custom architectures. CUDA when available (float32: SAM's decoder
-    is cheap and its masks are thresholded logits), else CPU.
+    ``config`` overrides both for custom architectures. ``device="auto"``: CUDA when available, else CPU.
+    ``dtype`` is the compute dtype under autocast (weights stay float32): None = "bfloat16" on CUDA,
+    "float32" on CPU.
     """
     import torch
 
@@ -212,8 +213,12 @@ def load_sam(checkpoint: str | Path, model_type: Literal["vit_h", "vit_l", "vit_
     except RuntimeError as exc:
         raise ModelLoadError(f"{path}: weights do not fit the SAM architecture {asdict(config)} ({exc}). "
                              "Pass model_type='auto' or the matching config") from exc
-    model = model.to(_resolve_device(device))
-    return SamPredictor(model, model_type=_config_name(config), checkpoint=str(path))
+    dev = _resolve_device(device)
+    if dtype is None:
+        dtype = "bfloat16" if dev.type == "cuda" else "float32"
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise ConfigError(f"unknown SAM dtype {dtype!r}: use 'float32', 'bfloat16' or 'float16'")
+    return SamPredictor(model.to(dev), model_type=_config_name(config), checkpoint=str(path), dtype=dtype)
 
 
 def _resize_shape(h: int, w: int, long_side: int) -> tuple[int, int]:
@@ -235,6 +240,8 @@ class SamPredictor:
     """"vit_h" / "vit_l" / "vit_b" / "custom"."""
     checkpoint: str = ""
     """Path the weights were read from."""
+    dtype: str = "float32"
+    """Compute dtype: "float32", or "bfloat16" / "float16" under torch.autocast (weights stay float32)."""
     encoder_calls: int = 0
     """How many times the image encoder ran (once per `set_image`)."""
     decoder_calls: int = 0
@@ -251,6 +258,15 @@ class SamPredictor:
     def device(self):
         return self.model.pixel_mean.device
 
+    def _autocast(self):
+        import contextlib
+
+        import torch
+
+        if self.dtype == "float32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=getattr(torch, self.dtype))
+
     def set_image(self, image: np.ndarray) -> None:
         """Encode an (H, W, 3) uint8 RGB image; later prompts are in its pixel coordinates (x, y)."""
         import torch
@@ -263,7 +279,7 @@ class SamPredictor:
         nh, nw = _resize_shape(h, w, self.image_size)
         resized = np.array(Image.fromarray(image).resize((nw, nh), Image.BILINEAR))
         x = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).contiguous()[None].float()
-        with torch.inference_mode():
+        with torch.inference_mode(), self._autocast():
             self._features = self.model.image_encoder(self.model.preprocess(x))
         self._original_size, self._input_size = (h, w), (nh, nw)
         self.encoder_calls += 1
@@ -285,7 +301,7 @@ class SamPredictor:
         scaled[..., 1] *= nh / h
         pc = torch.as_tensor(scaled, dtype=torch.float32, device=self.device)
         pl = torch.as_tensor(labels, dtype=torch.int64, device=self.device)
-        with torch.inference_mode():
+        with torch.inference_mode(), self._autocast():
             sparse, dense = self.model.prompt_encoder(points=(pc, pl), boxes=None, masks=None)
             low, iou = self.model.mask_decoder(
                 image_embeddings=self._features, image_pe=self.model.prompt_encoder.get_dense_pe(),
@@ -298,7 +314,7 @@ class SamPredictor:
         import torch
 
         with torch.inference_mode():
-            masks = self.model.postprocess_masks(low, self._input_size, self._original_size)
+            masks = self.model.postprocess_masks(low.float(), self._input_size, self._original_size)
             return (masks[:, 0] > self.model.mask_threshold).cpu().numpy()
 
     def predict_batch(self, point_coords: np.ndarray, point_labels: np.ndarray, *,

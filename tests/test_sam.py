@@ -148,3 +148,18 @@ def test_predictor_input_errors(tiny_sam_path):
     with pytest.raises(ConfigError, match=r"^SAM prompts must be point_coords \(B, P, 2\) and point_labels \(B, P\); "
                                           r"got \(2, 5, 2\) and \(2, 4\)$"):
         pred.predict_batch(coords, labels[:, :4])
+
+
+def test_bfloat16_autocast_is_close_to_float32(tiny_sam_path):
+    image, (coords, labels) = _image(seed=8), _prompts(8, 5, seed=9)
+    results = {}
+    for dtype in ("float32", "bfloat16"):
+        pred = load_sam(tiny_sam_path, device="cpu", dtype=dtype)
+        assert pred.dtype == dtype
+        pred.set_image(image)
+        results[dtype] = pred.predict_batch(coords, labels)
+    (m32, iou32), (m16, iou16) = results["float32"], results["bfloat16"]
+    assert iou16.dtype == np.float32 and np.abs(iou32 - iou16).max() < 0.02 and (m32 != m16).mean() < 0.02
+    assert load_sam(tiny_sam_path, device="cpu").dtype == "float32"  # auto: float32 on CPU
+    with pytest.raises(ConfigError, match=r"^unknown SAM dtype 'int8': use 'float32', 'bfloat16' or 'float16'$"):
+        load_sam(tiny_sam_path, device="cpu", dtype="int8")
