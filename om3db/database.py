@@ -216,7 +216,7 @@ class Database:
         """Ingest every scan at or below the given folder(s); one atomic commit per scan.
 
         siglip / dinov2: encoder objects, hub ids or local directories (None: the model the space was
-        built with, else the default hub id). sam: a SAM predictor or checkpoint path (None: box crops).
+        built with, else the default hub id; ``dinov2=False`` skips the image-image space). sam: a SAM predictor or checkpoint path (None: box crops).
         Scans whose fingerprint and settings are unchanged are skipped unless ``force``.
         Holds the writer lock for the whole call.
         """
@@ -229,7 +229,8 @@ class Database:
         if not folders:
             raise ConfigError(f"no scan folders (with color/ and intrinsic/) found under {', '.join(map(str, roots))}")
         with self.store.lock:
-            encoders = {"siglip": self._encoder("siglip", siglip), "dinov2": self._encoder("dinov2", dinov2)}
+            encoders = {space: self._encoder(space, spec) for space, spec in (("siglip", siglip), ("dinov2", dinov2))
+                        if spec is not False}
             if isinstance(sam, (str, Path)):
                 from .sam import load_sam  # noqa: PLC0415
 
