@@ -11,7 +11,15 @@
 from __future__ import annotations
 
 from .files import load_prediction_file, load_predictions, save_predictions
-from .from_database import DatabaseEvaluation, evaluate_database, label_scan, predictions_from_labels, resolve_gt
+from .from_database import (
+    DatabaseEvaluation,
+    SemanticReport,
+    evaluate_database,
+    label_scan,
+    predictions_from_labels,
+    resolve_gt,
+    semantic_from_database,
+)
 from .instance import IOU_THRESHOLDS, ClassAP, InstanceAPResult, ScenePredictions, instance_ap
 from .semantic import (
     HIoUResult,
@@ -34,6 +42,7 @@ __all__ = [
     "HIoUResult",
     "InstanceAPResult",
     "ScenePredictions",
+    "SemanticReport",
     "SemanticResult",
     "Vocabulary",
     "class_colors",
@@ -55,5 +64,6 @@ __all__ = [
     "semantic_hiou",
     "semantic_labels",
     "semantic_labels_from_db_labels",
+    "semantic_from_database",
     "semantic_miou",
 ]

@@ -19,7 +19,7 @@ from ..errors import EvaluationError
 from .instance import InstanceAPResult, ScenePredictions, instance_ap
 from .vocabulary import Vocabulary, load_gt, load_gt_file, load_vocabulary
 
-__all__ = ["DatabaseEvaluation", "evaluate_database", "predictions_from_labels", "label_scan", "resolve_gt"]
+__all__ = ["DatabaseEvaluation", "SemanticReport", "evaluate_database", "semantic_from_database", "predictions_from_labels", "label_scan", "resolve_gt"]
 
 Protocol = Literal["constant", "similarity"]
 Aggregation = Literal["mean", "max"]
@@ -152,3 +152,74 @@ def evaluate_database(
             preds = {s: predictions_from_labels(lab, vocab, len(gt_ids[s]), protocol=proto, scene=s) for s, lab in labels.items()}
             results[f"{proto}/{agg}"] = instance_ap(preds, gt_ids, vocabulary=vocab, min_region_size=min_region_size)
     return DatabaseEvaluation(results, template, len(vocab.names), tuple(sorted(gt_ids)), tuple(notes))
+
+
+@dataclass(frozen=True)
+class SemanticReport:
+    """Semantic segmentation of a database's scans against GT."""
+
+    result: Any
+    """:class:`~om3db.evaluate.semantic.SemanticResult`, or :class:`~om3db.evaluate.semantic.HIoUResult` with a novel split."""
+    exported: tuple[str, ...] = ()
+    """Files written (one per scan) when an export folder was given."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return {**self.result.to_dict(), "exported": list(self.exported)}
+
+
+def semantic_from_database(
+    db: Any,
+    gt: Mapping[str, Any] | str | Path,
+    vocabulary: Vocabulary | str | Path = "scannet200",
+    *,
+    template: str = "a {} in a scene",
+    aggregation: str = "mean",
+    fill: str = "none",
+    novel: Iterable[str] | str | Path | None = None,
+    export: str | Path | None = None,
+    export_format: str = "npy",
+) -> SemanticReport:
+    """Per-point labels of every GT scene from the database's instance labels, mIoU (and hIoU with ``novel``)
+    over all vocabulary classes; optionally written to ``export/<scene>.<npy|ply>``.
+
+    ``fill="nearest"`` and PLY export read the scan's points (PLY vertices) from the path the scan was ingested from.
+    """
+    from .semantic import save_semantic, semantic_gt, semantic_hiou, semantic_labels_from_db_labels, semantic_miou  # noqa: PLC0415
+
+    vocab = vocabulary if isinstance(vocabulary, Vocabulary) else load_vocabulary(vocabulary)
+    if export_format not in ("npy", "ply"):
+        raise EvaluationError(f"unknown export format {export_format!r}; choose 'npy' or 'ply'")
+    gt_ids = resolve_gt(gt)
+    if not gt_ids:
+        raise EvaluationError("no ground-truth scenes given")
+    need_points = fill == "nearest" or (export is not None and export_format == "ply")
+    paths = {}
+    if need_points:
+        paths = {str(i.name): i.path for i in db.scans()}
+    pred, truth, written = {}, {}, []
+    for scene in sorted(gt_ids):
+        n = len(gt_ids[scene])
+        points = _scan_points(scene, paths, n) if need_points else None
+        labels = label_scan(db, scene, vocab, template=template, aggregation=aggregation)
+        pred[scene] = semantic_labels_from_db_labels(labels, n, fill=fill, points=points)
+        truth[scene] = semantic_gt(gt_ids[scene], vocab)
+        if export is not None:
+            out = Path(export) / f"{scene}.{export_format}"
+            written.append(str(save_semantic(out, pred[scene], points=points, num_classes=len(vocab.names))))
+    if novel is None:
+        result = semantic_miou(pred, truth, class_names=vocab.names)
+    else:
+        result = semantic_hiou(pred, truth, class_names=vocab.names, novel=novel)
+    return SemanticReport(result, tuple(written))
+
+
+def _scan_points(scene: str, paths: dict[str, str], num_points: int) -> np.ndarray:
+    from ..scan import read_scan  # noqa: PLC0415
+
+    if scene not in paths:
+        raise EvaluationError(f"scan {scene}: not in the database; ingest it first or drop its GT file")
+    pts = read_scan(paths[scene], masks=False).points
+    if len(pts) != num_points:
+        raise EvaluationError(f"scan {scene}: the PLY has {len(pts)} points but the ground truth has {num_points}")
+    return pts
