@@ -13,7 +13,8 @@ from typing import Literal
 
 from om3db.errors import ConfigError
 
-__all__ = ["write_random_siglip", "write_random_dinov2", "write_random_sam", "write_random_models", "TINY_VOCAB"]
+__all__ = ["write_random_siglip", "write_random_dinov2", "write_random_sam", "write_random_models", "siglip_config",
+           "dinov2_config", "TINY_VOCAB"]
 
 TINY_VOCAB = (
     "a an the of in on at with and or photo picture scene room object thing "
@@ -57,24 +58,42 @@ def _tiny_tokenizer(max_length: int):
     )
 
 
+def siglip_config(size: Literal["tiny", "so400m"] = "tiny"):
+    """The transformers SiglipConfig of a size ("so400m" = google/siglip-so400m-patch14-384's architecture)."""
+    _check_size(size, _SIGLIP_SIZES, "SigLIP")
+    from transformers import SiglipConfig, SiglipTextConfig, SiglipVisionConfig
+
+    s = _SIGLIP_SIZES[size]
+    tower = dict(hidden_size=s["hidden"], intermediate_size=s["inter"], num_hidden_layers=s["layers"],
+                 num_attention_heads=s["heads"])
+    return SiglipConfig(
+        text_config=SiglipTextConfig(**tower, vocab_size=s["vocab"], max_position_embeddings=s["max_pos"],
+                                     pad_token_id=0, bos_token_id=1, eos_token_id=1),
+        vision_config=SiglipVisionConfig(**tower, image_size=s["image"], patch_size=s["patch"]),
+    )
+
+
+def dinov2_config(size: Literal["tiny", "large"] = "tiny"):
+    """The transformers Dinov2Config of a size ("large" = facebook/dinov2-large's architecture)."""
+    _check_size(size, _DINOV2_SIZES, "DINOv2")
+    from transformers import Dinov2Config
+
+    s = _DINOV2_SIZES[size]
+    return Dinov2Config(hidden_size=s["hidden"], num_hidden_layers=s["layers"], num_attention_heads=s["heads"],
+                        patch_size=s["patch"], image_size=s["image"], mlp_ratio=4)
+
+
 def write_random_siglip(out_dir: str | Path, size: Literal["tiny", "so400m"] = "tiny", seed: int = 0) -> Path:
     """Write a random SigLIP (model + image processor + tokenizer) into ``out_dir``; return it.
 
     "so400m" has the architecture of google/siglip-so400m-patch14-384 (1152-d) with a word-level
     tokenizer (the real sentencepiece vocabulary cannot be downloaded here).
     """
-    _check_size(size, _SIGLIP_SIZES, "SigLIP")
     import torch
-    from transformers import SiglipConfig, SiglipImageProcessorPil, SiglipModel, SiglipTextConfig, SiglipVisionConfig
+    from transformers import SiglipImageProcessorPil, SiglipModel
 
+    config = siglip_config(size)
     s = _SIGLIP_SIZES[size]
-    tower = dict(hidden_size=s["hidden"], intermediate_size=s["inter"], num_hidden_layers=s["layers"],
-                 num_attention_heads=s["heads"])
-    config = SiglipConfig(
-        text_config=SiglipTextConfig(**tower, vocab_size=s["vocab"], max_position_embeddings=s["max_pos"],
-                                     pad_token_id=0, bos_token_id=1, eos_token_id=1),
-        vision_config=SiglipVisionConfig(**tower, image_size=s["image"], patch_size=s["patch"]),
-    )
     torch.manual_seed(seed)
     model = SiglipModel(config).eval()
     out = Path(out_dir)
@@ -87,13 +106,11 @@ def write_random_siglip(out_dir: str | Path, size: Literal["tiny", "so400m"] = "
 
 def write_random_dinov2(out_dir: str | Path, size: Literal["tiny", "large"] = "tiny", seed: int = 0) -> Path:
     """Write a random DINOv2 (model + BiT image processor as facebook/dinov2-*) into ``out_dir``; return it."""
-    _check_size(size, _DINOV2_SIZES, "DINOv2")
     import torch
-    from transformers import BitImageProcessorPil, Dinov2Config, Dinov2Model
+    from transformers import BitImageProcessorPil, Dinov2Model
 
+    config = dinov2_config(size)
     s = _DINOV2_SIZES[size]
-    config = Dinov2Config(hidden_size=s["hidden"], num_hidden_layers=s["layers"], num_attention_heads=s["heads"],
-                          patch_size=s["patch"], image_size=s["image"], mlp_ratio=4)
     torch.manual_seed(seed)
     model = Dinov2Model(config).eval()
     out = Path(out_dir)

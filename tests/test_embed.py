@@ -173,3 +173,19 @@ def test_write_random_models_round_trip(tmp_path):
         from om3db.random_models import write_random_siglip
 
         write_random_siglip(tmp_path / "x", size="base")
+
+
+def test_full_size_configs_match_the_hub_models():
+    """The full-size random architectures are google/siglip-so400m-patch14-384 and facebook/dinov2-large
+    (never written in tests; built on the meta device they have 877,960,498 and 304,368,640 parameters)."""
+    from om3db.random_models import dinov2_config, siglip_config
+
+    sig = siglip_config("so400m")
+    for tower in (sig.vision_config, sig.text_config):
+        assert (tower.hidden_size, tower.intermediate_size, tower.num_hidden_layers, tower.num_attention_heads) == \
+            (1152, 4304, 27, 16)
+    assert (sig.vision_config.image_size, sig.vision_config.patch_size) == (384, 14)
+    assert (sig.text_config.vocab_size, sig.text_config.max_position_embeddings) == (32000, 64)
+    dino = dinov2_config("large")
+    assert (dino.hidden_size, dino.num_hidden_layers, dino.num_attention_heads, dino.patch_size, dino.mlp_ratio) == \
+        (1024, 24, 16, 14, 4)
