@@ -149,6 +149,8 @@ class Scan:
                         h.update(chunk)
         for p in sorted((self.path / "intrinsic").glob("*.txt")):
             h.update(p.name.encode() + p.read_bytes())
+        if self.depth_source != "sensor":  # sensor-depth fingerprints stay as they were
+            h.update(f"depth:{self.depth_source}".encode())
         for f in self.frames:
             depth_size = f.depth_path.stat().st_size if f.depth_path is not None else "rendered"
             h.update(f"{f.frame_id}:{f.color_path.stat().st_size}:{depth_size}".encode())
