@@ -82,7 +82,7 @@ def _load(kind: str, model: str | Path, revision: str | None, loader):
         kwargs["revision"] = revision
     try:
         loaded = loader(source, kwargs)
-    except (OSError, ValueError, KeyError, EnvironmentError) as exc:
+    except Exception as exc:  # transformers / hub / safetensors raise many types; all mean "cannot load"
         if local:
             raise ModelLoadError(f"{source}: cannot load a {kind} checkpoint from this directory "
                                  f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). "

@@ -189,3 +189,15 @@ def test_full_size_configs_match_the_hub_models():
     dino = dinov2_config("large")
     assert (dino.hidden_size, dino.num_hidden_layers, dino.num_attention_heads, dino.patch_size, dino.mlp_ratio) == \
         (1024, 24, 16, 14, 4)
+
+
+def test_corrupt_weights_file(tmp_path, tiny_dinov2_dir):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_dinov2_dir, broken)
+    (broken / "model.safetensors").write_bytes(b"\x00" * 64)
+    with pytest.raises(ModelLoadError, match=re.escape(f"{broken}: cannot load a DINOv2 checkpoint from this "
+                                                       "directory (")) as err:
+        load_dinov2(broken, device="cpu")
+    assert str(err.value).endswith("or write a random demo checkpoint with `om3db models random DIR`")
