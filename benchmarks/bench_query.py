@@ -162,6 +162,7 @@ def row(system, n, lat, ids, truth, batch_s, build_s=None, note=""):
         "recall@10": recall_at_k(ids, truth[: len(ids)]),
         "build_s": build_s,
         "note": note,
+        "loadavg_1min": os.getloadavg()[0],
     }
 
 
@@ -457,13 +458,13 @@ def bench_lance(mm, n, queries, tune_q, truth, tune_truth, args, work: Path):
 
 
 def markdown(rows: list[dict]) -> str:
-    head = "| N | system | queries | p50 ms | p99 ms | batch-32 ms/query | recall@10 | build s |\n"
-    head += "|---:|---|---:|---:|---:|---:|---:|---:|\n"
+    head = "| N | system | queries | p50 ms | p99 ms | batch-32 ms/query | recall@10 | build s | load |\n"
+    head += "|---:|---|---:|---:|---:|---:|---:|---:|---:|\n"
     for r in rows:
         b = "" if r["build_s"] is None else f"{r['build_s']:.1f}"
         head += (
             f"| {r['n']:,} | {r['system']} | {r['queries']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
-            f"{r['batch_ms_per_query']:.2f} | {r['recall@10']:.3f} | {b} |\n"
+            f"{r['batch_ms_per_query']:.2f} | {r['recall@10']:.3f} | {b} | {r.get('loadavg_1min', float('nan')):.1f} |\n"
         )
     return head
 
@@ -500,6 +501,7 @@ def main(argv=None) -> int:
     ap.add_argument("--ingest-scans", type=int, default=20, help="commits in the ingest benchmark")
     ap.add_argument("--ingest-per-scan", type=int, default=1000, help="instances per commit (5 views, 2 spaces)")
     ap.add_argument("--raw-faiss", action="store_true", help="fallback: FAISS directly instead of om3db.store")
+    ap.add_argument("--threads", type=int, default=None, help="FAISS OpenMP threads (default: all cores)")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/om3db-bench"))
     ap.add_argument("--out", type=Path, default=None, help="write all rows as JSON here")
     args = ap.parse_args(argv)
@@ -509,6 +511,8 @@ def main(argv=None) -> int:
     args.workdir.mkdir(parents=True, exist_ok=True)
     import faiss  # noqa: PLC0415
 
+    if args.threads:
+        faiss.omp_set_num_threads(args.threads)
     env = {
         "python": platform.python_version(),
         "cpu": platform.processor() or platform.machine(),
