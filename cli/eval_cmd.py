@@ -10,6 +10,10 @@ import typer
 
 GT_HELP = "Ground truth: a folder of <scene>.txt (one id label*1000+instance+1 per point) or of scans with gt/instances.txt."
 VOCAB_HELP = "'scannet200', a classes.json ([{id, name}]), a scan folder with gt/classes.json, or a text file of names."
+DbOpt = Annotated[
+    Path | None,
+    typer.Option("--db", envvar="OM3DB_DB", show_envvar=True, help="Database folder. Default: ./om3db-data"),
+]
 EXCLUDE_HELP = "Class prompted but not evaluated (its GT points are void); repeat. Default: wall, floor."
 
 
@@ -50,8 +54,8 @@ def register(app: typer.Typer) -> None:
 
     @ev.command("instances")
     def instances(
-        db: Annotated[Path, typer.Option("--db", help="Database folder.")],
         gt: Annotated[Path, typer.Option("--gt", help=GT_HELP)],
+        db: DbOpt = None,
         vocabulary: Annotated[str, typer.Option("--vocabulary", help=VOCAB_HELP)] = "scannet200",
         exclude: Annotated[list[str] | None, typer.Option("--exclude", help=EXCLUDE_HELP)] = None,
         template: Annotated[str, typer.Option("--template", help="Prompt template; {} is the class name.")] = "a {} in a scene",
@@ -61,7 +65,7 @@ def register(app: typer.Typer) -> None:
         json_out: Annotated[bool, typer.Option("--json", help="Print the full report as JSON.")] = False,
     ) -> None:
         """Label every GT scan's instances in the database and report AP under both scoring protocols."""
-        from om3db.database import connect  # noqa: PLC0415
+        from om3db import connect  # noqa: PLC0415
         from om3db.evaluate import evaluate_database, load_vocabulary  # noqa: PLC0415
 
         vocab = load_vocabulary(vocabulary, exclude=tuple(exclude) if exclude is not None else ("wall", "floor"))
@@ -101,8 +105,8 @@ def register(app: typer.Typer) -> None:
 
     @ev.command("semantic")
     def semantic(
-        db: Annotated[Path, typer.Option("--db", help="Database folder.")],
         gt: Annotated[Path, typer.Option("--gt", help=GT_HELP)],
+        db: DbOpt = None,
         vocabulary: Annotated[str, typer.Option("--vocabulary", help=VOCAB_HELP)] = "scannet200",
         novel: Annotated[Path | None, typer.Option("--novel", help="Novel class names (JSON list or one per line): adds base/novel mIoU and hIoU.")] = None,
         template: Annotated[str, typer.Option("--template", help="Prompt template; {} is the class name.")] = "a {} in a scene",
@@ -113,7 +117,7 @@ def register(app: typer.Typer) -> None:
         json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     ) -> None:
         """Per-point labels from instance labels: mIoU over the vocabulary, hIoU over a base / novel split."""
-        from om3db.database import connect  # noqa: PLC0415
+        from om3db import connect  # noqa: PLC0415
         from om3db.evaluate import load_vocabulary, semantic_from_database  # noqa: PLC0415
 
         vocab = load_vocabulary(vocabulary)

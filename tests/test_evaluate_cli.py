@@ -62,3 +62,21 @@ def test_semantic_from_database(tmp_path):
     hi = semantic_from_database(db, {"s": gt}, vocab, novel=["box"]).result
     assert (hi.base_miou, hi.novel_miou, hi.hiou) == (2 / 3, 0.0, 0.0)
     assert rep.to_dict()["exported"] == [str(tmp_path / "sem" / "s.npy")]
+
+
+def test_eval_instances_and_semantic_on_a_database(tmp_path, synth_root, tiny_siglip_dir, capsys):
+    """The CLI opens the database and reloads its SigLIP (a tiny random one): the plumbing, not the numbers."""
+    import om3db
+    from om3db.crops import CropConfig
+    from om3db.ingest import IngestConfig
+
+    db_path = tmp_path / "db"
+    with om3db.connect(db_path) as db:
+        db.ingest(synth_root, config=IngestConfig(frame_step=10, crop=CropConfig(mode="box")), siglip=str(tiny_siglip_dir), dinov2=False)
+    args = ["--db", str(db_path), "--gt", str(synth_root), "--vocabulary", str(synth_root / "synth_0_0"), "--json"]
+    assert main(["eval", "instances", *args, "--aggregation", "max"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert sorted(out["results"]) == ["constant/max", "similarity/max"] and out["scenes"] == ["synth_0_0", "synth_0_1"]
+    assert main(["eval", "semantic", *args, "--export", str(tmp_path / "sem"), "--format", "ply", "--fill", "nearest"]) == 0
+    sem = json.loads(capsys.readouterr().out)
+    assert 0.0 <= sem["miou"] <= 1.0 and [p.rsplit("/", 1)[-1] for p in sem["exported"]] == ["synth_0_0.ply", "synth_0_1.ply"]
