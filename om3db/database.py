@@ -21,7 +21,7 @@ from .errors import ConfigError, NotFoundError
 from .query import Filters, check_encoder, label_vectors, search_space
 from .records import EncoderIdentity, IngestReport
 
-__all__ = ["connect", "Database", "Hit", "ScanInfo", "Instance", "Label", "IngestOutcome", "DEFAULT_DB", "DEFAULT_TEMPLATE"]
+__all__ = ["connect", "upgrade_database", "Database", "Hit", "ScanInfo", "Instance", "Label", "IngestOutcome", "DEFAULT_DB", "DEFAULT_TEMPLATE"]
 
 DEFAULT_DB = "om3db-data"
 """Database folder used when neither a path nor ``$OM3DB_DB`` is given (relative to the cwd)."""
@@ -154,6 +154,26 @@ def connect(path: str | Path | None = None, *, ephemeral: bool = False, url: str
     store = Store(root, url=url, lock_timeout=lock_timeout, use_gpu=use_gpu,
                   ivf_threshold=DEFAULT_IVF_THRESHOLD if ivf_threshold is None else ivf_threshold)
     return Database(store, ephemeral=ephemeral)
+
+
+def upgrade_database(path: str | Path | None = None, *, url: str | None = None,
+                     lock_timeout: float = 10.0) -> tuple[str | None, str]:
+    """Run the shipped migrations on a database folder; returns (revision before, revision after)."""
+    from .store.lock import WriterLock  # noqa: PLC0415
+    from .store.schema import current_revision, head_revision, make_engine, upgrade  # noqa: PLC0415
+
+    root = Path(path if path is not None else os.environ.get("OM3DB_DB") or DEFAULT_DB)
+    sqlite = root / "om3db.sqlite"
+    if url is None and not sqlite.exists():
+        raise NotFoundError(f"{root}: no om3db database here (no om3db.sqlite). Check --db / OM3DB_DB")
+    engine = make_engine(url or f"sqlite:///{sqlite.resolve()}")
+    try:
+        with WriterLock(root / "write.lock", timeout=lock_timeout):
+            before = current_revision(engine)
+            upgrade(engine)
+        return before, head_revision()
+    finally:
+        engine.dispose()
 
 
 def _sam_key(sam) -> str | None:
@@ -394,6 +414,38 @@ class Database:
             return Instance(r.id, r.scan.name, r.scan.path, r.mask_index, r.point_count, r.score, _bmin(r), _bmax(r),
                             _cen(r), views, unpack_indices(r.point_indices))
 
+    def export(self, hits: Sequence[Hit], out: str | Path) -> list[Path]:
+        """Write, per scan with hits, ``<scan>_hits.ply`` (its points, hits in distinct colours, the rest
+        grey) and per hit ``hit<rank>_<instance>.png`` (the level-0 crop of its best view)."""
+        from PIL import Image  # noqa: PLC0415
+
+        from .scan import read_scan  # noqa: PLC0415
+
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        written: list[Path] = []
+        by_scan: dict[str, list[tuple[int, Hit]]] = {}
+        for rank, h in enumerate(hits, 1):
+            by_scan.setdefault(h.scan, []).append((rank, h))
+        for scan_name, ranked in by_scan.items():
+            info = next((s for s in self.scans() if s.name == scan_name), None)
+            if info is None:
+                raise NotFoundError(f"{self.path}: no scan named {scan_name!r}")
+            scan = read_scan(info.path, masks=False, check_all_images=False)
+            colors = (scan.colors.astype(np.float32) * 0.3 + 60).astype(np.uint8)
+            for rank, h in ranked:
+                colors[self.instance(h.instance_id).point_indices] = _HIGHLIGHT[(rank - 1) % len(_HIGHLIGHT)]
+                if h.frame_id is not None and h.crop_box is not None:
+                    x0, y0, x1, y1 = h.crop_box
+                    crop = scan.frame(h.frame_id).color()[y0:y1, x0:x1]
+                    path = out / f"hit{rank}_{h.instance_id}.png"
+                    Image.fromarray(crop).save(path)
+                    written.append(path)
+            path = out / f"{scan_name}_hits.ply"
+            _write_ply(path, scan.points, colors)
+            written.append(path)
+        return sorted(written)
+
     def info(self) -> dict:
         """Versions, faiss build and GPUs, and database counts."""
         import faiss  # noqa: PLC0415
@@ -428,3 +480,22 @@ def _bmax(r) -> tuple[float, float, float]:
 
 def _cen(r) -> tuple[float, float, float]:
     return (r.centroid_x, r.centroid_y, r.centroid_z)
+
+
+_HIGHLIGHT = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
+              (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212)]
+
+
+def _write_ply(path: Path, points: np.ndarray, colors: np.ndarray) -> None:
+    """Binary little-endian PLY with float xyz and uchar rgb per vertex (file order kept)."""
+    rec = np.empty(len(points), dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("r", "u1"), ("g", "u1"), ("b", "u1")])
+    for i, a in enumerate("xyz"):
+        rec[a] = points[:, i]
+    for i, a in enumerate("rgb"):
+        rec[a] = colors[:, i]
+    header = ("ply\nformat binary_little_endian 1.0\n"
+              f"element vertex {len(points)}\nproperty float x\nproperty float y\nproperty float z\n"
+              "property uchar red\nproperty uchar green\nproperty uchar blue\nend_header\n")
+    with open(path, "wb") as fh:
+        fh.write(header.encode())
+        fh.write(rec.tobytes())

@@ -1,0 +1,266 @@
+"""Database commands: ingest, search, scans, show, export, rm, reindex, info, db upgrade.
+
+Thin: parse options, call one public API function, render (rich tables, or JSON with ``--json``).
+Heavy packages load inside the commands so ``om3db --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+DbOpt = Annotated[
+    Optional[Path],
+    typer.Option("--db", envvar="OM3DB_DB", show_envvar=True,
+                 help="Database folder (created on first ingest). Default: ./om3db-data"),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")]
+
+
+def _echo_json(obj) -> None:
+    typer.echo(json.dumps(obj, indent=1, default=_jsonable))
+
+
+def _jsonable(o):
+    import numpy as np  # noqa: PLC0415
+
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, (np.integer, np.floating)):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _table(title: str, columns: list[str], rows: list[list]) -> None:
+    from rich.console import Console  # noqa: PLC0415
+    from rich.table import Table  # noqa: PLC0415
+
+    table = Table(title=title)
+    for c in columns:
+        table.add_column(c)
+    for r in rows:
+        table.add_row(*[str(x) for x in r])
+    Console(width=160).print(table)
+
+
+def _connect(db: Path | None):
+    import om3db  # noqa: PLC0415
+
+    return om3db.connect(db)
+
+
+def _model(spec: str | None):
+    """'none' disables an optional model; anything else is a hub id or a directory."""
+    if spec is None:
+        return None
+    return False if spec.lower() == "none" else spec
+
+
+def _fmt(v: tuple) -> str:
+    return "(" + ", ".join(f"{x:.2f}" for x in v) + ")"
+
+
+def _search(db, text, image, k, aggregation, scan, min_points, region, region_mode, min_score, template, model,
+            space, with_points=False):
+    from om3db.errors import ConfigError  # noqa: PLC0415
+    from om3db.query import parse_region  # noqa: PLC0415
+
+    if (text is None) == (image is None):
+        raise ConfigError("give a TEXT query or --image FILE (one of them)")
+    return db.search(text=text, image=image, k=k, aggregation=aggregation, scans=scan or None, min_points=min_points,
+                     region=parse_region(region) if region else None, region_mode=region_mode, min_score=min_score,
+                     with_points=with_points, encoder=model, space=space, template=template)
+
+
+def register(app: typer.Typer) -> None:
+    db_app = typer.Typer(name="db", help="Database maintenance (schema upgrades).", no_args_is_help=True)
+    app.add_typer(db_app, name="db")
+
+    @app.command()
+    def ingest(
+        scans_dir: Annotated[Path, typer.Argument(help="A scan folder, or a folder of scans (searched recursively).")],
+        db: DbOpt = None,
+        siglip: Annotated[Optional[str], typer.Option("--siglip", help="SigLIP hub id or local directory. Default: the database's model, else google/siglip-so400m-patch14-384.")] = None,
+        dinov2: Annotated[Optional[str], typer.Option("--dinov2", help="DINOv2 hub id or local directory, or 'none' to skip image-image vectors. Default: the database's model, else facebook/dinov2-large.")] = None,
+        sam: Annotated[str, typer.Option("--sam", help="SAM checkpoint (.pth) for SAM-refined crops, or 'none' for box crops.")] = "none",
+        frame_step: Annotated[int, typer.Option("--frame-step", help="Use every n-th frame.")] = 10,
+        force: Annotated[bool, typer.Option("--force", help="Re-ingest scans even when unchanged.")] = False,
+        json_out: JsonOpt = False,
+    ) -> None:
+        """Ingest every scan below SCANS_DIR (unchanged scans are skipped; each scan commits atomically)."""
+        from om3db.ingest import IngestConfig  # noqa: PLC0415
+
+        config = IngestConfig(frame_step=frame_step)
+        sam_spec = None if sam.lower() == "none" else Path(sam)
+        with _connect(db) as database, _Bars(enabled=not json_out) as bars:
+            out = database.ingest(scans_dir, config=config, siglip=_model(siglip), dinov2=_model(dinov2),
+                                  sam=sam_spec, force=force, progress=bars.update)
+        if json_out:
+            _echo_json([o.to_dict() for o in out])
+            return
+        _table(f"ingest into {database.path}", ["scan", "status", "instances", "seconds"],
+               [[o.scan, o.status, o.instances, f"{o.seconds:.1f}"] for o in out])
+
+    @app.command()
+    def search(
+        text: Annotated[Optional[str], typer.Argument(help="What to look for, e.g. 'mug'.")] = None,
+        image: Annotated[Optional[Path], typer.Option("--image", help="Search by an example photo instead (DINOv2).")] = None,
+        db: DbOpt = None,
+        k: Annotated[int, typer.Option("-k", "--k", help="Number of results.")] = 10,
+        aggregation: Annotated[str, typer.Option("--aggregation", help="mean (instance vector) or max (best view).")] = "mean",
+        scan: Annotated[Optional[list[str]], typer.Option("--scan", help="Only this scan (repeatable).")] = None,
+        min_points: Annotated[int, typer.Option("--min-points", help="Minimum instance point count.")] = 0,
+        region: Annotated[Optional[str], typer.Option("--region", help="Box xmin,ymin,zmin,xmax,ymax,zmax in metres.")] = None,
+        region_mode: Annotated[str, typer.Option("--region-mode", help="intersects (bbox overlaps) or centroid (inside).")] = "intersects",
+        min_score: Annotated[Optional[float], typer.Option("--min-score", help="Drop hits with a lower similarity.")] = None,
+        template: Annotated[str, typer.Option("--template", help="Prompt template for text queries.")] = "a {} in a scene",
+        model: Annotated[Optional[str], typer.Option("--model", help="Query encoder (hub id or directory). Default: the model the space was built with.")] = None,
+        space: Annotated[Optional[str], typer.Option("--space", help="Vector space: siglip (text default) or dinov2 (image default).")] = None,
+        with_points: Annotated[bool, typer.Option("--with-points", help="Include point indices (JSON).")] = False,
+        json_out: JsonOpt = False,
+    ) -> None:
+        """Find instances by text (SigLIP) or by an example image (DINOv2) across all scans."""
+        with _connect(db) as database:
+            hits = _search(database, text, image, k, aggregation, scan, min_points, region, region_mode, min_score,
+                           template, model, space, with_points)
+        if json_out:
+            _echo_json([h.to_dict() for h in hits])
+            return
+        _table(f"{len(hits)} hits for {text if text is not None else image}",
+               ["#", "instance", "scan", "score", "points", "centroid", "frame", "crop box"],
+               [[i, h.instance_id, h.scan, f"{h.score:.4f}", h.point_count, _fmt(h.centroid), h.frame_id, h.crop_box]
+                for i, h in enumerate(hits, 1)])
+
+    @app.command()
+    def scans(db: DbOpt = None, json_out: JsonOpt = False) -> None:
+        """List the scans in the database."""
+        with _connect(db) as database:
+            rows = database.scans()
+        if json_out:
+            _echo_json([s.to_dict() for s in rows])
+            return
+        _table(f"{len(rows)} scans in {database.path}", ["scan", "instances", "frames", "points", "updated", "path"],
+               [[s.name, s.instances, s.frame_count, s.num_points, s.updated_at, s.path] for s in rows])
+
+    @app.command()
+    def show(
+        instance: Annotated[int, typer.Argument(help="Instance id (from search).")],
+        db: DbOpt = None,
+        json_out: JsonOpt = False,
+    ) -> None:
+        """Show one instance: geometry, views and crop boxes."""
+        with _connect(db) as database:
+            inst = database.instance(instance)
+        if json_out:
+            _echo_json(inst.to_dict())
+            return
+        typer.echo(f"instance {inst.id} of scan {inst.scan} (mask {inst.mask_index}, {inst.point_count} points, "
+                   f"score {inst.score:.3f})")
+        typer.echo(f"bbox {_fmt(inst.bbox_min)} - {_fmt(inst.bbox_max)}, centroid {_fmt(inst.centroid)}")
+        _table("views", ["frame", "visible pixels", "crop boxes", "inlier"],
+               [[v.frame_id, v.visible_pixels, v.crop_boxes, v.inlier] for v in inst.views])
+
+    @app.command()
+    def export(
+        text: Annotated[Optional[str], typer.Argument(help="Text query whose hits to export.")] = None,
+        out: Annotated[Path, typer.Option("--out", help="Folder to write into (created).")] = Path("om3db-export"),
+        image: Annotated[Optional[Path], typer.Option("--image", help="Image query instead of text.")] = None,
+        db: DbOpt = None,
+        k: Annotated[int, typer.Option("-k", "--k", help="Number of hits.")] = 5,
+        aggregation: Annotated[str, typer.Option("--aggregation", help="mean or max.")] = "mean",
+        scan: Annotated[Optional[list[str]], typer.Option("--scan", help="Only this scan (repeatable).")] = None,
+        json_out: JsonOpt = False,
+    ) -> None:
+        """Search, then write each scan's points as PLY with the hits highlighted and each hit's best crop as PNG."""
+        with _connect(db) as database:
+            hits = _search(database, text, image, k, aggregation, scan, 0, None, "intersects", None,
+                           "a {} in a scene", None, None)
+            files = database.export(hits, out)
+        if json_out:
+            _echo_json({"hits": [h.to_dict() for h in hits], "files": [str(f) for f in files]})
+            return
+        for f in files:
+            typer.echo(f"wrote {f}")
+
+    @app.command("rm")
+    def rm(scan: Annotated[str, typer.Argument(help="Scan name (see om3db scans).")], db: DbOpt = None,
+           json_out: JsonOpt = False) -> None:
+        """Remove a scan, its instances and its vectors."""
+        with _connect(db) as database:
+            n = database.remove(scan)
+        if json_out:
+            _echo_json({"scan": scan, "instances_removed": n})
+        else:
+            typer.echo(f"removed scan {scan} ({n} instances)")
+
+    @app.command()
+    def reindex(db: DbOpt = None, json_out: JsonOpt = False) -> None:
+        """Rebuild every vector index from the database (re-choosing exact or IVF search)."""
+        with _connect(db) as database:
+            spaces = database.reindex()
+            kinds = {f"{s.name}.{s.level}": s.index_kind for s in database.store.spaces()}
+        if json_out:
+            _echo_json({"rebuilt": spaces, "index": kinds})
+        else:
+            typer.echo(f"rebuilt {len(spaces)} indexes: " + ", ".join(f"{s} ({kinds[s]})" for s in spaces))
+
+    @app.command()
+    def info(db: DbOpt = None, json_out: JsonOpt = False) -> None:
+        """Versions, faiss build, GPUs and database counts."""
+        with _connect(db) as database:
+            data = database.info()
+        if json_out:
+            _echo_json(data)
+            return
+        _table("om3db", ["key", "value"], [[k, v] for k, v in data.items() if k != "spaces"])
+        _table("vector spaces", ["space", "level", "model", "dim", "vectors", "index"],
+               [[s["name"], s["level"], s["model_id"], s["dim"], s["vectors"], s["index"]] for s in data["spaces"]])
+
+    @db_app.command("upgrade")
+    def db_upgrade(db: DbOpt = None, json_out: JsonOpt = False) -> None:
+        """Upgrade the database schema to this version of om3db."""
+        from om3db.database import upgrade_database  # noqa: PLC0415
+
+        before, after = upgrade_database(db)
+        if json_out:
+            _echo_json({"from": before, "to": after})
+        elif before == after:
+            typer.echo(f"database schema already at revision {after}")
+        else:
+            typer.echo(f"upgraded database schema from revision {before} to {after}")
+
+
+class _Bars:
+    """Rich progress bars on stderr fed by the library's progress(scan, stage, done, total) callback."""
+
+    def __init__(self, *, enabled: bool) -> None:
+        self.enabled = enabled
+        self._tasks: dict[str, int] = {}
+        self._progress = None
+
+    def __enter__(self) -> _Bars:
+        if self.enabled:
+            from rich.console import Console  # noqa: PLC0415
+            from rich.progress import Progress  # noqa: PLC0415
+
+            self._progress = Progress(console=Console(stderr=True), transient=True)
+            self._progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def update(self, scan: str, stage: str, done: int, total: int) -> None:
+        if self._progress is None:
+            return
+        key = "scans" if stage == "scans" else stage
+        if key not in self._tasks:
+            self._tasks[key] = self._progress.add_task(key, total=total)
+        label = "scans" if stage == "scans" else f"{scan} {stage}"
+        self._progress.update(self._tasks[key], completed=done, total=total, description=label)
