@@ -104,9 +104,22 @@ class IngestConfig:
 
 
 def _proposals_for(scan, config: IngestConfig) -> np.ndarray:
-    """THE call site for om3db's own proposer when a scan has no mask file (not plugged in yet)."""
-    raise MaskFileError(scan.path, "the scan has no class-agnostic masks (no <scan>_masks.pt/.npy/.npz)",
-                        "Put a points x masks file in the scan folder or pass masks= to ingest_scan")
+    """THE call site for om3db's own proposer (om3db.proposals) when a scan has no mask file.
+
+    Uses ``config.proposals`` (a ProposalConfig) when IngestConfig has one, else the defaults; the 2D
+    masks come from ``<scan>/masks2d/``. Without them the scan cannot be proposed for.
+    """
+    from .proposals import ProposalConfig, default_source, propose  # noqa: PLC0415
+
+    pconfig = getattr(config, "proposals", None) or ProposalConfig()
+    try:
+        source = default_source(scan, pconfig)
+    except ConfigError as exc:
+        raise MaskFileError(scan.path, "the scan has no class-agnostic masks (no <scan>_masks.pt/.npy/.npz) and no "
+                            f"2D masks for om3db's proposer (no {pconfig.masks2d_folder}/ folder)",
+                            f"Put a points x masks file in the scan folder, write {pconfig.masks2d_folder}/<frame_id>.png "
+                            "instance-id maps, or pass masks= to ingest_scan") from exc
+    return propose(scan, config=pconfig, source=source).masks
 
 
 def _skip_reason(reason: str) -> str:

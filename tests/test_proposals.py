@@ -150,3 +150,19 @@ def test_proposal_config_is_validated():
         ProposalConfig(depth="lidar")
     with pytest.raises(ConfigError, match="config must be a ProposalConfig"):
         propose(object(), config={"depth": "auto"})
+
+
+def test_ingest_uses_the_proposer_when_a_scan_has_no_mask_file(gt_proposals, tiny_scan_path):
+    from om3db.crops import CropConfig
+    from om3db.ingest import IngestConfig, ingest_scan
+    from tests.fakes import FakeColorEncoder
+
+    scan, props = gt_proposals
+    result = ingest_scan(scan, config=IngestConfig(frame_step=4, crop=CropConfig(mode="box")), encoders={"siglip": FakeColorEncoder()})
+    assert result.settings["mask_source"] == "proposer"
+    gt = load_gt(tiny_scan_path).masks
+    got = np.zeros((scan.num_points, len(result.instances)), dtype=bool)
+    for j, inst in enumerate(result.instances):
+        got[inst.point_indices, j] = True
+    assert len(result.instances) == gt.shape[1]
+    assert mask_iou(got, gt).max(axis=0).min() >= 0.9
