@@ -157,19 +157,20 @@ def _scene_matches(scene: str, gt_ids: np.ndarray, pred: ScenePredictions, vocab
         gt_by_id[gid] = g
     preds: dict[int, list[dict]] = {c: [] for c in vocab.evaluated_ids}
     small = not_eval = 0
-    for j in range(pred.pred_masks.shape[1]):
+    columns = np.ascontiguousarray(pred.pred_masks.T)  # (M, N): one contiguous row per mask
+    for j in range(columns.shape[0]):
         c = int(pred.pred_classes[j])
         if c not in preds:
             not_eval += 1
             continue
-        mask = pred.pred_masks[:, j]
-        num = int(mask.sum())
+        idx = np.flatnonzero(columns[j])
+        num = len(idx)
         if num < min_region_size:
             small += 1
             continue
         p = {"key": (scene, j), "vert_count": num, "confidence": float(pred.pred_scores[j]),
-             "void_intersection": int(np.count_nonzero(void & mask)), "matched_gt": []}
-        inter = np.bincount(inverse[mask], minlength=len(uniq))
+             "void_intersection": int(np.count_nonzero(void[idx])), "matched_gt": []}
+        inter = np.bincount(inverse[idx], minlength=len(uniq))
         for k in np.flatnonzero(inter).tolist():
             g = gt_by_id.get(int(uniq[k]))
             if g is None or g["instance_id"] // 1000 != c:
