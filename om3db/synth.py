@@ -56,6 +56,8 @@ ROOM_RGB = {"wall": (200, 200, 196), "floor": (120, 118, 115)}
 CLASSES: tuple[str, ...] = ("wall", "floor", *PALETTE)
 """Class vocabulary; class id = position + 1 (wall 1, floor 2 as in ScanNet)."""
 SHAPES = ("box", "sphere", "cylinder", "cone")
+_SUN = np.array([0.3, 0.5, 0.8]) / np.linalg.norm([0.3, 0.5, 0.8])
+_FILL = np.array([-0.8, 0.4, 0.2]) / np.linalg.norm([-0.8, 0.4, 0.2])
 
 
 @dataclass(frozen=True)
@@ -122,6 +124,9 @@ class SynthScene:
     """(N,) int32: objects 0..K-1, floor K, walls K+1..K+4."""
     face_instance: np.ndarray = field(repr=False)
     """(F,) int32 instance of each triangle (same numbering)."""
+    face_colors: np.ndarray = field(repr=False)
+    """(F, 3) uint8 colour of each triangle in the frames: its surface colour, Lambertian-shaded
+    (flat per triangle, two directional lights, hue preserved)."""
     instance_class: tuple[str, ...]
     """Class name per instance number (objects, floor, four walls)."""
 
@@ -312,10 +317,14 @@ def build_scene(seed: int, size: SynthSize = "tiny", index: int = 0) -> SynthSce
     v_all, v_part, f_all = v_all[perm], v_part[perm], inv[f_all]
     inst_class = tuple([o.class_name for o in objects] + ["floor"] + ["wall"] * 4)
     inst_rgb = np.array([o.rgb for o in objects] + [ROOM_RGB["floor"]] + [ROOM_RGB["wall"]] * 4, dtype=np.uint8)
+    normal = np.cross(v_all[f_all[:, 1]] - v_all[f_all[:, 0]], v_all[f_all[:, 2]] - v_all[f_all[:, 0]])
+    normal /= np.linalg.norm(normal, axis=1, keepdims=True)
+    shade = 0.45 + 0.35 * np.abs(normal @ _SUN) + 0.2 * np.abs(normal @ _FILL)
+    face_rgb = np.clip(np.rint(inst_rgb[f_inst].astype(np.float64) * shade[:, None]), 0, 255).astype(np.uint8)
     return SynthScene(
         seed=int(seed), size=size, index=int(index), room=(*cfg.room, cfg.wall_height), objects=tuple(objects),
         vertices=v_all.astype(np.float32), colors=inst_rgb[v_part], faces=f_all.astype(np.int32),
-        vertex_instance=v_part, face_instance=f_inst.astype(np.int32), instance_class=inst_class,
+        vertex_instance=v_part, face_instance=f_inst.astype(np.int32), face_colors=face_rgb, instance_class=inst_class,
     )  # fmt: skip
 
 
@@ -384,34 +393,37 @@ def _cached_raycaster(seed: int, size: str, index: int):
     return _raycaster(build_scene(seed, size, index))
 
 
-def _cast(rc, origins: np.ndarray, dirs: np.ndarray) -> dict[str, np.ndarray]:
+def _cast(rc, rays: np.ndarray, *, normals: bool = False) -> dict[str, np.ndarray]:
+    """Cast (n, 6) float32 rays (origin, direction); t_hit is in units of the direction's length."""
     from ._o3d import open3d  # noqa: PLC0415
 
-    rays = np.concatenate([origins, dirs], axis=1).astype(np.float32)
-    out = rc.cast_rays(open3d().core.Tensor(rays))
-    return {k: out[k].numpy() for k in ("t_hit", "primitive_ids", "primitive_normals")}
+    out = rc.cast_rays(open3d().core.Tensor.from_numpy(np.ascontiguousarray(rays, dtype=np.float32)))
+    keys = ("t_hit", "primitive_ids", "primitive_normals") if normals else ("t_hit", "primitive_ids")
+    return {k: out[k].numpy() for k in keys}
 
 
-def _render(rc, scene: SynthScene, pose: np.ndarray, intr: Intrinsics) -> dict[str, np.ndarray]:
-    """Pixel-centre rays: z-depth (inf on a miss), instance (-1 on a miss), shaded RGB."""
+def _render(rc, scene: SynthScene, pose: np.ndarray, intr: Intrinsics, *, normals: bool = False) -> dict[str, np.ndarray]:
+    """Pixel-centre rays: z-depth (inf on a miss), instance (-1 on a miss), shaded RGB (black on a miss)."""
     w, h = intr.width, intr.height
-    u, v = np.meshgrid(np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64))
-    d_cam = np.stack([(u - intr.cx) / intr.fx, (v - intr.cy) / intr.fy, np.ones_like(u)], -1).reshape(-1, 3)
-    dirs = d_cam @ pose[:3, :3].T  # camera z = 1, so t_hit is the z-depth
-    hit = _cast(rc, np.broadcast_to(pose[:3, 3], dirs.shape), dirs)
-    ok = np.isfinite(hit["t_hit"])
-    prim = np.where(ok, hit["primitive_ids"], 0).astype(np.int64)
-    inst = np.where(ok, scene.face_instance[prim], -1)
-    n = hit["primitive_normals"]
-    view = dirs / np.linalg.norm(dirs, axis=1, keepdims=True)
-    sun = np.array([0.35, 0.5, 0.79])
-    shade = 0.35 + 0.4 * np.abs(n @ sun) + 0.25 * np.abs(np.sum(n * view, axis=1))
-    base = scene.colors[scene.faces[prim, 0]].astype(np.float64)
-    rgb = np.where(ok[:, None], np.clip(np.rint(base * shade[:, None]), 0, 255), 0).astype(np.uint8)
-    return {
-        "depth": hit["t_hit"].reshape(h, w), "instance": inst.reshape(h, w).astype(np.int32),
-        "normal": np.where(ok[:, None], n, 0).reshape(h, w, 3), "rgb": rgb.reshape(h, w, 3),
-    }  # fmt: skip
+    x = ((np.arange(w) - intr.cx) / intr.fx).astype(np.float32)
+    y = ((np.arange(h) - intr.cy) / intr.fy).astype(np.float32)
+    r = pose[:3, :3].astype(np.float32)
+    rays = np.empty((h, w, 6), dtype=np.float32)
+    rays[..., :3] = pose[:3, 3]
+    # direction = R @ (x, y, 1): camera z = 1, so t_hit is the z-depth
+    rays[..., 3:] = x[None, :, None] * r[:, 0] + (y[:, None] * r[None, :, 1] + r[:, 2])[:, None, :]
+    rays = rays.reshape(-1, 6)
+    hit = _cast(rc, rays, normals=normals)
+    nf = len(scene.faces)
+    prim = np.minimum(hit["primitive_ids"], nf)  # a miss (INVALID_ID) maps to the sentinel row
+    out = {
+        "depth": hit["t_hit"].reshape(h, w),
+        "instance": np.append(scene.face_instance, -1)[prim].reshape(h, w),
+        "rgb": np.concatenate([scene.face_colors, np.zeros((1, 3), np.uint8)])[prim].reshape(h, w, 3),
+    }
+    if normals:
+        out["normal"] = np.where((prim < nf)[:, None], hit["primitive_normals"], 0).reshape(h, w, 3)
+    return out
 
 
 # ---------------------------------------------------------------- writing
@@ -478,6 +490,9 @@ def write_scans(
         _write_scene_files(root, scene, cfg, masks)
         rc = _raycaster(scene)
         d_intr, c_intr = _depth_intrinsics(cfg), _color_intrinsics(cfg)
+        # instance -> instance2d value: object i -> i + 1; room and misses (-1) -> 0
+        to_map = np.zeros(len(scene.instance_class) + 1, dtype=np.uint16)
+        to_map[1 : scene.num_objects + 1] = np.arange(1, scene.num_objects + 1)
         for fid, pose in enumerate(camera_poses(seed, size, index)):
             stem = f"{fid:0{cfg.id_width}d}" if cfg.id_width else str(fid)
             text = _fmt_matrix(pose)
@@ -491,10 +506,8 @@ def write_scans(
                 _save_png(root / "color" / f"{stem}.jpg", col["rgb"], quality=90)
             else:
                 _save_png(root / "color" / f"{stem}.png", col["rgb"])
-            k = scene.num_objects
             for folder, r in (("instance2d", col), ("instance2d_depth", dep)):
-                ids = np.where((r["instance"] >= 0) & (r["instance"] < k), r["instance"] + 1, 0).astype(np.uint16)
-                _save_png(root / "gt" / folder / f"{stem}.png", ids)
+                _save_png(root / "gt" / folder / f"{stem}.png", to_map[r["instance"] + 1])
             done += 1
             if progress is not None:
                 progress("synth", done, total)
@@ -628,7 +641,8 @@ def gt_point_visibility(scan_dir: str | Path, frame_id: int, *, rel_tol: float =
     idx = np.flatnonzero(cand)
     if idx.size:
         origin = pose[:3, 3]
-        hit = _cast(_cached_raycaster(scene.seed, scene.size, scene.index), np.broadcast_to(origin, (idx.size, 3)), pts[idx] - origin)
+        rays = np.concatenate([np.broadcast_to(origin, (idx.size, 3)), pts[idx] - origin], axis=1)
+        hit = _cast(_cached_raycaster(scene.seed, scene.size, scene.index), rays)
         vis[idx] = hit["t_hit"] >= 1.0 - rel_tol  # direction length = point distance, so t = 1 at the point
     return vis
 
@@ -644,7 +658,7 @@ class RenderedFrame:
     normal: np.ndarray = field(repr=False)
     """(h, w, 3) float32 unit normal of the hit triangle (sign arbitrary); 0 on a miss."""
     rgb: np.ndarray = field(repr=False)
-    """(h, w, 3) uint8 shaded colour, as written (before JPEG compression)."""
+    """(h, w, 3) uint8 shaded colour, as written (before JPEG compression); black on a miss."""
 
 
 def render_frame(scan_dir: str | Path, frame_id: int, *, resolution: Literal["depth", "color"] = "depth") -> RenderedFrame:
@@ -655,5 +669,5 @@ def render_frame(scan_dir: str | Path, frame_id: int, *, resolution: Literal["de
     meta, scene = _scene_of(root)
     name = "intrinsic_depth.txt" if resolution == "depth" else "intrinsic_color.txt"
     intr = Intrinsics.from_matrix(np.loadtxt(root / "intrinsic" / name), *meta[f"{resolution}_size"])
-    r = _render(_cached_raycaster(scene.seed, scene.size, scene.index), scene, _pose_of(root, frame_id), intr)
+    r = _render(_cached_raycaster(scene.seed, scene.size, scene.index), scene, _pose_of(root, frame_id), intr, normals=True)
     return RenderedFrame(r["depth"], r["instance"], r["normal"].astype(np.float32), r["rgb"])
