@@ -25,7 +25,7 @@ def _root() -> None:
 
 
 # Each module adds its commands to `app` when imported; they stay import-light (no torch at import).
-_COMMAND_MODULES = ["synth_cmd", "db_cmds", "eval_cmd"]
+_COMMAND_MODULES = ["synth_cmd", "db_cmds", "eval_cmd", "demo_cmd"]
 for _name in _COMMAND_MODULES:
     try:
         importlib.import_module(f"{__package__}.{_name}").register(app)

@@ -8,6 +8,8 @@ shortest edge to 256 bicubic, centre-crops 224, ImageNet mean/std.
 
 from __future__ import annotations
 
+import contextlib
+
 import hashlib
 import os
 from pathlib import Path
@@ -74,6 +76,22 @@ def _device_dtype(device: str, dtype):
     return dev, dtype
 
 
+@contextlib.contextmanager
+def quiet_transformers():
+    """Silence transformers' warnings and progress bars (library code never prints)."""
+    from transformers.utils import logging as hf_logging  # noqa: PLC0415
+
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def _load(kind: str, model: str | Path, revision: str | None, loader):
     """Run ``loader(source, kwargs)``; turn transformers' OSError / ValueError into ModelLoadError."""
     source, local = _resolve_source(model)
@@ -81,7 +99,8 @@ def _load(kind: str, model: str | Path, revision: str | None, loader):
     if revision is not None and not local:
         kwargs["revision"] = revision
     try:
-        loaded = loader(source, kwargs)
+        with quiet_transformers():
+            loaded = loader(source, kwargs)
     except Exception as exc:  # transformers / hub / safetensors raise many types; all mean "cannot load"
         if local:
             raise ModelLoadError(f"{source}: cannot load a {kind} checkpoint from this directory "

@@ -92,15 +92,18 @@ def write_random_siglip(out_dir: str | Path, size: Literal["tiny", "so400m"] = "
     import torch
     from transformers import SiglipImageProcessorPil, SiglipModel
 
-    config = siglip_config(size)
+    from .embed import quiet_transformers
+
     s = _SIGLIP_SIZES[size]
-    torch.manual_seed(seed)
-    model = SiglipModel(config).eval()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    SiglipImageProcessorPil(size={"height": s["image"], "width": s["image"]}).save_pretrained(out)
-    _tiny_tokenizer(s["max_pos"]).save_pretrained(out)
+    with quiet_transformers():
+        config = siglip_config(size)
+        torch.manual_seed(seed)
+        model = SiglipModel(config).eval()
+        model.save_pretrained(out)
+        SiglipImageProcessorPil(size={"height": s["image"], "width": s["image"]}).save_pretrained(out)
+        _tiny_tokenizer(s["max_pos"]).save_pretrained(out)
     return out
 
 
@@ -109,13 +112,16 @@ def write_random_dinov2(out_dir: str | Path, size: Literal["tiny", "large"] = "t
     import torch
     from transformers import BitImageProcessorPil, Dinov2Model
 
-    config = dinov2_config(size)
+    from .embed import quiet_transformers
+
     s = _DINOV2_SIZES[size]
-    torch.manual_seed(seed)
-    model = Dinov2Model(config).eval()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
+    with quiet_transformers():
+        config = dinov2_config(size)
+        torch.manual_seed(seed)
+        model = Dinov2Model(config).eval()
+        model.save_pretrained(out)
     BitImageProcessorPil(
         size={"shortest_edge": s["resize"]}, crop_size={"height": s["crop"], "width": s["crop"]},
         do_center_crop=True, resample=3, image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225],
