@@ -112,7 +112,8 @@ def default_source(scan, config: ProposalConfig = ProposalConfig()) -> MaskSourc
 
 
 def _has_sensor_depth(scan) -> bool:
-    return all(getattr(f, "depth_path", None) is not None and Path(f.depth_path).is_file() for f in scan.frames[:1]) and not getattr(scan.frames[0], "rendered_depth", False)
+    first = scan.frames[0]
+    return getattr(first, "depth_path", None) is not None and not getattr(first, "rendered_depth", False)
 
 
 def _depth_mode(scan, config: ProposalConfig) -> str:
