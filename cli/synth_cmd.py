@@ -23,7 +23,17 @@ def register(app: typer.Typer) -> None:
 
         from om3db.synth import write_scans  # noqa: PLC0415
 
-        paths = write_scans(out, scans=scans, seed=seed, size=size, masks=masks)
+        if json_out:
+            paths = write_scans(out, scans=scans, seed=seed, size=size, masks=masks)
+        else:
+            from rich.progress import Progress  # noqa: PLC0415
+
+            with Progress(transient=True) as bar:
+                task = bar.add_task("rendering frames", total=None)
+                paths = write_scans(
+                    out, scans=scans, seed=seed, size=size, masks=masks,
+                    progress=lambda _stage, done, total: bar.update(task, completed=done, total=total),
+                )  # fmt: skip
         if json_out:
             typer.echo(json.dumps([str(p) for p in paths]))
         else:

@@ -295,16 +295,21 @@ def build_scene(seed: int, size: SynthSize = "tiny", index: int = 0) -> SynthSce
     v_part = np.concatenate([np.full(len(v), inst, dtype=np.int32) for inst, (v, _) in parts])
     f_all, f_inst = np.concatenate(faces), np.concatenate(finst)
     # Merge coincident vertices (box edges, poles, room corners): the first part listed keeps it.
-    _, first, inverse = np.unique(np.round(v_all * 1e6).astype(np.int64), axis=0, return_index=True, return_inverse=True)
+    q = np.round(v_all * 1e5).astype(np.int64) + (1 << 20)  # 10 um cells, 21 bits per axis (|x| < 10 m)
+    _, first, inverse = np.unique((q[:, 0] << 42) | (q[:, 1] << 21) | q[:, 2], return_index=True, return_inverse=True)
     f_all = inverse.ravel()[f_all]
     v_all, v_part = v_all[first], v_part[first]
     keep = (f_all[:, 0] != f_all[:, 1]) & (f_all[:, 1] != f_all[:, 2]) & (f_all[:, 0] != f_all[:, 2])
     # Drop the surface hidden under flat-bottomed objects (faces wholly inside the footprint).
+    fz = v_all[f_all, 2]
+    flat = np.flatnonzero(np.ptp(fz, axis=1) < 1e-6)
+    flat_z, flat_inst, flat_xy = fz[flat, 0], f_inst[flat], v_all[f_all[flat], :2].mean(axis=1)
     for o in objects:
         support = k if o.support == -1 else o.support
-        on = (f_inst == support) & np.all(np.abs(v_all[f_all, 2] - o.base_z) < 1e-6, axis=1)
-        inside = _inside_footprint(o, v_all[f_all[on].ravel(), :2]).reshape(-1, 3).all(axis=1)
-        keep[np.flatnonzero(on)[inside]] = False
+        near = np.hypot(*(flat_xy - np.asarray(o.center)).T) < _footprint_radius(o.shape, o.size)
+        cand = flat[near & (flat_inst == support) & (np.abs(flat_z - o.base_z) < 1e-6)]
+        inside = _inside_footprint(o, v_all[f_all[cand].ravel(), :2]).reshape(-1, 3).all(axis=1)
+        keep[cand[inside]] = False
     f_all, f_inst = f_all[keep], f_inst[keep]
     used = np.zeros(len(v_all), dtype=bool)
     used[f_all.ravel()] = True
