@@ -1,0 +1,138 @@
+"""Write synthetic scans to disk: frames, poses, intrinsics, PLY, ground truth and GT masks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..errors import ConfigError, ScanError
+from .render import _color_intrinsics, _depth_intrinsics, _raycaster, _render, camera_poses
+from .scene import CLASSES, GENERATOR_VERSION, SynthScene, SynthSize, _config, _SizeConfig, build_scene
+
+Progress = Callable[[str, int, int], None]
+
+
+def _fmt_matrix(m: np.ndarray) -> str:
+    return "\n".join(" ".join(f"{x:.9f}".rstrip("0").rstrip(".") if x != 0 else "0" for x in row) for row in m) + "\n"
+
+
+def _write_ply(path: Path, verts: np.ndarray, colors: np.ndarray, faces: np.ndarray) -> None:
+    """Binary little-endian PLY like ScanNet's ``_vh_clean_2.ply`` (float xyz, uchar rgb, int faces)."""
+    head = (
+        f"ply\nformat binary_little_endian 1.0\ncomment om3db synthetic scan\nelement vertex {len(verts)}\n"
+        "property float x\nproperty float y\nproperty float z\nproperty uchar red\nproperty uchar green\nproperty uchar blue\n"
+        f"element face {len(faces)}\nproperty list uchar int vertex_indices\nend_header\n"
+    )
+    vdt = np.dtype([("p", "<f4", 3), ("c", "u1", 3)])
+    va = np.empty(len(verts), vdt)
+    va["p"], va["c"] = verts, colors
+    fdt = np.dtype([("n", "u1"), ("i", "<i4", 3)])
+    fa = np.empty(len(faces), fdt)
+    fa["n"], fa["i"] = 3, faces
+    with open(path, "wb") as fh:
+        fh.write(head.encode("ascii"))
+        fh.write(va.tobytes())
+        fh.write(fa.tobytes())
+
+
+def _save_png(path: Path, arr: np.ndarray, **kw) -> None:
+    from PIL import Image  # noqa: PLC0415
+
+    Image.fromarray(arr).save(path, **kw)
+
+
+def _write_json(path: Path, obj) -> None:
+    path.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
+
+
+def write_scans(
+    out: str | Path,
+    *,
+    scans: int = 2,
+    seed: int = 0,
+    size: SynthSize = "tiny",
+    masks: bool = True,
+    progress: Progress | None = None,
+) -> list[Path]:
+    """Write ``scans`` synthetic scans ``out/synth_<seed>_<i>``; same seed, same bytes.
+
+    progress: called as ``progress("synth", frames_done, frames_total)`` after each frame.
+    Returns the scan folders.
+    """
+    cfg = _config(size)
+    if scans < 1:
+        raise ConfigError(f"scans must be >= 1, got {scans}")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ScanError(out, "exists and is not a folder", "Pass a folder to write the scans into")
+    total, done = scans * cfg.frames, 0
+    paths = []
+    for index in range(scans):
+        scene = build_scene(seed, size, index)
+        root = out / scene.name
+        _write_scene_files(root, scene, cfg, masks)
+        rc = _raycaster(scene)
+        d_intr, c_intr = _depth_intrinsics(cfg), _color_intrinsics(cfg)
+        # instance -> instance2d value: object i -> i + 1; room and misses (-1) -> 0
+        to_map = np.zeros(len(scene.instance_class) + 1, dtype=np.uint16)
+        to_map[1 : scene.num_objects + 1] = np.arange(1, scene.num_objects + 1)
+        for fid, pose in enumerate(camera_poses(seed, size, index)):
+            stem = f"{fid:0{cfg.id_width}d}" if cfg.id_width else str(fid)
+            text = _fmt_matrix(pose)
+            (root / "pose" / f"{stem}.txt").write_text(text)
+            pose = np.array([[float(x) for x in row.split()] for row in text.splitlines()])  # exactly what readers see
+            col = _render(rc, scene, pose, c_intr)
+            dep = _render(rc, scene, pose, d_intr)
+            depth_mm = np.where(np.isfinite(dep["depth"]), np.rint(dep["depth"] * 1000.0), 0).clip(0, 65535).astype(np.uint16)
+            _save_png(root / "depth" / f"{stem}.png", depth_mm)
+            if cfg.color_ext == ".jpg":
+                _save_png(root / "color" / f"{stem}.jpg", col["rgb"], quality=90)
+            else:
+                _save_png(root / "color" / f"{stem}.png", col["rgb"])
+            for folder, r in (("instance2d", col), ("instance2d_depth", dep)):
+                _save_png(root / "gt" / folder / f"{stem}.png", to_map[r["instance"] + 1])
+            done += 1
+            if progress is not None:
+                progress("synth", done, total)
+        paths.append(root)
+    return paths
+
+
+def _write_scene_files(root: Path, scene: SynthScene, cfg: _SizeConfig, masks: bool) -> None:
+    for sub in ("color", "depth", "pose", "intrinsic", "gt/instance2d", "gt/instance2d_depth"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    d_intr, c_intr = _depth_intrinsics(cfg), _color_intrinsics(cfg)
+    for name, intr in (("intrinsic_color.txt", c_intr), ("intrinsic_depth.txt", d_intr)):
+        m = np.eye(4)
+        m[:3, :3] = intr.matrix
+        (root / "intrinsic" / name).write_text(_fmt_matrix(m))
+    _write_ply(root / f"{scene.name}.ply", scene.vertices, scene.colors, scene.faces)
+    k = scene.num_objects
+    labels = np.array([CLASSES.index(c) + 1 for c in scene.instance_class], dtype=np.int64)
+    gt_ids = labels[scene.vertex_instance] * 1000 + scene.vertex_instance + 1
+    (root / "gt" / "instances.txt").write_text("\n".join(map(str, gt_ids.tolist())) + "\n")
+    _write_json(root / "gt" / "classes.json", [{"id": i + 1, "name": n} for i, n in enumerate(CLASSES)])
+    objs = []
+    for o in scene.objects:
+        pts = scene.vertices[scene.vertex_instance == o.index].astype(np.float64)
+        objs.append({
+            "instance": o.index, "class_name": o.class_name, "label": CLASSES.index(o.class_name) + 1,
+            "gt_id": int(gt_ids[scene.vertex_instance == o.index][0]), "shape": o.shape, "size": list(o.size),
+            "rgb": list(o.rgb), "num_points": len(pts), "centroid": np.round(pts.mean(0), 5).tolist(),
+            "bbox_min": np.round(pts.min(0), 5).tolist(), "bbox_max": np.round(pts.max(0), 5).tolist(),
+            "support": "floor" if o.support == -1 else o.support, "yaw": o.yaw,
+        })  # fmt: skip
+    _write_json(root / "gt" / "objects.json", objs)
+    _write_json(root / "gt" / "scene.json", {
+        "generator": "om3db.synth", "version": GENERATOR_VERSION, "seed": scene.seed, "size": scene.size,
+        "index": scene.index, "name": scene.name, "num_points": len(scene.vertices), "num_faces": len(scene.faces),
+        "num_objects": k, "room": list(scene.room), "frames": cfg.frames, "depth_size": list(cfg.depth_size),
+        "color_size": list(cfg.color_size), "depth_scale": 1000.0, "instances": list(scene.instance_class),
+    })  # fmt: skip
+    if masks:
+        from ..masks import save_masks  # noqa: PLC0415
+
+        save_masks(root / f"{scene.name}_masks.pt", scene.vertex_instance[:, None] == np.arange(k)[None, :])
