@@ -302,6 +302,11 @@ def test_stale_ground_truth_is_refused(tmp_path, tiny_scan_path):
     (scan / "gt" / "scene.json").write_text(json.dumps(meta))
     with pytest.raises(ScanError, match="written by generator version 0, this is 1. Regenerate the scan"):
         gt_point_visibility(scan, 0)
+    meta["version"] = 1
+    meta["mesh_sha256"] = "0" * 64
+    (scan / "gt" / "scene.json").write_text(json.dumps(meta))
+    with pytest.raises(ScanError, match=r"scene.json: the scene rebuilt from it differs from the one written \(other generator code\). Regenerate"):
+        render_frame(scan, 0)
     (scan / "gt" / "instances.txt").write_text("1001\n")
     with pytest.raises(ScanError, match="instances.txt: 1 lines for .* points. Regenerate the scan"):
         load_gt(scan)

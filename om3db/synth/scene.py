@@ -113,6 +113,15 @@ class SynthScene:
     def name(self) -> str:
         return f"synth_{self.seed}_{self.index}"
 
+    def digest(self) -> str:
+        """sha256 of the mesh (vertices, faces, instances): detects a scan written by other generator code."""
+        import hashlib  # noqa: PLC0415
+
+        h = hashlib.sha256()
+        for a in (self.vertices, self.faces, self.vertex_instance, self.face_instance):
+            h.update(np.ascontiguousarray(a).tobytes())
+        return h.hexdigest()
+
 
 def _config(size: str) -> _SizeConfig:
     if size not in _SIZES:

@@ -69,7 +69,10 @@ def _scene_of(scan_dir: Path) -> tuple[dict, SynthScene]:
     meta = _read_json(scan_dir / "gt" / "scene.json")
     if meta.get("version") != GENERATOR_VERSION:
         raise ScanError(scan_dir / "gt" / "scene.json", f"written by generator version {meta.get('version')}, this is {GENERATOR_VERSION}", "Regenerate the scan")
-    return meta, build_scene(meta["seed"], meta["size"], meta["index"])
+    scene = build_scene(meta["seed"], meta["size"], meta["index"])
+    if meta.get("mesh_sha256") != scene.digest():
+        raise ScanError(scan_dir / "gt" / "scene.json", "the scene rebuilt from it differs from the one written (other generator code)", "Regenerate the scan with this om3db")
+    return meta, scene
 
 
 def _pose_of(scan_dir: Path, frame_id: int) -> np.ndarray:

@@ -129,6 +129,7 @@ def _write_scene_files(root: Path, scene: SynthScene, cfg: _SizeConfig, masks: b
     _write_json(root / "gt" / "scene.json", {
         "generator": "om3db.synth", "version": GENERATOR_VERSION, "seed": scene.seed, "size": scene.size,
         "index": scene.index, "name": scene.name, "num_points": len(scene.vertices), "num_faces": len(scene.faces),
+        "mesh_sha256": scene.digest(),
         "num_objects": k, "room": list(scene.room), "frames": cfg.frames, "depth_size": list(cfg.depth_size),
         "color_size": list(cfg.color_size), "depth_scale": 1000.0, "instances": list(scene.instance_class),
     })  # fmt: skip
