@@ -27,6 +27,8 @@ DEFAULT_DB = "om3db-data"
 """Database folder used when neither a path nor ``$OM3DB_DB`` is given (relative to the cwd)."""
 DEFAULT_TEMPLATE = "a {} in a scene"
 DEFAULT_MODELS = {"siglip": "google/siglip-so400m-patch14-384", "dinov2": "facebook/dinov2-large"}
+_SAVE_EVERY_S = 60.0
+"""During a long ingest, index files are saved at most this often (and always at the end)."""
 Progress = Callable[[str, str, int, int], None]
 """progress(scan name, stage, done, total): stage "scans" counts scans; others come from ingest."""
 
@@ -236,12 +238,13 @@ class Database:
         """Ingest every scan at or below the given folder(s); one atomic commit per scan.
 
         siglip / dinov2: encoder objects, hub ids or local directories (None: the model the space was
-        built with, else the default hub id; ``dinov2=False`` skips the image-image space). sam: a SAM predictor or checkpoint path (None: box crops).
+        built with, else the default hub id; ``dinov2=False`` skips the image-image space).
+        sam: a SAM predictor or checkpoint path (None: box crops).
         Scans whose fingerprint and settings are unchanged are skipped unless ``force``.
-        Holds the writer lock for the whole call.
+        Holds the writer lock for the whole call; index files are saved at the end (and every minute).
         """
-        from .ingest import IngestConfig, ingest_scan  # noqa: PLC0415
-        from .scan import find_scans, read_scan  # noqa: PLC0415
+        from .ingest import IngestConfig  # noqa: PLC0415
+        from .scan import find_scans  # noqa: PLC0415
 
         config = config or IngestConfig()
         roots = [paths_or_root] if isinstance(paths_or_root, (str, Path)) else list(paths_or_root)
@@ -261,28 +264,43 @@ class Database:
                    "encoders": {k: dataclasses.asdict(e.identity) for k, e in encoders.items()},
                    "sam": sam_key, "read": {"depth_scale": depth_scale, "pose_convention": pose_convention}}
             existing = {s.name: s for s in self.scans(include_incomplete=True)}
-            out = []
-            for i, folder in enumerate(folders):
-                t0 = time.perf_counter()
-                scan = read_scan(folder, frame_step=config.frame_step, depth_scale=depth_scale,
-                                 pose_convention=pose_convention)
-                if progress is not None:
-                    progress(scan.name, "scans", i, len(folders))
-                fingerprint = scan.fingerprint()
-                old = existing.get(scan.name)
-                if (not force and old is not None and old.status == "ready" and old.fingerprint == fingerprint
-                        and old.settings.get("key") == key):
-                    out.append(IngestOutcome(scan.name, str(folder), "skipped", old.instances, 0.0))
-                    continue
-                cb = None if progress is None else (lambda stage, done, total, _n=scan.name: progress(_n, stage, done, total))
-                result = ingest_scan(scan, config=config, encoders=encoders, sam=sam, progress=cb)
-                settings = {"key": key, "ingest": result.settings, "report": dataclasses.asdict(result.report)}
-                self.store.write_scan(result, settings=settings)
-                out.append(IngestOutcome(scan.name, str(folder), "ingested", len(result.instances),
-                                         time.perf_counter() - t0, result.report))
+            out: list[IngestOutcome] = []
+            try:
+                self._ingest_all(folders, out, existing, key, config, encoders, sam, force, depth_scale,
+                                 pose_convention, progress)
+            finally:
+                self.store.flush()  # index files once per call, not per scan (a crash only costs a rebuild)
             if progress is not None:
                 progress("", "scans", len(folders), len(folders))
             return out
+
+    def _ingest_all(self, folders, out, existing, key, config, encoders, sam, force, depth_scale, pose_convention,
+                    progress) -> None:
+        from .ingest import ingest_scan  # noqa: PLC0415
+        from .scan import read_scan  # noqa: PLC0415
+
+        last_save = time.monotonic()
+        for i, folder in enumerate(folders):
+            t0 = time.perf_counter()
+            scan = read_scan(folder, frame_step=config.frame_step, depth_scale=depth_scale,
+                             pose_convention=pose_convention)
+            if progress is not None:
+                progress(scan.name, "scans", i, len(folders))
+            fingerprint = scan.fingerprint()
+            old = existing.get(scan.name)
+            if (not force and old is not None and old.status == "ready" and old.fingerprint == fingerprint
+                    and old.settings.get("key") == key):
+                out.append(IngestOutcome(scan.name, str(folder), "skipped", old.instances, 0.0))
+                continue
+            cb = None if progress is None else (lambda stage, done, total, _n=scan.name: progress(_n, stage, done, total))
+            result = ingest_scan(scan, config=config, encoders=encoders, sam=sam, progress=cb)
+            settings = {"key": key, "ingest": result.settings, "report": dataclasses.asdict(result.report)}
+            save = time.monotonic() - last_save > _SAVE_EVERY_S
+            self.store.write_scan(result, settings=settings, save=save)
+            if save:
+                last_save = time.monotonic()
+            out.append(IngestOutcome(scan.name, str(folder), "ingested", len(result.instances),
+                                     time.perf_counter() - t0, result.report))
 
     def write(self, result, *, settings: dict | None = None) -> int:
         """Store an already computed ``IngestResult`` (replacing a scan of that name); returns its scan id."""

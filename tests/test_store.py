@@ -170,3 +170,20 @@ def test_store_switches_to_ivf_past_threshold(tmp_path):
     assert row.index_kind == "ivf" and row.index_params["nlist"] >= 1
     assert s.index("siglip", "instance").ntotal == 60
     s.close()
+
+
+def test_deferred_save_then_flush(tmp_path):
+    from om3db.store import Store, VectorIndex
+
+    s = Store(tmp_path / "db")
+    s.write_scan(make_result("a", 3), settings={})
+    s.write_scan(make_result("b", 4, seed=1), settings={}, save=False)
+    path = tmp_path / "db" / "indexes" / "siglip.instance.faiss"
+    assert VectorIndex.read_header(path)["count"] == 3  # file still at the previous generation
+    other = Store(tmp_path / "db", lock_timeout=0)  # a reader: sees SQLite's state, rebuilt in memory
+    assert other.index("siglip", "instance").ntotal == 7
+    s.flush()
+    assert VectorIndex.read_header(path)["count"] == 7
+    assert VectorIndex.read_header(path)["generation"] == s.space("siglip", "instance").generation
+    other.close()
+    s.close()

@@ -36,7 +36,7 @@ def _checkpoint(stage: str) -> None:
 
 
 def pack_indices(indices: np.ndarray) -> bytes:
-    return zlib.compress(np.ascontiguousarray(indices, dtype="<i4").tobytes(), 6)
+    return zlib.compress(np.ascontiguousarray(indices, dtype="<i4").tobytes(), 1)
 
 
 def unpack_indices(blob: bytes) -> np.ndarray:
@@ -85,6 +85,7 @@ class Store:
         self.ivf_threshold = ivf_threshold
         self.use_gpu = use_gpu
         self._indexes: dict[tuple[str, str], tuple[VectorIndex, int]] = {}
+        self._dirty: set[tuple[str, str]] = set()
         self.rebuilt: list[str] = []
         """Spaces whose index was rebuilt from SQLite on open (missing, stale or damaged files)."""
         if not self.lock.try_acquire():  # another process writes: open read-only, indexes load lazily
@@ -102,6 +103,9 @@ class Store:
         return Session(self.engine, expire_on_commit=False)
 
     def close(self) -> None:
+        if self._dirty:
+            with self.lock:
+                self.flush()
         self._indexes.clear()
         self.lock.release()
         self.engine.dispose()
@@ -170,9 +174,21 @@ class Store:
             row.index_kind = index.choice.kind
             row.index_params = index.choice.params()
 
-    def _save(self, space_row, index: VectorIndex) -> None:
-        index.save(self.index_path(space_row.name, space_row.level), {"generation": space_row.generation})
-        self._indexes[(space_row.name, space_row.level)] = (index, space_row.generation)
+    def _save(self, space_row, index: VectorIndex, *, now: bool = True) -> None:
+        key = (space_row.name, space_row.level)
+        self._indexes[key] = (index, space_row.generation)
+        if now:
+            index.save(self.index_path(*key), {"generation": space_row.generation})
+            self._dirty.discard(key)
+        else:
+            self._dirty.add(key)
+
+    def flush(self) -> None:
+        """Save the indexes changed by writes made with ``save=False`` (needs the writer lock)."""
+        for key in sorted(self._dirty):
+            index, generation = self._indexes[key]
+            index.save(self.index_path(*key), {"generation": generation})
+        self._dirty.clear()
 
     def repair(self, *, force: bool = False) -> list[str]:
         """Rebuild every index whose file is missing, damaged or behind SQLite (needs the writer lock)."""
@@ -283,8 +299,13 @@ class Store:
             s.execute(update(SpaceRow).where(SpaceRow.id.in_(list(space_ids)))
                       .values(generation=SpaceRow.generation + 1))
 
-    def write_scan(self, result: IngestResult, *, settings: dict) -> int:
-        """Replace (or add) one scan atomically; returns its scan id. Takes the writer lock."""
+    def write_scan(self, result: IngestResult, *, settings: dict, save: bool = True) -> int:
+        """Replace (or add) one scan atomically; returns its scan id. Takes the writer lock.
+
+        save: write the changed FAISS files now; False defers that to ``flush()`` (batch ingests: saving
+        rewrites whole index files). Either way SQLite is committed first, so a crash before the save
+        only costs a rebuild on the next open.
+        """
         from sqlalchemy import insert, select, update  # noqa: PLC0415
 
         from .models import InstanceRow, ScanRow, VectorRow, ViewRow  # noqa: PLC0415
@@ -308,8 +329,9 @@ class Store:
                                               crop_boxes=np.asarray(v.crop_boxes).astype(int).tolist(),
                                               inlier=bool(v.inlier)))
                 if view_rows:
-                    view_ids = list(s.scalars(insert(ViewRow).returning(ViewRow.id, sort_by_parameter_order=True),
-                                              view_rows))
+                    s.connection().execute(insert(ViewRow.__table__), view_rows)
+                    view_ids = list(s.scalars(select(ViewRow.id).where(ViewRow.instance_id.in_(
+                        select(InstanceRow.id).where(InstanceRow.scan_id == scan.id))).order_by(ViewRow.id)))
                 added: dict[int, tuple[list, list, list]] = {}  # space id -> (faiss ids, vectors, is view)
                 vec_rows = []
                 vi = 0
@@ -335,13 +357,14 @@ class Store:
                                     added[row.id][1].append(v)
                     vi += nv
                 if vec_rows:
-                    s.execute(insert(VectorRow), vec_rows)
+                    s.connection().execute(insert(VectorRow.__table__), vec_rows)
                 self._bump(s, {r.id for r in spaces} | set(gone))
                 s.execute(update(ScanRow).where(ScanRow.id == scan.id).values(status="ready"))
                 _checkpoint("rows_written")
             _checkpoint("committed")
-            self._apply(gone, added)
-            _checkpoint("index_saved")
+            self._apply(gone, added, save=save)
+            if save:
+                _checkpoint("index_saved")
             return scan.id
 
     @staticmethod
@@ -351,7 +374,7 @@ class Store:
                              "This is an ingest bug; report it")
 
     def _insert_instances(self, s, scan_id: int, result: IngestResult) -> list[int]:
-        from sqlalchemy import insert  # noqa: PLC0415
+        from sqlalchemy import insert, select  # noqa: PLC0415
 
         from .models import InstanceRow  # noqa: PLC0415
 
@@ -365,9 +388,12 @@ class Store:
                              point_indices=pack_indices(inst.point_indices), score=float(inst.score)))
         if not rows:
             return []
-        return list(s.scalars(insert(InstanceRow).returning(InstanceRow.id, sort_by_parameter_order=True), rows))
+        # executemany + ids read back in insertion order (we hold the writer lock): much faster than
+        # RETURNING row by row
+        s.connection().execute(insert(InstanceRow.__table__), rows)
+        return list(s.scalars(select(InstanceRow.id).where(InstanceRow.scan_id == scan_id).order_by(InstanceRow.id)))
 
-    def _apply(self, gone: dict, added: dict) -> None:
+    def _apply(self, gone: dict, added: dict, *, save: bool = True) -> None:
         """After a commit: bring the touched indexes up to SQLite's generation and save them."""
         for row in self.spaces():
             if row.id not in gone and row.id not in added:
@@ -388,7 +414,7 @@ class Store:
                     index = self._build(row)
             if index.choice.kind != row.index_kind or index.choice.params() != (row.index_params or {}):
                 self._record_choice(row, index)
-            self._save(row, index)
+            self._save(row, index, now=save)
 
     def _needs_new_kind(self, index: VectorIndex) -> bool:
         n = index.ntotal

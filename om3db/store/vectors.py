@@ -244,12 +244,13 @@ class VectorIndex:
         faiss = _faiss()
         path = Path(path)
         head = dict(header or {}, dim=self.dim, count=self.ntotal, kind=self.choice.kind, **self.choice.params())
-        blob = faiss.serialize_index(self.index)
         head_bytes = json.dumps(head).encode()
         tmp = path.with_name(path.name + f".tmp{os.getpid()}")
         with open(tmp, "wb") as fh:
             fh.write(_MAGIC + struct.pack("<Q", len(head_bytes)) + head_bytes)
-            fh.write(blob.tobytes())
+            writer = faiss.PyCallbackIOWriter(fh.write)
+            faiss.write_index(self.index, writer)
+            del writer  # flushes its buffer into fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
