@@ -154,7 +154,7 @@ def _layout(cfg: _SizeConfig, rng: np.random.Generator) -> list[SynthObject]:
         names = [names[i] for i in rng.permutation(len(names))]
     placed: list[SynthObject] = []
     for k, name in enumerate(names):
-        # the first object is a box so something can stand on it; then shapes cycle with randomness
+        # the first object is a box so something can stand on it; then random shapes
         shape = "box" if k == 0 else SHAPES[int(rng.integers(0, len(SHAPES)))]
         scale = float(rng.uniform(*cfg.scale))
         for _attempt in range(200):
@@ -166,7 +166,7 @@ def _layout(cfg: _SizeConfig, rng: np.random.Generator) -> list[SynthObject]:
                 b = boxes[int(rng.integers(0, len(boxes)))]
                 slack = min(b.size[:2]) / 2 - rf - 0.01
                 cx, cy = np.asarray(b.center) + rng.uniform(-slack, slack, 2) * 0.5
-                obj = SynthObject(k, name, shape, size, PALETTE[name], (round(cx, 4), round(cy, 4)), b.base_z + b.size[2], 0.0, b.index)
+                obj = SynthObject(k, name, shape, size, PALETTE[name], (round(float(cx), 4), round(float(cy), 4)), b.base_z + b.size[2], 0.0, b.index)
                 break
             cx, cy = rng.uniform(-half + rf, half - rf)
             if all(np.hypot(cx - o.center[0], cy - o.center[1]) > rf + footprint_radius(o.shape, o.size) + 0.04 for o in placed if o.support == -1):
@@ -228,13 +228,18 @@ def build_scene(seed: int, size: SynthSize = "tiny", index: int = 0) -> SynthSce
     inst_class = tuple([o.class_name for o in objects] + ["floor"] + ["wall"] * 4)
     inst_rgb = np.array([o.rgb for o in objects] + [ROOM_RGB["floor"]] + [ROOM_RGB["wall"]] * 4, dtype=np.uint8)
     normal = np.cross(v_all[f_all[:, 1]] - v_all[f_all[:, 0]], v_all[f_all[:, 2]] - v_all[f_all[:, 0]])
-    normal /= np.linalg.norm(normal, axis=1, keepdims=True)
+    normal /= np.maximum(np.linalg.norm(normal, axis=1, keepdims=True), 1e-12)
     shade = 0.45 + 0.35 * np.abs(normal @ _SUN) + 0.2 * np.abs(normal @ _FILL)
     face_rgb = np.clip(np.rint(inst_rgb[f_inst].astype(np.float64) * shade[:, None]), 0, 255).astype(np.uint8)
+    arrays = {
+        "vertices": v_all.astype(np.float32), "colors": inst_rgb[v_part], "faces": f_all.astype(np.int32),
+        "vertex_instance": v_part, "face_instance": f_inst.astype(np.int32), "face_colors": face_rgb,
+    }  # fmt: skip
+    for a in arrays.values():
+        a.setflags(write=False)  # the scene is cached and shared
     return SynthScene(
         seed=int(seed), size=size, index=int(index), room=(*cfg.room, cfg.wall_height), objects=tuple(objects),
-        vertices=v_all.astype(np.float32), colors=inst_rgb[v_part], faces=f_all.astype(np.int32),
-        vertex_instance=v_part, face_instance=f_inst.astype(np.int32), face_colors=face_rgb, instance_class=inst_class,
+        instance_class=inst_class, **arrays,
     )  # fmt: skip
 
 
