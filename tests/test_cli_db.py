@@ -117,3 +117,23 @@ def test_search_with_another_encoder_refused(cli_db, tmp_path, capsys):
     err = err.split("\r")[-1]  # transformers draws a weight-loading bar on stderr first
     assert code == 1 and err.startswith(f"Error: {cli_db}: the 'siglip' space was built with ")
     assert str(other) in err and err.endswith("Query with the same model the scans were ingested with\n")
+
+
+def test_docs_cli_lists_every_option():
+    from pathlib import Path
+
+    import typer
+
+    from om3db_cli.main import app
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text()
+    sections = {s.split("\n", 1)[0].strip(): s for s in text.split("\n## ")[1:]}
+    group = typer.main.get_command(app)
+    commands = {n: group.commands[n] for n in ("ingest", "search", "scans", "show", "export", "rm", "reindex", "info")}
+    commands["db upgrade"] = group.commands["db"].commands["upgrade"]
+    for name, cmd in commands.items():
+        assert name in sections, name
+        for param in cmd.params:
+            for opt in param.opts:
+                if opt.startswith("-") and opt != "--help":
+                    assert opt in sections[name], (name, opt)
