@@ -78,7 +78,7 @@ class Visibility:
     counts: np.ndarray = field(repr=False)
     """(F, M) int32 distinct depth pixels covered by mask m's visible points in frame f."""
     visible_points: tuple[np.ndarray, ...] = field(repr=False)
-    """Per frame, (P_f,) int32 sorted indices of the points visible in it."""
+    """Per frame, (P_f,) int32 sorted indices of the visible points that belong to at least one mask."""
     camera_centres: np.ndarray = field(repr=False)
     """(F, 3) float64 camera centres in world metres."""
 
@@ -134,17 +134,14 @@ def _check_masks(scan, masks: np.ndarray | None) -> np.ndarray:
 
 
 def visible_points_in_frame(points: np.ndarray, world_to_camera: np.ndarray, depth: np.ndarray, intr: Intrinsics, vis_threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (P,) int64 of the visible points and their flat depth-pixel index ``v * W + u`` (P,) int64."""
+    """Indices (P,) int64 into ``points`` of the visible ones and their flat depth pixel ``v * W + u`` (P,) int64."""
     u, v, z = project(points, world_to_camera, intr)
     h, w = depth.shape
-    front = z > 0
-    ui = np.full(u.shape, -1, dtype=np.int64)
-    vi = np.full(v.shape, -1, dtype=np.int64)
-    ui[front] = np.rint(u[front])
-    vi[front] = np.rint(v[front])
-    inside = front & (ui >= 0) & (ui < w) & (vi >= 0) & (vi < h)
+    with np.errstate(invalid="ignore"):  # z = 0 gives nan / inf: every comparison below is False
+        ui, vi = np.rint(u), np.rint(v)
+        inside = (z > 0) & (ui >= 0) & (ui < w) & (vi >= 0) & (vi < h)
     idx = np.flatnonzero(inside)
-    pix = vi[idx] * w + ui[idx]
+    pix = vi[idx].astype(np.int64) * w + ui[idx].astype(np.int64)
     d = depth.reshape(-1)[pix]
     ok = (d > 0) & (np.abs(d - z[idx]) <= vis_threshold)
     return idx[ok], pix[ok]
@@ -161,6 +158,9 @@ def compute_visibility(scan, masks: np.ndarray | None = None, *, vis_threshold: 
         raise ConfigError(f"vis_threshold must be > 0 metres, got {vis_threshold}")
     m = _check_masks(scan, masks)
     member = MaskMembership.from_dense(m)
+    # only points inside some mask can score: project those alone (often a third of the scene)
+    in_mask = np.flatnonzero(member.indptr[1:] > member.indptr[:-1])
+    pts = scan.points[in_mask]
     intr = scan.depth_intrinsics
     frames = scan.frames
     counts = np.zeros((len(frames), member.num_masks), dtype=np.int32)
@@ -170,7 +170,8 @@ def compute_visibility(scan, masks: np.ndarray | None = None, *, vis_threshold: 
         depth = frame.depth()
         if depth.shape != (intr.height, intr.width):
             intr = intr.scaled_to(depth.shape[1], depth.shape[0])
-        idx, pix = visible_points_in_frame(scan.points, frame.world_to_camera, depth, intr, vis_threshold)
+        sub, pix = visible_points_in_frame(pts, frame.world_to_camera, depth, intr, vis_threshold)
+        idx = in_mask[sub]
         owner, mids = member.expand(idx)
         keys = pixel_keys(depth.size, owner, mids, pix)
         counts[i] = np.bincount(keys // depth.size, minlength=member.num_masks)

@@ -21,10 +21,8 @@ BOX = CropConfig(mode="box")
 
 
 @pytest.fixture(scope="module")
-def synth_path(tmp_path_factory) -> Path:
-    from om3db.synth import write_scans
-
-    return write_scans(tmp_path_factory.mktemp("synth_ingest"), scans=1, seed=1, size="tiny")[0]
+def synth_path(tiny_scan_path) -> Path:
+    return tiny_scan_path
 
 
 @pytest.fixture(scope="module")

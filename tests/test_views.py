@@ -194,11 +194,8 @@ def test_bad_inputs(hand_scan, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def synth_scan(tmp_path_factory):
-    from om3db.synth import write_scans
-
-    path = write_scans(tmp_path_factory.mktemp("synth_views"), scans=1, seed=0, size="tiny")[0]
-    return path, read_scan(path)
+def synth_scan(tiny_scan_path):
+    return tiny_scan_path, read_scan(tiny_scan_path)
 
 
 def _gt_pixel_counts(path: Path, scan, k: int) -> np.ndarray:
