@@ -241,6 +241,7 @@ def _hashes(root: Path) -> dict[str, str]:
 
 def test_same_seed_same_bytes_and_other_seeds_differ(tmp_path, tiny_scan_path):
     calls = []
+    write_scans(tmp_path / "again", scans=1, seed=0, masks=False)  # replaced by the next run, same name
     (path,) = write_scans(tmp_path / "again", scans=1, seed=0, progress=lambda *a: calls.append(a))
     assert path.name == "synth_0_0"
     assert _hashes(path) == _hashes(tiny_scan_path)
@@ -284,6 +285,11 @@ def test_bad_options_and_inputs_raise_typed_errors(tmp_path, tiny_scan_path):
     (tmp_path / "afile").write_text("x")
     with pytest.raises(ScanError, match="afile: exists and is not a folder. Pass a folder"):
         write_scans(tmp_path / "afile", scans=1)
+    (tmp_path / "synth_0_0").mkdir()
+    (tmp_path / "synth_0_0" / "notes.txt").write_text("mine")
+    with pytest.raises(ScanError, match=r"synth_0_0: exists and is not a synthetic scan \(no gt/scene.json\). Remove it or write"):
+        write_scans(tmp_path, scans=1)
+    assert (tmp_path / "synth_0_0" / "notes.txt").read_text() == "mine"
     with pytest.raises(ScanError, match=r"scene.json: ground-truth file is missing. Regenerate the scan with `om3db synth`"):
         load_gt(tmp_path)
     with pytest.raises(ScanError, match="pose: no pose for frame 999. Pass a frame id the scan has"):

@@ -73,6 +73,7 @@ def write_scans(
     for index in range(scans):
         scene = build_scene(seed, size, index)
         root = out / scene.name
+        _clear(root)
         _write_scene_files(root, scene, cfg, masks)
         rc = _raycaster(scene)
         d_intr, c_intr = _depth_intrinsics(cfg), _color_intrinsics(cfg)
@@ -99,6 +100,17 @@ def write_scans(
                 progress("synth", done, total)
         paths.append(root)
     return paths
+
+
+def _clear(root: Path) -> None:
+    """Replace an earlier synthetic scan of the same name; never touch a folder we did not write."""
+    if not root.exists():
+        return
+    if not (root / "gt" / "scene.json").is_file() and any(root.iterdir()):
+        raise ScanError(root, "exists and is not a synthetic scan (no gt/scene.json)", "Remove it or write the scans elsewhere")
+    import shutil  # noqa: PLC0415
+
+    shutil.rmtree(root)
 
 
 def _write_scene_files(root: Path, scene: SynthScene, cfg: _SizeConfig, masks: bool) -> None:
