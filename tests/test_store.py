@@ -169,6 +169,14 @@ def test_store_switches_to_ivf_past_threshold(tmp_path):
     row = s.space("siglip", "instance")
     assert row.index_kind == "ivf" and row.index_params["nlist"] >= 1
     assert s.index("siglip", "instance").ntotal == 60
+    s.write_scan(make_result("c", 30, views=1, seed=2), settings={})
+    assert s.remove_scan("a") == 30  # removal from an IVF index
+    index = s.index("siglip", "instance")
+    assert index.choice.kind == "ivf" and sorted(index.ids()) == sorted(s.stored_vectors(row)[1])
+    s.remove_scan("b")
+    s.write_scan(make_result("d", 5, views=1, seed=3), settings={})
+    assert s.remove_scan("c") == 30  # 5 left, below half the threshold: back to exact search
+    assert s.space("siglip", "instance").index_kind == "flat" and s.index("siglip", "instance").ntotal == 5
     s.close()
 
 

@@ -286,7 +286,10 @@ class Store:
             InstanceRow, InstanceRow.id == VectorRow.instance_id).where(InstanceRow.scan_id == scan_row.id)
         for space_id, inst, view in s.execute(q):
             inst_ids, view_ids = gone.setdefault(space_id, ([], []))
-            (view_ids.append(view) if view is not None else inst_ids.append(inst))
+            if view is None:
+                inst_ids.append(inst)
+            else:
+                view_ids.append(view)
         s.execute(delete(ScanRow).where(ScanRow.id == scan_row.id))
         return gone
 

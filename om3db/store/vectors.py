@@ -90,7 +90,11 @@ def _probe_queries(x: np.ndarray, n: int, seed: int) -> np.ndarray:
 
 
 class VectorIndex:
-    """One FAISS index with int64 ids (``IndexIDMap2``), inner product on unit vectors."""
+    """One FAISS index with int64 ids, inner product on unit vectors.
+
+    Exact: ``IndexIDMap2(IndexFlatIP)``. IVF: ``IndexIVFFlat`` holding the ids itself (it supports
+    ``remove_ids`` with arbitrary ids, which an ``IndexIDMap2`` around an IVF does not).
+    """
 
     def __init__(self, dim: int, choice: IndexChoice | None = None, *, use_gpu: bool | None = None) -> None:
         faiss = _faiss()
@@ -106,7 +110,7 @@ class VectorIndex:
         else:
             raise ConfigError(f"index kind must be 'flat' or 'ivf', got {self.choice.kind!r}")
         self._inner = inner
-        self.index = faiss.IndexIDMap2(inner)
+        self.index = faiss.IndexIDMap2(inner) if self.choice.kind == "flat" else inner
         self._use_gpu = gpu_count() > 0 if use_gpu is None else bool(use_gpu)
         self._gpu = None
 
@@ -198,7 +202,13 @@ class VectorIndex:
 
     def ids(self) -> np.ndarray:
         """(N,) int64 ids held by the index."""
-        return _faiss().vector_to_array(self.index.id_map).astype(np.int64)
+        faiss = _faiss()
+        if self.choice.kind == "flat":
+            return faiss.vector_to_array(self.index.id_map).astype(np.int64)
+        lists = self._inner.invlists
+        parts = [faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).copy()
+                 for i in range(self._inner.nlist) if lists.list_size(i)]
+        return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
 
     # -- search ---------------------------------------------------------------------------
 
@@ -207,8 +217,12 @@ class VectorIndex:
             return self.index
         if self._gpu is None:
             faiss = _faiss()
-            self._res = getattr(self, "_res", None) or faiss.StandardGpuResources()
-            self._gpu = faiss.index_cpu_to_gpu(self._res, 0, self.index)
+            try:
+                self._res = getattr(self, "_res", None) or faiss.StandardGpuResources()
+                self._gpu = faiss.index_cpu_to_gpu(self._res, 0, self.index)
+            except Exception:  # noqa: BLE001 - an index type this faiss build cannot clone: stay on CPU
+                self._use_gpu = False
+                return self.index
         return self._gpu
 
     def search(
@@ -284,8 +298,9 @@ class VectorIndex:
         index = cls.__new__(cls)
         index.dim = int(head["dim"])
         index.choice = choice
-        index.index = faiss.downcast_index(raw) if not isinstance(raw, faiss.IndexIDMap2) else raw
-        index._inner = faiss.downcast_index(index.index.index)
+        index._raw = raw  # owns the C++ object the downcast proxies point into
+        index.index = faiss.downcast_index(raw)
+        index._inner = faiss.downcast_index(index.index.index) if choice.kind == "flat" else index.index
         if choice.kind == "ivf":
             index._inner.nprobe = choice.nprobe
         index._use_gpu = gpu_count() > 0 if use_gpu is None else bool(use_gpu)
