@@ -116,3 +116,18 @@ def test_ephemeral_and_default_path(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with om3db.connect() as db:
         assert db.path.resolve() == (tmp_path / "om3db-data").resolve()
+
+
+def test_connect_to_a_file_is_refused(tmp_path):
+    from om3db.errors import StoreError
+
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(StoreError) as err:
+        om3db.connect(tmp_path / "f")
+    assert str(err.value) == f"{tmp_path / 'f'}: is a file, not a database folder. Pass a folder to --db"
+    (tmp_path / "d").mkdir()
+    import sqlite3
+
+    sqlite3.connect(tmp_path / "d" / "om3db.sqlite").execute("create table other (x int)")
+    with pytest.raises(StoreError, match="holds tables that are not an om3db database"):
+        om3db.connect(tmp_path / "d")
