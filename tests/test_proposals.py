@@ -157,7 +157,7 @@ def test_ingest_uses_the_proposer_when_a_scan_has_no_mask_file(gt_proposals, tin
     from tests.fakes import FakeColorEncoder
 
     scan, props = gt_proposals
-    result = ingest_scan(scan, config=IngestConfig(frame_step=10, crop=CropConfig(mode="box")), encoders={"siglip": FakeColorEncoder()})
+    result = ingest_scan(scan, config=IngestConfig(frame_step=4, crop=CropConfig(mode="box")), encoders={"siglip": FakeColorEncoder()})
     assert result.settings["mask_source"] == "proposer"
     gt = load_gt(tiny_scan_path).masks
     got = np.zeros((scan.num_points, len(result.instances)), dtype=bool)
