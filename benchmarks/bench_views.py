@@ -5,7 +5,8 @@ The reference (:func:`reference_counts`) does what OpenMask3D's ``PointProjector
 a (views x points x 2) array of projected pixels, then a (views x masks x H x W) boolean array
 filled by a loop over every (view, mask) pair, summed over H and W, ``argsort`` for the top k.
 It fixes the same bugs om3db fixes (z > 0, depth 0, axis scaling, rounding) and uses the same
-projection function so both produce identical output; only the algorithm differs.
+projection function (``om3db.views.project_points``) so both produce identical output; only the
+visibility-counting algorithm differs.
 
 Run (see docs/benchmarks.md, "View selection"):
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -29,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from om3db.camera import project
+from om3db.views import project_points
 
 
 def reference_counts(scan, masks: np.ndarray, *, vis_threshold: float = 0.2, frame_limit: int | None = None) -> np.ndarray:
@@ -42,7 +44,7 @@ def reference_counts(scan, masks: np.ndarray, *, vis_threshold: float = 0.2, fra
     projected_points = np.zeros((len(frames), n, 2), dtype=np.int64)
     for i, frame in enumerate(frames):
         depth = frame.depth()
-        u, v, z = project(scan.points, np.linalg.inv(frame.pose), intr)
+        u, v, z = project_points(scan.points, np.linalg.inv(frame.pose), intr)
         with np.errstate(invalid="ignore"):
             uv = np.stack([np.rint(u), np.rint(v)], axis=1)
         uv[~np.isfinite(uv)] = -1
@@ -80,12 +82,12 @@ def _worker(args) -> dict:
     times: dict[str, float] = {}
     cpu: dict[str, float] = {}
     clock = _Clock(times, cpu)
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     scan = read_scan(args.scan)
     masks = scan.masks
     if args.frames:
         scan = _prefix(scan, args.frames)
-    clock.stop("load_scan", t, time.process_time())
+    clock.stop("load_scan", t, c)
     if args.trace:
         tracemalloc.reset_peak()
     if args.impl == "fast":
@@ -176,6 +178,7 @@ def main() -> None:
     assert fast_pre["checksum"] == ref_pre["checksum"], "fast and reference disagree"
     sel = lambda r, k="median_s": r[k]["visibility"] + r[k]["top_k"]  # noqa: E731
     report = {
+        "loadavg_1m_end": os.getloadavg()[0], "cpu_count": os.cpu_count(),
         "scan": str(scan), "points": fast_all["points"], "masks": fast_all["masks"], "frames": fast_all["frames"],
         "fast_all_frames": fast_all, "fast_prefix": fast_pre, "reference_prefix": ref_pre, "prefix_frames": nref,
         "speedup_on_prefix_wall": sel(ref_pre) / sel(fast_pre),

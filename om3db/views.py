@@ -21,7 +21,7 @@ from typing import Callable
 
 import numpy as np
 
-from .camera import Intrinsics, project
+from .camera import Intrinsics
 from .errors import ConfigError, MaskFileError
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "compute_visibility",
     "select_views",
     "visible_points_in_frame",
+    "project_points",
     "pixel_keys",
 ]
 
@@ -133,9 +134,24 @@ def _check_masks(scan, masks: np.ndarray | None) -> np.ndarray:
     return m.astype(bool, copy=False)
 
 
+def project_points(points: np.ndarray, world_to_camera: np.ndarray, intr: Intrinsics) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Like :func:`om3db.camera.project` (float64 ``u``, ``v``, ``z``) but element-wise instead of a
+    BLAS matmul: an (N, 3) @ (3, 3) product spends more time in thread hand-off than in arithmetic."""
+    p = np.asarray(points, dtype=np.float64)
+    x, y, zw = p[:, 0], p[:, 1], p[:, 2]
+    r, t = world_to_camera[:3, :3], world_to_camera[:3, 3]
+    cx = r[0, 0] * x + r[0, 1] * y + r[0, 2] * zw + t[0]
+    cy = r[1, 0] * x + r[1, 1] * y + r[1, 2] * zw + t[1]
+    z = r[2, 0] * x + r[2, 1] * y + r[2, 2] * zw + t[2]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        u = intr.fx * cx / z + intr.cx
+        v = intr.fy * cy / z + intr.cy
+    return u, v, z
+
+
 def visible_points_in_frame(points: np.ndarray, world_to_camera: np.ndarray, depth: np.ndarray, intr: Intrinsics, vis_threshold: float) -> tuple[np.ndarray, np.ndarray]:
     """Indices (P,) int64 into ``points`` of the visible ones and their flat depth pixel ``v * W + u`` (P,) int64."""
-    u, v, z = project(points, world_to_camera, intr)
+    u, v, z = project_points(points, world_to_camera, intr)
     h, w = depth.shape
     with np.errstate(invalid="ignore"):  # z = 0 gives nan / inf: every comparison below is False
         ui, vi = np.rint(u), np.rint(v)
@@ -149,7 +165,9 @@ def visible_points_in_frame(points: np.ndarray, world_to_camera: np.ndarray, dep
 
 def pixel_keys(num_pixels: int, owner: np.ndarray, mask_ids: np.ndarray, pix: np.ndarray) -> np.ndarray:
     """Distinct (mask, pixel) keys ``mask * num_pixels + pixel`` (sorted int64)."""
-    return np.unique(mask_ids * num_pixels + pix[owner])
+    keys = mask_ids * num_pixels + pix[owner]
+    keys.sort()  # a plain sort + neighbour test beats np.unique's hashing here
+    return keys[np.concatenate(([True], keys[1:] != keys[:-1]))] if keys.size else keys
 
 
 def compute_visibility(scan, masks: np.ndarray | None = None, *, vis_threshold: float = 0.2, progress: Progress | None = None) -> Visibility:
@@ -160,7 +178,7 @@ def compute_visibility(scan, masks: np.ndarray | None = None, *, vis_threshold: 
     member = MaskMembership.from_dense(m)
     # only points inside some mask can score: project those alone (often a third of the scene)
     in_mask = np.flatnonzero(member.indptr[1:] > member.indptr[:-1])
-    pts = scan.points[in_mask]
+    pts = scan.points[in_mask].astype(np.float64)
     intr = scan.depth_intrinsics
     frames = scan.frames
     counts = np.zeros((len(frames), member.num_masks), dtype=np.int32)
@@ -208,7 +226,7 @@ def _diverse_views(counts_m: np.ndarray, centres: np.ndarray, centroid: np.ndarr
 
 
 def _prompts(points_world: np.ndarray, world_to_camera: np.ndarray, intr: Intrinsics, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    u, v, z = project(points_world, world_to_camera, intr)
+    u, v, z = project_points(points_world, world_to_camera, intr)
     xy = np.stack([np.rint(u), np.rint(v)], axis=1)
     xy = xy[(z > 0) & np.all(np.isfinite(xy), axis=1)]
     xy[:, 0] = np.clip(xy[:, 0], 0, intr.width - 1)

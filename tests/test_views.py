@@ -103,6 +103,21 @@ def test_pixel_is_rounded_not_truncated():
     assert pix.tolist() == [7 * W + 6]
 
 
+def test_project_points_matches_camera_project():
+    from om3db.camera import project
+    from om3db.views import project_points
+
+    rng = np.random.default_rng(1)
+    pts = rng.normal(size=(500, 3)) * 3
+    pose = np.eye(4)
+    pose[:3, :3] = np.linalg.qr(rng.normal(size=(3, 3)))[0] * np.array([1, 1, 1])
+    pose[:3, :3] *= np.sign(np.linalg.det(pose[:3, :3]))
+    pose[:3, 3] = [0.3, -1, 2]
+    intr = Intrinsics.from_matrix(K, W, H)
+    for a, b in zip(project_points(pts, pose, intr), project(pts, pose, intr), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-9)
+
+
 def test_membership_expand_matches_dense():
     rng = np.random.default_rng(3)
     dense = rng.random((50, 7)) < 0.3
