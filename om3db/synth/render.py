@@ -45,7 +45,7 @@ def camera_poses(seed: int, size: SynthSize = "tiny", index: int = 0) -> np.ndar
     cfg = _config(size)
     rng = np.random.default_rng([int(seed), int(index), 11])
     n = cfg.frames
-    a, b = np.array(cfg.room) / 2 * 0.8
+    a, b = np.array(cfg.room) / 2 * cfg.camera_ring
     t = rng.uniform(0, 2 * np.pi) + 2 * np.pi * np.arange(n) / n
     phase = rng.uniform(0, 2 * np.pi, 3)
     radial = 1.0 + 0.06 * np.sin(2 * t + phase[0]) + rng.uniform(-0.02, 0.02, n)

@@ -48,13 +48,17 @@ class _SizeConfig:
     color_size: tuple[int, int]
     color_ext: str
     id_width: int
+    object_region: float
+    """Objects stand within this fraction of the room's half extents."""
+    camera_ring: float
+    """The camera loop runs at this fraction of the room's half extents."""
 
 
 # ScanNet's cameras: depth 640x480 (fx = fy = 577.87), colour 1296x968 (different aspect ratio).
 _FX_SCANNET = 577.87
 _SIZES: dict[str, _SizeConfig] = {
-    "tiny": _SizeConfig((4.0, 3.5), 2.4, 0.05, 0.02, 7, (0.8, 1.0), 20, (160, 120), (324, 242), ".png", 0),
-    "scannet": _SizeConfig((7.0, 6.0), 2.6, 0.03, 0.015, 38, (0.7, 1.0), 250, (640, 480), (1296, 968), ".jpg", 6),
+    "tiny": _SizeConfig((5.0, 4.4), 2.4, 0.05, 0.02, 7, (0.8, 1.0), 20, (160, 120), (324, 242), ".png", 0, 0.34, 0.85),
+    "scannet": _SizeConfig((7.0, 6.0), 2.6, 0.03, 0.015, 38, (0.7, 1.0), 250, (640, 480), (1296, 968), ".jpg", 6, 0.55, 0.8),
 }
 
 
@@ -144,7 +148,7 @@ def _random_size(rng: np.random.Generator, shape: str, scale: float) -> tuple[fl
 
 
 def _layout(cfg: _SizeConfig, rng: np.random.Generator) -> list[SynthObject]:
-    half = np.array(cfg.room) / 2 * 0.55  # objects stay well inside the camera loop
+    half = np.array(cfg.room) / 2 * cfg.object_region  # objects stay well inside the camera loop
     colours = list(PALETTE)
     if cfg.num_objects <= len(colours):
         names = [colours[i] for i in rng.permutation(len(colours))[: cfg.num_objects]]
