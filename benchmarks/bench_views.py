@@ -84,7 +84,7 @@ def _worker(args) -> dict:
     clock = _Clock(times, cpu)
     t, c = time.perf_counter(), time.process_time()
     scan = read_scan(args.scan)
-    masks = scan.masks
+    masks = with_blob_proposals(scan.points, scan.masks, args.proposals)
     if args.frames:
         scan = _prefix(scan, args.frames)
     clock.stop("load_scan", t, c)
@@ -125,23 +125,36 @@ class _Clock:
         self.cpu[stage] = time.process_time() - c0
 
 
+def with_blob_proposals(points: np.ndarray, masks: np.ndarray, total: int, seed: int = 0) -> np.ndarray:
+    """GT masks plus random ball-shaped proposals (radius 0.3-1.0 m around random scene points) up to
+    ``total`` columns: overlapping class-agnostic masks like a proposal network's, deterministic."""
+    extra = total - masks.shape[1]
+    if extra <= 0:
+        return masks
+    rng = np.random.default_rng(seed)
+    centres = points[rng.choice(len(points), extra, replace=False)]
+    radii = rng.uniform(0.3, 1.0, extra)
+    blobs = np.stack([((points - c) ** 2).sum(axis=1) <= r * r for c, r in zip(centres, radii)], axis=1)
+    return np.concatenate([masks, blobs], axis=1)
+
+
 def _prefix(scan, n: int):
     import dataclasses
 
     return dataclasses.replace(scan, frames=scan.frames[:n])
 
 
-def _run(scan: Path, impl: str, frames: int, trace: bool) -> dict:
-    cmd = [sys.executable, __file__, "--worker", impl, "--scan", str(scan), "--frames", str(frames)]
+def _run(scan: Path, impl: str, frames: int, trace: bool, proposals: int) -> dict:
+    cmd = [sys.executable, __file__, "--worker", impl, "--scan", str(scan), "--frames", str(frames), "--proposals", str(proposals)]
     if trace:
         cmd.append("--trace")
     res = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def _bench(impl: str, scan: Path, frames: int, repeats: int) -> dict:
-    runs = [_run(scan, impl, frames, False) for _ in range(repeats)]
-    mem = _run(scan, impl, frames, True)
+def _bench(impl: str, scan: Path, frames: int, repeats: int, proposals: int) -> dict:
+    runs = [_run(scan, impl, frames, False, proposals) for _ in range(repeats)]
+    mem = _run(scan, impl, frames, True, proposals)
     stages = runs[0]["times"].keys()
     med = {s: statistics.median(r["times"][s] for r in runs) for s in stages}
     med_cpu = {s: statistics.median(r["cpu"][s] for r in runs) for s in stages}
@@ -157,13 +170,16 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--ref-repeats", type=int, default=1)
     p.add_argument("--ref-frames", type=int, default=50, help="frames the reference runs on (0: all)")
+    p.add_argument("--proposals", type=int, default=0,
+                   help="total masks: the GT masks plus random overlapping ball proposals (0: GT masks only)")
     p.add_argument("--worker", choices=["fast", "ref"])
     p.add_argument("--scan", type=Path)
     p.add_argument("--frames", type=int, default=0)
     p.add_argument("--trace", action="store_true")
     args = p.parse_args()
     if args.worker:
-        print(json.dumps(_worker(argparse.Namespace(impl=args.worker, scan=args.scan, frames=args.frames, trace=args.trace))))
+        print(json.dumps(_worker(argparse.Namespace(impl=args.worker, scan=args.scan, frames=args.frames, trace=args.trace,
+                                                    proposals=args.proposals))))
         return
 
     from om3db.synth import write_scans
@@ -171,10 +187,10 @@ def main() -> None:
     out = args.cache / f"views-{args.size}-{args.seed}"
     scans = sorted(out.glob("*/intrinsic")) if out.is_dir() else []
     scan = scans[0].parent if scans else write_scans(out, scans=1, seed=args.seed, size=args.size, masks=True)[0]
-    fast_all = _bench("fast", scan, 0, args.repeats)
+    fast_all = _bench("fast", scan, 0, args.repeats, args.proposals)
     nref = args.ref_frames or fast_all["frames"]
-    fast_pre = _bench("fast", scan, nref, args.repeats)
-    ref_pre = _bench("ref", scan, nref, args.ref_repeats)
+    fast_pre = _bench("fast", scan, nref, args.repeats, args.proposals)
+    ref_pre = _bench("ref", scan, nref, args.ref_repeats, args.proposals)
     assert fast_pre["checksum"] == ref_pre["checksum"], "fast and reference disagree"
     sel = lambda r, k="median_s": r[k]["visibility"] + r[k]["top_k"]  # noqa: E731
     report = {
