@@ -94,11 +94,12 @@ def write_random_siglip(out_dir: str | Path, size: Literal["tiny", "so400m"] = "
 
     from .embed import quiet_transformers
 
+    with quiet_transformers():
+        config = siglip_config(size)  # validates size first
     s = _SIGLIP_SIZES[size]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with quiet_transformers():
-        config = siglip_config(size)
         torch.manual_seed(seed)
         model = SiglipModel(config).eval()
         model.save_pretrained(out)
@@ -114,11 +115,11 @@ def write_random_dinov2(out_dir: str | Path, size: Literal["tiny", "large"] = "t
 
     from .embed import quiet_transformers
 
+    config = dinov2_config(size)  # validates size first
     s = _DINOV2_SIZES[size]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with quiet_transformers():
-        config = dinov2_config(size)
         torch.manual_seed(seed)
         model = Dinov2Model(config).eval()
         model.save_pretrained(out)
