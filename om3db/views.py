@@ -170,6 +170,23 @@ def pixel_keys(num_pixels: int, owner: np.ndarray, mask_ids: np.ndarray, pix: np
     return keys[np.concatenate(([True], keys[1:] != keys[:-1]))] if keys.size else keys
 
 
+def mask_pixel_counts(member: MaskMembership, idx: np.ndarray, pix: np.ndarray, num_pixels: int) -> np.ndarray:
+    """(M,) int64 distinct pixels per mask covered by visible points ``idx`` landing on ``pix``.
+
+    A point alone on its pixel adds 1 to each of its masks: a bincount, no sort. Only points that
+    share a pixel with another point (rare: scene points are sparser than depth pixels) go through
+    the (mask, pixel) sort / unique.
+    """
+    shared = np.bincount(pix, minlength=num_pixels)[pix] > 1
+    _, alone_masks = member.expand(idx[~shared])
+    counts = np.bincount(alone_masks, minlength=member.num_masks)
+    if shared.any():
+        owner, mids = member.expand(idx[shared])
+        keys = pixel_keys(num_pixels, owner, mids, pix[shared])
+        counts += np.bincount(keys // num_pixels, minlength=member.num_masks)
+    return counts
+
+
 def compute_visibility(scan, masks: np.ndarray | None = None, *, vis_threshold: float = 0.2, progress: Progress | None = None) -> Visibility:
     """Visible-pixel counts of every mask in every usable frame of ``scan`` (decodes each depth once)."""
     if not vis_threshold > 0:
@@ -190,9 +207,7 @@ def compute_visibility(scan, masks: np.ndarray | None = None, *, vis_threshold: 
             intr = intr.scaled_to(depth.shape[1], depth.shape[0])
         sub, pix = visible_points_in_frame(pts, frame.world_to_camera, depth, intr, vis_threshold)
         idx = in_mask[sub]
-        owner, mids = member.expand(idx)
-        keys = pixel_keys(depth.size, owner, mids, pix)
-        counts[i] = np.bincount(keys // depth.size, minlength=member.num_masks)
+        counts[i] = mask_pixel_counts(member, idx, pix, depth.size)
         visible.append(idx.astype(np.int32))
         centres[i] = frame.pose[:3, 3]
         if progress is not None:

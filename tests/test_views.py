@@ -129,6 +129,18 @@ def test_membership_expand_matches_dense():
     assert got == want
 
 
+def test_mask_pixel_counts_with_many_shared_pixels():
+    from om3db.views import mask_pixel_counts
+
+    rng = np.random.default_rng(7)
+    dense = rng.random((400, 9)) < 0.4
+    mem = MaskMembership.from_dense(dense)
+    idx = rng.choice(400, 300, replace=False)
+    pix = rng.integers(0, 50, size=300)  # 300 points on 50 pixels: most pixels shared
+    want = [len({int(p) for i, p in zip(idx, pix) if dense[i, j]}) for j in range(9)]
+    assert mask_pixel_counts(mem, idx, pix, 50).tolist() == want
+
+
 def test_top_k_best_first_zero_views_dropped(hand_scan):
     sel = select_views(hand_scan, top_k=5)
     assert [v.frame_id for v in sel.masks[0].views] == [0, 2]
