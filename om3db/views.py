@@ -240,22 +240,29 @@ def _diverse_views(counts_m: np.ndarray, centres: np.ndarray, centroid: np.ndarr
     return cand[np.array(chosen)]
 
 
-def _prompts(points_world: np.ndarray, world_to_camera: np.ndarray, intr: Intrinsics, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _colour_pixels(points_world: np.ndarray, world_to_camera: np.ndarray, intr: Intrinsics) -> tuple[np.ndarray, np.ndarray]:
+    """(P, 2) int32 rounded colour pixels (x, y) clipped to the image, and (P,) bool "in front"."""
     u, v, z = project_points(points_world, world_to_camera, intr)
-    xy = np.stack([np.rint(u), np.rint(v)], axis=1)
-    xy = xy[(z > 0) & np.all(np.isfinite(xy), axis=1)]
-    xy[:, 0] = np.clip(xy[:, 0], 0, intr.width - 1)
-    xy[:, 1] = np.clip(xy[:, 1], 0, intr.height - 1)
-    xy = xy.astype(np.int32)
+    front = (z > 0) & np.isfinite(u) & np.isfinite(v)
+    xy = np.zeros((u.shape[0], 2), dtype=np.int32)
+    xy[front, 0] = np.clip(np.rint(u[front]), 0, intr.width - 1)
+    xy[front, 1] = np.clip(np.rint(v[front]), 0, intr.height - 1)
+    return xy, front
+
+
+def _prompts(xy: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Box of (P, 2) colour pixels and a seeded sub-sample of at most PROMPT_CAP that keeps the extremes."""
     if xy.shape[0] == 0:  # cannot happen for a visible point; keep the type honest
         return np.zeros((0, 2), np.int32), np.zeros(4, np.int32)
     lo, hi = xy.min(axis=0), xy.max(axis=0)
     box = np.array([lo[0], lo[1], hi[0] + 1, hi[1] + 1], dtype=np.int32)
     if xy.shape[0] > PROMPT_CAP:
         extremes = np.unique(np.concatenate([xy.argmin(axis=0), xy.argmax(axis=0)]))
-        rest = np.setdiff1d(np.arange(xy.shape[0]), extremes)
-        pick = rng.choice(rest, PROMPT_CAP - extremes.size, replace=False)
-        xy = xy[np.sort(np.concatenate([extremes, pick]))]
+        keep = np.zeros(xy.shape[0], dtype=bool)
+        keep[extremes] = True
+        rest = np.flatnonzero(~keep)
+        keep[rng.choice(rest, PROMPT_CAP - extremes.size, replace=False)] = True
+        xy = xy[keep]
     return xy, box
 
 
@@ -306,11 +313,10 @@ def select_views(
     cintr = scan.color_intrinsics
     for f in sorted(wanted):
         frame = scan.frames[f]
-        w2c = frame.world_to_camera
         vis_pts = vis.visible_points[f]
+        xy_all, front = _colour_pixels(scan.points[vis_pts], frame.world_to_camera, cintr)  # once per frame
         for j in wanted[f]:
-            pts = vis_pts[m[vis_pts, j]]
-            xy, box = _prompts(scan.points[pts], w2c, cintr, rng)
+            xy, box = _prompts(xy_all[m[vis_pts, j] & front], rng)
             views[(j, f)] = ChosenView(frame.frame_id, f, int(vis.counts[f, j]), xy, box)
     out = tuple(MaskViews(j, tuple(views[(j, int(f))] for f in fr)) for j, fr in enumerate(chosen))
     return ViewSelection(vis, out)
