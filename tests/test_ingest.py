@@ -80,7 +80,29 @@ def test_red_object_nearest_to_text_red(box_result, synth_path):
         assert classes[mean_best] == name
         max_scores = [max_view_similarity(q, i.view_vectors["siglip"], np.array([v.inlier for v in i.views])) for i in box_result.instances]
         assert classes[box_result.instances[int(np.argmax(max_scores))].mask_index] == name
-    assert "red" in classes or "red" not in enc.palette  # the palette's first colour is in this scene
+
+
+@pytest.fixture(scope="module")
+def red_scan_path(tmp_path_factory) -> Path:
+    """A tiny synthetic scan whose objects include a red one (first such seed)."""
+    from om3db.synth import build_scene, write_scans
+
+    seed = next(s for s in range(100) if "red" in [o.class_name for o in build_scene(s, "tiny").objects])
+    return write_scans(tmp_path_factory.mktemp("red"), scans=1, seed=seed, size="tiny")[0]
+
+
+def test_vectors_of_the_red_object_are_nearest_to_text_red(red_scan_path):
+    from om3db.synth import load_gt
+
+    classes = load_gt(red_scan_path).object_classes
+    enc = FakeColorEncoder()
+    r = ingest_scan(read_scan(red_scan_path), config=IngestConfig(frame_step=4, crop=BOX), encoders={"siglip": enc})
+    q = enc.encode_texts(["red"])[0]
+    sims = [float(i.vectors["siglip"] @ q) for i in r.instances]
+    best = r.instances[int(np.argmax(sims))]
+    assert classes[best.mask_index] == "red"
+    assert all(max(i.view_vectors["siglip"] @ q) < max(best.view_vectors["siglip"] @ q)
+               for i in r.instances if classes[i.mask_index] != "red")
 
 
 def test_records_and_report(box_result, synth_path):
