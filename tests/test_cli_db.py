@@ -53,7 +53,7 @@ def test_search_image(cli_db, tmp_path, capsys):
     assert code == 0 and len(json.loads(out)) == 2
 
 
-def test_scans_show_info_reindex_export(cli_db, tmp_path, capsys):
+def test_scans_show_info_reindex_export(cli_db, synth_root, tmp_path, capsys):
     code, out, _ = run(capsys, "scans", "--db", cli_db, "--json")
     assert code == 0 and [s["name"] for s in json.loads(out)] == ["synth_0_0"]
     code, out, _ = run(capsys, "scans", "--db", cli_db)
@@ -73,7 +73,10 @@ def test_scans_show_info_reindex_export(cli_db, tmp_path, capsys):
     files = json.loads(out)["files"]
     assert code == 0 and any(f.endswith("synth_0_0_hits.ply") for f in files) and sum(f.endswith(".png") for f in files) == 2
     ply = (tmp_path / "exp" / "synth_0_0_hits.ply").read_bytes()
-    assert b"element vertex 28976" in ply[:200]
+    from om3db.synth import load_gt
+
+    num_points = len(load_gt(synth_root / "synth_0_0").gt_ids)  # every scan point, hits highlighted
+    assert f"element vertex {num_points}\n".encode() in ply[:200]
 
 
 def test_rm_and_errors(tmp_path, capsys):
