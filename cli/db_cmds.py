@@ -90,12 +90,17 @@ def register(app: typer.Typer) -> None:
         sam: Annotated[str, typer.Option("--sam", help="SAM checkpoint (.pth) for SAM-refined crops, or 'none' for box crops.")] = "none",
         frame_step: Annotated[int, typer.Option("--frame-step", help="Use every n-th frame.")] = 10,
         force: Annotated[bool, typer.Option("--force", help="Re-ingest scans even when unchanged.")] = False,
+        refine_masks: Annotated[bool, typer.Option("--refine-masks", help="MOSS: grow / trim masks from mask files with the superpoints their 2D masks (masks2d/ or SAM) cover.")] = False,
+        diverse: Annotated[bool, typer.Option("--diverse", help="OpenMask3D++ diverse views instead of the top-k most visible.")] = False,
         json_out: JsonOpt = False,
     ) -> None:
-        """Ingest every scan below SCANS_DIR (unchanged scans are skipped; each scan commits atomically)."""
+        """Ingest every scan below SCANS_DIR (unchanged scans are skipped; each scan commits atomically).
+
+        Scans without a mask file get om3db's own proposals from masks2d/<frame>.png or SAM automatic masks;
+        scans without depth/ get depth rendered from their mesh."""
         from om3db.ingest import IngestConfig  # noqa: PLC0415
 
-        config = IngestConfig(frame_step=frame_step)
+        config = IngestConfig(frame_step=frame_step, refine_masks=refine_masks, diverse=diverse)
         sam_spec = None if sam.lower() == "none" else Path(sam)
         with _connect(db) as database, _Bars(enabled=not json_out) as bars:
             out = database.ingest(scans_dir, config=config, siglip=_model(siglip), dinov2=_model(dinov2),

@@ -137,6 +137,14 @@ class IngestOutcome:
         return d
 
 
+def _instance(r) -> Instance:
+    from .store import unpack_indices  # noqa: PLC0415
+
+    views = tuple(View(v.frame_id, v.visible_pixels, v.crop_boxes, v.inlier) for v in r.views)
+    return Instance(r.id, r.scan.name, r.scan.path, r.mask_index, r.point_count, r.score, _bmin(r), _bmax(r),
+                    _cen(r), views, unpack_indices(r.point_indices))
+
+
 def connect(path: str | Path | None = None, *, ephemeral: bool = False, url: str | None = None,
             lock_timeout: float = 10.0, ivf_threshold: int | None = None, use_gpu: bool | None = None) -> Database:
     """Open (or create) a database directory.
@@ -282,7 +290,7 @@ class Database:
         last_save = time.monotonic()
         for i, folder in enumerate(folders):
             t0 = time.perf_counter()
-            scan = read_scan(folder, frame_step=config.frame_step, depth_scale=depth_scale,
+            scan = read_scan(folder, frame_step=config.frame_step, depth_scale=depth_scale, depth="auto",
                              pose_convention=pose_convention)
             if progress is not None:
                 progress(scan.name, "scans", i, len(folders))
@@ -421,16 +429,26 @@ class Database:
 
     def instance(self, instance_id: int) -> Instance:
         """One instance with its views and point indices."""
-        from .store import unpack_indices  # noqa: PLC0415
         from .store.models import InstanceRow  # noqa: PLC0415
 
         with self.store.session() as s:
             r = s.get(InstanceRow, int(instance_id))
             if r is None or r.scan.status != "ready":
                 raise NotFoundError(f"{self.path}: no instance {instance_id}. Search first to get instance ids")
-            views = tuple(View(v.frame_id, v.visible_pixels, v.crop_boxes, v.inlier) for v in r.views)
-            return Instance(r.id, r.scan.name, r.scan.path, r.mask_index, r.point_count, r.score, _bmin(r), _bmax(r),
-                            _cen(r), views, unpack_indices(r.point_indices))
+            return _instance(r)
+
+    def instances(self, scan: str) -> list[Instance]:
+        """Every instance of a (complete) scan, by id, with views and point indices."""
+        from sqlalchemy import select  # noqa: PLC0415
+
+        from .store.models import InstanceRow, ScanRow  # noqa: PLC0415
+
+        with self.store.session() as s:
+            row = s.scalars(select(ScanRow).where(ScanRow.name == scan, ScanRow.status == "ready")).first()
+            if row is None:
+                raise NotFoundError(f"{self.path}: no scan {scan!r}. See `om3db scans` for the scans it holds")
+            return [_instance(r) for r in s.scalars(select(InstanceRow).where(InstanceRow.scan_id == row.id)
+                                                    .order_by(InstanceRow.id))]
 
     def export(self, hits: Sequence[Hit], out: str | Path) -> list[Path]:
         """Write, per scan with hits, ``<scan>_hits.ply`` (its points, hits in distinct colours, the rest

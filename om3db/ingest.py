@@ -68,6 +68,12 @@ class IngestConfig:
     """Crops buffered (across masks and frames) before each encoder call."""
     seed: int = 0
     """Seed of the prompt-point sub-sampling (SAM rounds use ``crop.seed``)."""
+    proposals: object | None = None
+    """A :class:`om3db.proposals.ProposalConfig` for om3db's own proposer, used when a scan has no mask
+    file; None: the proposer's defaults. Recorded with the scan."""
+    refine_masks: bool = False
+    """MOSS: grow / trim masks from a mask file with the superpoints their 2D masks cover (needs 2D masks:
+    ``<scan>/masks2d/`` or a SAM predictor)."""
 
     def __post_init__(self) -> None:
         for name in ("frame_step", "top_k", "diverse_pool", "min_points", "embed_batch"):
@@ -88,6 +94,11 @@ class IngestConfig:
             raise ConfigError(f"IngestConfig.crop must be a CropConfig or None, got {type(self.crop).__name__}")
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError(f"IngestConfig.seed must be an integer >= 0, got {self.seed!r}")
+        if self.proposals is not None:
+            from .proposals import ProposalConfig  # noqa: PLC0415
+
+            if not isinstance(self.proposals, ProposalConfig):
+                raise ConfigError(f"IngestConfig.proposals must be a ProposalConfig or None, got {type(self.proposals).__name__}")
 
     def resolved_crop(self, has_sam: bool) -> CropConfig:
         """The crop settings an ingest with (or without) a SAM predictor uses."""
@@ -100,26 +111,50 @@ class IngestConfig:
         d = dataclasses.asdict(self)
         crop = self.crop if has_sam is None else self.resolved_crop(has_sam)
         d["crop"] = None if crop is None else dataclasses.asdict(crop)
+        d["proposals"] = None if self.proposals is None else self.proposals.to_dict()
         return d
 
 
-def _proposals_for(scan, config: IngestConfig) -> np.ndarray:
-    """THE call site for om3db's own proposer (om3db.proposals) when a scan has no mask file.
+def _mask_source_2d(scan, pconfig, sam):
+    """The 2D masks the proposer (and MOSS refinement) lift: ``masks2d/`` on disk, else SAM automatic masks."""
+    from .proposals import SamAutomaticMasks, default_source  # noqa: PLC0415
 
-    Uses ``config.proposals`` (a ProposalConfig) when IngestConfig has one, else the defaults; the 2D
-    masks come from ``<scan>/masks2d/``. Without them the scan cannot be proposed for.
-    """
-    from .proposals import ProposalConfig, default_source, propose  # noqa: PLC0415
-
-    pconfig = getattr(config, "proposals", None) or ProposalConfig()
     try:
-        source = default_source(scan, pconfig)
+        return default_source(scan, pconfig)
     except ConfigError as exc:
+        if sam is not None:
+            return SamAutomaticMasks(sam)
         raise MaskFileError(scan.path, "the scan has no class-agnostic masks (no <scan>_masks.pt/.npy/.npz) and no "
                             f"2D masks for om3db's proposer (no {pconfig.masks2d_folder}/ folder)",
                             f"Put a points x masks file in the scan folder, write {pconfig.masks2d_folder}/<frame_id>.png "
-                            "instance-id maps, or pass masks= to ingest_scan") from exc
-    return propose(scan, config=pconfig, source=source).masks
+                            "instance-id maps, pass a SAM checkpoint (automatic 2D masks), or pass masks= to ingest_scan") from exc
+
+
+def _proposals_for(scan, config: IngestConfig, sam=None):
+    """THE call site for om3db's own proposer (om3db.proposals) when a scan has no mask file.
+
+    Returns (masks (N, M) bool, scores (M,) float32, JSON-able record of the proposer's choice and facts).
+    """
+    from .proposals import ProposalConfig, propose  # noqa: PLC0415
+
+    pconfig = config.proposals or ProposalConfig()
+    source = _mask_source_2d(scan, pconfig, sam)
+    found = propose(scan, config=pconfig, source=source)
+    record = {"proposer": "om3db.proposals", "source": type(source).__name__, "config": pconfig.to_dict(),
+              "info": found.info}
+    return found.masks, np.asarray(found.scores, dtype=np.float32), record
+
+
+def _refined(scan, masks: np.ndarray, config: IngestConfig, sam=None):
+    """MOSS refinement of given masks; returns (masks, JSON-able record)."""
+    from .proposals import ProposalConfig, refine_masks  # noqa: PLC0415
+
+    pconfig = config.proposals or ProposalConfig()
+    source = _mask_source_2d(scan, pconfig, sam)
+    refined = refine_masks(scan, masks, source=source, config=pconfig)
+    changed = int((refined != masks).sum())
+    return refined, {"refiner": "om3db.proposals.refine_masks", "source": type(source).__name__,
+                     "config": pconfig.to_dict(), "points_changed": changed}
 
 
 def _skip_reason(reason: str) -> str:
@@ -183,13 +218,19 @@ def ingest_scan(scan, *, config: IngestConfig = IngestConfig(), encoders: Mappin
     timer = _Timer()
     t = time.perf_counter()
     source = "argument" if masks is not None else "scan" if scan.masks is not None else "proposer"
-    if masks is None:
-        masks = scan.masks if scan.masks is not None else _proposals_for(scan, config)
+    scores = scan.mask_scores if source == "scan" else None
+    mask_record: dict = {}
+    if source == "proposer":
+        masks, scores, mask_record = _proposals_for(scan, config, sam)
+    elif masks is None:
+        masks = scan.masks
     masks = np.asarray(masks)
     if masks.ndim != 2 or masks.shape[0] != scan.num_points:
         raise MaskFileError(scan.path, f"masks have shape {masks.shape}, expected ({scan.num_points}, M) for the scan's "
                             f"{scan.num_points} points", "Pass a points x masks array in PLY vertex order")
     masks = masks.astype(bool, copy=False)
+    if config.refine_masks and source != "proposer":
+        masks, mask_record = _refined(scan, masks, config, sam)
     stepped, skipped = _apply_frame_step(scan, config.frame_step)
     sizes = masks.sum(axis=0)
     active = np.flatnonzero(sizes >= config.min_points)
@@ -250,7 +291,6 @@ def ingest_scan(scan, *, config: IngestConfig = IngestConfig(), encoders: Mappin
         raise ConfigError(f"IngestConfig.outlier_space {outlier_space!r} is not one of the encoders {sorted(encoders)}")
     instances: list[InstanceRecord] = []
     without_view: list[int] = []
-    scores = scan.mask_scores
     for j, mv in enumerate(sel.masks):
         col = int(active[j])
         if not mv.views:
@@ -275,7 +315,7 @@ def ingest_scan(scan, *, config: IngestConfig = IngestConfig(), encoders: Mappin
         scan=scan.name, frames_on_disk=scan.frames_on_disk, frames_used=len(stepped.frames), frames_skipped=skipped,
         masks_total=int(masks.shape[1]), masks_without_view=without_view, seconds_per_stage=timer.seconds,
         crops=total_crops, masks_too_small=too_small)
-    settings = {**config.to_dict(sam is not None), "mask_source": source}
+    settings = {**config.to_dict(sam is not None), "mask_source": source, "masks": mask_record}
     return IngestResult(scan=scan.name, scan_path=str(scan.path), fingerprint=scan.fingerprint(), settings=settings,
                         encoders={name: enc.identity for name, enc in encoders.items()}, instances=instances,
                         report=report, num_points=scan.num_points, frame_count=scan.frames_on_disk)

@@ -55,10 +55,17 @@ def write_scans(
     seed: int = 0,
     size: SynthSize = "tiny",
     masks: bool = True,
+    masks2d: bool = False,
+    depth: bool = True,
     progress: Progress | None = None,
 ) -> list[Path]:
     """Write ``scans`` synthetic scans ``out/synth_<seed>_<i>``; same seed, same bytes.
 
+    masks: write the GT 3D masks as ``<scan>_masks.pt`` (class-agnostic proposals, OpenMask3D format).
+    masks2d: also write the GT 2D instance maps as ``<scan>/masks2d/<id>.png`` (what a perfect 2D
+        segmenter would export), the input of om3db's own proposer.
+    depth: write sensor depth to ``depth/``; False makes a scan without sensor depth (like a
+        reconstruction from video), whose depth om3db renders from the mesh.
     progress: called as ``progress("synth", frames_done, frames_total)`` after each frame.
     Returns the scan folders.
     """
@@ -75,6 +82,8 @@ def write_scans(
         root = out / scene.name
         _clear(root)
         _write_scene_files(root, scene, cfg, masks)
+        if masks2d:
+            (root / "masks2d").mkdir()
         rc = _raycaster(scene)
         d_intr, c_intr = _depth_intrinsics(cfg), _color_intrinsics(cfg)
         # instance -> instance2d value: object i -> i + 1; room and misses (-1) -> 0
@@ -88,16 +97,22 @@ def write_scans(
             col = _render(rc, scene, pose, c_intr)
             dep = _render(rc, scene, pose, d_intr)
             depth_mm = np.where(np.isfinite(dep["depth"]), np.rint(dep["depth"] * 1000.0), 0).clip(0, 65535).astype(np.uint16)
-            _save_png(root / "depth" / f"{stem}.png", depth_mm)
+            if depth:
+                _save_png(root / "depth" / f"{stem}.png", depth_mm)
             if cfg.color_ext == ".jpg":
                 _save_png(root / "color" / f"{stem}.jpg", col["rgb"], quality=90)
             else:
                 _save_png(root / "color" / f"{stem}.png", col["rgb"])
             for folder, r in (("instance2d", col), ("instance2d_depth", dep)):
                 _save_png(root / "gt" / folder / f"{stem}.png", to_map[r["instance"] + 1])
+            if masks2d:
+                _save_png(root / "masks2d" / f"{stem}.png", to_map[col["instance"] + 1])
             done += 1
             if progress is not None:
                 progress("synth", done, total)
+        if not depth:  # a reconstruction from video has neither sensor depth nor a depth camera
+            (root / "depth").rmdir()
+            (root / "intrinsic" / "intrinsic_depth.txt").unlink()
         paths.append(root)
     return paths
 
