@@ -138,7 +138,40 @@ def test_mask_pixel_counts_with_many_shared_pixels():
     idx = rng.choice(400, 300, replace=False)
     pix = rng.integers(0, 50, size=300)  # 300 points on 50 pixels: most pixels shared
     want = [len({int(p) for i, p in zip(idx, pix) if dense[i, j]}) for j in range(9)]
+    assert mem.label is None  # overlapping masks: the membership path
     assert mask_pixel_counts(mem, idx, pix, 50).tolist() == want
+    dirty = rng.integers(-5, 10**6, size=64)  # a reused scratch's old contents never matter
+    assert mask_pixel_counts(mem, idx, pix, 50, dirty).tolist() == want
+
+
+def test_mask_pixel_counts_one_mask_per_point():
+    from om3db.views import mask_pixel_counts
+
+    rng = np.random.default_rng(8)
+    owner = rng.integers(-1, 6, size=500)  # GT-like: each point in at most one mask (-1: none)
+    dense = np.zeros((500, 6), bool)
+    dense[np.flatnonzero(owner >= 0), owner[owner >= 0]] = True
+    mem = MaskMembership.from_dense(dense)
+    assert mem.label.tolist() == (owner + 1).tolist()
+    idx = rng.choice(500, 400, replace=False)
+    pix = rng.integers(0, 60, size=400)  # objects meet on shared pixels; so do points in no mask
+    want = [len({int(p) for i, p in zip(idx, pix) if dense[i, j]}) for j in range(6)]
+    assert mask_pixel_counts(mem, idx, pix, 60).tolist() == want
+    assert mask_pixel_counts(mem, idx, pix, 60, np.full(60, 10**9)).tolist() == want
+    assert mask_pixel_counts(mem, idx[:0], pix[:0], 60).tolist() == [0] * 6
+
+
+def test_prefetch_gives_the_same_counts_and_raises_on_a_corrupt_depth(synth_scan):
+    from om3db.errors import ScanError
+
+    path, scan = synth_scan
+    a, b = compute_visibility(scan, prefetch=0), compute_visibility(scan, prefetch=3)
+    assert np.array_equal(a.counts, b.counts)
+    assert all(np.array_equal(x, y) for x, y in zip(a.visible_points, b.visible_points, strict=True))
+    bad = dataclasses.replace(scan.frames[2], depth_path=path / "not-there" / "2.png")
+    frames = [*scan.frames[:2], bad, *scan.frames[3:]]
+    with pytest.raises(ScanError, match="2.png"):
+        compute_visibility(dataclasses.replace(scan, frames=frames), prefetch=2)
 
 
 def test_top_k_best_first_zero_views_dropped(hand_scan):
