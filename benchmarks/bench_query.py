@@ -269,11 +269,28 @@ def tune_nprobe(index, tune_q: np.ndarray, tune_truth: np.ndarray) -> tuple[int,
     return sweep[-1][0], sweep
 
 
+class faiss_threads:  # noqa: N801 - used as a context manager
+    """FAISS OpenMP threads inside the block (None: all cores), restored after."""
+
+    def __init__(self, threads):
+        import faiss  # noqa: PLC0415
+
+        self.faiss, self.threads = faiss, threads or os.cpu_count()
+
+    def __enter__(self):
+        self.before = self.faiss.omp_get_max_threads()
+        self.faiss.omp_set_num_threads(self.threads)
+
+    def __exit__(self, *exc):
+        self.faiss.omp_set_num_threads(self.before)
+
+
 def bench_om3db(mm, n, queries, tune_q, args, rng):
     rows = []
     exact = make_om3db("exact", n, args.raw_faiss)
     t0 = time.perf_counter()
-    exact.build(mm, rng)
+    with faiss_threads(None):
+        exact.build(mm, rng)
     build = time.perf_counter() - t0
     log(f"exact index built in {build:.1f}s")
     truth = exact.search(queries)
@@ -286,7 +303,8 @@ def bench_om3db(mm, n, queries, tune_q, args, rng):
     if n >= args.ivf_min:
         ivf = make_om3db("ivf", n, args.raw_faiss)
         t0 = time.perf_counter()
-        ivf.build(mm, rng)
+        with faiss_threads(None):
+            ivf.build(mm, rng)
         build = time.perf_counter() - t0
         nprobe, sweep = tune_nprobe(ivf, tune_q, tune_truth)
         log(f"IVF nlist={ivf.nlist} built in {build:.1f}s; nprobe for {TARGET_RECALL} on our tuning queries={nprobe} sweep={sweep}")
@@ -501,7 +519,8 @@ def main(argv=None) -> int:
     ap.add_argument("--ingest-scans", type=int, default=20, help="commits in the ingest benchmark")
     ap.add_argument("--ingest-per-scan", type=int, default=1000, help="instances per commit (5 views, 2 spaces)")
     ap.add_argument("--raw-faiss", action="store_true", help="fallback: FAISS directly instead of om3db.store")
-    ap.add_argument("--threads", type=int, default=None, help="FAISS OpenMP threads (default: all cores)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="FAISS OpenMP threads while searching (builds use all cores); default: all cores")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/om3db-bench"))
     ap.add_argument("--out", type=Path, default=None, help="write all rows as JSON here")
     args = ap.parse_args(argv)
@@ -511,14 +530,12 @@ def main(argv=None) -> int:
     args.workdir.mkdir(parents=True, exist_ok=True)
     import faiss  # noqa: PLC0415
 
-    if args.threads:
-        faiss.omp_set_num_threads(args.threads)
     env = {
         "python": platform.python_version(),
         "cpu": platform.processor() or platform.machine(),
         "cores": os.cpu_count(),
         "faiss": faiss.__version__,
-        "faiss_threads": faiss.omp_get_max_threads(),
+        "faiss_search_threads": args.threads or faiss.omp_get_max_threads(),
         "numpy": np.__version__,
     }
     try:
@@ -536,7 +553,8 @@ def main(argv=None) -> int:
         log(f"N={n:,}: generated {gen.kc} clusters in {time.perf_counter() - t0:.1f}s")
         queries, tune_q = gen.queries(args.queries, 0), gen.queries(100, 1)
         rng = np.random.default_rng(7)
-        om_rows, truth, tune_truth = bench_om3db(mm, n, queries, tune_q, args, rng)
+        with faiss_threads(args.threads):
+            om_rows, truth, tune_truth = bench_om3db(mm, n, queries, tune_q, args, rng)
         rows += om_rows
         log(f"N={n:,}: om3db done")
         if "npy" not in args.skip:
@@ -564,19 +582,6 @@ def main(argv=None) -> int:
 def _dump(args, env, rows) -> None:
     meta = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     args.out.write_text(json.dumps({"env": env, "args": meta, "rows": rows}, indent=1))
-
-
-def _exact(mm, q: np.ndarray) -> np.ndarray:
-    """Exact top-K by inner product, streamed over the float16 file."""
-    best_s = np.full((len(q), K), -np.inf, dtype=np.float32)
-    best_i = np.full((len(q), K), -1, dtype=np.int64)
-    for start, x in chunks(mm):
-        s = q @ x.T
-        all_s = np.concatenate([best_s, s], 1)
-        all_i = np.concatenate([best_i, np.broadcast_to(np.arange(start, start + len(x)), s.shape)], 1)
-        top = np.argpartition(-all_s, K - 1, 1)[:, :K]
-        best_s, best_i = np.take_along_axis(all_s, top, 1), np.take_along_axis(all_i, top, 1)
-    return np.take_along_axis(best_i, np.argsort(-best_s, 1), 1)
 
 
 def fake_ingest_result(name: str, count: int, views: int, rng):
