@@ -140,17 +140,17 @@ def _profile(scan, masks: np.ndarray) -> dict[str, float]:
     member = MaskMembership.from_dense(masks)
     in_mask = np.flatnonzero(member.indptr[1:] > member.indptr[:-1])
     projector, intr, n = _Projector(scan.points[in_mask]), scan.depth_intrinsics, len(scan.frames)
-    t = time.process_time()
-    depths = [f.depth() for f in scan.frames]
-    decode = time.process_time() - t
-    t = time.process_time()
-    vis = [projector.visible(f.world_to_camera, d, intr, 0.2) for f, d in zip(scan.frames, depths, strict=True)]
-    project = time.process_time() - t
     scratch = np.empty(intr.width * intr.height, dtype=np.int64)
-    t = time.process_time()
-    for sub, pix in vis:
+    decode = project = count = 0.0
+    for f in scan.frames:  # one frame at a time: holding every depth would inflate the RSS peak
+        t0 = time.process_time()
+        d = f.depth()
+        t1 = time.process_time()
+        sub, pix = projector.visible(f.world_to_camera, d, intr, 0.2)
+        t2 = time.process_time()
         mask_pixel_counts(member, in_mask[sub], pix, scratch.size, scratch)
-    count = time.process_time() - t
+        t3 = time.process_time()
+        decode, project, count = decode + t1 - t0, project + t2 - t1, count + t3 - t2
     return {"decode_depth_png": 1e3 * decode / n, "project_and_depth_test": 1e3 * project / n, "count_mask_pixels": 1e3 * count / n,
             "points_projected": int(in_mask.size)}
 
