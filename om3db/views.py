@@ -56,26 +56,36 @@ class MaskMembership:
     label: np.ndarray | None = field(default=None, repr=False)
     """(N,) int64 ``1 + mask`` of each point, 0 for none, when no point is in two masks (GT
     instances); None otherwise."""
-    by_mask: object = field(default=None, repr=False)
-    """(M, N) scipy CSR float64 of ones when masks overlap (None with :attr:`label`): per-mask sums of a
-    per-point vector in one sparse mat-vec, O(memberships) in C."""
+    by_mask: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
+    """When masks overlap (None with :attr:`label`): the transposed CSR, ``(indptr (M + 1,) int64,
+    points (nnz,) int64)``, the points of mask j being ``points[indptr[j]:indptr[j + 1]]``, sorted."""
 
     @classmethod
     def from_dense(cls, masks: np.ndarray) -> "MaskMembership":
-        masks = np.asarray(masks).astype(bool, copy=False)
-        pts, cols = np.nonzero(masks)  # row-major: sorted by point, then mask
+        masks = np.ascontiguousarray(np.asarray(masks).astype(bool, copy=False))  # flat (point * M + mask) look-ups
+        # row-major: sorted by point, then mask; a 1-D flatnonzero is ~5x faster than a 2-D nonzero
+        pts, cols = np.divmod(np.flatnonzero(masks.reshape(-1)), max(masks.shape[1], 1))
         per_point = np.bincount(pts, minlength=masks.shape[0])
         indptr = np.zeros(masks.shape[0] + 1, dtype=np.int64)
         np.cumsum(per_point, out=indptr[1:])
-        masks = np.ascontiguousarray(masks)  # flat (point * M + mask) look-ups
         if per_point.size == 0 or per_point.max() <= 1:
             label = np.zeros(masks.shape[0], dtype=np.int64)
             label[pts] = cols + 1
             return cls(indptr, cols.astype(np.int32), int(masks.shape[1]), masks, label)
-        from scipy.sparse import csr_matrix  # noqa: PLC0415
+        order = np.argsort(cols.astype(np.int16) if masks.shape[1] < 2**15 else cols, kind="stable")  # int16: radix sort
+        by_mask_ptr = np.zeros(masks.shape[1] + 1, dtype=np.int64)
+        np.cumsum(np.bincount(cols, minlength=masks.shape[1]), out=by_mask_ptr[1:])
+        return cls(indptr, cols.astype(np.int32), int(masks.shape[1]), masks, None, (by_mask_ptr, pts[order]))
 
-        by_mask = csr_matrix((np.ones(cols.size), cols, indptr), shape=masks.shape).T.tocsr()
-        return cls(indptr, cols.astype(np.int32), int(masks.shape[1]), masks, None, by_mask)
+    def sum_per_mask(self, flag: np.ndarray) -> np.ndarray:
+        """(M,) int64: for an (N,) uint8 per-point vector, its sum over each mask's points (overlapping masks only)."""
+        ptr, points = self.by_mask
+        per_membership = flag.take(points)
+        out = np.zeros(self.num_masks, dtype=np.int64)
+        nonempty = ptr[1:] > ptr[:-1]  # reduceat needs strictly increasing starts: empty masks skipped
+        if nonempty.any():
+            out[nonempty] = np.add.reduceat(per_membership, ptr[:-1][nonempty], dtype=np.int64)
+        return out
 
     def expand(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """For (P,) point indices, every (position in ``points``, mask) membership pair, both int64."""
@@ -268,9 +278,9 @@ def mask_pixel_counts(member: MaskMembership, idx: np.ndarray, pix: np.ndarray, 
         keys = pixel_keys(num_pixels, other, lab[other], pix)
         return counts + np.bincount(keys // num_pixels, minlength=member.num_masks + 1)[1:]
     is_rep = rep == ar
-    flag = np.zeros(member.dense.shape[0], dtype=np.float64)
-    flag[idx[is_rep]] = 1.0
-    counts = np.rint(member.by_mask @ flag).astype(np.int64)  # sums of ones: exact
+    flag = np.zeros(member.dense.shape[0], dtype=np.uint8)
+    flag[idx[is_rep]] = 1
+    counts = member.sum_per_mask(flag)
     others = np.flatnonzero(~is_rep)
     owner, mids = member.expand(idx[others])
     rep_point = idx[rep[others[owner]]]

@@ -129,6 +129,16 @@ def test_membership_expand_matches_dense():
     assert got == want
 
 
+def test_sum_per_mask_with_empty_masks():
+    rng = np.random.default_rng(4)
+    dense = rng.random((60, 6)) < 0.5
+    dense[:, [0, 3, 5]] = False  # empty masks first, in the middle and last
+    mem = MaskMembership.from_dense(dense)
+    assert mem.label is None
+    flag = rng.integers(0, 2, size=60).astype(np.uint8)
+    assert mem.sum_per_mask(flag).tolist() == (flag.astype(int) @ dense).tolist()
+
+
 def test_mask_pixel_counts_with_many_shared_pixels():
     from om3db.views import mask_pixel_counts
 
