@@ -506,7 +506,8 @@ def ratios(rows: list[dict]) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    ap.add_argument("--sizes", type=int, nargs="*", default=[10_000, 100_000, 1_000_000],
+                    help="vector counts; none (bare --sizes) runs only the ingest benchmark")
     ap.add_argument("--quick", action="store_true", help="smoke run: 5k vectors, short budgets")
     ap.add_argument("--queries", type=int, default=200, help="evaluation queries per size")
     ap.add_argument("--budget", type=float, default=20.0, help="seconds per measurement before stopping early")
@@ -615,36 +616,52 @@ def fake_ingest_result(name: str, count: int, views: int, rng):
 
 
 def bench_ingest(args) -> list[dict]:
-    """Instances/s written through om3db.store.Store.write_scan (SQLite rows + FAISS add + index save)."""
+    """Instances/s written through om3db.store.Store.write_scan (SQLite rows + FAISS add + index save).
+
+    Two modes: FAISS files saved at every commit (``save=True``, the default), and saves deferred to one
+    ``flush()`` at the end (``save=False``, as a batch ingest of many scans does); the flush is timed.
+    """
+    import inspect  # noqa: PLC0415
+
     from om3db.store import Store  # noqa: PLC0415
 
-    root = args.workdir / "ingest-db"
-    shutil.rmtree(root, ignore_errors=True)
-    rng = np.random.default_rng(3)
-    store = Store(root)
-    rows = []
-    try:
-        for i in range(args.ingest_scans):
-            res = fake_ingest_result(f"scan{i:04d}", args.ingest_per_scan, 5, rng)
+    modes = [True] + ([False] if "save" in inspect.signature(Store.write_scan).parameters else [])
+    out = []
+    for save in modes:
+        root = args.workdir / "ingest-db"
+        shutil.rmtree(root, ignore_errors=True)
+        rng = np.random.default_rng(3)
+        store = Store(root)
+        rows = []
+        try:
+            for i in range(args.ingest_scans):
+                res = fake_ingest_result(f"scan{i:04d}", args.ingest_per_scan, 5, rng)
+                kw = {} if save else {"save": False}
+                t0 = time.perf_counter()
+                store.write_scan(res, settings={"bench": True}, **kw)
+                dt = time.perf_counter() - t0
+                rows.append({"scan": i, "instances": args.ingest_per_scan, "seconds": dt,
+                             "instances_per_s": args.ingest_per_scan / dt})
+                log(f"ingest (save={save}) commit {i}: {args.ingest_per_scan} instances in {dt:.2f}s "
+                    f"({args.ingest_per_scan / dt:,.0f}/s), {(i + 1) * args.ingest_per_scan:,} in the database")
             t0 = time.perf_counter()
-            store.write_scan(res, settings={"bench": True})
-            dt = time.perf_counter() - t0
-            total = (i + 1) * args.ingest_per_scan
-            rows.append({"scan": i, "instances": args.ingest_per_scan, "seconds": dt,
-                         "instances_per_s": args.ingest_per_scan / dt, "total_instances": total})
-            log(f"ingest commit {i}: {args.ingest_per_scan} instances in {dt:.2f}s "
-                f"({args.ingest_per_scan / dt:,.0f}/s), {total:,} in the database")
-    finally:
-        store.close()
-    size = sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
-    secs = sum(r["seconds"] for r in rows)
-    summary = {"commits": len(rows), "instances": sum(r["instances"] for r in rows), "seconds": secs,
-               "instances_per_s": sum(r["instances"] for r in rows) / secs,
-               "median_commit_instances_per_s": float(np.median([r["instances_per_s"] for r in rows])),
-               "db_bytes": size}
-    print(f"\nIngest write throughput: {summary}")
-    shutil.rmtree(root, ignore_errors=True)
-    return [summary] + rows
+            if not save:
+                with store.lock:
+                    store.flush()
+            flush_s = time.perf_counter() - t0
+        finally:
+            store.close()
+        size = sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
+        secs = sum(r["seconds"] for r in rows) + flush_s
+        n = sum(r["instances"] for r in rows)
+        summary = {"save_each_commit": save, "commits": len(rows), "instances": n, "seconds": secs,
+                   "flush_s": flush_s, "instances_per_s": n / secs,
+                   "median_commit_instances_per_s": float(np.median([r["instances_per_s"] for r in rows])),
+                   "db_bytes": size}
+        print(f"\nIngest write throughput: {summary}", flush=True)
+        shutil.rmtree(root, ignore_errors=True)
+        out += [summary] + rows
+    return out
 
 
 if __name__ == "__main__":
