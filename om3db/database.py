@@ -260,6 +260,7 @@ class Database:
         if not folders:
             raise ConfigError(f"no scan folders (with color/ and intrinsic/) found under {', '.join(map(str, roots))}")
         with self.store.lock:
+            self.store.check_view_vectors(config.view_vectors)  # before any model loads or scan work
             encoders = {space: self._encoder(space, spec) for space, spec in (("siglip", siglip), ("dinov2", dinov2))
                         if spec is not False}
             if isinstance(sam, (str, Path)):

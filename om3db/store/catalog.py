@@ -17,10 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import EncoderMismatchError, NotFoundError, StoreError
+from ..errors import ConfigError, EncoderMismatchError, NotFoundError, StoreError
 from ..records import EncoderIdentity, IngestResult
 from .lock import WriterLock
 from .vectors import DEFAULT_IVF_THRESHOLD, VectorIndex
+from .writer import pack_indices, pack_scan, write_rows_core, write_rows_sqlite
 
 __all__ = ["Store", "LEVELS", "CHECKPOINT_HOOKS", "pack_indices", "unpack_indices"]
 
@@ -35,16 +36,14 @@ def _checkpoint(stage: str) -> None:
         hook(stage)
 
 
-def pack_indices(indices: np.ndarray) -> bytes:
-    return zlib.compress(np.ascontiguousarray(indices, dtype="<i4").tobytes(), 1)
-
-
 def unpack_indices(blob: bytes) -> np.ndarray:
     return np.frombuffer(zlib.decompress(blob), dtype="<i4").astype(np.int32)
 
 
-def _vec_blob(v: np.ndarray) -> bytes:
-    return np.ascontiguousarray(v, dtype="<f2").tobytes()
+def _mode_message(root, kept: bool, keep: bool) -> str:
+    have = "keeps per-view vectors" if kept else "stores instance vectors only"
+    return (f"{root}: this database {have} (IngestConfig.view_vectors={kept}), this ingest uses "
+            f"view_vectors={keep}. The choice is per database: ingest with view_vectors={kept}, or use another --db")
 
 
 def identity_matches(stored: EncoderIdentity, other: EncoderIdentity) -> bool:
@@ -86,6 +85,8 @@ class Store:
         self.use_gpu = use_gpu
         self._indexes: dict[tuple[str, str], tuple[VectorIndex, int]] = {}
         self._dirty: set[tuple[str, str]] = set()
+        self.raw_sqlite = True
+        """SQLite: insert rows through the DBAPI cursor (False: the portable SQLAlchemy Core path)."""
         self.rebuilt: list[str] = []
         """Spaces whose index was rebuilt from SQLite on open (missing, stale or damaged files)."""
         if not self.lock.try_acquire():  # another process writes: open read-only, indexes load lazily
@@ -124,10 +125,16 @@ class Store:
             return list(s.scalars(select(SpaceRow).order_by(SpaceRow.name, SpaceRow.level)))
 
     def space(self, name: str, level: str):
-        for row in self.spaces():
+        rows = self.spaces()
+        for row in rows:
             if row.name == name and row.level == level:
                 return row
-        known = sorted({r.name for r in self.spaces()})
+        if level == "view" and any(r.name == name for r in rows):
+            raise ConfigError(
+                f"{self.root}: stores instance vectors only (ingested with IngestConfig.view_vectors=False), so "
+                f"the {name!r} space cannot serve aggregation='max'. Use aggregation='mean', or ingest into another "
+                "--db with view_vectors=True")
+        known = sorted({r.name for r in rows})
         raise NotFoundError(
             f"{self.root}: no {level}-level vector space {name!r} (spaces here: {', '.join(known) or 'none'}). "
             "Ingest scans with that encoder first"
@@ -247,15 +254,35 @@ class Store:
 
     # -- writes -----------------------------------------------------------------------------
 
-    def _ensure_spaces(self, s, encoders: dict[str, EncoderIdentity]) -> list:
+    def views_kept(self) -> bool | None:
+        """Whether this database stores per-view vectors (None: nothing ingested yet).
+
+        The choice (``IngestConfig.view_vectors``) is per database, fixed by its first ingest: it is
+        recorded by which vector-space rows exist (view-level spaces only when views are kept).
+        """
+        spaces = self.spaces()
+        return any(r.level == "view" for r in spaces) if spaces else None
+
+    def check_view_vectors(self, keep: bool) -> None:
+        """Refuse an ingest whose ``view_vectors`` choice differs from this database's."""
+        kept = self.views_kept()
+        if kept is not None and kept != bool(keep):
+            raise ConfigError(_mode_message(self.root, kept, bool(keep)))
+
+    def _ensure_spaces(self, s, encoders: dict[str, EncoderIdentity], keep_views: bool) -> list:
         from sqlalchemy import func, select  # noqa: PLC0415
 
         from .models import SpaceRow, VectorRow  # noqa: PLC0415
 
+        existing = {(r.name, r.level): r for r in s.scalars(select(SpaceRow))}
+        if existing:
+            kept = any(level == "view" for _, level in existing)
+            if kept != keep_views:
+                raise ConfigError(_mode_message(self.root, kept, keep_views))
         rows = []
         for name, ident in sorted(encoders.items()):
-            for level in LEVELS:
-                row = s.scalars(select(SpaceRow).where(SpaceRow.name == name, SpaceRow.level == level)).first()
+            for level in LEVELS if keep_views else ("instance",):
+                row = existing.get((name, level))
                 if row is None:
                     row = SpaceRow(name=name, level=level, model_id=ident.model_id, revision=ident.revision,
                                    dim=ident.dim, normalization=ident.normalization,
@@ -275,7 +302,7 @@ class Store:
                 rows.append(row)
         return rows
 
-    def _delete_scan_rows(self, s, scan_row) -> dict[int, tuple[list[int], list[int]]]:
+    def _delete_scan_rows(self, s, scan_id: int) -> dict[int, tuple[list[int], list[int]]]:
         """Delete a scan (cascades); returns space id -> (instance ids, view ids) that left the indexes."""
         from sqlalchemy import delete, select  # noqa: PLC0415
 
@@ -283,14 +310,14 @@ class Store:
 
         gone: dict[int, tuple[list[int], list[int]]] = {}
         q = select(VectorRow.space_id, VectorRow.instance_id, VectorRow.view_id).join(
-            InstanceRow, InstanceRow.id == VectorRow.instance_id).where(InstanceRow.scan_id == scan_row.id)
+            InstanceRow, InstanceRow.id == VectorRow.instance_id).where(InstanceRow.scan_id == scan_id)
         for space_id, inst, view in s.execute(q):
             inst_ids, view_ids = gone.setdefault(space_id, ([], []))
             if view is None:
                 inst_ids.append(inst)
             else:
                 view_ids.append(view)
-        s.execute(delete(ScanRow).where(ScanRow.id == scan_row.id))
+        s.execute(delete(ScanRow).where(ScanRow.id == scan_id))
         return gone
 
     def _bump(self, s, space_ids) -> None:
@@ -308,93 +335,36 @@ class Store:
         save: write the changed FAISS files now; False defers that to ``flush()`` (batch ingests: saving
         rewrites whole index files). Either way SQLite is committed first, so a crash before the save
         only costs a rebuild on the next open.
+
+        Whether per-view vectors are stored follows ``result.settings["view_vectors"]`` (default True);
+        it must match the database's choice (:meth:`views_kept`).
         """
         from sqlalchemy import insert, select, update  # noqa: PLC0415
 
-        from .models import InstanceRow, ScanRow, VectorRow, ViewRow  # noqa: PLC0415
+        from .models import ScanRow  # noqa: PLC0415
 
+        keep_views = bool(result.settings.get("view_vectors", True))
+        batch = pack_scan(result, keep_views)  # validated and encoded before any transaction
         with self.lock:
             with self.session() as s, s.begin():
-                spaces = self._ensure_spaces(s, result.encoders)
-                old = s.scalars(select(ScanRow).where(ScanRow.name == result.scan)).first()
+                spaces = self._ensure_spaces(s, result.encoders, keep_views)
+                old = s.scalar(select(ScanRow.id).where(ScanRow.name == result.scan))
                 gone = self._delete_scan_rows(s, old) if old is not None else {}
-                scan = ScanRow(name=result.scan, path=str(result.scan_path), fingerprint=result.fingerprint,
-                               frame_count=int(result.frame_count), num_points=int(result.num_points),
-                               settings=settings, status="ingesting")
-                s.add(scan)
-                s.flush()
-                inst_ids = self._insert_instances(s, scan.id, result)
-                view_rows, view_ids = [], []
-                for inst, iid in zip(result.instances, inst_ids, strict=True):
-                    for rank, v in enumerate(inst.views):
-                        view_rows.append(dict(instance_id=iid, rank=rank, frame_id=int(v.frame_id),
-                                              visible_pixels=int(v.visible_pixels),
-                                              crop_boxes=np.asarray(v.crop_boxes).astype(int).tolist(),
-                                              inlier=bool(v.inlier)))
-                if view_rows:
-                    s.connection().execute(insert(ViewRow.__table__), view_rows)
-                    view_ids = list(s.scalars(select(ViewRow.id).where(ViewRow.instance_id.in_(
-                        select(InstanceRow.id).where(InstanceRow.scan_id == scan.id))).order_by(ViewRow.id)))
-                added: dict[int, tuple[list, list, list]] = {}  # space id -> (faiss ids, vectors, is view)
-                vec_rows = []
-                vi = 0
-                for inst, iid in zip(result.instances, inst_ids, strict=True):
-                    nv = len(inst.views)
-                    my_views = view_ids[vi : vi + nv]
-                    for row in spaces:
-                        if row.level == "instance":
-                            v = np.asarray(inst.vectors[row.name], dtype=np.float32)
-                            self._check_dim(row, v, result.scan)
-                            vec_rows.append(dict(space_id=row.id, instance_id=iid, view_id=None, data=_vec_blob(v)))
-                            added.setdefault(row.id, ([], []))[0].append(iid)
-                            added[row.id][1].append(v)
-                        else:
-                            vv = np.asarray(inst.view_vectors[row.name], dtype=np.float32).reshape(-1, row.dim)
-                            if len(vv) != nv:
-                                raise StoreError(f"scan {result.scan}: mask {inst.mask_index} has {nv} views but "
-                                                 f"{len(vv)} {row.name} view vectors. This is an ingest bug; report it")
-                            for vid, view, v in zip(my_views, inst.views, vv, strict=True):
-                                vec_rows.append(dict(space_id=row.id, instance_id=iid, view_id=vid, data=_vec_blob(v)))
-                                if view.inlier:
-                                    added.setdefault(row.id, ([], []))[0].append(vid)
-                                    added[row.id][1].append(v)
-                    vi += nv
-                if vec_rows:
-                    s.connection().execute(insert(VectorRow.__table__), vec_rows)
+                scan_id = s.execute(insert(ScanRow.__table__).values(
+                    name=result.scan, path=str(result.scan_path), fingerprint=result.fingerprint,
+                    frame_count=int(result.frame_count), num_points=int(result.num_points), settings=settings,
+                    status="ingesting")).inserted_primary_key[0]
+                conn = s.connection()
+                raw = self.raw_sqlite and conn.dialect.name == "sqlite"
+                added = (write_rows_sqlite if raw else write_rows_core)(conn, scan_id, batch, spaces)
                 self._bump(s, {r.id for r in spaces} | set(gone))
-                s.execute(update(ScanRow).where(ScanRow.id == scan.id).values(status="ready"))
+                s.execute(update(ScanRow).where(ScanRow.id == scan_id).values(status="ready"))
                 _checkpoint("rows_written")
             _checkpoint("committed")
             self._apply(gone, added, save=save)
             if save:
                 _checkpoint("index_saved")
-            return scan.id
-
-    @staticmethod
-    def _check_dim(row, v: np.ndarray, scan: str) -> None:
-        if v.shape != (row.dim,):
-            raise StoreError(f"scan {scan}: {row.name} vector has shape {v.shape}, the space has dim {row.dim}. "
-                             "This is an ingest bug; report it")
-
-    def _insert_instances(self, s, scan_id: int, result: IngestResult) -> list[int]:
-        from sqlalchemy import insert, select  # noqa: PLC0415
-
-        from .models import InstanceRow  # noqa: PLC0415
-
-        rows = []
-        for inst in result.instances:
-            lo, hi, c = (np.asarray(a, dtype=np.float64).reshape(3) for a in (inst.bbox_min, inst.bbox_max, inst.centroid))
-            rows.append(dict(scan_id=scan_id, mask_index=int(inst.mask_index), point_count=int(len(inst.point_indices)),
-                             bbox_min_x=lo[0], bbox_min_y=lo[1], bbox_min_z=lo[2],
-                             bbox_max_x=hi[0], bbox_max_y=hi[1], bbox_max_z=hi[2],
-                             centroid_x=c[0], centroid_y=c[1], centroid_z=c[2],
-                             point_indices=pack_indices(inst.point_indices), score=float(inst.score)))
-        if not rows:
-            return []
-        # executemany + ids read back in insertion order (we hold the writer lock): much faster than
-        # RETURNING row by row
-        s.connection().execute(insert(InstanceRow.__table__), rows)
-        return list(s.scalars(select(InstanceRow.id).where(InstanceRow.scan_id == scan_id).order_by(InstanceRow.id)))
+            return int(scan_id)
 
     def _apply(self, gone: dict, added: dict, *, save: bool = True) -> None:
         """After a commit: bring the touched indexes up to SQLite's generation and save them."""
@@ -409,10 +379,9 @@ class Store:
             else:
                 inst_ids, view_ids = gone.get(row.id, ([], []))
                 index.remove(view_ids if row.level == "view" else inst_ids)
-                ids, vecs = added.get(row.id, ([], []))
-                if ids:
-                    x = np.stack(vecs).astype("<f2").astype(np.float32)  # what a rebuild from SQLite would hold
-                    index.add(x, np.asarray(ids, dtype=np.int64))
+                added_ids, added_vecs = added.get(row.id, (None, None))
+                if added_ids is not None and len(added_ids):
+                    index.add(added_vecs, added_ids)
                 if self._needs_new_kind(index):
                     index = self._build(row)
             if index.choice.kind != row.index_kind or index.choice.params() != (row.index_params or {}):
@@ -437,7 +406,7 @@ class Store:
                 if row is None:
                     raise NotFoundError(f"{self.root}: no scan named {name!r}. List scans with: om3db scans --db {self.root}")
                 count = s.scalar(select(func.count(InstanceRow.id)).where(InstanceRow.scan_id == row.id))
-                gone = self._delete_scan_rows(s, row)
+                gone = self._delete_scan_rows(s, row.id)
                 self._bump(s, set(gone))
             self._apply(gone, {})
             return int(count)
