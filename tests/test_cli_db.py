@@ -131,9 +131,17 @@ def test_docs_cli_lists_every_option():
 
     text = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text()
     sections = {s.split("\n", 1)[0].strip(): s for s in text.split("\n## ")[1:]}
-    group = typer.main.get_command(app)
-    commands = {n: group.commands[n] for n in ("ingest", "search", "scans", "show", "export", "rm", "reindex", "info")}
-    commands["db upgrade"] = group.commands["db"].commands["upgrade"]
+    import click
+
+    def walk(group, prefix=""):
+        for name, cmd in group.commands.items():
+            if isinstance(cmd, click.Group):
+                yield from walk(cmd, f"{prefix}{name} ")
+            else:
+                yield f"{prefix}{name}", cmd
+
+    commands = dict(walk(typer.main.get_command(app)))
+    assert {"ingest", "search", "db upgrade", "demo", "synth", "models random", "eval instances"} <= set(commands)
     for name, cmd in commands.items():
         assert name in sections, name
         for param in cmd.params:
