@@ -50,3 +50,11 @@ def test_errors_form_one_hierarchy() -> None:
     for name in ("ScanError", "MaskFileError", "ConfigError", "StoreError", "SchemaOutOfDateError",
                  "EncoderMismatchError", "NotFoundError", "DatabaseBusyError", "EvaluationError", "ModelLoadError"):
         assert issubclass(getattr(om3db, name), om3db.Om3dbError)
+
+
+def test_usage_error_is_a_message_not_a_traceback(capsys) -> None:
+    from om3db_cli.main import main
+
+    assert main(["search", "--bogus"]) == 2
+    err = capsys.readouterr().err
+    assert "No such option: --bogus" in err and "Traceback" not in err
