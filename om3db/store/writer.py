@@ -9,7 +9,6 @@ lock is held, so nobody else inserts; it skips SQLAlchemy's per-row parameter pr
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from itertools import repeat
 
@@ -101,10 +100,19 @@ def pack_scan(result: IngestResult, keep_views: bool) -> ScanBatch:
         geo[i, 0:3], geo[i, 3:6], geo[i, 6:9] = rec.bbox_min, rec.bbox_max, rec.centroid
     instance_rows = [(int(r.mask_index), len(r.point_indices), *g, pack_indices(r.point_indices), float(r.score))
                      for r, g in zip(insts, geo.tolist(), strict=True)]
-    view_rows = [(rank, int(v.frame_id), int(v.visible_pixels), np.asarray(v.crop_boxes, dtype=np.int64).tolist(),
-                  bool(v.inlier)) for r in insts for rank, v in enumerate(r.views)]
+    views = [(rank, v) for r in insts for rank, v in enumerate(r.views)]
+    view_rows = [(rank, int(v.frame_id), int(v.visible_pixels), boxes, bool(v.inlier))
+                 for (rank, v), boxes in zip(views, _boxes([v for _, v in views]), strict=True)]
     return ScanBatch(instance_rows, view_rows, np.repeat(np.arange(n, dtype=np.int64), nviews),
                      np.fromiter((row[4] for row in view_rows), dtype=bool, count=len(view_rows)), spaces)
+
+
+def _boxes(views) -> list:
+    """Crop boxes of every view as nested int lists (one numpy call when all views have as many levels)."""
+    arrays = [np.asarray(v.crop_boxes, dtype=np.int64) for v in views]
+    if arrays and all(a.shape == arrays[0].shape for a in arrays):
+        return np.stack(arrays).tolist()
+    return [a.tolist() for a in arrays]
 
 
 def _split(buf: np.ndarray) -> list[bytes]:
@@ -156,7 +164,8 @@ def write_rows_sqlite(conn, scan_id: int, batch: ScanBatch, spaces) -> dict:
         view_ids = np.arange(first, first + len(batch.view_rows), dtype=np.int64)
         owners = inst_ids[batch.view_owner].tolist()
         insert(view_t, ("id", "instance_id", *VIEW_COLUMNS),
-               [(i, o, r[0], r[1], r[2], json.dumps(r[3]), int(r[4]))
+               # repr of nested int lists is valid JSON and much cheaper than json.dumps
+               [(i, o, r[0], r[1], r[2], repr(r[3]), int(r[4]))
                 for i, o, r in zip(view_ids.tolist(), owners, batch.view_rows, strict=True)])
         rows, added = _vector_rows(batch, spaces, inst_ids, view_ids)
         insert(vec_t, ("space_id", "instance_id", "view_id", "data"), rows)

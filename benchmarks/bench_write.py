@@ -1,0 +1,141 @@
+"""Store write throughput: instances/s and MB/s through ``Store.write_scan`` vs the raw sqlite3 ceiling.
+
+Shapes (scans of ``--per-scan`` instances, 5 views each):
+  a) SigLIP instance vectors only (view_vectors=False, one 1152-d space)
+  b) SigLIP + DINOv2 instance vectors only (view_vectors=False)
+  c) full OpenMask3D++ shape: SigLIP + DINOv2, instance vectors and 5 per-view vectors per space
+Each scan is written with ``save=False`` and one ``flush()`` follows (as ``Database.ingest`` does); the
+flush is reported separately. The raw ceiling inserts the same float16 blobs with ``sqlite3`` executemany
+(WAL, synchronous=NORMAL, same page size, one commit per scan) into a bare table. MB = float16 vector bytes.
+
+    .venv/bin/python benchmarks/bench_write.py --instances 20000 --full-instances 10000 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sqlite3
+import statistics
+import tempfile
+import time
+
+import numpy as np
+
+from om3db.records import EncoderIdentity, IngestReport, IngestResult, InstanceRecord, ViewRecord
+from om3db.store import Store
+
+DIMS = {"siglip": 1152, "dinov2": 2048}
+SHAPES = {"a": (("siglip",), False), "b": (("siglip", "dinov2"), False), "c": (("siglip", "dinov2"), True)}
+
+
+def _pool(dim: int, n: int, rng) -> np.ndarray:
+    x = rng.standard_normal((n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def make_results(spaces, keep_views: bool, scans: int, per_scan: int, views: int, seed: int = 0) -> list[IngestResult]:
+    """Synthetic scans; vectors are rows of a shared random pool (the content does not matter here)."""
+    rng = np.random.default_rng(seed)
+    pools = {s: _pool(DIMS[s], 4096, rng) for s in spaces}
+    enc = {s: EncoderIdentity(f"bench/{s}", "r", DIMS[s]) for s in spaces}
+    box = np.zeros((3, 4), np.int32)
+    out = []
+    for k in range(scans):
+        insts = []
+        for i in range(per_scan):
+            o = (k * per_scan + i) * (views + 1) % (4096 - views - 1)
+            vs = tuple(ViewRecord(j, 100 + j, box, j != views - 1) for j in range(views))
+            pidx = np.arange(i * 100, i * 100 + 500, dtype=np.int32)
+            insts.append(InstanceRecord(
+                i, pidx, np.zeros(3, np.float32), np.ones(3, np.float32), np.full(3, 0.5, np.float32), 1.0, vs,
+                {s: pools[s][o + 1 : o + 1 + views] for s in spaces} if keep_views else {},
+                {s: pools[s][o] for s in spaces}))
+        rep = IngestReport(f"s{k}", 10, 10, {}, per_scan, [], {})
+        out.append(IngestResult(f"s{k}", "/bench", "fp", {"view_vectors": keep_views}, enc, insts, rep, 100000, 10))
+    return out
+
+
+def vector_bytes(results) -> int:
+    total = 0
+    for r in results:
+        for inst in r.instances:
+            total += sum(v.size * 2 for v in inst.vectors.values())
+            total += sum(v.size * 2 for v in inst.view_vectors.values())
+    return total
+
+
+def run_store(results, *, raw_sqlite: bool = True) -> tuple[float, float]:
+    """(seconds for all write_scan calls, seconds for the final flush) into a fresh database."""
+    with tempfile.TemporaryDirectory() as d:
+        store = Store(d)
+        store.raw_sqlite = raw_sqlite
+        t0 = time.perf_counter()
+        for r in results:
+            store.write_scan(r, settings={}, save=False)
+        t1 = time.perf_counter()
+        with store.lock:
+            store.flush()
+        t2 = time.perf_counter()
+        store.close()
+    return t1 - t0, t2 - t1
+
+
+def run_raw(results) -> float:
+    """The same float16 blobs through bare sqlite3 executemany, one commit per scan."""
+    with tempfile.TemporaryDirectory() as d:
+        c = sqlite3.connect(os.path.join(d, "raw.db"))
+        c.execute("PRAGMA page_size=65536")
+        c.execute("PRAGMA journal_mode=WAL")
+        c.execute("PRAGMA synchronous=NORMAL")
+        c.execute("CREATE TABLE v(id INTEGER PRIMARY KEY, s INT, i INT, w INT, data BLOB)")
+        c.commit()
+        spaces = sorted(results[0].encoders)
+        t0 = time.perf_counter()
+        for r in results:
+            rows = []
+            for s_id, s in enumerate(spaces):
+                inst = np.stack([x.vectors[s] for x in r.instances]).astype("<f2")
+                rows += [(s_id, i, None, v.tobytes()) for i, v in enumerate(inst)]
+                if r.instances[0].view_vectors:
+                    vv = np.concatenate([x.view_vectors[s] for x in r.instances]).astype("<f2")
+                    rows += [(s_id, i // 5, i, v.tobytes()) for i, v in enumerate(vv)]
+            c.executemany("INSERT INTO v(s, i, w, data) VALUES (?, ?, ?, ?)", rows)
+            c.commit()
+        el = time.perf_counter() - t0
+        c.close()
+    return el
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--instances", type=int, default=20000, help="instances per run, shapes a and b")
+    ap.add_argument("--full-instances", type=int, default=10000, help="instances per run, shape c")
+    ap.add_argument("--per-scan", type=int, default=200)
+    ap.add_argument("--views", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--core", action="store_true", help="also time the portable SQLAlchemy Core path")
+    args = ap.parse_args()
+    print("| shape | instances | store inst/s | store MB/s | flush s | raw sqlite3 inst/s | raw MB/s |"
+          + (" Core path inst/s |" if args.core else ""))
+    print("|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if args.core else ""))
+    for label, (spaces, keep) in SHAPES.items():
+        n = args.full_instances if keep else args.instances
+        results = make_results(spaces, keep, n // args.per_scan, args.per_scan, args.views)
+        total = len(results) * args.per_scan
+        mb = vector_bytes(results) / 1e6
+        store = [run_store(results) for _ in range(args.repeats)]
+        raw = [run_raw(results) for _ in range(args.repeats)]
+        w = statistics.median(s[0] for s in store)
+        f = statistics.median(s[1] for s in store)
+        r = statistics.median(raw)
+        line = (f"| {label}) {'+'.join(spaces)} {'instance + view' if keep else 'instance only'} | {total} | "
+                f"{total / (w + f):,.0f} | {mb / (w + f):,.0f} | {f:.2f} | {total / r:,.0f} | {mb / r:,.0f} |")
+        if args.core:
+            c = statistics.median(sum(run_store(results, raw_sqlite=False)) for _ in range(args.repeats))
+            line += f" {total / c:,.0f} |"
+        print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()
