@@ -395,6 +395,7 @@ def test_npy_object_pickle_is_refused(scan_dir: Path) -> None:
         read_scan(scan_dir)
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")
 def test_raw_pickle_renamed_pt_is_refused(scan_dir: Path) -> None:
     path = scan_dir / "scene0000_00_masks.pt"
     path.write_bytes(pickle.dumps(_Exploit()))
