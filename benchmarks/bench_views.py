@@ -191,16 +191,26 @@ def _run(scan: Path, impl: str, frames: int, trace: bool, proposals: int) -> dic
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def _bench(impl: str, scan: Path, frames: int, repeats: int, proposals: int) -> dict:
-    runs = [_run(scan, impl, frames, False, proposals) for _ in range(repeats)]
-    mem = _run(scan, impl, frames, True, proposals)
+def _summary(runs: list[dict], mem: dict) -> dict:
     stages = runs[0]["times"].keys()
     med = {s: statistics.median(r["times"][s] for r in runs) for s in stages}
     med_cpu = {s: statistics.median(r["cpu"][s] for r in runs) for s in stages}
     prof = {k: statistics.median(r["profile_cpu_ms_per_frame"][k] for r in runs) for k in runs[0].get("profile_cpu_ms_per_frame", {})}
     return {"median_s": med, "median_cpu_s": med_cpu, "rss_peak_mb": max(r["rss_peak_mb"] for r in runs + [mem]), "traced_peak_mb": mem["traced_peak_mb"],
-            "profile_cpu_ms_per_frame": prof,
+            "profile_cpu_ms_per_frame": prof, "cpu_s_per_run": [r["cpu"]["visibility"] + r["cpu"]["top_k"] for r in runs],
             "checksum": runs[0]["checksum"], "frames": runs[0]["frames"], "masks": runs[0]["masks"], "points": runs[0]["points"]}
+
+
+def _bench(scan: Path, prefix: int, repeats: int, ref_repeats: int, proposals: int) -> tuple[dict, dict, dict]:
+    """(om3db on all frames, om3db on the prefix, reference on the prefix). Repeats are interleaved
+    (fast, fast, ref, fast, fast, ref, ...) so a change in the machine's load hits both sides alike."""
+    jobs = [("fast", 0), ("fast", prefix), ("ref", prefix)]
+    runs: dict[tuple[str, int], list[dict]] = {j: [] for j in jobs}
+    for r in range(max(repeats, ref_repeats)):
+        for impl, frames in jobs:
+            if r < (ref_repeats if impl == "ref" else repeats):
+                runs[(impl, frames)].append(_run(scan, impl, frames, False, proposals))
+    return tuple(_summary(runs[j], _run(scan, j[0], j[1], True, proposals)) for j in jobs)  # type: ignore[return-value]
 
 
 def main() -> None:
@@ -228,10 +238,9 @@ def main() -> None:
     out = args.cache / f"views-{args.size}-{args.seed}"
     scans = sorted(out.glob("*/intrinsic")) if out.is_dir() else []
     scan = scans[0].parent if scans else write_scans(out, scans=1, seed=args.seed, size=args.size, masks=True)[0]
-    fast_all = _bench("fast", scan, 0, args.repeats, args.proposals)
-    nref = args.ref_frames or fast_all["frames"]
-    fast_pre = _bench("fast", scan, nref, args.repeats, args.proposals)
-    ref_pre = _bench("ref", scan, nref, args.ref_repeats, args.proposals)
+    nref = args.ref_frames or 10**9
+    fast_all, fast_pre, ref_pre = _bench(scan, nref, args.repeats, args.ref_repeats, args.proposals)
+    nref = fast_pre["frames"]
     assert fast_pre["checksum"] == ref_pre["checksum"], "fast and reference disagree"
     sel = lambda r, k="median_s": r[k]["visibility"] + r[k]["top_k"]  # noqa: E731
     report = {

@@ -10,8 +10,12 @@ Facts (docs ../shared/DESIGN.md §3, OpenMask3D's ``PointProjector`` with its bu
 - a mask's score in a frame is the number of *distinct* depth pixels covered by its visible points.
 
 OpenMask3D builds a ``views x masks x H x W`` boolean array for the last step (~16 GB on a ScanNet
-scene). Here each frame is one sort/unique over (mask, pixel) keys of its visible point-mask
-memberships: memory O(points + memberships) per frame, time O(memberships log memberships).
+scene). Here, per frame: only the points inside some mask are projected (into reused buffers); each
+visible point learns one representative point of its depth pixel (scatter + gather into a pixel-sized
+scratch array); representatives add 1 to each of their masks (a bincount, or a per-mask reduceat
+when masks overlap); only memberships a pixel's representative lacks (objects meeting on one pixel)
+go through a sort/unique of (mask, pixel) keys. Memory O(points + memberships), time O(memberships).
+The next depth PNGs are decoded in a background thread meanwhile.
 """
 
 from __future__ import annotations
