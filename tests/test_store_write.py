@@ -6,6 +6,8 @@ import dataclasses
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from om3db.errors import ConfigError, StoreError
 from tests.test_store import DIM, make_result
@@ -190,3 +192,21 @@ def test_bad_vectors_refused_before_any_row(tmp_path):
     assert str(err.value) == "scan a: mask 1 has 3 views but no dinov2 view vectors. This is an ingest bug; report it"
     assert dump(s)["scans"] == [] and s.views_kept() is None
     s.close()
+
+
+@given(st.lists(st.integers(min_value=0, max_value=2**31 - 1), max_size=300), st.booleans())
+def test_point_index_codec_round_trips(values, sort):
+    from om3db.store import pack_indices, unpack_indices
+
+    idx = np.array(sorted(set(values)) if sort else values, dtype=np.int32)
+    out = unpack_indices(pack_indices(idx))
+    assert out.dtype == np.int32 and np.array_equal(out, idx)
+
+
+def test_sorted_indices_pack_small():
+    from om3db.store import pack_indices
+
+    dense = np.arange(1000, 6000, dtype=np.int32)
+    assert pack_indices(dense)[0] == 1 and len(pack_indices(dense)) < 100
+    assert pack_indices(np.array([5, 70000], np.int32))[0] == 4
+    assert pack_indices(np.array([9, 3], np.int32))[0] == 0  # unsorted: plain int32

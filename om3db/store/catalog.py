@@ -21,7 +21,7 @@ from ..errors import ConfigError, EncoderMismatchError, NotFoundError, StoreErro
 from ..records import EncoderIdentity, IngestResult
 from .lock import WriterLock
 from .vectors import DEFAULT_IVF_THRESHOLD, VectorIndex
-from .writer import pack_indices, pack_scan, write_rows_core, write_rows_sqlite
+from .writer import pack_indices, pack_scan, unpack_indices, write_rows_core, write_rows_sqlite
 
 __all__ = ["Store", "LEVELS", "CHECKPOINT_HOOKS", "pack_indices", "unpack_indices"]
 
@@ -34,10 +34,6 @@ crash tests stop a real process at a precise point. Empty in normal use."""
 def _checkpoint(stage: str) -> None:
     for hook in CHECKPOINT_HOOKS:
         hook(stage)
-
-
-def unpack_indices(blob: bytes) -> np.ndarray:
-    return np.frombuffer(zlib.decompress(blob), dtype="<i4").astype(np.int32)
 
 
 def _mode_message(root, kept: bool, keep: bool) -> str:
