@@ -43,10 +43,13 @@ def reference_counts(scan, masks: np.ndarray, *, vis_threshold: float = 0.2, fra
     against the decoded depth PNG), ``get_visible_points_in_view_in_mask`` (for every view i and mask j:
     ``masks[:, j] * visible_points_view[i] > 0`` over all N points, the selected pixels set True in
     ``in_view_in_mask[i, j]``, an H x W plane) and ``get_top_k_indices_per_mask``
-    (``.sum(axis=2).sum(axis=2)``, then ``argsort``). Differences, none of which slows it down:
-    bool ``&`` on a bool mask matrix instead of their float multiply; :func:`om3db.views.project_points`
-    (element-wise float64, the same arithmetic om3db uses, as fast as their homogeneous matmul) with the
-    bugs om3db fixes (z > 0, depth 0, rounding instead of truncation), so the counts are identical.
+    (``.sum(axis=2).sum(axis=2)``, then ``argsort``). ``masks`` is used in the dtype the caller holds it:
+    OpenMask3D's ``InstanceMasks3D`` keeps what ``torch.load`` returns (the float16 points x masks array
+    of its mask files), so its per-(view, mask) expression ``(masks[:, j] * visible) > 0`` runs in float16;
+    some forks convert to bool first (``--ref-masks bool``). Differences, none of which slows it down:
+    :func:`om3db.views.project_points` (element-wise float64, the same arithmetic om3db uses, as fast as
+    their homogeneous matmul) with the bugs om3db fixes (z > 0, depth 0, rounding instead of
+    truncation), so the counts are identical.
     """
     frames = scan.frames[:frame_limit]
     n = scan.num_points
@@ -69,7 +72,7 @@ def reference_counts(scan, masks: np.ndarray, *, vis_threshold: float = 0.2, fra
     in_view_in_mask = np.zeros((len(frames), num_masks, h, w), dtype=bool)
     for i in range(len(frames)):
         for j in range(num_masks):
-            sel = masks[:, j] & visible_points_view[i]
+            sel = (masks[:, j] * visible_points_view[i]) > 0
             pp = projected_points[i][sel]
             if len(pp):
                 in_view_in_mask[i, j, pp[:, 1], pp[:, 0]] = True
@@ -117,7 +120,9 @@ def _worker(args) -> dict:
             out_profile = _profile(scan, masks)
     else:
         t, c = time.perf_counter(), time.process_time()
-        counts = reference_counts(scan, masks)
+        held = masks.astype(np.float16 if args.ref_masks == "float16" else bool)  # as loaded, before timing
+        t, c = time.perf_counter(), time.process_time()
+        counts = reference_counts(scan, held)
         clock.stop("visibility", t, c)
         t, c = time.perf_counter(), time.process_time()
         top = reference_top_k(counts, 5)
@@ -183,8 +188,9 @@ def _prefix(scan, n: int):
     return dataclasses.replace(scan, frames=scan.frames[:n])
 
 
-def _run(scan: Path, impl: str, frames: int, trace: bool, proposals: int) -> dict:
-    cmd = [sys.executable, __file__, "--worker", impl, "--scan", str(scan), "--frames", str(frames), "--proposals", str(proposals)]
+def _run(scan: Path, impl: str, frames: int, trace: bool, proposals: int, ref_masks: str) -> dict:
+    cmd = [sys.executable, __file__, "--worker", impl, "--scan", str(scan), "--frames", str(frames), "--proposals", str(proposals),
+           "--ref-masks", ref_masks]
     if trace:
         cmd.append("--trace")
     res = subprocess.run(cmd, capture_output=True, text=True, check=True)
@@ -201,7 +207,7 @@ def _summary(runs: list[dict], mem: dict) -> dict:
             "checksum": runs[0]["checksum"], "frames": runs[0]["frames"], "masks": runs[0]["masks"], "points": runs[0]["points"]}
 
 
-def _bench(scan: Path, prefix: int, repeats: int, ref_repeats: int, proposals: int) -> tuple[dict, dict, dict]:
+def _bench(scan: Path, prefix: int, repeats: int, ref_repeats: int, proposals: int, ref_masks: str) -> tuple[dict, dict, dict]:
     """(om3db on all frames, om3db on the prefix, reference on the prefix). Repeats are interleaved
     (fast, fast, ref, fast, fast, ref, ...) so a change in the machine's load hits both sides alike."""
     jobs = [("fast", 0), ("fast", prefix), ("ref", prefix)]
@@ -209,8 +215,8 @@ def _bench(scan: Path, prefix: int, repeats: int, ref_repeats: int, proposals: i
     for r in range(max(repeats, ref_repeats)):
         for impl, frames in jobs:
             if r < (ref_repeats if impl == "ref" else repeats):
-                runs[(impl, frames)].append(_run(scan, impl, frames, False, proposals))
-    return tuple(_summary(runs[j], _run(scan, j[0], j[1], True, proposals)) for j in jobs)  # type: ignore[return-value]
+                runs[(impl, frames)].append(_run(scan, impl, frames, False, proposals, ref_masks))
+    return tuple(_summary(runs[j], _run(scan, j[0], j[1], True, proposals, ref_masks)) for j in jobs)  # type: ignore[return-value]
 
 
 def main() -> None:
@@ -223,6 +229,8 @@ def main() -> None:
     p.add_argument("--ref-frames", type=int, default=50, help="frames the reference runs on (0: all)")
     p.add_argument("--proposals", type=int, default=0,
                    help="total masks: the GT masks plus random overlapping ball proposals (0: GT masks only)")
+    p.add_argument("--ref-masks", default="float16", choices=["float16", "bool"],
+                   help="dtype the reference holds the masks in: float16 as OpenMask3D loads its mask files, or bool")
     p.add_argument("--worker", choices=["fast", "ref"])
     p.add_argument("--scan", type=Path)
     p.add_argument("--frames", type=int, default=0)
@@ -230,7 +238,7 @@ def main() -> None:
     args = p.parse_args()
     if args.worker:
         print(json.dumps(_worker(argparse.Namespace(impl=args.worker, scan=args.scan, frames=args.frames, trace=args.trace,
-                                                    proposals=args.proposals))))
+                                                    proposals=args.proposals, ref_masks=args.ref_masks))))
         return
 
     from om3db.synth import write_scans
@@ -239,13 +247,13 @@ def main() -> None:
     scans = sorted(out.glob("*/intrinsic")) if out.is_dir() else []
     scan = scans[0].parent if scans else write_scans(out, scans=1, seed=args.seed, size=args.size, masks=True)[0]
     nref = args.ref_frames or 10**9
-    fast_all, fast_pre, ref_pre = _bench(scan, nref, args.repeats, args.ref_repeats, args.proposals)
+    fast_all, fast_pre, ref_pre = _bench(scan, nref, args.repeats, args.ref_repeats, args.proposals, args.ref_masks)
     nref = fast_pre["frames"]
     assert fast_pre["checksum"] == ref_pre["checksum"], "fast and reference disagree"
     sel = lambda r, k="median_s": r[k]["visibility"] + r[k]["top_k"]  # noqa: E731
     report = {
         "loadavg_1m_end": os.getloadavg()[0], "cpu_count": os.cpu_count(),
-        "scan": str(scan), "points": fast_all["points"], "masks": fast_all["masks"], "frames": fast_all["frames"],
+        "reference_masks_dtype": args.ref_masks, "scan": str(scan), "points": fast_all["points"], "masks": fast_all["masks"], "frames": fast_all["frames"],
         "fast_all_frames": fast_all, "fast_prefix": fast_pre, "reference_prefix": ref_pre, "prefix_frames": nref,
         "speedup_on_prefix_wall": sel(ref_pre) / sel(fast_pre),
         "speedup_on_prefix_cpu": sel(ref_pre, "median_cpu_s") / sel(fast_pre, "median_cpu_s"),
