@@ -48,10 +48,11 @@ def _table(title: str, columns: list[str], rows: list[list]) -> None:
     Console(width=160).print(table)
 
 
-def _connect(db: Path | None):
+def _connect(db: Path | None, *, create: bool = False):
+    """Open the database; only ``ingest`` and ``db upgrade`` may create one."""
     import om3db  # noqa: PLC0415
 
-    return om3db.connect(db)
+    return om3db.connect(db, create=create)
 
 
 def _model(spec: str | None):
@@ -102,7 +103,7 @@ def register(app: typer.Typer) -> None:
 
         config = IngestConfig(frame_step=frame_step, refine_masks=refine_masks, diverse=diverse)
         sam_spec = None if sam.lower() == "none" else Path(sam)
-        with _connect(db) as database, _Bars(enabled=not json_out) as bars:
+        with _connect(db, create=True) as database, _Bars(enabled=not json_out) as bars:
             out = database.ingest(scans_dir, config=config, siglip=_model(siglip), dinov2=_model(dinov2),
                                   sam=sam_spec, force=force, progress=bars.update)
         if json_out:

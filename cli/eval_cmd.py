@@ -69,7 +69,7 @@ def register(app: typer.Typer) -> None:
         from om3db.evaluate import evaluate_database, load_vocabulary  # noqa: PLC0415
 
         vocab = load_vocabulary(vocabulary, exclude=tuple(exclude) if exclude is not None else ("wall", "floor"))
-        database = connect(db)
+        database = connect(db, create=False)
         try:
             report = evaluate_database(database, gt, vocab, template=template,
                                        protocols=tuple(protocol or ("constant", "similarity")),
@@ -121,7 +121,7 @@ def register(app: typer.Typer) -> None:
         from om3db.evaluate import load_vocabulary, semantic_from_database  # noqa: PLC0415
 
         vocab = load_vocabulary(vocabulary)
-        database = connect(db)
+        database = connect(db, create=False)
         try:
             report = semantic_from_database(database, gt, vocab, template=template, aggregation=aggregation, fill=fill,
                                             novel=novel, export=export, export_format=export_format)

@@ -146,10 +146,12 @@ def _instance(r) -> Instance:
 
 
 def connect(path: str | Path | None = None, *, ephemeral: bool = False, url: str | None = None,
-            lock_timeout: float = 10.0, ivf_threshold: int | None = None, use_gpu: bool | None = None) -> Database:
+            lock_timeout: float = 10.0, ivf_threshold: int | None = None, use_gpu: bool | None = None,
+            create: bool = True) -> Database:
     """Open (or create) a database directory.
 
     path: the folder; None uses ``$OM3DB_DB`` or ``./om3db-data``.
+    create: False refuses a folder that holds no database (NotFoundError) instead of creating one.
     ephemeral: a fresh temporary folder, deleted on ``close()`` (tests, notebooks).
     url: a SQLAlchemy URL for the metadata (e.g. PostgreSQL); the folder still holds the indexes.
     lock_timeout: seconds a writer waits for another writer before DatabaseBusyError.
@@ -161,6 +163,8 @@ def connect(path: str | Path | None = None, *, ephemeral: bool = False, url: str
         root = Path(tempfile.mkdtemp(prefix="om3db-"))
     else:
         root = Path(path if path is not None else os.environ.get("OM3DB_DB") or DEFAULT_DB)
+        if not create and url is None and not (root / "om3db.sqlite").is_file():
+            raise NotFoundError(f"{root}: no om3db database here. Ingest scans first: om3db ingest SCANS_DIR --db {root}")
     store = Store(root, url=url, lock_timeout=lock_timeout, use_gpu=use_gpu,
                   ivf_threshold=DEFAULT_IVF_THRESHOLD if ivf_threshold is None else ivf_threshold)
     return Database(store, ephemeral=ephemeral)

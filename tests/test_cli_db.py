@@ -146,3 +146,12 @@ def test_docs_cli_lists_every_option():
             for opt in param.opts:
                 if opt.startswith("-") and opt != "--help":
                     assert opt in sections[name], (name, opt)
+
+
+def test_read_commands_do_not_create_a_database(tmp_path, capsys):
+    missing = tmp_path / "nowhere"
+    for argv in (["search", "mug"], ["scans"], ["show", "1"], ["info"]):
+        code, _, err = run(capsys, *argv, "--db", missing)
+        assert code == 1
+        assert err.strip() == f"Error: {missing}: no om3db database here. Ingest scans first: om3db ingest SCANS_DIR --db {missing}"
+    assert not missing.exists()
