@@ -66,6 +66,12 @@ def _fmt(v: tuple) -> str:
     return "(" + ", ".join(f"{x:.2f}" for x in v) + ")"
 
 
+def _hits_table(title: str, hits) -> None:
+    _table(title, ["#", "instance", "scan", "score", "points", "centroid", "frame", "crop box"],
+           [[i, h.instance_id, h.scan, f"{h.score:.4f}", h.point_count, _fmt(h.centroid), h.frame_id, h.crop_box]
+            for i, h in enumerate(hits, 1)])
+
+
 def _search(db, text, image, k, aggregation, scan, min_points, region, region_mode, min_score, template, model,
             space, with_points=False):
     from om3db.errors import ConfigError  # noqa: PLC0415
@@ -137,10 +143,7 @@ def register(app: typer.Typer) -> None:
         if json_out:
             _echo_json([h.to_dict() for h in hits])
             return
-        _table(f"{len(hits)} hits for {text if text is not None else image}",
-               ["#", "instance", "scan", "score", "points", "centroid", "frame", "crop box"],
-               [[i, h.instance_id, h.scan, f"{h.score:.4f}", h.point_count, _fmt(h.centroid), h.frame_id, h.crop_box]
-                for i, h in enumerate(hits, 1)])
+        _hits_table(f"{len(hits)} hits for {text if text is not None else image}", hits)
 
     @app.command()
     def scans(db: DbOpt = None, json_out: JsonOpt = False) -> None:

@@ -10,14 +10,6 @@ import typer
 models_app = typer.Typer(help="Model checkpoints: write randomly initialised ones for offline runs.", no_args_is_help=True)
 
 
-def _hits_table(title: str, hits: list) -> None:
-    from .db_cmds import _fmt, _table  # noqa: PLC0415
-
-    _table(title, ["#", "instance", "scan", "score", "points", "centroid", "frame", "crop box"],
-           [[i, h.instance_id, h.scan, f"{h.score:.4f}", h.point_count, _fmt(h.centroid), h.frame_id, h.crop_box]
-            for i, h in enumerate(hits, 1)])
-
-
 def register(app: typer.Typer) -> None:
     app.add_typer(models_app, name="models")
 
@@ -33,7 +25,7 @@ def register(app: typer.Typer) -> None:
         """Synthesise two scans, ingest them and search by text and image: no download needed."""
         from om3db.demo import run_demo  # noqa: PLC0415
 
-        from .db_cmds import _Bars, _echo_json  # noqa: PLC0415
+        from .db_cmds import _Bars, _echo_json, _hits_table  # noqa: PLC0415
 
         with _Bars(enabled=not json_out) as bars:
             result = run_demo(out, siglip=siglip, dinov2=dinov2, sam=sam, query=query, progress=bars.update)

@@ -94,12 +94,12 @@ def write_random_siglip(out_dir: str | Path, size: Literal["tiny", "so400m"] = "
 
     from .embed import quiet_transformers
 
-    with quiet_transformers():
-        config = siglip_config(size)  # validates size first
+    _check_size(size, _SIGLIP_SIZES, "SigLIP")  # before anything is written
     s = _SIGLIP_SIZES[size]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with quiet_transformers():
+        config = siglip_config(size)
         torch.manual_seed(seed)
         model = SiglipModel(config).eval()
         model.save_pretrained(out)
