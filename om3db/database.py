@@ -139,8 +139,9 @@ class IngestOutcome:
 
 def _instance(r) -> Instance:
     from .store import unpack_indices  # noqa: PLC0415
+    from .store.writer import unpack_views  # noqa: PLC0415
 
-    views = tuple(View(v.frame_id, v.visible_pixels, v.crop_boxes, v.inlier) for v in r.views)
+    views = tuple(View(v.frame_id, v.visible_pixels, v.crop_boxes, v.inlier) for v in unpack_views(r.views))
     return Instance(r.id, r.scan.name, r.scan.path, r.mask_index, r.point_count, r.score, _bmin(r), _bmax(r),
                     _cen(r), views, unpack_indices(r.point_indices))
 
@@ -371,23 +372,22 @@ class Database:
         from sqlalchemy import select  # noqa: PLC0415
 
         from .store import unpack_indices  # noqa: PLC0415
-        from .store.models import InstanceRow, ScanRow, ViewRow  # noqa: PLC0415
+        from .store.models import InstanceRow, ScanRow  # noqa: PLC0415
+        from .store.writer import unpack_views, view_rank  # noqa: PLC0415
 
         ids = [h.instance_id for h in raw]
         with self.store.session() as s:
             rows = {r.id: r for r in s.scalars(select(InstanceRow).join(ScanRow).where(
                 InstanceRow.id.in_(ids), ScanRow.status == "ready"))}
-            views = {v.id: v for v in s.scalars(select(ViewRow).where(ViewRow.instance_id.in_(ids)))}
             names = dict(s.execute(select(ScanRow.id, ScanRow.name)).all())
-        first = {}
-        for v in sorted(views.values(), key=lambda v: v.rank):
-            first.setdefault(v.instance_id, v)
         hits = []
         for h in raw:
             r = rows.get(h.instance_id)
             if r is None:  # removed between the index search and now
                 continue
-            v = views.get(h.view_id) if h.view_id is not None else first.get(r.id)
+            views = unpack_views(r.views)
+            rank = int(view_rank(h.view_id)) if h.view_id is not None else 0  # mean: the best view
+            v = views[rank] if rank < len(views) else None
             hits.append(Hit(r.id, names[r.scan_id], h.score, r.point_count, _bmin(r), _bmax(r), _cen(r),
                             None if v is None else v.frame_id,
                             None if v is None or not v.crop_boxes else tuple(v.crop_boxes[0]),

@@ -85,6 +85,8 @@ class IngestConfig:
                 raise ConfigError(f"IngestConfig.{name} must be an integer >= 1, got {value!r}")
         if not self.vis_threshold > 0:
             raise ConfigError(f"IngestConfig.vis_threshold must be > 0 metres, got {self.vis_threshold}")
+        if self.top_k > 256:
+            raise ConfigError(f"IngestConfig.top_k must be <= 256 (views the store keeps per instance), got {self.top_k}")
         if self.diverse and self.diverse_pool < self.top_k:
             raise ConfigError(f"IngestConfig.diverse_pool ({self.diverse_pool}) must be >= top_k ({self.top_k})")
         if not 0.0 <= self.min_visibility_fraction <= 1.0:

@@ -61,7 +61,7 @@ class RawHit:
     score: float
     """Cosine similarity (inner product of unit vectors)."""
     view_id: int | None
-    """The best-matching view (max aggregation); None for mean aggregation."""
+    """Max aggregation: the FAISS key of the best view (``view_key(instance id, rank)``); mean: None."""
 
 
 def parse_region(text: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -112,26 +112,6 @@ def allowed_instances(store, filters: Filters) -> np.ndarray | None:
         return np.fromiter(conn.execute(q).scalars(), dtype=np.int64)
 
 
-def _view_owner(store, view_ids: Sequence[int]) -> dict[int, int]:
-    from sqlalchemy import select  # noqa: PLC0415
-
-    from .store.models import ViewRow  # noqa: PLC0415
-
-    with store.engine.connect() as conn:
-        rows = conn.execute(select(ViewRow.id, ViewRow.instance_id).where(ViewRow.id.in_(list(view_ids))))
-        return {int(v): int(i) for v, i in rows}
-
-
-def _inlier_views_of(store, instance_ids: np.ndarray) -> np.ndarray:
-    from sqlalchemy import select  # noqa: PLC0415
-
-    from .store.models import ViewRow  # noqa: PLC0415
-
-    with store.engine.connect() as conn:
-        q = select(ViewRow.id).where(ViewRow.instance_id.in_(instance_ids.tolist()), ViewRow.inlier.is_(True))
-        return np.fromiter(conn.execute(q).scalars(), dtype=np.int64)
-
-
 def search_space(
     store,
     space: str,
@@ -164,18 +144,23 @@ def search_space(
 
 def _search_max(store, space: str, q: np.ndarray, k: int, allowed: np.ndarray | None) -> list[RawHit]:
     """Max aggregation: best view per instance, over-fetching views until k instances are found."""
+    from .store.writer import view_owner  # noqa: PLC0415
+
     index = store.index(space, "view")
-    allowed_views = None if allowed is None else _inlier_views_of(store, allowed)
+    allowed_views = None
+    if allowed is not None:  # the inlier views of the allowed instances: the index holds exactly those views
+        held = index.ids()
+        allowed_views = held[np.isin(view_owner(held), allowed)]
     total = index.ntotal if allowed_views is None else len(allowed_views)
     fetch = min(max(4 * k, 16), max(total, 1))
     while True:
         scores, ids = index.search(q, fetch, allowed_ids=allowed_views)
-        pairs = [(float(s), int(i)) for s, i in zip(scores[0], ids[0], strict=True) if i >= 0]
-        owner = _view_owner(store, [i for _, i in pairs])
+        found = ids[0] >= 0
+        owners = view_owner(ids[0][found]).tolist()
         best: dict[int, RawHit] = {}
-        for s, vid in pairs:  # results are sorted: the first view seen of an instance is its best
-            inst = owner.get(vid)
-            if inst is not None and inst not in best:
+        # results are sorted: the first view seen of an instance is its best
+        for s, vid, inst in zip(scores[0][found].tolist(), ids[0][found].tolist(), owners, strict=True):
+            if inst not in best:
                 best[inst] = RawHit(inst, s, vid)
         if len(best) >= k or fetch >= total:
             return list(best.values())[:k]
@@ -195,12 +180,12 @@ def label_vectors(store, space: str, scan_instance_ids: np.ndarray, classes: np.
         vecs, vid = store.stored_vectors(store.space(space, "instance"), instance_ids=ids.tolist())
         sims = dict(zip(vid.tolist(), vecs @ classes.T, strict=True))
     else:
+        from .store.writer import view_owner  # noqa: PLC0415
+
         vecs, view_ids = store.stored_vectors(store.space(space, "view"), instance_ids=ids.tolist())
-        owner = _view_owner(store, view_ids.tolist())
         per_view = vecs @ classes.T
         sims = {}
-        for vid, row in zip(view_ids.tolist(), per_view, strict=True):
-            inst = owner[vid]
+        for inst, row in zip(view_owner(view_ids).tolist(), per_view, strict=True):
             sims[inst] = row if inst not in sims else np.maximum(sims[inst], row)
     keep = np.array([i for i in ids if i in sims], dtype=np.int64)
     if not len(keep):

@@ -105,9 +105,9 @@ def test_out_of_date_schema_refused_then_upgraded(tmp_path, capsys, monkeypatch)
     upgrade(make_engine(f"sqlite:///{(db / 'om3db.sqlite').resolve()}"), "0001")
     monkeypatch.setenv("OM3DB_DB", str(db))
     assert run(capsys, "scans") == (1, "", f"Error: {db}: database schema is out of date (revision 0001, this om3db "
-                                           f"needs 0002). Run: om3db db upgrade --db {db}\n")
-    assert run(capsys, "db", "upgrade") == (0, "upgraded database schema from revision 0001 to 0002\n", "")
-    assert run(capsys, "db", "upgrade") == (0, "database schema already at revision 0002\n", "")
+                                           f"needs 0003). Run: om3db db upgrade --db {db}\n")
+    assert run(capsys, "db", "upgrade") == (0, "upgraded database schema from revision 0001 to 0003\n", "")
+    assert run(capsys, "db", "upgrade") == (0, "database schema already at revision 0003\n", "")
     assert run(capsys, "scans", "--json") == (0, "[]\n", "")
 
 

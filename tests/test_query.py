@@ -57,16 +57,21 @@ def test_max_aggregation_equals_bruteforce_over_inlier_views(db):
     q = unit(np.random.default_rng(6).standard_normal(DIM))
     enc = FakeTableEncoder({"a chair in a scene": q})
     hits = db.search(text="chair", k=5, aggregation="max", encoder=enc)
-    vecs, view_ids = db.store.stored_vectors(db.store.space("siglip", "view"))
-    from om3db.query import _view_owner
-
-    owner = _view_owner(db.store, view_ids.tolist())
-    best: dict[int, float] = {}
-    for vid, s in zip(view_ids.tolist(), (vecs @ q).tolist(), strict=True):
-        best[owner[vid]] = max(best.get(owner[vid], -2), s)
-    expect = sorted(best, key=lambda i: -best[i])[:5]
+    # truth from the records written (float16 as stored), inlier views only, not from the store
+    ids = {(s.name, s_i): i for s in db.scans() for s_i, i in enumerate(x.id for x in db.instances(s.name))}
+    best: dict[int, tuple[float, int]] = {}
+    for k in range(3):
+        res = make_result(f"scan{k}", 12, seed=k, views=4, centres=[(m, k, 0) for m in range(12)])
+        for m, rec in enumerate(res.instances):
+            vv = rec.view_vectors["siglip"].astype("<f2").astype(np.float32)
+            for rank, (view, sim) in enumerate(zip(rec.views, (vv @ q).tolist(), strict=True)):
+                if view.inlier and sim > best.get(ids[(f"scan{k}", m)], (-2.0, 0))[0]:
+                    best[ids[(f"scan{k}", m)]] = (sim, rank)
+    expect = sorted(best, key=lambda i: -best[i][0])[:5]
     assert [h.instance_id for h in hits] == expect
-    np.testing.assert_allclose([h.score for h in hits], [best[i] for i in expect], rtol=1e-5)
+    np.testing.assert_allclose([h.score for h in hits], [best[i][0] for i in expect], rtol=1e-5)
+    # the hit's view is its best-matching view (frames are 100 + rank), not the most visible one
+    assert [h.frame_id for h in hits] == [100 + best[i][1] for i in expect]
 
 
 def test_filters_return_k_when_they_exist(db):

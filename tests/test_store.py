@@ -70,13 +70,14 @@ def test_old_revision_refused_with_upgrade_command(tmp_path):
     upgrade(make_engine(f"sqlite:///{(db / 'om3db.sqlite').resolve()}"), "0001")
     with pytest.raises(SchemaOutOfDateError) as err:
         Store(db)
-    assert str(err.value) == (f"{db}: database schema is out of date (revision 0001, this om3db needs 0002). "
+    assert str(err.value) == (f"{db}: database schema is out of date (revision 0001, this om3db needs 0003). "
                               f"Run: om3db db upgrade --db {db}")
 
 
 def test_write_scan_roundtrip_and_counts(store):
     from om3db.store.catalog import unpack_indices
     from om3db.store.models import InstanceRow, ScanRow
+    from om3db.store.writer import unpack_views
 
     res = make_result("a", 4)
     store.write_scan(res, settings={"key": 1})
@@ -86,10 +87,13 @@ def test_write_scan_roundtrip_and_counts(store):
         insts = s.query(InstanceRow).order_by(InstanceRow.id).all()
         assert [i.mask_index for i in insts] == [0, 1, 2, 3]
         np.testing.assert_array_equal(unpack_indices(insts[2].point_indices), res.instances[2].point_indices)
-        assert [v.frame_id for v in insts[0].views] == [100, 101, 102]
-        assert insts[0].views[0].crop_boxes == [[0, 0, 10, 10]] * 3
+        views = unpack_views(insts[0].views)
+        assert [v.frame_id for v in views] == [100, 101, 102]
+        assert [v.visible_pixels for v in views] == [50, 49, 48]
+        assert [v.inlier for v in views] == [True, True, False]
+        assert views[0].crop_boxes == [[0, 0, 10, 10]] * 3 and views[2].crop_boxes == [[2, 2, 12, 12]] * 3
     assert store.index("siglip", "instance").ntotal == 4
-    assert store.index("siglip", "view").ntotal == 4 * 2  # the outlier view is stored, not indexed
+    assert store.index("siglip", "view").ntotal == 4 * 2  # the outlier view is recorded, its vector not kept
 
 
 def test_search_matches_bruteforce(store):
@@ -197,3 +201,96 @@ def test_deferred_save_then_flush(tmp_path):
     assert VectorIndex.read_header(path)["generation"] == s.space("siglip", "instance").generation
     other.close()
     s.close()
+
+
+def _old_layout_db(path, revision: str = "0002"):
+    """A database at revision 0001 or 0002 holding one scan as those writers stored it (a row per view,
+    a row per vector, outlier view vectors included); returns (instance ids, the scan's result)."""
+    import json
+
+    from sqlalchemy import text
+
+    from om3db.store.schema import make_engine, upgrade
+
+    engine = make_engine(f"sqlite:///{(path / 'om3db.sqlite').resolve()}")
+    upgrade(engine, revision)
+    res = make_result("old", 3, views=3)
+    extra = ", index_params, generation" if revision == "0002" else ""
+    with engine.begin() as c:
+        c.execute(text("INSERT INTO scans (id, name, path, fingerprint, frame_count, num_points, settings, status, "
+                       "created_at, updated_at) VALUES (1, 'old', '/scans/old', 'fp', 10, 1000, '{}', 'ready', "
+                       "'2026-01-01', '2026-01-01')"))
+        for sid, (name, level) in enumerate([(n, lv) for n in sorted(IDENT) for lv in ("instance", "view")], 1):
+            c.execute(text("INSERT INTO vector_spaces (id, name, level, model_id, revision, dim, normalization, "
+                           f"preprocessing, index_kind{extra}) VALUES (:i, :n, :l, :m, :r, :d, "
+                           f"'l2', 'fake', 'flat'{', :p, 0' if extra else ''})"),
+                      dict(i=sid, n=name, l=level, m=IDENT[name].model_id, r=IDENT[name].revision, d=DIM, p="{}"))
+        from om3db.store import pack_indices
+
+        vid = 0
+        for m, rec in enumerate(res.instances):
+            iid = 10 + m
+            c.execute(text("INSERT INTO instances VALUES (:i, 1, :m, :c, 0, 0, 0, 1, 1, 1, .5, .5, .5, :p, :s)"),
+                      dict(i=iid, m=m, c=len(rec.point_indices), p=pack_indices(rec.point_indices), s=rec.score))
+            for sid, (name, level) in enumerate([(n, lv) for n in sorted(IDENT) for lv in ("instance", "view")], 1):
+                if level == "instance":
+                    c.execute(text("INSERT INTO vectors (space_id, instance_id, view_id, data) VALUES (:s, :i, NULL, :d)"),
+                              dict(s=sid, i=iid, d=rec.vectors[name].astype("<f2").tobytes()))
+            for rank, v in enumerate(rec.views):
+                vid += 1
+                c.execute(text("INSERT INTO instance_views VALUES (:v, :i, :r, :f, :p, :b, :n)"),
+                          dict(v=100 + vid, i=iid, r=rank, f=v.frame_id, p=v.visible_pixels,
+                               b=json.dumps(v.crop_boxes.tolist()), n=v.inlier))
+                for sid, name in ((2, "dinov2"), (4, "siglip")):
+                    c.execute(text("INSERT INTO vectors (space_id, instance_id, view_id, data) VALUES (:s, :i, :v, :d)"),
+                              dict(s=sid, i=iid, v=100 + vid, d=rec.view_vectors[name][rank].astype("<f2").tobytes()))
+    engine.dispose()
+    return [10, 11, 12], res
+
+
+@pytest.mark.parametrize("old", ["0001", "0002"])
+def test_upgrade_keeps_every_view_and_vector(tmp_path, old):
+    # 0001 -> 0002 rebuilds vector_spaces (batch copy); with foreign keys on, that drop would cascade
+    # into the vectors: the migration runner switches them off around migrations
+    from sqlalchemy import text
+
+    from om3db.store import Store
+    from om3db.store.schema import downgrade, make_engine, upgrade
+    from om3db.store.writer import unpack_views, view_key
+
+    db = tmp_path / "db"
+    db.mkdir()
+    ids, res = _old_layout_db(db, old)
+    engine = make_engine(f"sqlite:///{(db / 'om3db.sqlite').resolve()}")
+    upgrade(engine)
+    engine.dispose()
+    s = Store(db)
+    with s.session() as ses:
+        from om3db.store.models import InstanceRow
+
+        rows = ses.query(InstanceRow).order_by(InstanceRow.id).all()
+        for row, rec in zip(rows, res.instances, strict=True):
+            got = unpack_views(row.views)
+            assert [(v.frame_id, v.visible_pixels, v.inlier, v.crop_boxes) for v in got] == [
+                (v.frame_id, v.visible_pixels, v.inlier, v.crop_boxes.tolist()) for v in rec.views]
+    vecs, got_ids = s.stored_vectors(s.space("siglip", "instance"))
+    assert got_ids.tolist() == ids
+    assert np.array_equal(vecs, np.stack([r.vectors["siglip"] for r in res.instances]).astype("<f2").astype(np.float32))
+    vvecs, keys = s.stored_vectors(s.space("dinov2", "view"))  # inlier views only, new keys
+    want = [(i, r) for i, rec in zip(ids, res.instances, strict=True) for r, v in enumerate(rec.views) if v.inlier]
+    assert keys.tolist() == [int(view_key(i, r)) for i, r in want]
+    assert np.array_equal(vvecs, np.stack([res.instances[i - 10].view_vectors["dinov2"][r] for i, r in want])
+                          .astype("<f2").astype(np.float32))
+    assert s.rebuilt == ["dinov2.instance", "dinov2.view", "siglip.instance", "siglip.view"]
+    assert s.index("siglip", "view").ntotal == 6
+    s.close()
+    # and back down: the rows of the old layout again (outlier view vectors were not carried over)
+    engine = make_engine(f"sqlite:///{(db / 'om3db.sqlite').resolve()}")
+    downgrade(engine, "0002")
+    with engine.connect() as conn:
+        views = conn.execute(text("SELECT instance_id, rank, frame_id, inlier FROM instance_views ORDER BY id")).all()
+        assert [tuple(v) for v in views] == [(i, r, 100 + r, r != 2) for i in ids for r in range(3)]
+        n = conn.execute(text("SELECT count(*) FROM vectors WHERE view_id IS NOT NULL")).scalar_one()
+        assert n == 2 * 6
+        assert "views" not in [c[1] for c in conn.execute(text("PRAGMA table_info(instances)"))]
+    engine.dispose()

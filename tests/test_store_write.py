@@ -33,10 +33,20 @@ def dump(store) -> dict:
 
     out = {}
     with store.engine.connect() as conn:
-        for table in ("scans", "instances", "instance_views", "vectors", "vector_spaces"):
+        for table in ("scans", "instances", "vector_blocks", "vector_spaces"):
             cols = "*" if table != "scans" else "id, name, path, fingerprint, frame_count, num_points, settings, status"
             out[table] = [tuple(r) for r in conn.execute(text(f"SELECT {cols} FROM {table} ORDER BY id"))]  # noqa: S608
     return out
+
+
+def blocks(store, name: str, level: str) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, float16 vectors) of every block of a space, straight from the rows."""
+    space = store.space(name, level)
+    rows = [r for r in dump(store)["vector_blocks"] if r[1] == space.id]
+    ids = np.concatenate([np.frombuffer(r[4], "<i8") for r in rows])
+    data = np.concatenate([np.frombuffer(r[5], "<f2").reshape(r[3], DIM) for r in rows])
+    assert all(r[3] == len(np.frombuffer(r[4], "<i8")) for r in rows)
+    return ids, data
 
 
 def write_sequence(store) -> None:
@@ -55,7 +65,9 @@ def test_dbapi_and_core_paths_store_identical_rows_and_indexes(tmp_path):
     raw, core = (dump(s) for s in stores)
     assert raw == core
     assert [r[1] for r in raw["scans"]] == ["b", "a", "empty"]
-    assert len(raw["instances"]) == 5 and len(raw["instance_views"]) == 3 * 2 + 2 * 3
+    # one row per instance; one block per (non-empty scan, space); the replaced scan's rows are gone
+    assert len(raw["instances"]) == 5 and len(raw["vector_blocks"]) == 2 * 4
+    assert sorted({r[2] for r in raw["vector_blocks"]}) == [r[0] for r in raw["scans"][:2]]
     for s in stores:
         for level in ("instance", "view"):
             a = np.sort(stores[0].index("siglip", level).ids())
@@ -66,43 +78,74 @@ def test_dbapi_and_core_paths_store_identical_rows_and_indexes(tmp_path):
 @pytest.mark.parametrize("raw", [True, False])
 def test_rows_hold_exact_values(tmp_path, raw):
     from om3db.store import unpack_indices
+    from om3db.store.writer import unpack_views, view_key
 
     s = _store(tmp_path / "db", raw)
     res = make_result("a", 3, views=3)
     s.write_scan(res, settings={})
     rows = dump(s)
-    for (iid, _scan, mask, count, *geo, pidx, score), rec in zip(rows["instances"], res.instances, strict=True):
+    for (iid, _scan, mask, count, *geo, pidx, score, views), rec in zip(rows["instances"], res.instances, strict=True):
         assert (mask, count, score) == (rec.mask_index, len(rec.point_indices), rec.score)
         assert geo == [*map(float, rec.bbox_min), *map(float, rec.bbox_max), *map(float, rec.centroid)]
         assert np.array_equal(unpack_indices(pidx), rec.point_indices)
-    views = [v for rec in res.instances for v in rec.views]
-    for (vid, owner, rank, frame, pixels, boxes, inlier), v in zip(rows["instance_views"], views, strict=True):
-        assert (frame, pixels, bool(inlier)) == (v.frame_id, v.visible_pixels, v.inlier)
-        assert boxes.replace(" ", "") == str(v.crop_boxes.tolist()).replace(" ", "")
-    space = s.space("siglip", "instance")
-    vecs, ids = s.stored_vectors(space)
-    want = np.stack([r.vectors["siglip"] for r in res.instances]).astype("<f2").astype(np.float32)
-    assert np.array_equal(vecs, want) and ids.tolist() == [r[0] for r in rows["instances"]]
-    vvecs, vids = s.stored_vectors(s.space("dinov2", "view"))  # inlier views only
-    inl = [v.inlier for v in views]
-    allv = np.concatenate([r.view_vectors["dinov2"] for r in res.instances]).astype("<f2").astype(np.float32)
-    assert np.array_equal(vvecs, allv[inl])
-    assert vids.tolist() == [r[0] for r, i in zip(rows["instance_views"], inl, strict=True) if i]
+        got = unpack_views(views)
+        assert [v.rank for v in got] == list(range(len(rec.views)))
+        for v, want in zip(got, rec.views, strict=True):
+            assert (v.frame_id, v.visible_pixels, v.inlier) == (want.frame_id, want.visible_pixels, want.inlier)
+            assert v.crop_boxes == want.crop_boxes.tolist()
+    inst_ids = [r[0] for r in rows["instances"]]
+    ids, data = blocks(s, "siglip", "instance")
+    want = np.stack([r.vectors["siglip"] for r in res.instances]).astype("<f2")
+    assert ids.tolist() == inst_ids and np.array_equal(data, want)
+    vecs, sids = s.stored_vectors(s.space("siglip", "instance"))
+    assert np.array_equal(vecs, want.astype(np.float32)) and sids.tolist() == inst_ids
+    # view blocks: the inlier views only, keyed instance id << 8 | rank
+    ids, data = blocks(s, "dinov2", "view")
+    keys = [int(view_key(i, r)) for i, rec in zip(inst_ids, res.instances, strict=True)
+            for r, v in enumerate(rec.views) if v.inlier]
+    allv = np.concatenate([r.view_vectors["dinov2"] for r in res.instances]).astype("<f2")
+    inl = [v.inlier for r in res.instances for v in r.views]
+    assert ids.tolist() == keys == [(i << 8) | r for i in inst_ids for r in (0, 1)]
+    assert np.array_equal(data, allv[inl])
+    vvecs, vids = s.stored_vectors(s.space("dinov2", "view"))
+    assert vids.tolist() == keys and np.array_equal(vvecs, allv[inl].astype(np.float32))
     idx = s.index("dinov2", "view")
-    assert sorted(idx.ids().tolist()) == vids.tolist()
+    assert sorted(idx.ids().tolist()) == keys
     scores, got = idx.search(vvecs[1:2], 1)
-    assert got[0, 0] == vids[1] and scores[0, 0] == pytest.approx(float(vvecs[1] @ vvecs[1]), abs=1e-5)
+    assert got[0, 0] == keys[1] and scores[0, 0] == pytest.approx(float(vvecs[1] @ vvecs[1]), abs=1e-5)
+    # a subset by instance: only those instances' vectors
+    sub, sub_ids = s.stored_vectors(s.space("dinov2", "view"), instance_ids=[inst_ids[2]])
+    assert sub_ids.tolist() == keys[4:] and np.array_equal(sub, vvecs[4:])
     s.close()
 
 
 def test_views_with_different_crop_levels(tmp_path):
+    from om3db.store.writer import unpack_views
+
     s = _store(tmp_path / "db", True)
     res = make_result("a", 1, views=2)
     rec = res.instances[0]
     views = (rec.views[0], dataclasses.replace(rec.views[1], crop_boxes=np.array([[1, 2, 3, 4]], np.int32)))
     s.write_scan(dataclasses.replace(res, instances=[dataclasses.replace(rec, views=views)]), settings={})
-    boxes = [r[5] for r in dump(s)["instance_views"]]
-    assert boxes == [str([[0, 0, 10, 10]] * 3), "[[1, 2, 3, 4]]"]
+    got = unpack_views(dump(s)["instances"][0][-1])
+    assert [v.crop_boxes for v in got] == [[[0, 0, 10, 10]] * 3, [[1, 2, 3, 4]]]
+    s.close()
+
+
+def test_too_many_views_refused(tmp_path):
+    from om3db.ingest import IngestConfig
+
+    with pytest.raises(ConfigError) as err:
+        IngestConfig(top_k=257)
+    assert str(err.value) == "IngestConfig.top_k must be <= 256 (views the store keeps per instance), got 257"
+    s = _store(tmp_path / "db", True)
+    res = compact(make_result("a", 2, views=1))
+    rec = res.instances[1]
+    many = dataclasses.replace(rec, views=rec.views * 257)
+    with pytest.raises(StoreError) as err:
+        s.write_scan(dataclasses.replace(res, instances=[res.instances[0], many]), settings={})
+    assert str(err.value) == "scan a: mask 1 has 257 views; the store keeps at most 256 per instance (IngestConfig.top_k)"
+    assert dump(s)["scans"] == []
     s.close()
 
 
@@ -119,6 +162,7 @@ def test_new_database_uses_64k_pages(tmp_path):
 @pytest.mark.parametrize("raw", [True, False])
 def test_compact_database_stores_instance_vectors_only(tmp_path, raw):
     from om3db.query import search_space
+    from om3db.store.writer import unpack_views
 
     s = _store(tmp_path / "db", raw)
     assert s.views_kept() is None
@@ -126,8 +170,8 @@ def test_compact_database_stores_instance_vectors_only(tmp_path, raw):
     s.write_scan(res, settings={})
     rows = dump(s)
     assert sorted((r[1], r[2]) for r in rows["vector_spaces"]) == [("dinov2", "instance"), ("siglip", "instance")]
-    assert len(rows["instance_views"]) == 12  # views are still recorded
-    assert len(rows["vectors"]) == 8 and all(r[3] is None for r in rows["vectors"])
+    assert [len(unpack_views(r[-1])) for r in rows["instances"]] == [3] * 4  # views are still recorded
+    assert [r[3] for r in rows["vector_blocks"]] == [4, 4]
     assert s.views_kept() is False
     q = res.instances[2].vectors["siglip"]
     hits = search_space(s, "siglip", q, k=1)
@@ -210,3 +254,32 @@ def test_sorted_indices_pack_small():
     assert pack_indices(dense)[0] == 1 and len(pack_indices(dense)) < 100
     assert pack_indices(np.array([5, 70000], np.int32))[0] == 4
     assert pack_indices(np.array([9, 3], np.int32))[0] == 0  # unsorted: plain int32
+
+
+@given(st.lists(st.lists(st.integers(min_value=0, max_value=2**31 - 1), max_size=40), max_size=12),
+       st.lists(st.booleans(), min_size=12, max_size=12))
+def test_pack_indices_many_equals_one_by_one(arrays, sort):
+    from om3db.store import pack_indices
+    from om3db.store.writer import pack_indices_many
+
+    arrs = [np.array(sorted(set(a)) if s else a, dtype=np.int32) for a, s in zip(arrays, sort, strict=False)]
+    assert pack_indices_many(arrs) == [pack_indices(a) for a in arrs]
+
+
+def test_pack_indices_many_mixed_widths():
+    from om3db.store import pack_indices
+    from om3db.store.writer import pack_indices_many
+
+    arrs = [np.arange(0, 5000, 3, dtype=np.int32), np.array([7], np.int32), np.zeros(0, np.int32),
+            np.array([5, 70000, 90000], np.int32), np.array([9, 3, 4], np.int32), np.array([1, 300, 301], np.int32)]
+    packed = pack_indices_many(arrs)
+    assert [p[0] for p in packed] == [1, 1, 255, 4, 0, 2]
+    assert packed == [pack_indices(a) for a in arrs]
+
+
+def test_unknown_views_format_refused():
+    from om3db.store.writer import unpack_views
+
+    with pytest.raises(StoreError) as err:
+        unpack_views(b"\x07\x03")
+    assert str(err.value) == "instance views blob has unknown format b'\\x07'; upgrade om3db"

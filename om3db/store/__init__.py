@@ -1,7 +1,7 @@
 """The store: SQLAlchemy models + Alembic migrations (SQLite by default) and FAISS vector indexes.
 
 The only code in om3db that talks to SQLite or FAISS. SQLite is the source of truth; every FAISS
-index is derived from the ``vectors`` table and can be rebuilt from it at any time.
+index is derived from the ``vector_blocks`` table and can be rebuilt from it at any time.
 """
 
 from __future__ import annotations

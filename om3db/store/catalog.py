@@ -21,7 +21,7 @@ from ..errors import ConfigError, EncoderMismatchError, NotFoundError, StoreErro
 from ..records import EncoderIdentity, IngestResult
 from .lock import WriterLock
 from .vectors import DEFAULT_IVF_THRESHOLD, VectorIndex
-from .writer import pack_indices, pack_scan, unpack_indices, write_rows_core, write_rows_sqlite
+from .writer import pack_indices, pack_scan, unpack_indices, view_owner, write_rows_core, write_rows_sqlite
 
 __all__ = ["Store", "LEVELS", "CHECKPOINT_HOOKS", "pack_indices", "unpack_indices"]
 
@@ -143,27 +143,28 @@ class Store:
     def stored_vectors(self, space_row, *, instance_ids: Iterable[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(N, D) float32 vectors and (N,) int64 FAISS ids of a space, from SQLite (ready scans only).
 
-        View spaces hold only inlier views (DBSCAN outliers are stored but not searched).
+        instance_ids: only these instances' vectors (view spaces: their inlier views). Only the blocks
+        of the scans holding them are read.
         """
         from sqlalchemy import select  # noqa: PLC0415
 
-        from .models import InstanceRow, ScanRow, VectorRow, ViewRow  # noqa: PLC0415
+        from .models import InstanceRow, ScanRow, VectorBlock  # noqa: PLC0415
 
-        if space_row.level == "instance":
-            q = select(VectorRow.instance_id, VectorRow.data)
-        else:
-            q = select(VectorRow.view_id, VectorRow.data).join(ViewRow, ViewRow.id == VectorRow.view_id)
-            q = q.where(ViewRow.inlier.is_(True))
-        q = q.join(InstanceRow, InstanceRow.id == VectorRow.instance_id).join(ScanRow, ScanRow.id == InstanceRow.scan_id)
-        q = q.where(VectorRow.space_id == space_row.id, ScanRow.status == "ready").order_by(VectorRow.id)
+        q = select(VectorBlock.ids, VectorBlock.data).join(ScanRow, ScanRow.id == VectorBlock.scan_id).where(
+            VectorBlock.space_id == space_row.id, ScanRow.status == "ready").order_by(VectorBlock.id)
+        wanted = None
         if instance_ids is not None:
-            q = q.where(VectorRow.instance_id.in_(list(instance_ids)))
+            wanted = np.unique(np.asarray(list(instance_ids), dtype=np.int64))
+            scans = select(InstanceRow.scan_id).where(InstanceRow.id.in_(wanted.tolist())).distinct()
+            q = q.where(VectorBlock.scan_id.in_(scans))
         with self.engine.connect() as conn:
             rows = conn.execute(q).all()
-        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-        data = b"".join(r[1] for r in rows)
-        vecs = np.frombuffer(data, dtype="<f2").astype(np.float32).reshape(len(rows), space_row.dim)
-        return vecs, ids
+        ids = np.frombuffer(b"".join(r[0] for r in rows), dtype="<i8").astype(np.int64)
+        vecs = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f2").reshape(len(ids), space_row.dim)
+        if wanted is not None:
+            keep = np.isin(ids if space_row.level == "instance" else view_owner(ids), wanted)
+            ids, vecs = ids[keep], vecs[keep]
+        return vecs.astype(np.float32), ids
 
     def _build(self, space_row) -> VectorIndex:
         vecs, ids = self.stored_vectors(space_row)
@@ -219,13 +220,10 @@ class Store:
     def _count(self, space_row) -> int:
         from sqlalchemy import func, select  # noqa: PLC0415
 
-        from .models import InstanceRow, ScanRow, VectorRow, ViewRow  # noqa: PLC0415
+        from .models import ScanRow, VectorBlock  # noqa: PLC0415
 
-        q = select(func.count(VectorRow.id)).join(InstanceRow, InstanceRow.id == VectorRow.instance_id)
-        q = q.join(ScanRow, ScanRow.id == InstanceRow.scan_id).where(
-            VectorRow.space_id == space_row.id, ScanRow.status == "ready")
-        if space_row.level == "view":
-            q = q.join(ViewRow, ViewRow.id == VectorRow.view_id).where(ViewRow.inlier.is_(True))
+        q = select(func.coalesce(func.sum(VectorBlock.count), 0)).join(ScanRow, ScanRow.id == VectorBlock.scan_id)
+        q = q.where(VectorBlock.space_id == space_row.id, ScanRow.status == "ready")
         with self.engine.connect() as conn:
             return int(conn.execute(q).scalar_one())
 
@@ -268,7 +266,7 @@ class Store:
     def _ensure_spaces(self, s, encoders: dict[str, EncoderIdentity], keep_views: bool) -> list:
         from sqlalchemy import func, select  # noqa: PLC0415
 
-        from .models import SpaceRow, VectorRow  # noqa: PLC0415
+        from .models import SpaceRow, VectorBlock  # noqa: PLC0415
 
         existing = {(r.name, r.level): r for r in s.scalars(select(SpaceRow))}
         if existing:
@@ -287,7 +285,7 @@ class Store:
                     s.add(row)
                     s.flush()
                 elif not identity_matches(self.identity_of(row), ident):
-                    used = s.scalar(select(func.count(VectorRow.id)).where(VectorRow.space_id == row.id))
+                    used = s.scalar(select(func.count(VectorBlock.id)).where(VectorBlock.space_id == row.id))
                     if used:
                         raise EncoderMismatchError(
                             f"{self.root}: the {name!r} space was built with {self.identity_of(row).describe()}, "
@@ -298,23 +296,17 @@ class Store:
                 rows.append(row)
         return rows
 
-    def _delete_scan_rows(self, s, scan_id: int) -> dict[int, tuple[list[int], list[int]]]:
-        """Delete a scan (cascades); returns space id -> (instance ids, view ids) that left the indexes."""
+    def _delete_scan_rows(self, s, scan_id: int) -> dict[int, np.ndarray]:
+        """Delete a scan (cascades); returns space id -> the FAISS ids that left that space."""
         from sqlalchemy import delete, select  # noqa: PLC0415
 
-        from .models import InstanceRow, ScanRow, VectorRow  # noqa: PLC0415
+        from .models import ScanRow, VectorBlock  # noqa: PLC0415
 
-        gone: dict[int, tuple[list[int], list[int]]] = {}
-        q = select(VectorRow.space_id, VectorRow.instance_id, VectorRow.view_id).join(
-            InstanceRow, InstanceRow.id == VectorRow.instance_id).where(InstanceRow.scan_id == scan_id)
-        for space_id, inst, view in s.execute(q):
-            inst_ids, view_ids = gone.setdefault(space_id, ([], []))
-            if view is None:
-                inst_ids.append(inst)
-            else:
-                view_ids.append(view)
+        parts: dict[int, list[bytes]] = {}
+        for space_id, ids in s.execute(select(VectorBlock.space_id, VectorBlock.ids).where(VectorBlock.scan_id == scan_id)):
+            parts.setdefault(space_id, []).append(ids)
         s.execute(delete(ScanRow).where(ScanRow.id == scan_id))
-        return gone
+        return {k: np.frombuffer(b"".join(v), dtype="<i8").astype(np.int64) for k, v in parts.items()}
 
     def _bump(self, s, space_ids) -> None:
         from sqlalchemy import update  # noqa: PLC0415
@@ -373,8 +365,7 @@ class Store:
             if index is None or expected != row.generation:
                 index = self._build(row)  # another writer's change we have not seen: rebuild
             else:
-                inst_ids, view_ids = gone.get(row.id, ([], []))
-                index.remove(view_ids if row.level == "view" else inst_ids)
+                index.remove(gone.get(row.id, ()))
                 added_ids, added_vecs = added.get(row.id, (None, None))
                 if added_ids is not None and len(added_ids):
                     index.add(added_vecs, added_ids)

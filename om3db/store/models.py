@@ -9,7 +9,6 @@ import datetime as dt
 
 from sqlalchemy import (
     JSON,
-    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -21,7 +20,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-__all__ = ["Base", "ScanRow", "InstanceRow", "ViewRow", "SpaceRow", "VectorRow"]
+__all__ = ["Base", "ScanRow", "InstanceRow", "SpaceRow", "VectorBlock"]
 
 
 def _now() -> dt.datetime:
@@ -78,29 +77,11 @@ class InstanceRow(Base):
     """zlib-compressed little-endian int32 indices into the scan's PLY vertices."""
     score: Mapped[float] = mapped_column(Float)
     """Proposal confidence."""
+    views: Mapped[bytes] = mapped_column(LargeBinary)
+    """The chosen views, best first, packed by ``om3db.store.writer.pack_views`` (frame id, visible pixels,
+    DBSCAN inlier flag and crop boxes per view); read them with ``unpack_views``."""
 
     scan: Mapped[ScanRow] = relationship(back_populates="instances")
-    views: Mapped[list[ViewRow]] = relationship(
-        back_populates="instance", cascade="all, delete-orphan", passive_deletes=True, order_by="ViewRow.rank"
-    )
-
-
-class ViewRow(Base):
-    """One chosen view of an instance."""
-
-    __tablename__ = "instance_views"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    instance_id: Mapped[int] = mapped_column(ForeignKey("instances.id", ondelete="CASCADE"), index=True)
-    rank: Mapped[int] = mapped_column(Integer)
-    """0 = best view."""
-    frame_id: Mapped[int] = mapped_column(Integer)
-    visible_pixels: Mapped[int] = mapped_column(Integer)
-    crop_boxes: Mapped[list] = mapped_column(JSON)
-    """[[x0, y0, x1, y1], ...] per crop level, colour pixels, x1/y1 exclusive."""
-    inlier: Mapped[bool] = mapped_column(Boolean, default=True)
-
-    instance: Mapped[InstanceRow] = relationship(back_populates="views")
 
 
 class SpaceRow(Base):
@@ -113,7 +94,7 @@ class SpaceRow(Base):
     name: Mapped[str] = mapped_column(String(64))
     """"siglip" | "dinov2"."""
     level: Mapped[str] = mapped_column(String(16))
-    """'instance' (FAISS ids = instance ids) | 'view' (FAISS ids = view ids)."""
+    """'instance' (FAISS ids = instance ids) | 'view' (FAISS ids = ``view_key(instance id, rank)``)."""
     model_id: Mapped[str] = mapped_column(Text)
     revision: Mapped[str] = mapped_column(String(128))
     dim: Mapped[int] = mapped_column(Integer)
@@ -128,16 +109,22 @@ class SpaceRow(Base):
     the generation it reflects, so a crash between the SQLite commit and the FAISS save is detected."""
 
 
-class VectorRow(Base):
-    """One stored vector (float16), enough to rebuild every FAISS index from SQLite alone."""
+class VectorBlock(Base):
+    """The float16 vectors one scan contributes to one space, with their FAISS ids: enough to rebuild
+    every FAISS index from SQLite alone. Written in one piece per scan (a few large blobs instead of a
+    row per vector) and deleted with its scan.
 
-    __tablename__ = "vectors"
+    Instance spaces: ids are instance ids. View spaces: ids are ``view_key(instance id, rank)`` and only
+    DBSCAN-inlier views are kept (outliers take part in neither aggregation).
+    """
+
+    __tablename__ = "vector_blocks"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     space_id: Mapped[int] = mapped_column(ForeignKey("vector_spaces.id", ondelete="CASCADE"), index=True)
-    instance_id: Mapped[int] = mapped_column(ForeignKey("instances.id", ondelete="CASCADE"), index=True)
-    view_id: Mapped[int | None] = mapped_column(
-        ForeignKey("instance_views.id", ondelete="CASCADE"), nullable=True, index=True
-    )
+    scan_id: Mapped[int] = mapped_column(ForeignKey("scans.id", ondelete="CASCADE"), index=True)
+    count: Mapped[int] = mapped_column(Integer)
+    ids: Mapped[bytes] = mapped_column(LargeBinary)
+    """(count,) little-endian int64 FAISS ids."""
     data: Mapped[bytes] = mapped_column(LargeBinary)
-    """(dim,) little-endian float16."""
+    """(count, dim) little-endian float16, row i for ids[i]."""

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..errors import SchemaOutOfDateError, StoreError
 
-__all__ = ["make_engine", "current_revision", "head_revision", "upgrade", "check_schema"]
+__all__ = ["make_engine", "current_revision", "head_revision", "upgrade", "downgrade", "check_schema"]
 
 
 def make_engine(url: str):
@@ -59,8 +59,56 @@ def upgrade(engine, revision: str = "head") -> None:
     """Run the shipped migrations up to ``revision`` (default: the newest)."""
     from alembic import command  # noqa: PLC0415
 
-    with engine.begin() as conn:
+    with _migrating(engine) as conn:
         command.upgrade(_config(conn), revision)
+
+
+def downgrade(engine, revision: str) -> None:
+    """Run the shipped migrations down to ``revision``."""
+    from alembic import command  # noqa: PLC0415
+
+    with _migrating(engine) as conn:
+        command.downgrade(_config(conn), revision)
+
+
+class _migrating:  # noqa: N801 - used as a context manager
+    """A connection in one transaction for migrations.
+
+    SQLite: foreign keys are switched off around it (they can only be switched outside a transaction).
+    Batch migrations copy a table, drop the original and rename the copy; with foreign keys on, the drop
+    would cascade-delete every row referring to the table. ``foreign_key_check`` must be clean before
+    the commit.
+    """
+
+    def __init__(self, engine) -> None:
+        self.engine = engine
+        self.sqlite = engine.dialect.name == "sqlite"
+
+    def __enter__(self):
+        self.conn = self.engine.connect()
+        if self.sqlite:
+            self.conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            self.conn.commit()
+        self.tx = self.conn.begin()
+        return self.conn
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None and self.sqlite:
+                bad = self.conn.exec_driver_sql("PRAGMA foreign_key_check").all()
+                if bad:
+                    self.tx.rollback()
+                    raise StoreError(f"migration left {len(bad)} rows with dangling foreign keys (first: {bad[0]}); "
+                                     "nothing was changed")
+            if exc_type is None:
+                self.tx.commit()
+            else:
+                self.tx.rollback()
+        finally:
+            if self.sqlite:
+                self.conn.exec_driver_sql("PRAGMA foreign_keys=ON")
+                self.conn.commit()
+            self.conn.close()
 
 
 def _has_tables(engine) -> bool:

@@ -1,5 +1,10 @@
 """Bulk row writing for ``Store.write_scan``: one scan encoded with numpy, inserted with executemany.
 
+A scan is stored as one row per instance (geometry, packed point indices, packed views) plus, per
+vector space, one ``vector_blocks`` row holding all the scan's float16 vectors and their FAISS ids.
+Row count, not bytes, is what costs in SQLite: this layout writes ~1 row per instance instead of the
+1 + views + vectors rows of a row-per-vector layout (docs/benchmarks.md, "Store write throughput").
+
 ``pack_scan`` validates and encodes a scan before any transaction opens (one float16 conversion per
 space and level, blobs sliced from one buffer). Two writers insert the rows inside the caller's
 transaction: ``write_rows_core`` (portable SQLAlchemy ``insert()`` executemany, ids read back in bulk)
@@ -10,18 +15,41 @@ lock is held, so nobody else inserts; it skips SQLAlchemy's per-row parameter pr
 from __future__ import annotations
 
 from dataclasses import dataclass
-from itertools import repeat
 
 import numpy as np
 
 from ..errors import StoreError
 from ..records import IngestResult
 
-__all__ = ["SpaceBatch", "ScanBatch", "pack_scan", "write_rows_core", "write_rows_sqlite", "pack_indices", "unpack_indices"]
+__all__ = ["SpaceBatch", "ScanBatch", "StoredView", "pack_scan", "write_rows_core", "write_rows_sqlite",
+           "pack_indices", "pack_indices_many", "unpack_indices", "pack_views", "unpack_views", "view_key",
+           "view_owner", "view_rank", "MAX_VIEWS", "BLOCK_ROWS"]
 
 INSTANCE_COLUMNS = ("mask_index", "point_count", "bbox_min_x", "bbox_min_y", "bbox_min_z", "bbox_max_x",
-                    "bbox_max_y", "bbox_max_z", "centroid_x", "centroid_y", "centroid_z", "point_indices", "score")
-VIEW_COLUMNS = ("rank", "frame_id", "visible_pixels", "crop_boxes", "inlier")
+                    "bbox_max_y", "bbox_max_z", "centroid_x", "centroid_y", "centroid_z", "point_indices", "score",
+                    "views")
+BLOCK_COLUMNS = ("space_id", "scan_id", "count", "ids", "data")
+
+VIEW_KEY_BITS = 8
+MAX_VIEWS = 1 << VIEW_KEY_BITS
+"""Views an instance may have: a view's FAISS id is ``instance_id << 8 | rank``."""
+BLOCK_ROWS = 65536
+"""Vectors per ``vector_blocks`` row at most (a scan with more gets several blocks)."""
+
+
+def view_key(instance_ids, ranks) -> np.ndarray:
+    """FAISS ids of views: ``instance_id << 8 | rank`` (int64)."""
+    return (np.asarray(instance_ids, dtype=np.int64) << VIEW_KEY_BITS) | np.asarray(ranks, dtype=np.int64)
+
+
+def view_owner(keys) -> np.ndarray:
+    """Instance ids of view FAISS ids."""
+    return np.asarray(keys, dtype=np.int64) >> VIEW_KEY_BITS
+
+
+def view_rank(keys) -> np.ndarray:
+    """Ranks (0 = best view) of view FAISS ids."""
+    return np.asarray(keys, dtype=np.int64) & (MAX_VIEWS - 1)
 
 
 _INDEX_CODECS = {1: "<u1", 2: "<u2", 4: "<u4"}
@@ -48,6 +76,40 @@ def pack_indices(indices: np.ndarray) -> bytes:
     return bytes((width,)) + idx[:1].tobytes() + zlib.compress(gaps.astype(_INDEX_CODECS[width]).tobytes(), 1)
 
 
+def pack_indices_many(arrays: list[np.ndarray]) -> list[bytes]:
+    """``[pack_indices(a) for a in arrays]``, byte for byte, with the numpy work done once for all."""
+    import zlib  # noqa: PLC0415
+
+    if not arrays:
+        return []
+    sizes = np.fromiter((len(a) for a in arrays), dtype=np.int64, count=len(arrays))
+    flat = np.concatenate([np.asarray(a, dtype="<i4").ravel() for a in arrays]) if sizes.sum() else np.zeros(0, "<i4")
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    gaps = np.zeros(len(flat), dtype=np.int64)
+    gaps[1:] = np.diff(flat.astype(np.int64))
+    gaps[starts[sizes > 0]] = 0  # the first index of an instance is not a gap
+    # per instance: the smallest and largest gap (0 for instances of <= 1 index)
+    nonempty = sizes > 0
+    lo = np.zeros(len(arrays), dtype=np.int64)
+    hi = np.zeros(len(arrays), dtype=np.int64)
+    if len(flat):
+        lo[nonempty] = np.minimum.reduceat(gaps, starts[nonempty])
+        hi[nonempty] = np.maximum.reduceat(gaps, starts[nonempty])
+    width = np.where(hi < 1 << 8, 1, np.where(hi < 1 << 16, 2, 4))
+    codec = np.where(lo < 0, 0, width)
+    narrow = {w: gaps.astype(_INDEX_CODECS[w]).tobytes() for w in (1, 2, 4) if (codec == w).any()}
+    raw = flat.tobytes()
+    out = []
+    for s, n, c in zip(starts.tolist(), sizes.tolist(), codec.tolist(), strict=True):
+        if n == 0:
+            out.append(bytes((_EMPTY,)))
+        elif c == 0:
+            out.append(b"\x00" + zlib.compress(raw[4 * s : 4 * (s + n)], 1))
+        else:
+            out.append(bytes((c,)) + raw[4 * s : 4 * s + 4] + zlib.compress(narrow[c][c * (s + 1) : c * (s + n)], 1))
+    return out
+
+
 def unpack_indices(blob: bytes) -> np.ndarray:
     """(P,) int32 point indices from :func:`pack_indices`."""
     import zlib  # noqa: PLC0415
@@ -64,6 +126,68 @@ def unpack_indices(blob: bytes) -> np.ndarray:
     return np.cumsum(out).astype(np.int32)
 
 
+
+_VIEWS_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class StoredView:
+    """One chosen view of a stored instance, as unpacked from ``instances.views``."""
+
+    rank: int
+    """0 = best view."""
+    frame_id: int
+    visible_pixels: int
+    crop_boxes: list
+    """[[x0, y0, x1, y1], ...] per crop level, colour pixels, x1/y1 exclusive."""
+    inlier: bool
+
+
+def _view_table(views) -> tuple[np.ndarray, int]:
+    """(V, 4 + 4L) int32 rows: frame id, visible pixels, inlier, levels, then L crop boxes (zero padded)."""
+    boxes = [np.asarray(v.crop_boxes, dtype=np.int64).reshape(-1, 4) for v in views]
+    levels = max((len(b) for b in boxes), default=0)
+    table = np.zeros((len(views), 4 + 4 * levels), dtype=np.int64)
+    if views:
+        table[:, 0] = np.fromiter((v.frame_id for v in views), dtype=np.int64, count=len(views))
+        table[:, 1] = np.fromiter((v.visible_pixels for v in views), dtype=np.int64, count=len(views))
+        table[:, 2] = np.fromiter((bool(v.inlier) for v in views), dtype=np.int64, count=len(views))
+        nlev = np.fromiter((len(b) for b in boxes), dtype=np.int64, count=len(views))
+        table[:, 3] = nlev
+        if (nlev == levels).all():
+            table[:, 4:] = np.stack(boxes).reshape(len(views), -1)
+        else:
+            for i, b in enumerate(boxes):
+                table[i, 4 : 4 + 4 * len(b)] = b.ravel()
+    if table.size and (table.min() < -(1 << 31) or table.max() >= 1 << 31):
+        raise StoreError("a view's frame id, pixel count or crop box does not fit in int32")
+    return table.astype("<i4"), levels
+
+
+def _views_header(levels: int) -> bytes:
+    return bytes((_VIEWS_FORMAT, levels))
+
+
+def pack_views(views) -> bytes:
+    """An instance's views (``ViewRecord``-like, best first) as stored in ``instances.views``.
+
+    Format 1: a format byte, a byte L (crop levels per view slot), then per view 4 + 4L little-endian
+    int32: frame id, visible pixels, inlier (0/1), crop levels used, then L boxes x0, y0, x1, y1.
+    """
+    table, levels = _view_table(list(views))
+    return _views_header(levels) + table.tobytes()
+
+
+def unpack_views(blob: bytes) -> list[StoredView]:
+    """The views of :func:`pack_views`, best first."""
+    if len(blob) < 2 or blob[0] != _VIEWS_FORMAT:
+        raise StoreError(f"instance views blob has unknown format {blob[:1]!r}; upgrade om3db")
+    levels = blob[1]
+    table = np.frombuffer(blob, dtype="<i4", offset=2).reshape(-1, 4 + 4 * levels).tolist()
+    return [StoredView(rank, row[0], row[1], [row[4 + 4 * j : 8 + 4 * j] for j in range(row[3])], bool(row[2]))
+            for rank, row in enumerate(table)]
+
+
 @dataclass(frozen=True)
 class SpaceBatch:
     """One encoder's vectors of a scan, float16 as stored."""
@@ -71,7 +195,7 @@ class SpaceBatch:
     instance: np.ndarray
     """(N, D) little-endian float16, row i for instance i."""
     view: np.ndarray | None
-    """(V, D) little-endian float16, all views in instance order then rank; None: views not kept."""
+    """(V, D) little-endian float16 of the inlier views, instance order then rank; None: views not kept."""
 
 
 @dataclass(frozen=True)
@@ -80,12 +204,10 @@ class ScanBatch:
 
     instance_rows: list[tuple]
     """Per instance, the values of ``INSTANCE_COLUMNS``."""
-    view_rows: list[tuple]
-    """Per view (instance order, then rank), the values of ``VIEW_COLUMNS`` (crop_boxes as a list)."""
     view_owner: np.ndarray
-    """(V,) int64 index into the instances of each view."""
-    inlier: np.ndarray
-    """(V,) bool DBSCAN inlier flag of each view."""
+    """(V,) int64 index into the instances of each inlier view."""
+    view_rank: np.ndarray
+    """(V,) int64 rank of each inlier view."""
     spaces: dict[str, SpaceBatch]
 
 
@@ -96,10 +218,10 @@ def _f16(rows: list, shape: tuple[int, int]) -> np.ndarray:
     return np.asarray(np.stack(rows), dtype=np.float32).astype("<f2").reshape(shape)
 
 
-def _f16_rows(blocks: list[np.ndarray], dim: int) -> np.ndarray:
+def _f16_rows(blocks: list[np.ndarray], dim: int, keep: np.ndarray) -> np.ndarray:
     if not blocks:
         return np.zeros((0, dim), dtype="<f2")
-    return np.asarray(np.concatenate(blocks), dtype=np.float32).astype("<f2")
+    return np.asarray(np.concatenate(blocks)[keep], dtype=np.float32).astype("<f2")
 
 
 def pack_scan(result: IngestResult, keep_views: bool) -> ScanBatch:
@@ -107,6 +229,15 @@ def pack_scan(result: IngestResult, keep_views: bool) -> ScanBatch:
     insts = result.instances
     n = len(insts)
     nviews = [len(r.views) for r in insts]
+    if nviews and max(nviews) > MAX_VIEWS:
+        worst = insts[int(np.argmax(nviews))]
+        raise StoreError(f"scan {result.scan}: mask {worst.mask_index} has {max(nviews)} views; the store keeps at "
+                         f"most {MAX_VIEWS} per instance (IngestConfig.top_k)")
+    all_views = [v for r in insts for v in r.views]
+    table, levels = _view_table(all_views)
+    inlier = table[:, 2].astype(bool)
+    owner = np.repeat(np.arange(n, dtype=np.int64), nviews)
+    rank = np.concatenate([np.arange(k, dtype=np.int64) for k in nviews]) if n else np.zeros(0, np.int64)
     spaces = {}
     for name, ident in sorted(result.encoders.items()):
         dim = int(ident.dim)
@@ -128,81 +259,62 @@ def pack_scan(result: IngestResult, keep_views: bool) -> ScanBatch:
                 view_vecs.append(vv)
         spaces[name] = SpaceBatch(
             instance=_f16(inst_vecs, (n, dim)),
-            view=_f16_rows(view_vecs, dim) if keep_views else None)
+            view=_f16_rows(view_vecs, dim, inlier) if keep_views else None)
     geo = np.zeros((n, 9), dtype=np.float64)
     for i, rec in enumerate(insts):
         geo[i, 0:3], geo[i, 3:6], geo[i, 6:9] = rec.bbox_min, rec.bbox_max, rec.centroid
-    instance_rows = [(int(r.mask_index), len(r.point_indices), *g, pack_indices(r.point_indices), float(r.score))
-                     for r, g in zip(insts, geo.tolist(), strict=True)]
-    views = [(rank, v) for r in insts for rank, v in enumerate(r.views)]
-    view_rows = [(rank, int(v.frame_id), int(v.visible_pixels), boxes, bool(v.inlier))
-                 for (rank, v), boxes in zip(views, _boxes([v for _, v in views]), strict=True)]
-    return ScanBatch(instance_rows, view_rows, np.repeat(np.arange(n, dtype=np.int64), nviews),
-                     np.fromiter((row[4] for row in view_rows), dtype=bool, count=len(view_rows)), spaces)
+    views = _split_rows(table, nviews, _views_header(levels))
+    points = pack_indices_many([r.point_indices for r in insts])
+    instance_rows = [(int(r.mask_index), len(r.point_indices), *g, p, float(r.score), v)
+                     for r, g, p, v in zip(insts, geo.tolist(), points, views, strict=True)]
+    return ScanBatch(instance_rows, owner[inlier], rank[inlier], spaces)
 
 
-def _boxes(views) -> list:
-    """Crop boxes of every view as nested int lists (one numpy call when all views have as many levels)."""
-    arrays = [np.asarray(v.crop_boxes, dtype=np.int64) for v in views]
-    if arrays and all(a.shape == arrays[0].shape for a in arrays):
-        return np.stack(arrays).tolist()
-    return [a.tolist() for a in arrays]
+def _split_rows(table: np.ndarray, counts: list[int], prefix: bytes) -> list[bytes]:
+    """``prefix`` + the bytes of consecutive row groups of ``table`` (``counts`` rows each)."""
+    b = table.tobytes()
+    step = table.shape[1] * table.itemsize
+    out, at = [], 0
+    for c in counts:
+        out.append(prefix + b[at : at + c * step])
+        at += c * step
+    return out
 
 
-def _split(buf: np.ndarray) -> list[bytes]:
-    """One bytes object per row of a 2-D array (one tobytes, then slices)."""
-    if not len(buf):
-        return []
-    b = buf.tobytes()
-    step = len(b) // len(buf)
-    return [b[i : i + step] for i in range(0, len(b), step)]
-
-
-def _vector_rows(batch: ScanBatch, spaces, inst_ids: np.ndarray, view_ids: np.ndarray):
-    """(space id, instance id, view id, blob) rows, and space id -> (FAISS ids, float32 vectors) to add."""
+def _blocks(batch: ScanBatch, spaces, scan_id: int, inst_ids: np.ndarray):
+    """``vector_blocks`` rows (values of ``BLOCK_COLUMNS``) and space id -> (FAISS ids, float32 vectors)."""
     rows: list[tuple] = []
     added = {}
-    inst_list = inst_ids.tolist()
+    keys = view_key(inst_ids[batch.view_owner], batch.view_rank)
     for row in spaces:
         sb = batch.spaces[row.name]
-        if row.level == "instance":
-            rows.extend(zip(repeat(row.id), inst_list, repeat(None), _split(sb.instance)))
-            # what a rebuild from SQLite would hold: the stored float16 values
-            added[row.id] = (inst_ids, sb.instance.astype(np.float32))
-        else:
-            owners = inst_ids[batch.view_owner].tolist()
-            rows.extend(zip(repeat(row.id), owners, view_ids.tolist(), _split(sb.view)))
-            added[row.id] = (view_ids[batch.inlier], sb.view[batch.inlier].astype(np.float32))
+        ids, data = (inst_ids, sb.instance) if row.level == "instance" else (keys, sb.view)
+        ids = np.ascontiguousarray(ids, dtype="<i8")
+        for at in range(0, len(ids), BLOCK_ROWS):
+            part = slice(at, at + BLOCK_ROWS)
+            rows.append((row.id, scan_id, len(ids[part]), ids[part].tobytes(), data[part].tobytes()))
+        # what a rebuild from SQLite would hold: the stored float16 values
+        added[row.id] = (ids.astype(np.int64), data.astype(np.float32))
     return rows, added
 
 
 def write_rows_sqlite(conn, scan_id: int, batch: ScanBatch, spaces) -> dict:
-    """SQLite only, writer lock held: instances, views, vectors through the DBAPI cursor, explicit ids."""
-    from .models import InstanceRow, VectorRow, ViewRow  # noqa: PLC0415
+    """SQLite only, writer lock held: instances and vector blocks through the DBAPI cursor, explicit ids."""
+    from .models import InstanceRow, VectorBlock  # noqa: PLC0415
 
     cur = conn.connection.cursor()
     try:
-        def next_id(table) -> int:
-            return int(cur.execute(f"SELECT coalesce(max(id), 0) FROM {table.name}").fetchone()[0]) + 1  # noqa: S608
-
         def insert(table, cols, rows) -> None:
             sql = f"INSERT INTO {table.name} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"  # noqa: S608
             cur.executemany(sql, rows)
 
-        inst_t, view_t, vec_t = InstanceRow.__table__, ViewRow.__table__, VectorRow.__table__
-        first = next_id(inst_t)
+        inst_t = InstanceRow.__table__
+        first = int(cur.execute(f"SELECT coalesce(max(id), 0) FROM {inst_t.name}").fetchone()[0]) + 1  # noqa: S608
         inst_ids = np.arange(first, first + len(batch.instance_rows), dtype=np.int64)
         insert(inst_t, ("id", "scan_id", *INSTANCE_COLUMNS),
                [(i, scan_id, *r) for i, r in zip(inst_ids.tolist(), batch.instance_rows, strict=True)])
-        first = next_id(view_t)
-        view_ids = np.arange(first, first + len(batch.view_rows), dtype=np.int64)
-        owners = inst_ids[batch.view_owner].tolist()
-        insert(view_t, ("id", "instance_id", *VIEW_COLUMNS),
-               # repr of nested int lists is valid JSON and much cheaper than json.dumps
-               [(i, o, r[0], r[1], r[2], repr(r[3]), int(r[4]))
-                for i, o, r in zip(view_ids.tolist(), owners, batch.view_rows, strict=True)])
-        rows, added = _vector_rows(batch, spaces, inst_ids, view_ids)
-        insert(vec_t, ("space_id", "instance_id", "view_id", "data"), rows)
+        rows, added = _blocks(batch, spaces, scan_id, inst_ids)
+        insert(VectorBlock.__table__, BLOCK_COLUMNS, rows)
     finally:
         cur.close()
     return added
@@ -212,7 +324,7 @@ def write_rows_core(conn, scan_id: int, batch: ScanBatch, spaces) -> dict:
     """Any dialect: SQLAlchemy Core executemany; ids read back in insertion order (writer lock held)."""
     from sqlalchemy import insert, select  # noqa: PLC0415
 
-    from .models import InstanceRow, VectorRow, ViewRow  # noqa: PLC0415
+    from .models import InstanceRow, VectorBlock  # noqa: PLC0415
 
     if batch.instance_rows:
         conn.execute(insert(InstanceRow.__table__),
@@ -221,16 +333,7 @@ def write_rows_core(conn, scan_id: int, batch: ScanBatch, spaces) -> dict:
                                         .order_by(InstanceRow.id)), dtype=np.int64)
     if len(inst_ids) != len(batch.instance_rows):
         raise StoreError(f"scan {scan_id}: read back {len(inst_ids)} instance ids for {len(batch.instance_rows)} rows")
-    view_ids = np.zeros(0, dtype=np.int64)
-    if batch.view_rows:
-        owners = inst_ids[batch.view_owner].tolist()
-        conn.execute(insert(ViewRow.__table__),
-                     [dict(zip(("instance_id", *VIEW_COLUMNS), (o, *r), strict=True))
-                      for o, r in zip(owners, batch.view_rows, strict=True)])
-        view_ids = np.fromiter(conn.scalars(select(ViewRow.id).where(ViewRow.instance_id.in_(
-            select(InstanceRow.id).where(InstanceRow.scan_id == scan_id))).order_by(ViewRow.id)), dtype=np.int64)
-    rows, added = _vector_rows(batch, spaces, inst_ids, view_ids)
+    rows, added = _blocks(batch, spaces, scan_id, inst_ids)
     if rows:
-        conn.execute(insert(VectorRow.__table__),
-                     [dict(space_id=s, instance_id=i, view_id=v, data=d) for s, i, v, d in rows])
+        conn.execute(insert(VectorBlock.__table__), [dict(zip(BLOCK_COLUMNS, r, strict=True)) for r in rows])
     return added
