@@ -1,7 +1,8 @@
 """Query latency and ingest write throughput: om3db vs OpenMask3D's per-scan .npy files vs LanceDB.
 
 One run measures, on the same clustered 1152-d unit vectors and the same queries:
-  * om3db's vector index (exact FAISS and the automatic IVF with its tuned nprobe),
+  * om3db's vector index (exact FAISS, and the automatic IVF from the store's threshold on, at its
+    store-tuned nprobe and at the smallest nprobe matching each LanceDB index's recall@10),
   * OpenMask3D's way: one .npy file per scan (100 instances each) loaded and scanned with numpy per query,
     warm (page cache) and cold (files evicted with posix_fadvise(DONTNEED) before every query),
   * LanceDB: brute force and its ANN indexes (IVF_HNSW_SQ; IVF_PQ with refine on request), build time included,
@@ -178,8 +179,8 @@ def log(msg: str) -> None:
 
 
 def ivf_params(n: int) -> int:
-    """nlist as om3db's store chooses it: about 4 * sqrt(N)."""
-    return max(1, int(round(4 * np.sqrt(n))))
+    """nlist as om3db's store chooses it: about 4 * sqrt(N), at most N/39 (39 k-means points per centroid)."""
+    return max(1, min(int(round(4 * np.sqrt(n))), n // 39))
 
 
 class RawFaiss:
@@ -201,7 +202,7 @@ class RawFaiss:
 
     def build(self, mm: np.ndarray, rng) -> None:
         if self.kind == "ivf":
-            sample = np.sort(rng.choice(len(mm), size=min(len(mm), 40 * self.index.nlist), replace=False))
+            sample = np.sort(rng.choice(len(mm), size=min(len(mm), 64 * self.index.nlist), replace=False))
             self.index.train(np.asarray(mm[sample], dtype=np.float32))
         for start, x in chunks(mm):
             self.index.add_with_ids(x, np.arange(start, start + len(x), dtype=np.int64))
@@ -285,8 +286,8 @@ class faiss_threads:  # noqa: N801 - used as a context manager
         self.faiss.omp_set_num_threads(self.before)
 
 
-def bench_om3db(mm, n, queries, tune_q, args, rng):
-    rows = []
+def bench_om3db_exact(mm, n, queries, tune_q, args, rng):
+    """The exact index: its row, and the ground truth of the evaluation and tuning queries."""
     exact = make_om3db("exact", n, args.raw_faiss)
     t0 = time.perf_counter()
     with faiss_threads(None):
@@ -297,29 +298,58 @@ def bench_om3db(mm, n, queries, tune_q, args, rng):
     tune_truth = exact.search(tune_q)
     lat, ids = time_single(lambda q: exact.search(q[None])[0], queries, args.budget)
     batch = time_batches(exact.search, queries, args.budget)
-    rows.append(row(f"om3db exact ({exact.label})", n, lat, ids, truth, batch, build))
+    rows = [row(f"om3db exact ({exact.label})", n, lat, ids, truth, batch, build)]
     del exact
     gc.collect()
-    if n >= args.ivf_min:
-        ivf = make_om3db("ivf", n, args.raw_faiss)
-        t0 = time.perf_counter()
-        with faiss_threads(None):
-            ivf.build(mm, rng)
-        build = time.perf_counter() - t0
-        nprobe, sweep = tune_nprobe(ivf, tune_q, tune_truth)
-        log(f"IVF nlist={ivf.nlist} built in {build:.1f}s; nprobe for {TARGET_RECALL} on our tuning queries={nprobe} sweep={sweep}")
-        if getattr(ivf, "store_nprobe", None):
-            log(f"store's own tuned nprobe={ivf.store_nprobe}")
-            nprobe = ivf.store_nprobe
-        for p in sorted({nprobe, max(1, nprobe // 2), nprobe * 2} & set(range(1, ivf.nlist + 1))):
-            ivf.set_nprobe(p)
-            lat, ids = time_single(lambda q: ivf.search(q[None])[0], queries, args.budget)
-            batch = time_batches(ivf.search, queries, args.budget)
-            tag = ("store-tuned" if getattr(ivf, "store_nprobe", None) else "tuned") if p == nprobe else "sweep"
-            rows.append(row(f"om3db IVF nlist={ivf.nlist} nprobe={p} ({tag})", n, lat, ids, truth, batch, build))
-        del ivf
-        gc.collect()
     return rows, truth, tune_truth
+
+
+def recall_sweep(index, queries: np.ndarray, truth: np.ndarray, enough: float, at_least: int) -> dict[int, float]:
+    """recall@10 on the evaluation queries per power-of-two nprobe (and nlist), up to the first one
+    reaching ``enough`` at or past ``at_least`` (or recall 1)."""
+    out = {}
+    for nprobe in sorted({2**i for i in range(20) if 2**i < index.nlist} | {index.nlist}):
+        index.set_nprobe(nprobe)
+        out[nprobe] = recall_at_k(index.search(queries), truth)
+        if out[nprobe] >= 1.0 or (out[nprobe] >= enough and nprobe >= at_least):
+            break
+    return out
+
+
+def bench_om3db_ivf(mm, n, queries, truth, tune_q, tune_truth, lance_recalls: list[float], args, rng):
+    """om3db's IVF at the store's nprobe, at half / double it, and at the smallest nprobe whose
+    recall@10 on the evaluation queries reaches each LanceDB index's recall in this run."""
+    rows = []
+    ivf = make_om3db("ivf", n, args.raw_faiss)
+    t0 = time.perf_counter()
+    with faiss_threads(None):
+        ivf.build(mm, rng)
+    build = time.perf_counter() - t0
+    nprobe, sweep = tune_nprobe(ivf, tune_q, tune_truth)
+    log(f"IVF nlist={ivf.nlist} built in {build:.1f}s; nprobe for {TARGET_RECALL} on our tuning queries={nprobe} sweep={sweep}")
+    base_tag = "tuned"
+    if getattr(ivf, "store_nprobe", None):
+        log(f"store's own tuned nprobe={ivf.store_nprobe}")
+        nprobe, base_tag = ivf.store_nprobe, "store-tuned"
+    curve = recall_sweep(ivf, queries, truth, max(lance_recalls, default=0.0), 2 * nprobe)
+    log(f"recall@10 on the evaluation queries per nprobe: {curve}")
+    matched = set()
+    for bar in lance_recalls:
+        ok = [p for p, r in curve.items() if r >= bar]
+        if ok:
+            matched.add(min(ok))
+        else:
+            log(f"no nprobe up to {max(curve)} reaches LanceDB's recall@10 {bar:.3f}")
+    for p in sorted(({nprobe, max(1, nprobe // 2), nprobe * 2} & set(range(1, ivf.nlist + 1))) | matched):
+        ivf.set_nprobe(p)
+        lat, ids = time_single(lambda q: ivf.search(q[None])[0], queries, args.budget)
+        batch = time_batches(ivf.search, queries, args.budget)
+        tags = ([base_tag] if p == nprobe else []) + (["at LanceDB's recall"] if p in matched else [])
+        name = f"om3db IVF nlist={ivf.nlist} nprobe={p} ({', '.join(tags) or 'sweep'})"
+        rows.append(dict(row(name, n, lat, ids, truth, batch, build), nprobe=p))
+    del ivf
+    gc.collect()
+    return rows
 
 
 # ---------------------------------------------------------------- OpenMask3D's way
@@ -487,6 +517,30 @@ def markdown(rows: list[dict]) -> str:
     return head
 
 
+def is_lance_index(r: dict) -> bool:
+    return r["system"].startswith("LanceDB") and "brute force" not in r["system"]
+
+
+def equal_recall_ratios(rows: list[dict]) -> str:
+    """Per size and LanceDB index: the fastest om3db row with recall@10 >= that index's, and the speed ratios."""
+    out = []
+    for n in sorted({r["n"] for r in rows}):
+        for b in [r for r in rows if r["n"] == n and is_lance_index(r)]:
+            om = [r for r in rows
+                  if r["n"] == n and r["system"].startswith("om3db") and r["recall@10"] >= b["recall@10"]]
+            if not om:
+                out.append(f"- N={n:,}: no om3db row reaches {b['system']}'s recall@10 {b['recall@10']:.3f}")
+                continue
+            a = min(om, key=lambda r: r["p50_ms"])
+            out.append(
+                f"- N={n:,}: {a['system']} (recall@10 {a['recall@10']:.3f}) vs {b['system']} ({b['recall@10']:.3f}): "
+                f"p50 {a['p50_ms']:.2f} vs {b['p50_ms']:.2f} ms -> {b['p50_ms'] / a['p50_ms']:.1f}x; batch-32 "
+                f"{a['batch_ms_per_query']:.2f} vs {b['batch_ms_per_query']:.2f} ms/query "
+                f"-> {b['batch_ms_per_query'] / a['batch_ms_per_query']:.1f}x"
+            )
+    return "\n".join(out)
+
+
 def ratios(rows: list[dict]) -> str:
     """Fastest om3db vs fastest LanceDB configuration, both at recall@10 >= TARGET_RECALL, per size."""
     out = []
@@ -505,6 +559,8 @@ def ratios(rows: list[dict]) -> str:
 
 
 def main(argv=None) -> int:
+    from om3db.store.vectors import DEFAULT_IVF_THRESHOLD  # noqa: PLC0415
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="*", default=[10_000, 100_000, 1_000_000],
                     help="vector counts; none (bare --sizes) runs only the ingest benchmark")
@@ -512,7 +568,9 @@ def main(argv=None) -> int:
     ap.add_argument("--queries", type=int, default=200, help="evaluation queries per size")
     ap.add_argument("--budget", type=float, default=20.0, help="seconds per measurement before stopping early")
     ap.add_argument("--per-scan", type=int, default=100, help="instances per scan file (OpenMask3D's way)")
-    ap.add_argument("--ivf-min", type=int, default=50_000, help="smallest N where om3db's IVF is benchmarked")
+    ap.add_argument("--ivf-min", type=int, default=DEFAULT_IVF_THRESHOLD,
+                    help="smallest N where om3db's IVF is benchmarked (default: the store's threshold, "
+                         f"{DEFAULT_IVF_THRESHOLD})")
     ap.add_argument("--lance-index-min", type=int, default=5_000)
     ap.add_argument("--lance-index-max", type=int, default=100_000, help="skip LanceDB ANN builds above this N")
     ap.add_argument("--lance-ivf-pq", action="store_true", help="also build LanceDB IVF_PQ (+refine)")
@@ -555,16 +613,23 @@ def main(argv=None) -> int:
         queries, tune_q = gen.queries(args.queries, 0), gen.queries(100, 1)
         rng = np.random.default_rng(7)
         with faiss_threads(args.threads):
-            om_rows, truth, tune_truth = bench_om3db(mm, n, queries, tune_q, args, rng)
-        rows += om_rows
-        log(f"N={n:,}: om3db done")
+            exact_rows, truth, tune_truth = bench_om3db_exact(mm, n, queries, tune_q, args, rng)
+        log(f"N={n:,}: om3db exact done")
+        other = []
         if "npy" not in args.skip:
-            rows += bench_npy(mm, n, queries, truth, args, args.workdir)
+            other += bench_npy(mm, n, queries, truth, args, args.workdir)
             log(f"N={n:,}: npy done")
         if "lance" not in args.skip:
-            rows += bench_lance(mm, n, queries, tune_q, truth, tune_truth, args, args.workdir)
+            other += bench_lance(mm, n, queries, tune_q, truth, tune_truth, args, args.workdir)
             shutil.rmtree(args.workdir / "lance", ignore_errors=True)
             log(f"N={n:,}: lance done")
+        ivf_rows = []
+        if n >= args.ivf_min:  # after LanceDB: its index recall picks om3db's equal-recall nprobe
+            lance_recalls = [r["recall@10"] for r in other if is_lance_index(r)]
+            with faiss_threads(args.threads):
+                ivf_rows = bench_om3db_ivf(mm, n, queries, truth, tune_q, tune_truth, lance_recalls, args, rng)
+            log(f"N={n:,}: om3db IVF done")
+        rows += exact_rows + ivf_rows + other
         del mm
         (args.workdir / f"vectors_{n}.npy").unlink()
         print(markdown([r for r in rows if r["n"] == n]), flush=True)
@@ -574,6 +639,9 @@ def main(argv=None) -> int:
         rows_ingest = bench_ingest(args)
         env["ingest"] = rows_ingest
     print(markdown(rows))
+    print("om3db vs each LanceDB index at equal recall (om3db recall@10 >= LanceDB's, same queries):")
+    print(equal_recall_ratios(rows))
+    print(f"Fastest configurations with recall@10 >= {TARGET_RECALL}:")
     print(ratios(rows))
     if args.out:
         _dump(args, env, rows)
