@@ -283,3 +283,28 @@ def test_unknown_views_format_refused():
     with pytest.raises(StoreError) as err:
         unpack_views(b"\x07\x03")
     assert str(err.value) == "instance views blob has unknown format b'\\x07'; upgrade om3db"
+
+
+def test_index_holds_exactly_the_stored_float16(tmp_path):
+    """FAISS is given float32 and rounds to float16 itself: its codes must be the bytes SQLite holds,
+    so an incrementally updated index equals one rebuilt from SQLite (also for values on rounding ties)."""
+    import faiss
+
+    s = _store(tmp_path / "db", True)
+    res = make_result("a", 6, views=3)
+    # values exactly halfway between two float16 numbers, and ones just off the tie
+    tie = np.float32(1.0) + np.float32(2.0**-11)
+    rec = res.instances[0]
+    odd = np.full(DIM, tie / np.sqrt(DIM), np.float32)
+    odd[:4] = [tie, -tie, np.float32(np.nextafter(tie, 2)), np.float32(6.1e-5)]
+    res = dataclasses.replace(res, instances=[dataclasses.replace(rec, vectors={**rec.vectors, "siglip": odd}),
+                                              *res.instances[1:]])
+    s.write_scan(res, settings={})
+    for level in ("instance", "view"):
+        index = s.index("siglip", level)
+        codes = faiss.vector_to_array(index._inner.codes).view("<f2").reshape(-1, DIM)
+        ids, data = blocks(s, "siglip", level)
+        order = np.argsort(index.ids())
+        assert np.array_equal(index.ids()[order], np.sort(ids))
+        assert np.array_equal(codes[order].view(np.uint16), data[np.argsort(ids)].view(np.uint16))
+    s.close()

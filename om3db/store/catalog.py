@@ -308,14 +308,20 @@ class Store:
         s.execute(delete(ScanRow).where(ScanRow.id == scan_id))
         return {k: np.frombuffer(b"".join(v), dtype="<i8").astype(np.int64) for k, v in parts.items()}
 
-    def _bump(self, s, space_ids) -> None:
-        from sqlalchemy import update  # noqa: PLC0415
+    def _bump(self, s, space_ids) -> list:
+        """Bump the generation of these spaces; returns their rows as they are after the bump."""
+        from sqlalchemy import select, update  # noqa: PLC0415
 
         from .models import SpaceRow  # noqa: PLC0415
 
-        if space_ids:
-            s.execute(update(SpaceRow).where(SpaceRow.id.in_(list(space_ids)))
-                      .values(generation=SpaceRow.generation + 1))
+        if not space_ids:
+            return []
+        ids = sorted(space_ids)
+        s.execute(update(SpaceRow).where(SpaceRow.id.in_(ids)).values(generation=SpaceRow.generation + 1),
+                  execution_options={"synchronize_session": False})
+        rows = list(s.scalars(select(SpaceRow).where(SpaceRow.id.in_(ids))
+                              .execution_options(populate_existing=True)))
+        return sorted(rows, key=lambda r: (r.name, r.level))
 
     def write_scan(self, result: IngestResult, *, settings: dict, save: bool = True) -> int:
         """Replace (or add) one scan atomically; returns its scan id. Takes the writer lock.
@@ -327,7 +333,7 @@ class Store:
         Whether per-view vectors are stored follows ``result.settings["view_vectors"]`` (default True);
         it must match the database's choice (:meth:`views_kept`).
         """
-        from sqlalchemy import insert, select, update  # noqa: PLC0415
+        from sqlalchemy import insert, select  # noqa: PLC0415
 
         from .models import ScanRow  # noqa: PLC0415
 
@@ -338,27 +344,25 @@ class Store:
                 spaces = self._ensure_spaces(s, result.encoders, keep_views)
                 old = s.scalar(select(ScanRow.id).where(ScanRow.name == result.scan))
                 gone = self._delete_scan_rows(s, old) if old is not None else {}
+                # written 'ready': the scan's rows become visible to readers only with the commit
                 scan_id = s.execute(insert(ScanRow.__table__).values(
                     name=result.scan, path=str(result.scan_path), fingerprint=result.fingerprint,
                     frame_count=int(result.frame_count), num_points=int(result.num_points), settings=settings,
-                    status="ingesting")).inserted_primary_key[0]
+                    status="ready")).inserted_primary_key[0]
                 conn = s.connection()
                 raw = self.raw_sqlite and conn.dialect.name == "sqlite"
                 added = (write_rows_sqlite if raw else write_rows_core)(conn, scan_id, batch, spaces)
-                self._bump(s, {r.id for r in spaces} | set(gone))
-                s.execute(update(ScanRow).where(ScanRow.id == scan_id).values(status="ready"))
+                touched = self._bump(s, {r.id for r in spaces} | set(gone))
                 _checkpoint("rows_written")
             _checkpoint("committed")
-            self._apply(gone, added, save=save)
+            self._apply(touched, gone, added, save=save)
             if save:
                 _checkpoint("index_saved")
             return int(scan_id)
 
-    def _apply(self, gone: dict, added: dict, *, save: bool = True) -> None:
-        """After a commit: bring the touched indexes up to SQLite's generation and save them."""
-        for row in self.spaces():
-            if row.id not in gone and row.id not in added:
-                continue
+    def _apply(self, touched: list, gone: dict, added: dict, *, save: bool = True) -> None:
+        """After a commit: bring the touched spaces' indexes (rows as committed) up to date and save them."""
+        for row in touched:
             cached = self._indexes.get((row.name, row.level))
             index = cached[0] if cached is not None else None
             expected = (cached[1] + 1) if cached is not None else None
@@ -394,8 +398,8 @@ class Store:
                     raise NotFoundError(f"{self.root}: no scan named {name!r}. List scans with: om3db scans --db {self.root}")
                 count = s.scalar(select(func.count(InstanceRow.id)).where(InstanceRow.scan_id == row.id))
                 gone = self._delete_scan_rows(s, row.id)
-                self._bump(s, set(gone))
-            self._apply(gone, {})
+                touched = self._bump(s, set(gone))
+            self._apply(touched, gone, {})
             return int(count)
 
     def reindex(self) -> list[str]:

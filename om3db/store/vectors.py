@@ -101,21 +101,24 @@ def _probe_queries(x: np.ndarray, n: int, seed: int) -> np.ndarray:
 
 
 class VectorIndex:
-    """One FAISS index with int64 ids, inner product on unit vectors.
+    """One FAISS index with int64 ids, inner product on unit vectors, vectors held as float16.
 
-    Exact: ``IndexIDMap2(IndexFlatIP)``. IVF: ``IndexIVFFlat`` holding the ids itself (it supports
-    ``remove_ids`` with arbitrary ids, which an ``IndexIDMap2`` around an IVF does not).
+    Exact: ``IndexIDMap2(IndexScalarQuantizer(fp16))``. IVF: ``IndexIVFScalarQuantizer(fp16)`` (not by
+    residual) holding the ids itself (it supports ``remove_ids`` with arbitrary ids, which an
+    ``IndexIDMap2`` around an IVF does not). float16 is what SQLite stores, so the index holds exactly
+    the stored values; it halves the memory a search streams through and the bytes an add copies.
     """
 
     def __init__(self, dim: int, choice: IndexChoice | None = None, *, use_gpu: bool | None = None) -> None:
         faiss = _faiss()
         self.dim = int(dim)
         self.choice = choice or IndexChoice("flat")
+        fp16, ip = faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT
         if self.choice.kind == "flat":
-            inner = faiss.IndexFlatIP(self.dim)
+            inner = faiss.IndexScalarQuantizer(self.dim, fp16, ip)
         elif self.choice.kind == "ivf":
             quantizer = faiss.IndexFlatIP(self.dim)
-            inner = faiss.IndexIVFFlat(quantizer, self.dim, self.choice.nlist, faiss.METRIC_INNER_PRODUCT)
+            inner = faiss.IndexIVFScalarQuantizer(quantizer, self.dim, self.choice.nlist, fp16, ip, False)
             inner.nprobe = self.choice.nprobe
             self._quantizer = quantizer  # keep alive: the IVF index does not own it
         else:

@@ -145,19 +145,25 @@ class StoredView:
 
 def _view_table(views) -> tuple[np.ndarray, int]:
     """(V, 4 + 4L) int32 rows: frame id, visible pixels, inlier, levels, then L crop boxes (zero padded)."""
-    boxes = [np.asarray(v.crop_boxes, dtype=np.int64).reshape(-1, 4) for v in views]
-    levels = max((len(b) for b in boxes), default=0)
-    table = np.zeros((len(views), 4 + 4 * levels), dtype=np.int64)
-    if views:
-        table[:, 0] = np.fromiter((v.frame_id for v in views), dtype=np.int64, count=len(views))
-        table[:, 1] = np.fromiter((v.visible_pixels for v in views), dtype=np.int64, count=len(views))
-        table[:, 2] = np.fromiter((bool(v.inlier) for v in views), dtype=np.int64, count=len(views))
-        nlev = np.fromiter((len(b) for b in boxes), dtype=np.int64, count=len(views))
-        table[:, 3] = nlev
-        if (nlev == levels).all():
-            table[:, 4:] = np.stack(boxes).reshape(len(views), -1)
+    n = len(views)
+    try:  # every view with the same number of levels (what ingest makes): one numpy call
+        same = np.array([v.crop_boxes for v in views], dtype=np.int64).reshape(n, -1, 4)
+        boxes, levels = None, same.shape[1]
+    except ValueError:  # ragged
+        same = None
+        boxes = [np.asarray(v.crop_boxes, dtype=np.int64).reshape(-1, 4) for v in views]
+        levels = max((len(b) for b in boxes), default=0)
+    table = np.zeros((n, 4 + 4 * levels), dtype=np.int64)
+    if n:
+        table[:, 0] = np.fromiter((v.frame_id for v in views), dtype=np.int64, count=n)
+        table[:, 1] = np.fromiter((v.visible_pixels for v in views), dtype=np.int64, count=n)
+        table[:, 2] = np.fromiter((bool(v.inlier) for v in views), dtype=np.int64, count=n)
+        if same is not None:
+            table[:, 3] = levels
+            table[:, 4:] = same.reshape(n, -1)
         else:
             for i, b in enumerate(boxes):
+                table[i, 3] = len(b)
                 table[i, 4 : 4 + 4 * len(b)] = b.ravel()
     if table.size and (table.min() < -(1 << 31) or table.max() >= 1 << 31):
         raise StoreError("a view's frame id, pixel count or crop box does not fit in int32")
@@ -196,6 +202,9 @@ class SpaceBatch:
     """(N, D) little-endian float16, row i for instance i."""
     view: np.ndarray | None
     """(V, D) little-endian float16 of the inlier views, instance order then rank; None: views not kept."""
+    instance32: np.ndarray
+    """``instance`` before rounding (float32): what FAISS is given (it rounds to float16 the same way)."""
+    view32: np.ndarray | None
 
 
 @dataclass(frozen=True)
@@ -211,17 +220,17 @@ class ScanBatch:
     spaces: dict[str, SpaceBatch]
 
 
-def _f16(rows: list, shape: tuple[int, int]) -> np.ndarray:
+def _f32(rows: list, shape: tuple[int, int]) -> np.ndarray:
     # via float32, as one vector at a time always was: float64 input rounds the same way as before
     if not rows:
-        return np.zeros(shape, dtype="<f2")
-    return np.asarray(np.stack(rows), dtype=np.float32).astype("<f2").reshape(shape)
+        return np.zeros(shape, dtype=np.float32)
+    return np.ascontiguousarray(np.stack(rows), dtype=np.float32).reshape(shape)
 
 
-def _f16_rows(blocks: list[np.ndarray], dim: int, keep: np.ndarray) -> np.ndarray:
+def _f32_rows(blocks: list[np.ndarray], dim: int, keep: np.ndarray) -> np.ndarray:
     if not blocks:
-        return np.zeros((0, dim), dtype="<f2")
-    return np.asarray(np.concatenate(blocks)[keep], dtype=np.float32).astype("<f2")
+        return np.zeros((0, dim), dtype=np.float32)
+    return np.ascontiguousarray(np.concatenate(blocks)[keep], dtype=np.float32)
 
 
 def pack_scan(result: IngestResult, keep_views: bool) -> ScanBatch:
@@ -257,9 +266,10 @@ def pack_scan(result: IngestResult, keep_views: bool) -> ScanBatch:
                     raise StoreError(f"scan {result.scan}: mask {rec.mask_index} has {nv} views but {got} {name} "
                                      "view vectors. This is an ingest bug; report it")
                 view_vecs.append(vv)
-        spaces[name] = SpaceBatch(
-            instance=_f16(inst_vecs, (n, dim)),
-            view=_f16_rows(view_vecs, dim, inlier) if keep_views else None)
+        inst32 = _f32(inst_vecs, (n, dim))
+        view32 = _f32_rows(view_vecs, dim, inlier) if keep_views else None
+        spaces[name] = SpaceBatch(inst32.astype("<f2"), None if view32 is None else view32.astype("<f2"),
+                                  inst32, view32)
     geo = np.zeros((n, 9), dtype=np.float64)
     for i, rec in enumerate(insts):
         geo[i, 0:3], geo[i, 3:6], geo[i, 6:9] = rec.bbox_min, rec.bbox_max, rec.centroid
@@ -288,13 +298,14 @@ def _blocks(batch: ScanBatch, spaces, scan_id: int, inst_ids: np.ndarray):
     keys = view_key(inst_ids[batch.view_owner], batch.view_rank)
     for row in spaces:
         sb = batch.spaces[row.name]
-        ids, data = (inst_ids, sb.instance) if row.level == "instance" else (keys, sb.view)
+        ids, data, data32 = ((inst_ids, sb.instance, sb.instance32) if row.level == "instance"
+                             else (keys, sb.view, sb.view32))
         ids = np.ascontiguousarray(ids, dtype="<i8")
         for at in range(0, len(ids), BLOCK_ROWS):
             part = slice(at, at + BLOCK_ROWS)
             rows.append((row.id, scan_id, len(ids[part]), ids[part].tobytes(), data[part].tobytes()))
-        # what a rebuild from SQLite would hold: the stored float16 values
-        added[row.id] = (ids.astype(np.int64), data.astype(np.float32))
+        # FAISS rounds to float16 as numpy did: the index holds the stored values, as a rebuild would
+        added[row.id] = (ids.astype(np.int64), data32)
     return rows, added
 
 
