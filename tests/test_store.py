@@ -186,6 +186,30 @@ def test_store_switches_to_ivf_past_threshold(tmp_path):
     s.close()
 
 
+def test_deferred_writes_switch_to_ivf_once_at_flush(tmp_path):
+    from om3db.store import Store
+
+    s = Store(tmp_path / "db", ivf_threshold=40)
+    built = []
+    real = s._build
+    s._build = lambda row: built.append((row.name, row.level)) or real(row)
+    for k in range(4):  # 120 vectors per space, past the threshold after the second scan
+        s.write_scan(make_result(f"s{k}", 30, views=1, seed=k), settings={}, save=False)
+    assert s.space("siglip", "instance").index_kind == "flat" and s.index("siglip", "instance").ntotal == 120
+    first = len(built)  # the first write builds each (empty) index from SQLite; no rebuild after that
+    with s.lock:
+        s.flush()
+    assert sorted(built[first:]) == [("dinov2", "instance"), ("dinov2", "view"), ("siglip", "instance"), ("siglip", "view")]
+    row = s.space("siglip", "instance")
+    index = s.index("siglip", "instance")
+    assert row.index_kind == "ivf" and index.choice.kind == "ivf" and index.choice.trained_on == 120
+    assert sorted(index.ids()) == sorted(s.stored_vectors(row)[1])
+    s.close()
+    again = Store(tmp_path / "db")  # the saved file is the IVF one, current: nothing to rebuild
+    assert again.rebuilt == [] and again.index("siglip", "instance").choice.kind == "ivf"
+    again.close()
+
+
 def test_deferred_save_then_flush(tmp_path):
     from om3db.store import Store, VectorIndex
 

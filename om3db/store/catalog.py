@@ -81,6 +81,8 @@ class Store:
         self.use_gpu = use_gpu
         self._indexes: dict[tuple[str, str], tuple[VectorIndex, int]] = {}
         self._dirty: set[tuple[str, str]] = set()
+        self._reshape: set[tuple[str, str]] = set()
+        """Spaces whose index kind or IVF training is due for a rebuild at the next ``flush()``."""
         self.raw_sqlite = True
         """SQLite: insert rows through the DBAPI cursor (False: the portable SQLAlchemy Core path)."""
         self.rebuilt: list[str] = []
@@ -188,7 +190,18 @@ class Store:
             self._dirty.add(key)
 
     def flush(self) -> None:
-        """Save the indexes changed by writes made with ``save=False`` (needs the writer lock)."""
+        """Save the indexes changed by writes made with ``save=False`` (needs the writer lock).
+
+        Spaces that crossed the exact/IVF threshold or outgrew their IVF training during those writes
+        are rebuilt from SQLite here, once, instead of in the middle of a batch of writes.
+        """
+        for key in sorted(self._reshape):
+            row = self.space(*key)
+            index = self._build(row)
+            self._record_choice(row, index)
+            self._indexes[key] = (index, row.generation)
+            self._dirty.add(key)
+        self._reshape.clear()
         for key in sorted(self._dirty):
             index, generation = self._indexes[key]
             index.save(self.index_path(*key), {"generation": generation})
@@ -374,7 +387,10 @@ class Store:
                 if added_ids is not None and len(added_ids):
                     index.add(added_vecs, added_ids)
                 if self._needs_new_kind(index):
-                    index = self._build(row)
+                    if save:
+                        index = self._build(row)
+                    else:  # deferred writes: rebuild once, at flush()
+                        self._reshape.add((row.name, row.level))
             if index.choice.kind != row.index_kind or index.choice.params() != (row.index_params or {}):
                 self._record_choice(row, index)
             self._save(row, index, now=save)

@@ -1,7 +1,7 @@
 """FAISS vector indexes: inner product over unit vectors, ids are database primary keys.
 
 ``VectorIndex`` is reusable on its own (the query benchmark builds one directly): exact search
-(``IndexFlatIP``) below ``ivf_threshold`` vectors, IVF-Flat above it with nlist ~ 4·sqrt(N) (at most
+(``IndexScalarQuantizer`` fp16) below ``ivf_threshold`` vectors, IVF (fp16 lists) above it with nlist ~ 4·sqrt(N) (at most
 N/39: FAISS's k-means wants 39 points per centroid) and the smallest nprobe that reaches the target
 recall@10 against exact search on probe queries. Always kept
 in CPU form (what is saved); searched on a GPU copy when the installed faiss has GPU support and a
@@ -61,7 +61,7 @@ class IndexChoice:
     """Which FAISS index a space uses; recorded in the database."""
 
     kind: str
-    """'flat' (exact) | 'ivf' (IVF-Flat, inner product)."""
+    """'flat' (exact) | 'ivf' (IVF with float16 lists, inner product)."""
     nlist: int = 0
     """IVF cells (0 for flat)."""
     nprobe: int = 0
