@@ -63,26 +63,16 @@ def pack_indices(indices: np.ndarray) -> bytes:
     the compression several times faster. Unsorted input is stored as plain int32 (codec 0); an
     empty array is the codec byte alone.
     """
-    import zlib  # noqa: PLC0415
-
-    idx = np.ascontiguousarray(indices, dtype="<i4").ravel()
-    if idx.size == 0:
-        return bytes((_EMPTY,))
-    gaps = idx[1:] - idx[:-1]
-    if gaps.size and gaps.min() < 0:
-        return b"\x00" + zlib.compress(idx.tobytes(), 1)
-    top = int(gaps.max()) if gaps.size else 0
-    width = 1 if top < 1 << 8 else 2 if top < 1 << 16 else 4
-    return bytes((width,)) + idx[:1].tobytes() + zlib.compress(gaps.astype(_INDEX_CODECS[width]).tobytes(), 1)
+    return pack_indices_many([indices])[0]
 
 
 def pack_indices_many(arrays: list[np.ndarray]) -> list[bytes]:
-    """``[pack_indices(a) for a in arrays]``, byte for byte, with the numpy work done once for all."""
+    """:func:`pack_indices` of each array, with the numpy work done once for all of them."""
     import zlib  # noqa: PLC0415
 
     if not arrays:
         return []
-    sizes = np.fromiter((len(a) for a in arrays), dtype=np.int64, count=len(arrays))
+    sizes = np.fromiter((np.size(a) for a in arrays), dtype=np.int64, count=len(arrays))
     flat = np.concatenate([np.asarray(a, dtype="<i4").ravel() for a in arrays]) if sizes.sum() else np.zeros(0, "<i4")
     starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
     gaps = np.zeros(len(flat), dtype=np.int64)
