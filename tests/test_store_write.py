@@ -286,8 +286,8 @@ def test_unknown_views_format_refused():
 
 
 def test_index_holds_exactly_the_stored_float16(tmp_path):
-    """FAISS is given float32 and rounds to float16 itself: its codes must be the bytes SQLite holds,
-    so an incrementally updated index equals one rebuilt from SQLite (also for values on rounding ties)."""
+    """The writer rounds to float16 once and hands FAISS those bytes: its codes must be the bytes SQLite
+    holds, so an incrementally updated index equals one rebuilt from SQLite (also for values on rounding ties)."""
     import faiss
 
     s = _store(tmp_path / "db", True)

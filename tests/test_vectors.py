@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from om3db.store.vectors import DEFAULT_IVF_THRESHOLD, DEFAULT_TARGET_RECALL, VectorIndex, recall_at_k
+from om3db.errors import ConfigError
+from om3db.store.vectors import DEFAULT_IVF_THRESHOLD, DEFAULT_TARGET_RECALL, IndexChoice, VectorIndex, recall_at_k
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -44,3 +45,59 @@ def test_faiss_prints_nothing_at_small_n(n, capfd):
     _, got = ivf.search(q[:3], 10)
     assert (got >= 0).any(axis=1).all() and set(got[got >= 0].tolist()) <= set(range(n))
     assert capfd.readouterr() == ("", "")
+
+
+def lists_of(index: VectorIndex) -> dict[int, tuple[list, bytes]]:
+    """IVF list number -> (ids, codes) as FAISS holds them."""
+    import faiss
+
+    inv = index._inner.invlists
+    out = {}
+    for i in range(index.choice.nlist):
+        n = inv.list_size(i)
+        if n:
+            ids = faiss.rev_swig_ptr(inv.get_ids(i), n).tolist()
+            codes = faiss.rev_swig_ptr(inv.get_codes(i), n * inv.code_size).tobytes()
+            out[i] = (ids, codes)
+    return out
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf"])
+def test_float16_rows_are_held_as_given_and_equal_float32_rows(kind):
+    """Stored float16 rows go in without conversion (add_sa_codes); the index equals one built from the
+    same values as float32: same lists, codes, tuned nprobe and results."""
+    import faiss
+
+    x, q = clustered(3000)
+    x16 = x.astype("<f2")
+    ids = np.arange(len(x), dtype=np.int64) * 5 + 1
+    a = VectorIndex.build(x16, ids, kind=kind)
+    b = VectorIndex.build(x16.astype(np.float32), ids, kind=kind)
+    assert a.choice == b.choice and a.ntotal == b.ntotal == len(x)
+    if kind == "flat":
+        codes = faiss.vector_to_array(a._inner.codes)
+        assert codes.tobytes() == x16.tobytes() == faiss.vector_to_array(b._inner.codes).tobytes()
+    else:
+        assert lists_of(a) == lists_of(b)
+        # every list holds the vectors whose nearest centroid it is, on the stored (decoded) values
+        _, nearest = a._inner.quantizer.search(x16.astype(np.float32), 1)
+        for lst, (got, _) in lists_of(a).items():
+            assert sorted(got) == sorted(ids[nearest.ravel() == lst].tolist())
+    sa, ia = a.search(q, 10)
+    sb, ib = b.search(q, 10)
+    assert np.array_equal(ia, ib) and np.array_equal(sa, sb)
+    # incremental float16 adds equal FAISS's own float32 adds of the same values
+    more16 = clustered(500, seed=1)[0].astype("<f2")
+    more_ids = np.arange(500, dtype=np.int64) + 10**6
+    a.add(more16, more_ids)
+    b.add(more16.astype(np.float32), more_ids)
+    if kind == "ivf":
+        assert lists_of(a) == lists_of(b)
+    assert np.array_equal(a.search(q, 10)[1], b.search(q, 10)[1])
+
+
+def test_add_refuses_ids_of_the_wrong_length():
+    index = VectorIndex(8, IndexChoice("flat"))
+    with pytest.raises(ConfigError, match=r"ids must be \(2,\) int64, got shape \(3,\)"):
+        index.add(np.ones((2, 8), np.float16), np.arange(3))
+    assert index.ntotal == 0

@@ -142,11 +142,12 @@ class Store:
     def identity_of(row) -> EncoderIdentity:
         return EncoderIdentity(row.model_id, row.revision, row.dim, row.normalization, row.preprocessing)
 
-    def stored_vectors(self, space_row, *, instance_ids: Iterable[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(N, D) float32 vectors and (N,) int64 FAISS ids of a space, from SQLite (ready scans only).
+    def stored_vectors(self, space_row, *, instance_ids: Iterable[int] | None = None,
+                       dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
+        """(N, D) vectors and (N,) int64 FAISS ids of a space, from SQLite (ready scans only).
 
         instance_ids: only these instances' vectors (view spaces: their inlier views). Only the blocks
-        of the scans holding them are read.
+        of the scans holding them are read. dtype: float32, or float16 for the stored values as they are.
         """
         from sqlalchemy import select  # noqa: PLC0415
 
@@ -162,14 +163,14 @@ class Store:
         with self.engine.connect() as conn:
             rows = conn.execute(q).all()
         ids = np.frombuffer(b"".join(r[0] for r in rows), dtype="<i8").astype(np.int64)
-        vecs = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f2").reshape(len(ids), space_row.dim)
+        vecs = np.frombuffer(bytearray().join(r[1] for r in rows), dtype="<f2").reshape(len(ids), space_row.dim)
         if wanted is not None:
             keep = np.isin(ids if space_row.level == "instance" else view_owner(ids), wanted)
             ids, vecs = ids[keep], vecs[keep]
-        return vecs.astype(np.float32), ids
+        return vecs.astype(dtype, copy=False), ids
 
     def _build(self, space_row) -> VectorIndex:
-        vecs, ids = self.stored_vectors(space_row)
+        vecs, ids = self.stored_vectors(space_row, dtype=np.float16)
         return VectorIndex.build(vecs, ids, ivf_threshold=self.ivf_threshold, use_gpu=self.use_gpu, dim=space_row.dim)
 
     def _record_choice(self, space_row, index: VectorIndex) -> None:

@@ -21,7 +21,8 @@ import numpy as np
 
 from ..errors import ConfigError, StoreError
 
-__all__ = ["VectorIndex", "IndexChoice", "gpu_count", "recall_at_k", "DEFAULT_IVF_THRESHOLD", "DEFAULT_TARGET_RECALL"]
+__all__ = ["VectorIndex", "IndexChoice", "gpu_count", "recall_at_k", "DEFAULT_IVF_THRESHOLD", "DEFAULT_TARGET_RECALL",
+           "IVF_TRAIN_ITERATIONS", "IVF_TRAIN_POINTS_PER_LIST"]
 
 DEFAULT_IVF_THRESHOLD = 8192
 """Vectors in a space past which an IVF index replaces exact search.
@@ -35,7 +36,16 @@ DEFAULT_TARGET_RECALL = 0.95
 Probe queries (perturbed stored vectors and midpoints of two) are harder than the benchmark's
 queries: 0.95 on them gave 0.99+ on the evaluation queries from 8k to 1M vectors. 0.99 would double
 nprobe from 5k to 20k and quadruple it at 300k (8 -> 32) for recall the evaluation queries had already."""
+IVF_TRAIN_ITERATIONS = 10
+"""k-means iterations when an IVF is trained (FAISS's default is 25).
+
+Measured on the query benchmark's vectors (docs/benchmarks.md, "IVF training"): 10 iterations on 40
+points per list train 4-5x faster than 25 on 64 and reach the same recall@10 at every nprobe, at 20k
+and 200k vectors."""
+IVF_TRAIN_POINTS_PER_LIST = 40
+"""Training sample: at most this many vectors per IVF list (FAISS's k-means wants at least 39)."""
 _NPROBES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+_CHUNK = 65536
 _MAGIC = b"OM3DBIDX"
 
 
@@ -80,8 +90,10 @@ def recall_at_k(approx_ids: np.ndarray, exact_ids: np.ndarray) -> float:
     return hits / total if total else 1.0
 
 
-def _as_matrix(vectors: np.ndarray, dim: int | None = None) -> np.ndarray:
-    x = np.ascontiguousarray(np.asarray(vectors, dtype=np.float32))
+def _as_matrix(vectors: np.ndarray, dim: int | None = None, *, keep_f16: bool = False) -> np.ndarray:
+    """(n, dim) C-contiguous float32, or float16 as given when ``keep_f16`` (stored values, not rounded again)."""
+    x = np.asarray(vectors)
+    x = np.ascontiguousarray(x, dtype="<f2" if keep_f16 and x.dtype == np.float16 else np.float32)
     if x.ndim == 1:
         x = x[None, :]
     if x.ndim != 2 or (dim is not None and x.shape[1] != dim):
@@ -92,12 +104,28 @@ def _as_matrix(vectors: np.ndarray, dim: int | None = None) -> np.ndarray:
 def _probe_queries(x: np.ndarray, n: int, seed: int) -> np.ndarray:
     """Queries that look like unseen ones: half perturbed stored vectors, half midpoints of two."""
     rng = np.random.default_rng(seed)
-    a = x[rng.integers(0, len(x), n)]
-    b = x[rng.integers(0, len(x), n)]
+    a = np.asarray(x[rng.integers(0, len(x), n)], dtype=np.float32)
+    b = np.asarray(x[rng.integers(0, len(x), n)], dtype=np.float32)
     noise = rng.standard_normal(a.shape).astype(np.float32)
     noise *= 0.5 / np.sqrt(x.shape[1])
     q = np.concatenate([a[: n // 2] + noise[: n // 2], (a[n // 2 :] + b[n // 2 :]) / 2])
     return q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+
+
+def _exact_top(q: np.ndarray, x: np.ndarray, k: int) -> np.ndarray:
+    """(Q, k) row positions in ``x`` of the exact top-k by inner product; float16 ``x`` decoded in chunks."""
+    faiss = _faiss()
+    if x.dtype == np.float32:
+        return faiss.knn(q, x, k, metric=faiss.METRIC_INNER_PRODUCT)[1]
+    best_s = np.full((len(q), 0), -np.inf, dtype=np.float32)
+    best_i = np.zeros((len(q), 0), dtype=np.int64)
+    for at in range(0, len(x), _CHUNK):
+        part = np.asarray(x[at : at + _CHUNK], dtype=np.float32)
+        s, i = faiss.knn(q, part, min(k, len(part)), metric=faiss.METRIC_INNER_PRODUCT)
+        best_s, best_i = np.hstack([best_s, s]), np.hstack([best_i, i + at])
+        order = np.argsort(-best_s, axis=1, kind="stable")[:, :k]
+        best_s, best_i = np.take_along_axis(best_s, order, 1), np.take_along_axis(best_i, order, 1)
+    return best_i
 
 
 class VectorIndex:
@@ -145,12 +173,15 @@ class VectorIndex:
         seed: int = 0,
         dim: int | None = None,
     ) -> VectorIndex:
-        """An index over ``vectors`` (N, D) float32 unit rows with ``ids`` (N,) int64.
+        """An index over ``vectors`` (N, D) unit rows with ``ids`` (N,) int64.
+
+        float32 rows are rounded to float16 by FAISS; float16 rows (what SQLite stores) are held as
+        they are, never decoded whole (the IVF training sample and assignment decode chunks).
 
         kind: "auto" (flat below ``ivf_threshold`` vectors, IVF above), "flat" or "ivf".
         nprobe: None tunes it: the smallest power of two reaching ``target_recall`` @10 on probe queries.
         """
-        x = _as_matrix(vectors, dim)
+        x = _as_matrix(vectors, dim, keep_f16=True)
         ids = np.ascontiguousarray(np.asarray(ids, dtype=np.int64))
         if ids.shape != (len(x),):
             raise ConfigError(f"ids must be ({len(x)},) int64, got shape {ids.shape}")
@@ -166,11 +197,13 @@ class VectorIndex:
         nlist = int(nlist or max(1, min(round(4 * math.sqrt(n)), n // 39 or 1)))
         index = cls(d, IndexChoice("ivf", nlist, nprobe or 1, n), use_gpu=use_gpu)
         rng = np.random.default_rng(seed)
-        train = x if n <= 64 * nlist else x[rng.choice(n, 64 * nlist, replace=False)]
+        cap = IVF_TRAIN_POINTS_PER_LIST * nlist
+        train = x if n <= cap else x[np.sort(rng.choice(n, cap, replace=False))]
         # FAISS writes a warning to stderr below 39 training points per centroid; the nlist above keeps
         # 39 whenever n >= 39, and below that (nlist 1: the mean) there is nothing to warn about.
         index._inner.cp.min_points_per_centroid = 1
-        index._inner.train(train)
+        index._inner.cp.niter = IVF_TRAIN_ITERATIONS
+        index._inner.train(np.ascontiguousarray(train, dtype=np.float32))
         index.add(x, ids)
         if nprobe is None:
             index.tune_nprobe(x, ids, target_recall=target_recall, seed=seed)
@@ -180,15 +213,15 @@ class VectorIndex:
                     queries: int = 200, seed: int = 0) -> float:
         """Set the smallest nprobe whose recall@10 vs exact search on probe queries reaches the target.
 
-        x: the (N, D) vectors the index holds, ``ids`` their ids (None: 0..N-1).
+        x: the (N, D) vectors the index holds (float32, or float16 as stored), ``ids`` their ids (None: 0..N-1).
         """
         if self.choice.kind != "ivf":
             return 1.0
-        faiss = _faiss()
+        x = _as_matrix(x, self.dim, keep_f16=True)
         q = _probe_queries(x, min(queries, len(x)), seed)
         k = min(10, len(x))
-        # brute force over x itself (no second index: at 1M x 1152 that copy alone is 4.6 GB)
-        _, positions = faiss.knn(q, x, k, metric=faiss.METRIC_INNER_PRODUCT)
+        # brute force over x itself (no second index: at 1M x 1152 that copy alone is 2.3-4.6 GB)
+        positions = _exact_top(q, x, k)
         truth = positions if ids is None else np.where(positions >= 0, np.asarray(ids, dtype=np.int64)[positions], -1)
         recall = 0.0
         for nprobe in [p for p in _NPROBES if p < self.choice.nlist] + [self.choice.nlist]:
@@ -208,10 +241,35 @@ class VectorIndex:
         return int(self.index.ntotal)
 
     def add(self, vectors: np.ndarray, ids: np.ndarray) -> None:
-        x = _as_matrix(vectors, self.dim)
-        if len(x):
-            self.index.add_with_ids(x, np.ascontiguousarray(np.asarray(ids, dtype=np.int64)))
+        """Add (n, D) rows with (n,) int64 ids.
+
+        float32 rows are rounded to float16 by FAISS. float16 rows (what SQLite stores) are copied in
+        as they are (``add_sa_codes``: no conversion); an IVF assigns them to lists on their decoded
+        values, as a rebuild from SQLite does.
+        """
+        x = _as_matrix(vectors, self.dim, keep_f16=True)
+        ids = np.ascontiguousarray(np.asarray(ids, dtype=np.int64))
+        if ids.shape != (len(x),):
+            raise ConfigError(f"ids must be ({len(x)},) int64, got shape {ids.shape}")
         self._gpu = None
+        if not len(x):
+            return
+        if x.dtype == np.float32:
+            self.index.add_with_ids(x, ids)
+            return
+        codes = x.view(np.uint8)
+        if self.choice.kind == "flat":
+            self.index.add_sa_codes(codes, ids)
+            return
+        ivf = self._inner
+        head = ivf.coarse_code_size()  # the list number, little-endian, before each code
+        for at in range(0, len(x), _CHUNK):
+            part = slice(at, at + _CHUNK)
+            _, lists = ivf.quantizer.search(np.asarray(x[part], dtype=np.float32), 1)
+            buf = np.empty((len(lists), head + codes.shape[1]), dtype=np.uint8)
+            buf[:, :head] = lists.astype("<i8").view(np.uint8)[:, :head]
+            buf[:, head:] = codes[part]
+            ivf.add_sa_codes(buf, ids[part])
 
     def remove(self, ids) -> int:
         """Remove these ids (missing ones are ignored); returns how many were removed."""

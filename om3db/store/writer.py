@@ -189,12 +189,9 @@ class SpaceBatch:
     """One encoder's vectors of a scan, float16 as stored."""
 
     instance: np.ndarray
-    """(N, D) little-endian float16, row i for instance i."""
+    """(N, D) little-endian float16, row i for instance i: the bytes SQLite stores and FAISS copies in."""
     view: np.ndarray | None
     """(V, D) little-endian float16 of the inlier views, instance order then rank; None: views not kept."""
-    instance32: np.ndarray
-    """``instance`` before rounding (float32): what FAISS is given (it rounds to float16 the same way)."""
-    view32: np.ndarray | None
 
 
 @dataclass(frozen=True)
@@ -256,10 +253,8 @@ def pack_scan(result: IngestResult, keep_views: bool) -> ScanBatch:
                     raise StoreError(f"scan {result.scan}: mask {rec.mask_index} has {nv} views but {got} {name} "
                                      "view vectors. This is an ingest bug; report it")
                 view_vecs.append(vv)
-        inst32 = _f32(inst_vecs, (n, dim))
         view32 = _f32_rows(view_vecs, dim, inlier) if keep_views else None
-        spaces[name] = SpaceBatch(inst32.astype("<f2"), None if view32 is None else view32.astype("<f2"),
-                                  inst32, view32)
+        spaces[name] = SpaceBatch(_f32(inst_vecs, (n, dim)).astype("<f2"), None if view32 is None else view32.astype("<f2"))
     geo = np.zeros((n, 9), dtype=np.float64)
     for i, rec in enumerate(insts):
         geo[i, 0:3], geo[i, 3:6], geo[i, 6:9] = rec.bbox_min, rec.bbox_max, rec.centroid
@@ -282,20 +277,18 @@ def _split_rows(table: np.ndarray, counts: list[int], prefix: bytes) -> list[byt
 
 
 def _blocks(batch: ScanBatch, spaces, scan_id: int, inst_ids: np.ndarray):
-    """``vector_blocks`` rows (values of ``BLOCK_COLUMNS``) and space id -> (FAISS ids, float32 vectors)."""
+    """``vector_blocks`` rows (values of ``BLOCK_COLUMNS``) and space id -> (FAISS ids, float16 vectors)."""
     rows: list[tuple] = []
     added = {}
     keys = view_key(inst_ids[batch.view_owner], batch.view_rank)
     for row in spaces:
         sb = batch.spaces[row.name]
-        ids, data, data32 = ((inst_ids, sb.instance, sb.instance32) if row.level == "instance"
-                             else (keys, sb.view, sb.view32))
+        ids, data = (inst_ids, sb.instance) if row.level == "instance" else (keys, sb.view)
         ids = np.ascontiguousarray(ids, dtype="<i8")
         for at in range(0, len(ids), BLOCK_ROWS):
             part = slice(at, at + BLOCK_ROWS)
             rows.append((row.id, scan_id, len(ids[part]), ids[part].tobytes(), data[part].tobytes()))
-        # FAISS rounds to float16 as numpy did: the index holds the stored values, as a rebuild would
-        added[row.id] = (ids.astype(np.int64), data32)
+        added[row.id] = (ids.astype(np.int64), data)  # FAISS copies these float16 bytes: the stored values
     return rows, added
 
 
