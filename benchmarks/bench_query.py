@@ -179,8 +179,12 @@ def log(msg: str) -> None:
 
 
 def ivf_params(n: int) -> int:
-    """nlist as om3db's store chooses it: about 4 * sqrt(N), at most N/39 (39 k-means points per centroid)."""
-    return max(1, min(int(round(4 * np.sqrt(n))), n // 39))
+    """nlist as om3db's store chooses it (``om3db.store.vectors.ivf_nlist``: 2 * sqrt(N), at most N/39)."""
+    try:
+        from om3db.store.vectors import ivf_nlist  # noqa: PLC0415
+    except ImportError:  # --raw-faiss without om3db installed
+        return max(1, min(int(round(2 * np.sqrt(n))), n // 39))
+    return ivf_nlist(n)
 
 
 class RawFaiss:
@@ -198,11 +202,12 @@ class RawFaiss:
             nlist = ivf_params(n)
             self.quantizer = faiss.IndexFlatIP(DIM)
             self.index = faiss.IndexIVFFlat(self.quantizer, DIM, nlist, faiss.METRIC_INNER_PRODUCT)
+            self.index.cp.niter = 10  # the store's IVF_TRAIN_ITERATIONS
         self.nlist = getattr(self.index, "nlist", None)
 
     def build(self, mm: np.ndarray, rng) -> None:
         if self.kind == "ivf":
-            sample = np.sort(rng.choice(len(mm), size=min(len(mm), 64 * self.index.nlist), replace=False))
+            sample = np.sort(rng.choice(len(mm), size=min(len(mm), 40 * self.index.nlist), replace=False))
             self.index.train(np.asarray(mm[sample], dtype=np.float32))
         for start, x in chunks(mm):
             self.index.add_with_ids(x, np.arange(start, start + len(x), dtype=np.int64))

@@ -154,7 +154,7 @@ def test_ivf_recall_vs_exact_on_clustered_vectors():
     ids = np.arange(len(x), dtype=np.int64) + 1000
     ivf = VectorIndex.build(x, ids, ivf_threshold=10000)
     exact = VectorIndex.build(x, ids, kind="flat")
-    assert ivf.choice.kind == "ivf" and ivf.choice.nlist == round(4 * np.sqrt(30000))
+    assert ivf.choice.kind == "ivf" and ivf.choice.nlist == round(2 * np.sqrt(30000))
     q = unit(centres[rng.integers(0, 200, 200)] + 0.5 * rng.standard_normal((200, 64)))
     assert recall_at_k(ivf.search(q, 10)[1], exact.search(q, 10)[1]) >= 0.95
     # ...with a tuned nprobe, not by probing every list (ids are not positions: tuning must map them)

@@ -30,7 +30,7 @@ def test_space_at_the_default_threshold_builds_ivf_reaching_the_target_recall(ca
     ivf = VectorIndex.build(x, ids)
     choice = ivf.choice
     assert choice.kind == "ivf" and choice.trained_on == n
-    assert choice.nlist == min(round(4 * np.sqrt(n)), n // 39)  # >= 39 training points per centroid
+    assert choice.nlist == min(round(2 * np.sqrt(n)), n // 39)  # >= 39 training points per centroid
     assert choice.nprobe < choice.nlist  # tuned, not an exhaustive scan of every list
     truth = ids[np.argsort(-(q @ x.T), axis=1)[:, :10]]  # brute force in numpy
     assert recall_at_k(ivf.search(q, 10)[1], truth) >= DEFAULT_TARGET_RECALL
@@ -41,7 +41,7 @@ def test_space_at_the_default_threshold_builds_ivf_reaching_the_target_recall(ca
 def test_faiss_prints_nothing_at_small_n(n, capfd):
     x, q = clustered(n, clusters=5, seed=n)
     ivf = VectorIndex.build(x, np.arange(n, dtype=np.int64), kind="ivf")
-    assert ivf.choice.nlist == max(1, min(round(4 * np.sqrt(n)), n // 39))
+    assert ivf.choice.nlist == max(1, min(round(2 * np.sqrt(n)), n // 39))
     _, got = ivf.search(q[:3], 10)
     assert (got >= 0).any(axis=1).all() and set(got[got >= 0].tolist()) <= set(range(n))
     assert capfd.readouterr() == ("", "")
