@@ -9,7 +9,9 @@ flush (index files saved, and spaces that crossed the exact/IVF threshold rebuil
 reported separately. Into a fresh database at the store's default IVF threshold, unless
 ``--ivf-threshold`` says otherwise. The raw ceiling writes only the float16 vector bytes with bare
 ``sqlite3`` (one blob per scan and space, as the store lays them out; WAL, synchronous=NORMAL, same page
-size, one commit per scan). MB = float16 vector bytes.
+size, one commit per scan). MB = float16 vector bytes. ``--base N`` first fills the database with N other
+instances of the same shape (untimed, flushed): with N past the IVF threshold the timed writes add to a
+trained IVF, the steady state of a large database.
 
     .venv/bin/python benchmarks/bench_write.py --instances 20000 --full-instances 10000 --repeats 3
 """
@@ -37,7 +39,8 @@ def _pool(dim: int, n: int, rng) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def make_results(spaces, keep_views: bool, scans: int, per_scan: int, views: int, seed: int = 0) -> list[IngestResult]:
+def make_results(spaces, keep_views: bool, scans: int, per_scan: int, views: int, seed: int = 0,
+                 prefix: str = "s") -> list[IngestResult]:
     """Synthetic scans; vectors are rows of a shared random pool (the content does not matter here)."""
     rng = np.random.default_rng(seed)
     pools = {s: _pool(DIMS[s], 4096, rng) for s in spaces}
@@ -54,8 +57,8 @@ def make_results(spaces, keep_views: bool, scans: int, per_scan: int, views: int
                 i, pidx, np.zeros(3, np.float32), np.ones(3, np.float32), np.full(3, 0.5, np.float32), 1.0, vs,
                 {s: pools[s][o + 1 : o + 1 + views] for s in spaces} if keep_views else {},
                 {s: pools[s][o] for s in spaces}))
-        rep = IngestReport(f"s{k}", 10, 10, {}, per_scan, [], {})
-        out.append(IngestResult(f"s{k}", "/bench", "fp", {"view_vectors": keep_views}, enc, insts, rep, 100000, 10))
+        rep = IngestReport(f"{prefix}{k}", 10, 10, {}, per_scan, [], {})
+        out.append(IngestResult(f"{prefix}{k}", "/bench", "fp", {"view_vectors": keep_views}, enc, insts, rep, 100000, 10))
     return out
 
 
@@ -68,11 +71,17 @@ def vector_bytes(results) -> int:
     return total
 
 
-def run_store(results, *, raw_sqlite: bool = True, ivf_threshold: int | None = None) -> tuple[float, float]:
-    """(seconds for all write_scan calls, seconds for the final flush) into a fresh database."""
+def run_store(results, *, raw_sqlite: bool = True, ivf_threshold: int | None = None,
+              base: list[IngestResult] = ()) -> tuple[float, float]:
+    """(seconds for all write_scan calls, seconds for the final flush) into a fresh database, or into one
+    already holding the ``base`` scans (written and flushed untimed)."""
     with tempfile.TemporaryDirectory() as d:
         store = Store(d) if ivf_threshold is None else Store(d, ivf_threshold=ivf_threshold)
         store.raw_sqlite = raw_sqlite
+        for r in base:
+            store.write_scan(r, settings={}, save=False)
+        with store.lock:
+            store.flush()
         t0 = time.perf_counter()
         for r in results:
             store.write_scan(r, settings={}, save=False)
@@ -119,16 +128,22 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--core", action="store_true", help="also time the portable SQLAlchemy Core path")
     ap.add_argument("--ivf-threshold", type=int, default=None, help="the store's (default: its DEFAULT_IVF_THRESHOLD)")
+    ap.add_argument("--base", type=int, default=0,
+                    help="instances already in the database (written and flushed untimed): steady-state adds")
+    ap.add_argument("--shapes", default="abc", help="which shapes to run (letters)")
     args = ap.parse_args()
     print("| shape | instances | writes inst/s | writes + flush inst/s | store MB/s | flush s | raw sqlite3 inst/s "
           "| raw MB/s |" + (" Core path inst/s |" if args.core else ""))
     print("|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if args.core else ""))
     for label, (spaces, keep) in SHAPES.items():
+        if label not in args.shapes:
+            continue
         n = args.full_instances if keep else args.instances
         results = make_results(spaces, keep, n // args.per_scan, args.per_scan, args.views)
+        base = make_results(spaces, keep, args.base // args.per_scan, args.per_scan, args.views, seed=1, prefix="base")
         total = len(results) * args.per_scan
         mb = vector_bytes(results) / 1e6
-        store = [run_store(results, ivf_threshold=args.ivf_threshold) for _ in range(args.repeats)]
+        store = [run_store(results, ivf_threshold=args.ivf_threshold, base=base) for _ in range(args.repeats)]
         raw = [run_raw(results) for _ in range(args.repeats)]
         w = statistics.median(s[0] for s in store)
         f = statistics.median(s[1] for s in store)
@@ -137,7 +152,7 @@ def main() -> None:
                 f"{total / w:,.0f} | {total / (w + f):,.0f} | {mb / (w + f):,.0f} | {f:.2f} | {total / r:,.0f} | "
                 f"{mb / r:,.0f} |")
         if args.core:
-            c = statistics.median(sum(run_store(results, raw_sqlite=False, ivf_threshold=args.ivf_threshold))
+            c = statistics.median(sum(run_store(results, raw_sqlite=False, ivf_threshold=args.ivf_threshold, base=base))
                                   for _ in range(args.repeats))
             line += f" {total / c:,.0f} |"
         print(line, flush=True)
