@@ -114,13 +114,15 @@ def ivf_nlist(n: int) -> int:
 
 
 def _probe_queries(x: np.ndarray, n: int, seed: int) -> np.ndarray:
-    """Queries that look like unseen ones: half perturbed stored vectors, half midpoints of two."""
+    """Queries that look like unseen ones: a stored vector with a little noise (half: image-like, cosine
+    ~0.9 to it), with much noise (a quarter: text-like, cosine ~0.7) and midpoints of two stored vectors
+    (a quarter: a query between two objects, the hard case for IVF: its neighbours lie in two regions)."""
     rng = np.random.default_rng(seed)
     a = np.asarray(x[rng.integers(0, len(x), n)], dtype=np.float32)
     b = np.asarray(x[rng.integers(0, len(x), n)], dtype=np.float32)
-    noise = rng.standard_normal(a.shape).astype(np.float32)
-    noise *= 0.5 / np.sqrt(x.shape[1])
-    q = np.concatenate([a[: n // 2] + noise[: n // 2], (a[n // 2 :] + b[n // 2 :]) / 2])
+    noise = rng.standard_normal(a.shape).astype(np.float32) / np.sqrt(x.shape[1])
+    near, far = n // 2, n - n // 4
+    q = np.concatenate([a[:near] + 0.5 * noise[:near], a[near:far] + noise[near:far], (a[far:] + b[far:]) / 2])
     return q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
 
 
