@@ -32,6 +32,7 @@ def pause(stage):
 
 CHECKPOINT_HOOKS.append(pause)
 with om3db.connect({db!r}) as db:
+    db.store.log_fraction = {fraction!r}
     db.write(make_result({scan!r}, 6, seed=7))
 print("DONE", flush=True)
 """
@@ -82,12 +83,15 @@ def assert_consistent(db) -> None:
         assert sorted(index.ids().tolist()) == sorted(ids.tolist()), (row.name, row.level)
 
 
+@pytest.mark.parametrize("fraction", [0.25, 100.0], ids=["file", "log"])  # the write rewrites the index file / appends to its log
 @pytest.mark.parametrize("stage,visible", [("rows_written", False), ("committed", True), ("index_saved", True)])
-def test_kill_during_scan_write(tmp_path, stage, visible):
+def test_kill_during_scan_write(tmp_path, stage, visible, fraction):
     path = tmp_path / "db"
     with om3db.connect(path) as db:
         db.write(make_result("a", 5))
-    kill_when_paused(WRITER.format(repo=str(REPO), stage=stage, db=str(path), scan="b"))
+    kill_when_paused(WRITER.format(repo=str(REPO), stage=stage, db=str(path), scan="b", fraction=fraction))
+    log = path / "indexes" / "siglip.instance.faiss.log"
+    assert log.exists() == (fraction == 100.0 and stage == "index_saved")
     with om3db.connect(path) as db:
         assert [s.name for s in db.scans()] == (["a", "b"] if visible else ["a"])
         if stage == "committed":  # SQLite has b, the index files do not: detected and rebuilt on open
@@ -105,7 +109,7 @@ def test_kill_during_reingest_keeps_the_old_scan(tmp_path):
     with om3db.connect(path) as db:
         db.write(make_result("a", 5))
         before = db.store.stored_vectors(db.store.space("siglip", "instance"))[0]
-    kill_when_paused(WRITER.format(repo=str(REPO), stage="rows_written", db=str(path), scan="a"))
+    kill_when_paused(WRITER.format(repo=str(REPO), stage="rows_written", db=str(path), scan="a", fraction=0.25))
     with om3db.connect(path) as db:
         assert [(s.name, s.instances) for s in db.scans()] == [("a", 5)]
         np.testing.assert_array_equal(db.store.stored_vectors(db.store.space("siglip", "instance"))[0], before)

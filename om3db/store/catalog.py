@@ -3,10 +3,13 @@
 Write protocol for one scan (crash-safe at every point):
 1. one SQLite transaction: delete the scan's old rows, insert scan / instances / views / vectors,
    bump the generation of every touched vector space, flip the scan's status to 'ready', commit;
-2. then update the in-memory FAISS indexes and save each one atomically (temp file + os.replace)
-   with the generation it reflects in its header.
-A crash before (1) commits leaves nothing; a crash between (1) and (2) leaves index files whose
-generation is behind SQLite's, which ``open`` detects and repairs by rebuilding from SQLite.
+2. then update the in-memory FAISS indexes and persist each one: a small change is appended to the
+   index's change log (``indexlog``: ids removed, ids and float16 vectors added, per generation step,
+   fsynced), a large one (or a new index kind / IVF training) rewrites the index file atomically (temp
+   file + os.replace) with the generation it reflects in its header and deletes the log.
+A crash before (1) commits leaves nothing; a crash between (1) and (2) leaves an index file + log whose
+generation is behind SQLite's, which ``open`` detects and repairs by rebuilding from SQLite. A torn log
+record (a crash mid-append) is ignored, so the same holds.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import numpy as np
 
 from ..errors import ConfigError, EncoderMismatchError, NotFoundError, StoreError
 from ..records import EncoderIdentity, IngestResult
+from .indexlog import Step, append_steps, log_path, read_steps
 from .lock import WriterLock
 from .vectors import DEFAULT_IVF_THRESHOLD, VectorIndex
 from .writer import pack_indices, pack_scan, unpack_indices, view_owner, write_rows_core, write_rows_sqlite
@@ -83,6 +87,14 @@ class Store:
         self._dirty: set[tuple[str, str]] = set()
         self._reshape: set[tuple[str, str]] = set()
         """Spaces whose index kind or IVF training is due for a rebuild at the next ``flush()``."""
+        self._steps: dict[tuple[str, str], list[Step] | None] = {}
+        """Per space, the generation steps not persisted yet (None: the whole index must be saved)."""
+        self._disk: dict[tuple[str, str], tuple[int, int, int]] = {}
+        """Per space, what this process knows is on disk: (index file generation, end of the log's
+        complete records, generation the file + log reach)."""
+        self.log_fraction = 0.25
+        """A write is appended to the index's change log while the log stays under this fraction of the
+        index file's size; past it the file is rewritten and the log dropped."""
         self.raw_sqlite = True
         """SQLite: insert rows through the DBAPI cursor (False: the portable SQLAlchemy Core path)."""
         self.rebuilt: list[str] = []
@@ -184,11 +196,106 @@ class Store:
     def _save(self, space_row, index: VectorIndex, *, now: bool = True) -> None:
         key = (space_row.name, space_row.level)
         self._indexes[key] = (index, space_row.generation)
+        self._dirty.add(key)
         if now:
-            index.save(self.index_path(*key), {"generation": space_row.generation})
-            self._dirty.discard(key)
+            self._persist(key)
+
+    def _persist(self, key: tuple[str, str]) -> None:
+        """Bring the space's index file + log to the in-memory index: append its pending steps to the log
+        when they continue what is on disk and keep the log small, else rewrite the file."""
+        index, generation = self._indexes[key]
+        steps = self._steps.pop(key, None)
+        path = self.index_path(*key)
+        disk = self._disk.get(key)
+        self._dirty.discard(key)
+        if steps is not None and disk is not None and disk[2] == generation and not steps:
+            return  # nothing changed since the disk state
+        if steps and disk is not None and steps[0].from_generation == disk[2] and steps[-1].to_generation == generation:
+            base_gen, end, _ = disk
+            head = VectorIndex.read_header(path)
+            log = log_path(path)
+            size = log.stat().st_size if log.exists() else 0
+            grow = sum(s.nbytes() for s in steps)
+            if (head is not None and head.get("generation") == base_gen and size >= end
+                    and end + grow <= self.log_fraction * path.stat().st_size):
+                end = append_steps(log, steps, index.dim, at=end)
+                self._disk[key] = (base_gen, end, generation)
+                return
+        index.save(path, {"generation": generation})
+        log_path(path).unlink(missing_ok=True)
+        self._disk[key] = (generation, 0, generation)
+
+    def _note_step(self, key: tuple[str, str], step: Step) -> None:
+        pending = self._steps.get(key, [])
+        if key in self._steps and pending is None:
+            return  # a full save is due anyway
+        self._steps[key] = [*pending, step]
+
+    @staticmethod
+    def _replay(index: VectorIndex, steps: list[Step], generation: int, target: int) -> int:
+        """Apply the steps that continue ``generation`` up to ``target``; returns the generation reached."""
+        for step in steps:
+            if generation >= target:
+                break
+            if step.from_generation == generation:
+                index.remove(step.removed)
+                if len(step.added_ids):
+                    index.add(step.added, step.added_ids)
+                generation = step.to_generation
+            elif step.to_generation > generation:
+                break  # a gap: the log does not continue this generation
+        return generation
+
+    def _load(self, space_row, target: int | None = None) -> VectorIndex | None:
+        """The space's index at generation ``target`` (default: the row's) from its file + log, or None."""
+        key = (space_row.name, space_row.level)
+        target = space_row.generation if target is None else target
+        path = self.index_path(*key)
+        head = VectorIndex.read_header(path)
+        if head is None or head.get("generation", -1) > target:
+            return None
+        try:
+            index, _ = VectorIndex.load(path, use_gpu=self.use_gpu)
+        except StoreError:
+            return None
+        steps, end = read_steps(log_path(path), index.dim)
+        reached = self._replay(index, steps, int(head["generation"]), target)
+        if reached != target:
+            return None
+        self._know_disk(key, int(head["generation"]), steps, end, reached)
+        return index
+
+    def _know_disk(self, key, base_generation: int, steps: list[Step], end: int, reached: int) -> None:
+        """Record the disk state when file + log end exactly at ``reached`` (else forget it: the next
+        persist rewrites the file rather than append after records this process has not applied)."""
+        last = steps[-1].to_generation if steps else base_generation
+        if last == reached:
+            self._disk[key] = (base_generation, end, reached)
         else:
-            self._dirty.add(key)
+            self._disk.pop(key, None)
+
+    def _catch_up(self, space_row, target: int) -> VectorIndex | None:
+        """This process's cached index of the space brought to ``target`` through the log, or None."""
+        key = (space_row.name, space_row.level)
+        cached = self._indexes.get(key)
+        if cached is None or cached[1] > target:
+            return None
+        index, generation = cached
+        if generation == target:
+            return index
+        path = self.index_path(*key)
+        steps, end = read_steps(log_path(path), index.dim)
+        if not any(s.from_generation == generation for s in steps):
+            return None
+        if self._replay(index, steps, generation, target) != target:
+            self._indexes.pop(key, None)  # partly replayed: no longer at any known generation
+            return None
+        head = VectorIndex.read_header(path)
+        if head is None:
+            self._disk.pop(key, None)
+        else:
+            self._know_disk(key, int(head.get("generation", -1)), steps, end, target)
+        return index
 
     def flush(self) -> None:
         """Save the indexes changed by writes made with ``save=False`` (needs the writer lock).
@@ -201,34 +308,28 @@ class Store:
             index = self._build(row)
             self._record_choice(row, index)
             self._indexes[key] = (index, row.generation)
+            self._steps[key] = None
             self._dirty.add(key)
         self._reshape.clear()
         for key in sorted(self._dirty):
-            index, generation = self._indexes[key]
-            index.save(self.index_path(*key), {"generation": generation})
-        self._dirty.clear()
+            self._persist(key)
 
     def repair(self, *, force: bool = False) -> list[str]:
         """Rebuild every index whose file is missing, damaged or behind SQLite (needs the writer lock)."""
         rebuilt = []
         for row in self.spaces():
-            path = self.index_path(row.name, row.level)
-            head = VectorIndex.read_header(path)
-            index = None
-            if not force and head is not None and head.get("generation") == row.generation:
-                try:
-                    index, _ = VectorIndex.load(path, use_gpu=self.use_gpu)
-                except StoreError:
-                    index = None
-                if index is not None and index.ntotal != self._count(row):
-                    index = None
+            key = (row.name, row.level)
+            index = None if force else self._load(row)
+            if index is not None and index.ntotal != self._count(row):
+                index = None
             if index is None:
                 index = self._build(row)
                 self._record_choice(row, index)
+                self._steps[key] = None
                 self._save(row, index)
                 rebuilt.append(f"{row.name}.{row.level}")
             else:
-                self._indexes[(row.name, row.level)] = (index, row.generation)
+                self._indexes[key] = (index, row.generation)
         return rebuilt
 
     def _count(self, space_row) -> int:
@@ -244,17 +345,7 @@ class Store:
     def index(self, name: str, level: str) -> VectorIndex:
         """The current index of a space; reloaded (or rebuilt in memory) when another process changed it."""
         row = self.space(name, level)
-        cached = self._indexes.get((name, level))
-        if cached is not None and cached[1] == row.generation:
-            return cached[0]
-        path = self.index_path(name, level)
-        head = VectorIndex.read_header(path)
-        index = None
-        if head is not None and head.get("generation") == row.generation:
-            try:
-                index, _ = VectorIndex.load(path, use_gpu=self.use_gpu)
-            except StoreError:
-                index = None
+        index = self._catch_up(row, row.generation) or self._load(row)
         if index is None:  # the writer has committed but not saved yet (or crashed): rebuild in memory
             index = self._build(row)
         self._indexes[(name, level)] = (index, row.generation)
@@ -377,21 +468,27 @@ class Store:
     def _apply(self, touched: list, gone: dict, added: dict, *, save: bool = True) -> None:
         """After a commit: bring the touched spaces' indexes (rows as committed) up to date and save them."""
         for row in touched:
-            cached = self._indexes.get((row.name, row.level))
-            index = cached[0] if cached is not None else None
-            expected = (cached[1] + 1) if cached is not None else None
-            if index is None or expected != row.generation:
-                index = self._build(row)  # another writer's change we have not seen: rebuild
+            key = (row.name, row.level)
+            # the index as it was before this write: cached, or caught up through the log with another
+            # writer's changes, or loaded from file + log
+            index = self._catch_up(row, row.generation - 1) or self._load(row, row.generation - 1)
+            if index is None:
+                index = self._build(row)  # nothing on disk continues to this write: rebuild from SQLite
+                self._steps[key] = None
             else:
-                index.remove(gone.get(row.id, ()))
-                added_ids, added_vecs = added.get(row.id, (None, None))
-                if added_ids is not None and len(added_ids):
+                removed = np.asarray(gone.get(row.id, ()), dtype=np.int64)
+                empty = (np.zeros(0, np.int64), np.zeros((0, index.dim), np.float16))
+                added_ids, added_vecs = added.get(row.id, empty)
+                index.remove(removed)
+                if len(added_ids):
                     index.add(added_vecs, added_ids)
+                self._note_step(key, Step(row.generation - 1, row.generation, removed, added_ids, added_vecs))
                 if self._needs_new_kind(index):
                     if save:
                         index = self._build(row)
+                        self._steps[key] = None
                     else:  # deferred writes: rebuild once, at flush()
-                        self._reshape.add((row.name, row.level))
+                        self._reshape.add(key)
             if index.choice.kind != row.index_kind or index.choice.params() != (row.index_params or {}):
                 self._record_choice(row, index)
             self._save(row, index, now=save)
