@@ -1,6 +1,7 @@
 """The public API: ``om3db.connect(path)`` -> ``Database``.
 
-A database is a directory: ``om3db.sqlite`` (the source of truth), ``indexes/*.faiss`` (derived) and
+A database is a directory: ``om3db.sqlite`` (the source of truth), ``indexes/*.faiss`` (derived, each with
+its change log ``*.faiss.log``) and
 ``write.lock``. ``connect(None)`` uses ``$OM3DB_DB`` or ``./om3db-data``.
 """
 
