@@ -153,3 +153,26 @@ def test_read_steps_round_trip(tmp_path):
         assert a.added.tobytes() == b.added.tobytes()
     assert read_steps(path, 6) == ([], 0)  # another dim: not this space's log
     assert read_steps(tmp_path / "missing.log", 5) == ([], 0)
+
+
+def test_a_stale_writer_does_not_overwrite_a_newer_index_file(tmp_path):
+    """Deferred writes of one process, then another process writes and saves: the first one's flush must
+    not put its older index over the newer file."""
+    root = tmp_path / "db"
+    first = Store(root)
+    first.write_scan(make_result("a", 5), settings={})
+    first.write_scan(make_result("b", 4, seed=1), settings={}, save=False)  # pending, not on disk
+    second = Store(root)  # opens: file + log do not reach SQLite's generation, so it rebuilds and saves
+    assert "siglip.instance" in second.rebuilt
+    second.write_scan(make_result("c", 3, seed=2), settings={})
+    newer = VectorIndex.read_header(index_file(root))
+    with first.lock:
+        first.flush()
+    assert VectorIndex.read_header(index_file(root)) == newer
+    assert first.index("siglip", "instance").ntotal == 12  # reloaded: it sees the other writer's scan
+    second.close()
+    first.close()
+    again = Store(root)
+    assert again.rebuilt == []
+    assert_matches_sqlite(again)
+    again.close()

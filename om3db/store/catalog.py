@@ -221,6 +221,12 @@ class Store:
                 end = append_steps(log, steps, index.dim, at=end)
                 self._disk[key] = (base_gen, end, generation)
                 return
+        head = VectorIndex.read_header(path)
+        if head is not None and head.get("generation", -1) > generation:
+            # another writer has saved a newer state since this process's writes: keep it, drop ours
+            self._disk.pop(key, None)
+            self._indexes.pop(key, None)
+            return
         index.save(path, {"generation": generation})
         log_path(path).unlink(missing_ok=True)
         self._disk[key] = (generation, 0, generation)
