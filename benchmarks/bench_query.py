@@ -180,10 +180,8 @@ def log(msg: str) -> None:
 
 def ivf_params(n: int) -> int:
     """nlist as om3db's store chooses it (``om3db.store.vectors.ivf_nlist``: 2 * sqrt(N), at most N/39)."""
-    try:
-        from om3db.store.vectors import ivf_nlist  # noqa: PLC0415
-    except ImportError:  # --raw-faiss without om3db installed
-        return max(1, min(int(round(2 * np.sqrt(n))), n // 39))
+    from om3db.store.vectors import ivf_nlist  # noqa: PLC0415
+
     return ivf_nlist(n)
 
 
@@ -202,12 +200,17 @@ class RawFaiss:
             nlist = ivf_params(n)
             self.quantizer = faiss.IndexFlatIP(DIM)
             self.index = faiss.IndexIVFFlat(self.quantizer, DIM, nlist, faiss.METRIC_INNER_PRODUCT)
-            self.index.cp.niter = 10  # the store's IVF_TRAIN_ITERATIONS
+            from om3db.store.vectors import IVF_TRAIN_ITERATIONS  # noqa: PLC0415
+
+            self.index.cp.niter = IVF_TRAIN_ITERATIONS
         self.nlist = getattr(self.index, "nlist", None)
 
     def build(self, mm: np.ndarray, rng) -> None:
         if self.kind == "ivf":
-            sample = np.sort(rng.choice(len(mm), size=min(len(mm), 40 * self.index.nlist), replace=False))
+            from om3db.store.vectors import IVF_TRAIN_POINTS_PER_LIST  # noqa: PLC0415
+
+            cap = IVF_TRAIN_POINTS_PER_LIST * self.index.nlist
+            sample = np.sort(rng.choice(len(mm), size=min(len(mm), cap), replace=False))
             self.index.train(np.asarray(mm[sample], dtype=np.float32))
         for start, x in chunks(mm):
             self.index.add_with_ids(x, np.arange(start, start + len(x), dtype=np.int64))

@@ -210,9 +210,9 @@ class Store:
         self._dirty.discard(key)
         if steps is not None and disk is not None and disk[2] == generation and not steps:
             return  # nothing changed since the disk state
+        head = VectorIndex.read_header(path)
         if steps and disk is not None and steps[0].from_generation == disk[2] and steps[-1].to_generation == generation:
             base_gen, end, _ = disk
-            head = VectorIndex.read_header(path)
             log = log_path(path)
             size = log.stat().st_size if log.exists() else 0
             grow = sum(s.nbytes() for s in steps)
@@ -221,7 +221,6 @@ class Store:
                 end = append_steps(log, steps, index.dim, at=end)
                 self._disk[key] = (base_gen, end, generation)
                 return
-        head = VectorIndex.read_header(path)
         if head is not None and head.get("generation", -1) > generation:
             # another writer has saved a newer state since this process's writes: keep it, drop ours
             self._disk.pop(key, None)
@@ -232,21 +231,24 @@ class Store:
         self._disk[key] = (generation, 0, generation)
 
     def _note_step(self, key: tuple[str, str], step: Step) -> None:
-        pending = self._steps.get(key, [])
-        if key in self._steps and pending is None:
+        if key in self._steps and self._steps[key] is None:
             return  # a full save is due anyway
-        self._steps[key] = [*pending, step]
+        self._steps.setdefault(key, []).append(step)
 
     @staticmethod
-    def _replay(index: VectorIndex, steps: list[Step], generation: int, target: int) -> int:
+    def _apply_step(index: VectorIndex, step: Step) -> None:
+        index.remove(step.removed)
+        if len(step.added_ids):
+            index.add(step.added, step.added_ids)
+
+    @classmethod
+    def _replay(cls, index: VectorIndex, steps: list[Step], generation: int, target: int) -> int:
         """Apply the steps that continue ``generation`` up to ``target``; returns the generation reached."""
         for step in steps:
             if generation >= target:
                 break
             if step.from_generation == generation:
-                index.remove(step.removed)
-                if len(step.added_ids):
-                    index.add(step.added, step.added_ids)
+                cls._apply_step(index, step)
                 generation = step.to_generation
             elif step.to_generation > generation:
                 break  # a gap: the log does not continue this generation
@@ -291,8 +293,6 @@ class Store:
             return index
         path = self.index_path(*key)
         steps, end = read_steps(log_path(path), index.dim)
-        if not any(s.from_generation == generation for s in steps):
-            return None
         if self._replay(index, steps, generation, target) != target:
             self._indexes.pop(key, None)  # partly replayed: no longer at any known generation
             return None
@@ -483,12 +483,11 @@ class Store:
                 self._steps[key] = None
             else:
                 removed = np.asarray(gone.get(row.id, ()), dtype=np.int64)
-                empty = (np.zeros(0, np.int64), np.zeros((0, index.dim), np.float16))
-                added_ids, added_vecs = added.get(row.id, empty)
-                index.remove(removed)
-                if len(added_ids):
-                    index.add(added_vecs, added_ids)
-                self._note_step(key, Step(row.generation - 1, row.generation, removed, added_ids, added_vecs))
+                none_added = (np.zeros(0, np.int64), np.zeros((0, index.dim), np.float16))
+                added_ids, added_vecs = added.get(row.id, none_added)
+                step = Step(row.generation - 1, row.generation, removed, added_ids, added_vecs)
+                self._apply_step(index, step)
+                self._note_step(key, step)
                 if self._needs_new_kind(index):
                     if save:
                         index = self._build(row)

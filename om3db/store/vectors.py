@@ -39,14 +39,14 @@ evaluation queries at 10k / 100k / 1M vectors (docs/benchmarks.md)."""
 IVF_LISTS_PER_SQRT_N = 2
 """IVF lists = this x sqrt(N) (at most N/39).
 
-Measured on the query benchmark's vectors (docs/benchmarks.md, "IVF lists"): at 1M vectors 2·sqrt(N)
+Measured on the query benchmark's vectors (docs/benchmarks.md, "IVF parameters"): at 1M vectors 2·sqrt(N)
 reaches recall@10 0.982 in 0.78 ms per query against 1.35 ms at 0.986 for 4·sqrt(N), trains 4x and
 assigns 2x faster (adds); sqrt(N) halves the add cost again but needs 1.3 ms for 0.973."""
 IVF_TRAIN_ITERATIONS = 10
 """k-means iterations when an IVF is trained (FAISS's default is 25).
 
-Measured on the query benchmark's vectors (docs/benchmarks.md, "IVF training"): 10 iterations on 40
-points per list train 4-5x faster than 25 on 64 and reach the same recall@10 at every nprobe, at 20k
+Measured on the query benchmark's vectors (docs/benchmarks.md, "IVF parameters"): 10 iterations on 40
+points per list train ~4x faster than 25 on 64 and reach the same recall@10 at every nprobe, at 20k
 and 200k vectors."""
 IVF_TRAIN_POINTS_PER_LIST = 40
 """Training sample: at most this many vectors per IVF list (FAISS's k-means wants at least 39)."""
@@ -127,19 +127,15 @@ def _probe_queries(x: np.ndarray, n: int, seed: int) -> np.ndarray:
 
 
 def _exact_top(q: np.ndarray, x: np.ndarray, k: int) -> np.ndarray:
-    """(Q, k) row positions in ``x`` of the exact top-k by inner product; float16 ``x`` decoded in chunks."""
+    """(Q, k) row positions in ``x`` of the exact top-k by inner product; ``x`` decoded in chunks."""
     faiss = _faiss()
-    if x.dtype == np.float32:
-        return faiss.knn(q, x, k, metric=faiss.METRIC_INNER_PRODUCT)[1]
-    best_s = np.full((len(q), 0), -np.inf, dtype=np.float32)
-    best_i = np.zeros((len(q), 0), dtype=np.int64)
+    heap = faiss.ResultHeap(len(q), k, keep_max=True)
     for at in range(0, len(x), _CHUNK):
         part = np.asarray(x[at : at + _CHUNK], dtype=np.float32)
-        s, i = faiss.knn(q, part, min(k, len(part)), metric=faiss.METRIC_INNER_PRODUCT)
-        best_s, best_i = np.hstack([best_s, s]), np.hstack([best_i, i + at])
-        order = np.argsort(-best_s, axis=1, kind="stable")[:, :k]
-        best_s, best_i = np.take_along_axis(best_s, order, 1), np.take_along_axis(best_i, order, 1)
-    return best_i
+        scores, rows = faiss.knn(q, part, min(k, len(part)), metric=faiss.METRIC_INNER_PRODUCT)
+        heap.add_result(scores, rows + at)
+    heap.finalize()
+    return heap.I
 
 
 class VectorIndex:
