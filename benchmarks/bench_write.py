@@ -42,11 +42,16 @@ def _pool(dim: int, n: int, rng) -> np.ndarray:
 def make_results(spaces, keep_views: bool, scans: int, per_scan: int, views: int, seed: int = 0,
                  prefix: str = "s") -> list[IngestResult]:
     """Synthetic scans; vectors are rows of a shared random pool (the content does not matter here)."""
+    return list(iter_results(spaces, keep_views, scans, per_scan, views, seed, prefix))
+
+
+def iter_results(spaces, keep_views: bool, scans: int, per_scan: int, views: int, seed: int = 0,
+                 prefix: str = "s"):
+    """:func:`make_results` one scan at a time (the ``--base`` scans are never all held in memory)."""
     rng = np.random.default_rng(seed)
     pools = {s: _pool(DIMS[s], 4096, rng) for s in spaces}
     enc = {s: EncoderIdentity(f"bench/{s}", "r", DIMS[s]) for s in spaces}
     box = np.zeros((3, 4), np.int32)
-    out = []
     for k in range(scans):
         insts = []
         for i in range(per_scan):
@@ -58,8 +63,7 @@ def make_results(spaces, keep_views: bool, scans: int, per_scan: int, views: int
                 {s: pools[s][o + 1 : o + 1 + views] for s in spaces} if keep_views else {},
                 {s: pools[s][o] for s in spaces}))
         rep = IngestReport(f"{prefix}{k}", 10, 10, {}, per_scan, [], {})
-        out.append(IngestResult(f"{prefix}{k}", "/bench", "fp", {"view_vectors": keep_views}, enc, insts, rep, 100000, 10))
-    return out
+        yield IngestResult(f"{prefix}{k}", "/bench", "fp", {"view_vectors": keep_views}, enc, insts, rep, 100000, 10)
 
 
 def vector_bytes(results) -> int:
@@ -72,23 +76,23 @@ def vector_bytes(results) -> int:
 
 
 def run_store(results, *, raw_sqlite: bool = True, ivf_threshold: int | None = None,
-              base: list[IngestResult] = ()) -> tuple[float, float]:
+              base=lambda: ()) -> tuple[float, float]:
     """(seconds for all write_scan calls, seconds for the final flush) into a fresh database, or into one
-    already holding the ``base`` scans (written and flushed untimed)."""
+    already holding the scans ``base()`` yields (written and flushed untimed). The writer lock is held
+    throughout, as ``Database.ingest`` holds it."""
     with tempfile.TemporaryDirectory() as d:
         store = Store(d) if ivf_threshold is None else Store(d, ivf_threshold=ivf_threshold)
         store.raw_sqlite = raw_sqlite
-        for r in base:
-            store.write_scan(r, settings={}, save=False)
         with store.lock:
+            for r in base():
+                store.write_scan(r, settings={}, save=False)
             store.flush()
-        t0 = time.perf_counter()
-        for r in results:
-            store.write_scan(r, settings={}, save=False)
-        t1 = time.perf_counter()
-        with store.lock:
+            t0 = time.perf_counter()
+            for r in results:
+                store.write_scan(r, settings={}, save=False)
+            t1 = time.perf_counter()
             store.flush()
-        t2 = time.perf_counter()
+            t2 = time.perf_counter()
         store.close()
     return t1 - t0, t2 - t1
 
@@ -140,7 +144,8 @@ def main() -> None:
             continue
         n = args.full_instances if keep else args.instances
         results = make_results(spaces, keep, n // args.per_scan, args.per_scan, args.views)
-        base = make_results(spaces, keep, args.base // args.per_scan, args.per_scan, args.views, seed=1, prefix="base")
+        def base(spaces=spaces, keep=keep):
+            return iter_results(spaces, keep, args.base // args.per_scan, args.per_scan, args.views, seed=1, prefix="base")
         total = len(results) * args.per_scan
         mb = vector_bytes(results) / 1e6
         store = [run_store(results, ivf_threshold=args.ivf_threshold, base=base) for _ in range(args.repeats)]

@@ -75,6 +75,20 @@ def test_dbapi_and_core_paths_store_identical_rows_and_indexes(tmp_path):
         s.close()
 
 
+def test_generation_bump_without_update_returning_stores_the_same(tmp_path):
+    stores = [_store(tmp_path / "returning", True), _store(tmp_path / "plain", True)]
+    assert stores[0].engine.dialect.update_returning  # SQLite >= 3.35: one UPDATE ... RETURNING per write
+    stores[1].engine.dialect.update_returning = False  # as on older SQLite: UPDATE, then SELECT
+    for s in stores:
+        write_sequence(s)
+    a, b = (dump(s) for s in stores)
+    assert a == b
+    assert all(s.space("siglip", "instance").generation == 4 for s in stores)  # a, b, a again, empty
+    for s in stores:
+        assert sorted(s.index("siglip", "view").ids()) == sorted(stores[0].index("siglip", "view").ids())
+        s.close()
+
+
 @pytest.mark.parametrize("raw", [True, False])
 def test_rows_hold_exact_values(tmp_path, raw):
     from om3db.store import unpack_indices
@@ -308,3 +322,62 @@ def test_index_holds_exactly_the_stored_float16(tmp_path):
         assert np.array_equal(index.ids()[order], np.sort(ids))
         assert np.array_equal(codes[order].view(np.uint16), data[np.argsort(ids)].view(np.uint16))
     s.close()
+
+
+def test_deferred_adds_run_off_the_writer_thread_and_settle_before_use(tmp_path, monkeypatch):
+    import threading
+
+    from om3db.store import Store, VectorIndex
+
+    s = Store(tmp_path / "db", ivf_threshold=40)
+    for k in range(2):  # 60 vectors per space: IVF after the flush
+        s.write_scan(make_result(f"s{k}", 30, views=1, seed=k), settings={}, save=False)
+    with s.lock:
+        s.flush()
+    assert s.index("siglip", "instance").choice.kind == "ivf"
+    threads = []
+    real_add = VectorIndex.add
+    monkeypatch.setattr(VectorIndex, "add", lambda self, v, i: threads.append(threading.current_thread().name)
+                        or real_add(self, v, i))
+    for k in range(2, 4):
+        s.write_scan(make_result(f"s{k}", 30, views=1, seed=k), settings={}, save=False)
+    assert threads and all(t.startswith("om3db-faiss-add") for t in threads)
+    for level in ("instance", "view"):  # the pending add is settled before the index is used
+        row = s.space("siglip", level)
+        vecs, ids = s.stored_vectors(row)
+        index = s.index("siglip", level)
+        assert sorted(index.ids()) == sorted(ids) and index.ntotal == 120
+        scores, got = index.search(vecs[:5], 1)
+        assert np.array_equal(got[:, 0], ids[:5])  # each stored vector finds itself
+    with s.lock:
+        s.flush()
+    s.close()
+
+
+def test_failed_background_add_is_reported_and_repaired_from_sqlite(tmp_path, monkeypatch):
+    from om3db.store import Store, VectorIndex
+
+    s = Store(tmp_path / "db")
+    s.write_scan(make_result("a", 4), settings={})
+    real_add = VectorIndex.add
+
+    def broken_add(self, vectors, ids):
+        raise MemoryError("out of memory (test double)")
+
+    monkeypatch.setattr(VectorIndex, "add", broken_add)
+    s.write_scan(make_result("b", 3, seed=1), settings={}, save=False)  # committed; the add fails on the worker
+    with pytest.raises(StoreError, match=r"adding vectors to the in-memory indexes of .*siglip.*rebuilt from SQLite"):
+        s.index("siglip", "instance")
+    monkeypatch.setattr(VectorIndex, "add", real_add)
+    # the rows are committed: the next use rebuilds the failed indexes from SQLite
+    for level in ("instance", "view"):
+        _, ids = s.stored_vectors(s.space("siglip", level))
+        assert sorted(s.index("siglip", level).ids()) == sorted(ids)
+    assert len(s.index("siglip", "instance").ids()) == 7
+    s.write_scan(make_result("c", 2, seed=2), settings={})
+    s.close()
+    again = Store(tmp_path / "db")
+    for level in ("instance", "view"):
+        _, ids = again.stored_vectors(again.space("dinov2", level))
+        assert sorted(again.index("dinov2", level).ids()) == sorted(ids)
+    again.close()

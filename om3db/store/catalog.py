@@ -14,6 +14,7 @@ record (a crash mid-append) is ignored, so the same holds.
 
 from __future__ import annotations
 
+import functools
 import zlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -38,6 +39,26 @@ crash tests stop a real process at a precise point. Empty in normal use."""
 def _checkpoint(stage: str) -> None:
     for hook in CHECKPOINT_HOOKS:
         hook(stage)
+
+
+def _faiss_threads(n: int) -> None:
+    import faiss  # noqa: PLC0415
+
+    faiss.omp_set_num_threads(n)
+
+
+@functools.cache
+def _bump_statements():
+    """Built once (statement construction cost more than running it): bump the generation of the
+    spaces ``:ids``, the same returning the rows, and read the rows."""
+    from sqlalchemy import bindparam, select, update  # noqa: PLC0415
+
+    from .models import SpaceRow  # noqa: PLC0415
+
+    table = SpaceRow.__table__
+    ids = table.c.id.in_(bindparam("ids", expanding=True))
+    bump = update(table).where(ids).values(generation=table.c.generation + 1)
+    return bump, bump.returning(*table.c), select(table).where(ids)
 
 
 def _mode_message(root, kept: bool, keep: bool) -> str:
@@ -97,6 +118,9 @@ class Store:
         index file's size; past it the file is rewritten and the log dropped."""
         self.raw_sqlite = True
         """SQLite: insert rows through the DBAPI cursor (False: the portable SQLAlchemy Core path)."""
+        self._pending = None
+        """The background FAISS add of the last ``save=False`` write (a Future), settled before any index use."""
+        self._worker = None
         self.rebuilt: list[str] = []
         """Spaces whose index was rebuilt from SQLite on open (missing, stale or damaged files)."""
         if not self.lock.try_acquire():  # another process writes: open read-only, indexes load lazily
@@ -114,6 +138,10 @@ class Store:
         return Session(self.engine, expire_on_commit=False)
 
     def close(self) -> None:
+        self._settle()
+        if self._worker is not None:
+            self._worker.shutdown()
+            self._worker = None
         if self._dirty:
             with self.lock:
                 self.flush()
@@ -235,6 +263,42 @@ class Store:
             return  # a full save is due anyway
         self._steps.setdefault(key, []).append(step)
 
+    def _settle(self) -> None:
+        """Wait for the background FAISS add of the last deferred write; if it failed, forget the
+        indexes it touched (SQLite holds the rows: the next use rebuilds them) and raise."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        keys, future = pending
+        try:
+            future.result()
+        except Exception as exc:
+            for key in keys:
+                self._indexes.pop(key, None)
+                self._dirty.discard(key)
+                self._steps.pop(key, None)
+                self._disk.pop(key, None)
+            raise StoreError(f"{self.root}: adding vectors to the in-memory indexes of {sorted(keys)} failed ({exc}); "
+                             "the rows are committed and the indexes will be rebuilt from SQLite") from exc
+
+    def _add_later(self, work: list[tuple[tuple[str, str], VectorIndex, np.ndarray, np.ndarray]]) -> None:
+        """Run these index adds on the worker thread: FAISS releases the GIL, so the list assignment of
+        an IVF overlaps the next scan's encoding and SQLite transaction (docs/benchmarks.md)."""
+        if not work:
+            return
+        if self._worker is None:
+            from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+
+            # one OpenMP thread on the worker (a per-thread setting): the other core runs the writer
+            self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="om3db-faiss-add",
+                                              initializer=_faiss_threads, initargs=(1,))
+
+        def run() -> None:
+            for _, index, vectors, ids in work:
+                index.add(vectors, ids)
+
+        self._pending = ({key for key, *_ in work}, self._worker.submit(run))
+
     @staticmethod
     def _apply_step(index: VectorIndex, step: Step) -> None:
         index.remove(step.removed)
@@ -284,6 +348,7 @@ class Store:
 
     def _catch_up(self, space_row, target: int) -> VectorIndex | None:
         """This process's cached index of the space brought to ``target`` through the log, or None."""
+        self._settle()
         key = (space_row.name, space_row.level)
         cached = self._indexes.get(key)
         if cached is None or cached[1] > target:
@@ -309,6 +374,7 @@ class Store:
         Spaces that crossed the exact/IVF threshold or outgrew their IVF training during those writes
         are rebuilt from SQLite here, once, instead of in the middle of a batch of writes.
         """
+        self._settle()
         for key in sorted(self._reshape):
             row = self.space(*key)
             index = self._build(row)
@@ -322,6 +388,7 @@ class Store:
 
     def repair(self, *, force: bool = False) -> list[str]:
         """Rebuild every index whose file is missing, damaged or behind SQLite (needs the writer lock)."""
+        self._settle()
         rebuilt = []
         for row in self.spaces():
             key = (row.name, row.level)
@@ -379,11 +446,17 @@ class Store:
 
         from .models import SpaceRow, VectorBlock  # noqa: PLC0415
 
-        existing = {(r.name, r.level): r for r in s.scalars(select(SpaceRow))}
+        # the common case, every space there with the same encoder: plain rows, no ORM objects (this runs
+        # once per scan, and ORM loading cost as much as writing 40 instances; docs/benchmarks.md)
+        existing = {(r.name, r.level): r for r in s.execute(select(SpaceRow.__table__))}
         if existing:
             kept = any(level == "view" for _, level in existing)
             if kept != keep_views:
                 raise ConfigError(_mode_message(self.root, kept, keep_views))
+        wanted = [(name, level) for name in sorted(encoders) for level in (LEVELS if keep_views else ("instance",))]
+        if all(k in existing and identity_matches(self.identity_of(existing[k]), encoders[k[0]]) for k in wanted):
+            return [existing[k] for k in wanted]
+        existing = {(r.name, r.level): r for r in s.scalars(select(SpaceRow))}
         rows = []
         for name, ident in sorted(encoders.items()):
             for level in LEVELS if keep_views else ("instance",):
@@ -421,17 +494,15 @@ class Store:
 
     def _bump(self, s, space_ids) -> list:
         """Bump the generation of these spaces; returns their rows as they are after the bump."""
-        from sqlalchemy import select, update  # noqa: PLC0415
-
-        from .models import SpaceRow  # noqa: PLC0415
-
         if not space_ids:
             return []
-        ids = sorted(space_ids)
-        s.execute(update(SpaceRow).where(SpaceRow.id.in_(ids)).values(generation=SpaceRow.generation + 1),
-                  execution_options={"synchronize_session": False})
-        rows = list(s.scalars(select(SpaceRow).where(SpaceRow.id.in_(ids))
-                              .execution_options(populate_existing=True)))
+        bump, bump_returning, read = _bump_statements()
+        ids = {"ids": sorted(space_ids)}
+        if s.get_bind().dialect.update_returning:  # SQLite >= 3.35, PostgreSQL: one statement
+            rows = s.execute(bump_returning, ids).all()
+        else:
+            s.execute(bump, ids)
+            rows = s.execute(read, ids).all()
         return sorted(rows, key=lambda r: (r.name, r.level))
 
     def write_scan(self, result: IngestResult, *, settings: dict, save: bool = True) -> int:
@@ -472,7 +543,12 @@ class Store:
             return int(scan_id)
 
     def _apply(self, touched: list, gone: dict, added: dict, *, save: bool = True) -> None:
-        """After a commit: bring the touched spaces' indexes (rows as committed) up to date and save them."""
+        """After a commit: bring the touched spaces' indexes (rows as committed) up to date and save them.
+
+        With ``save=False`` the adds run on a worker thread (``_add_later``) and are settled before the
+        next use of any index; removals and everything else happen here."""
+        self._settle()
+        later = []
         for row in touched:
             key = (row.name, row.level)
             # the index as it was before this write: cached, or caught up through the log with another
@@ -486,9 +562,13 @@ class Store:
                 none_added = (np.zeros(0, np.int64), np.zeros((0, index.dim), np.float16))
                 added_ids, added_vecs = added.get(row.id, none_added)
                 step = Step(row.generation - 1, row.generation, removed, added_ids, added_vecs)
-                self._apply_step(index, step)
+                if save:
+                    self._apply_step(index, step)
+                else:
+                    index.remove(step.removed)
+                    later.append((key, index, added_vecs, added_ids))
                 self._note_step(key, step)
-                if self._needs_new_kind(index):
+                if self._needs_new_kind(index, index.ntotal + (0 if save else len(added_ids))):
                     if save:
                         index = self._build(row)
                         self._steps[key] = None
@@ -497,9 +577,9 @@ class Store:
             if index.choice.kind != row.index_kind or index.choice.params() != (row.index_params or {}):
                 self._record_choice(row, index)
             self._save(row, index, now=save)
+        self._add_later([w for w in later if len(w[3])])
 
-    def _needs_new_kind(self, index: VectorIndex) -> bool:
-        n = index.ntotal
+    def _needs_new_kind(self, index: VectorIndex, n: int) -> bool:
         if index.choice.kind == "flat":
             return n >= self.ivf_threshold
         return n < self.ivf_threshold // 2 or n > 4 * max(index.choice.trained_on, 1)
