@@ -347,7 +347,7 @@ def test_deferred_adds_run_off_the_writer_thread_and_settle_before_use(tmp_path,
         vecs, ids = s.stored_vectors(row)
         index = s.index("siglip", level)
         assert sorted(index.ids()) == sorted(ids) and index.ntotal == 120
-        scores, got = index.search(vecs[:5], 1)
+        _, got = index.search(vecs[:5], 1)
         assert np.array_equal(got[:, 0], ids[:5])  # each stored vector finds itself
     with s.lock:
         s.flush()

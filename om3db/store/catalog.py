@@ -15,7 +15,6 @@ record (a crash mid-append) is ignored, so the same holds.
 from __future__ import annotations
 
 import functools
-import zlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -59,6 +58,17 @@ def _bump_statements():
     ids = table.c.id.in_(bindparam("ids", expanding=True))
     bump = update(table).where(ids).values(generation=table.c.generation + 1)
     return bump, bump.returning(*table.c), select(table).where(ids)
+
+
+@functools.cache
+def _scan_statements():
+    """Built once: find a scan's id by ``:name``; insert a scan row."""
+    from sqlalchemy import bindparam, insert, select  # noqa: PLC0415
+
+    from .models import ScanRow  # noqa: PLC0415
+
+    table = ScanRow.__table__
+    return select(table.c.id).where(table.c.name == bindparam("name")), insert(table)
 
 
 def _mode_message(root, kept: bool, keep: bool) -> str:
@@ -515,22 +525,20 @@ class Store:
         Whether per-view vectors are stored follows ``result.settings["view_vectors"]`` (default True);
         it must match the database's choice (:meth:`views_kept`).
         """
-        from sqlalchemy import insert, select  # noqa: PLC0415
-
-        from .models import ScanRow  # noqa: PLC0415
 
         keep_views = bool(result.settings.get("view_vectors", True))
         batch = pack_scan(result, keep_views)  # validated and encoded before any transaction
         with self.lock:
             with self.session() as s, s.begin():
                 spaces = self._ensure_spaces(s, result.encoders, keep_views)
-                old = s.scalar(select(ScanRow.id).where(ScanRow.name == result.scan))
+                find_scan, insert_scan = _scan_statements()
+                old = s.execute(find_scan, {"name": result.scan}).scalar()
                 gone = self._delete_scan_rows(s, old) if old is not None else {}
                 # written 'ready': the scan's rows become visible to readers only with the commit
-                scan_id = s.execute(insert(ScanRow.__table__).values(
-                    name=result.scan, path=str(result.scan_path), fingerprint=result.fingerprint,
-                    frame_count=int(result.frame_count), num_points=int(result.num_points), settings=settings,
-                    status="ready")).inserted_primary_key[0]
+                scan_id = s.execute(insert_scan, {
+                    "name": result.scan, "path": str(result.scan_path), "fingerprint": result.fingerprint,
+                    "frame_count": int(result.frame_count), "num_points": int(result.num_points),
+                    "settings": settings, "status": "ready"}).inserted_primary_key[0]
                 conn = s.connection()
                 raw = self.raw_sqlite and conn.dialect.name == "sqlite"
                 added = (write_rows_sqlite if raw else write_rows_core)(conn, scan_id, batch, spaces)
