@@ -381,3 +381,34 @@ def test_failed_background_add_is_reported_and_repaired_from_sqlite(tmp_path, mo
         _, ids = again.stored_vectors(again.space("dinov2", level))
         assert sorted(again.index("dinov2", level).ids()) == sorted(ids)
     again.close()
+
+
+def test_forked_child_rebuilds_indexes_a_pending_add_may_not_have_reached(tmp_path, monkeypatch):
+    import os
+    import signal
+    import time
+
+    from om3db.store import Store, VectorIndex
+
+    s = Store(tmp_path / "db")
+    s.write_scan(make_result("a", 4), settings={})
+    real_add = VectorIndex.add
+    monkeypatch.setattr(VectorIndex, "add", lambda self, v, i: time.sleep(0.5) or real_add(self, v, i))
+    s.write_scan(make_result("b", 3, seed=1), settings={}, save=False)  # the add is still running at the fork
+    pid = os.fork()
+    if pid == 0:  # the child has no worker thread: it must neither wait for it nor trust its index copies
+        code = 1
+        try:
+            signal.alarm(30)
+            s.engine.dispose(close=False)  # SQLAlchemy's advice for a forked child
+            _, ids = s.stored_vectors(s.space("siglip", "view"))
+            index = s.index("siglip", "view")  # settles: the pending add's indexes are rebuilt
+            code = 0 if sorted(index.ids()) == sorted(ids) and len(ids) == 7 * 2 else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    assert len(s.index("siglip", "instance").ids()) == 7
+    with s.lock:
+        s.flush()
+    s.close()

@@ -7,6 +7,8 @@ Write protocol for one scan (crash-safe at every point):
    index's change log (``indexlog``: ids removed, ids and float16 vectors added, per generation step,
    fsynced), a large one (or a new index kind / IVF training) rewrites the index file atomically (temp
    file + os.replace) with the generation it reflects in its header and deletes the log.
+With deferred saves (``save=False``) the adds of (2) run on a worker thread, overlapping the next scan's
+(1), and are settled before any use of an index.
 A crash before (1) commits leaves nothing; a crash between (1) and (2) leaves an index file + log whose
 generation is behind SQLite's, which ``open`` detects and repairs by rebuilding from SQLite. A torn log
 record (a crash mid-append) is ignored, so the same holds.
@@ -15,6 +17,7 @@ record (a crash mid-append) is ignored, so the same holds.
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -129,8 +132,10 @@ class Store:
         self.raw_sqlite = True
         """SQLite: insert rows through the DBAPI cursor (False: the portable SQLAlchemy Core path)."""
         self._pending = None
-        """The background FAISS add of the last ``save=False`` write (a Future), settled before any index use."""
+        """(pid, spaces, Future) of the background FAISS add of the last ``save=False`` write, settled
+        before any use of an index."""
         self._worker = None
+        """(pid, one-thread executor) that runs those adds; made on first use (again in a forked child)."""
         self.rebuilt: list[str] = []
         """Spaces whose index was rebuilt from SQLite on open (missing, stale or damaged files)."""
         if not self.lock.try_acquire():  # another process writes: open read-only, indexes load lazily
@@ -150,7 +155,8 @@ class Store:
     def close(self) -> None:
         self._settle()
         if self._worker is not None:
-            self._worker.shutdown()
+            if self._worker[0] == os.getpid():
+                self._worker[1].shutdown()
             self._worker = None
         if self._dirty:
             with self.lock:
@@ -274,40 +280,46 @@ class Store:
         self._steps.setdefault(key, []).append(step)
 
     def _settle(self) -> None:
-        """Wait for the background FAISS add of the last deferred write; if it failed, forget the
-        indexes it touched (SQLite holds the rows: the next use rebuilds them) and raise."""
+        """Wait for the background FAISS add of the last deferred write. If it failed (or this is a
+        forked child, whose copy of the indexes the add may or may not have reached), forget the
+        indexes it touched: SQLite holds the rows, so their next use rebuilds them."""
         pending, self._pending = self._pending, None
         if pending is None:
             return
-        keys, future = pending
-        try:
-            future.result()
-        except Exception as exc:
-            for key in keys:
-                self._indexes.pop(key, None)
-                self._dirty.discard(key)
-                self._steps.pop(key, None)
-                self._disk.pop(key, None)
-            raise StoreError(f"{self.root}: adding vectors to the in-memory indexes of {sorted(keys)} failed ({exc}); "
-                             "the rows are committed and the indexes will be rebuilt from SQLite") from exc
+        pid, keys, future = pending
+        error = None
+        if pid == os.getpid():
+            try:
+                future.result()
+                return
+            except Exception as exc:  # noqa: BLE001 - reported below, as a StoreError
+                error = exc
+        for key in keys:
+            self._indexes.pop(key, None)
+            self._dirty.discard(key)
+            self._steps.pop(key, None)
+            self._disk.pop(key, None)
+        if error is not None:
+            raise StoreError(f"{self.root}: adding vectors to the in-memory indexes of {sorted(keys)} failed ({error}); "
+                             "the rows are committed and the indexes will be rebuilt from SQLite") from error
 
     def _add_later(self, work: list[tuple[tuple[str, str], VectorIndex, np.ndarray, np.ndarray]]) -> None:
         """Run these index adds on the worker thread: FAISS releases the GIL, so the list assignment of
         an IVF overlaps the next scan's encoding and SQLite transaction (docs/benchmarks.md)."""
         if not work:
             return
-        if self._worker is None:
+        if self._worker is None or self._worker[0] != os.getpid():  # (a forked child has no worker thread)
             from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
 
             # one OpenMP thread on the worker (a per-thread setting): the other core runs the writer
-            self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="om3db-faiss-add",
-                                              initializer=_faiss_threads, initargs=(1,))
+            self._worker = (os.getpid(), ThreadPoolExecutor(max_workers=1, thread_name_prefix="om3db-faiss-add",
+                                                            initializer=_faiss_threads, initargs=(1,)))
 
         def run() -> None:
             for _, index, vectors, ids in work:
                 index.add(vectors, ids)
 
-        self._pending = ({key for key, *_ in work}, self._worker.submit(run))
+        self._pending = (os.getpid(), {key for key, *_ in work}, self._worker[1].submit(run))
 
     @staticmethod
     def _apply_step(index: VectorIndex, step: Step) -> None:
@@ -518,9 +530,10 @@ class Store:
     def write_scan(self, result: IngestResult, *, settings: dict, save: bool = True) -> int:
         """Replace (or add) one scan atomically; returns its scan id. Takes the writer lock.
 
-        save: write the changed FAISS files now; False defers that to ``flush()`` (batch ingests: saving
-        rewrites whole index files). Either way SQLite is committed first, so a crash before the save
-        only costs a rebuild on the next open.
+        save: write the changed FAISS files now; False defers that to ``flush()`` (batch ingests) and
+        runs the FAISS adds on a worker thread while the caller goes on (settled before the next use of
+        any index). Either way SQLite is committed first, so a crash before the save only costs a
+        rebuild on the next open.
 
         Whether per-view vectors are stored follows ``result.settings["view_vectors"]`` (default True);
         it must match the database's choice (:meth:`views_kept`).
