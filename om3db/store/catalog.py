@@ -480,26 +480,26 @@ class Store:
             return [existing[k] for k in wanted]
         existing = {(r.name, r.level): r for r in s.scalars(select(SpaceRow))}
         rows = []
-        for name, ident in sorted(encoders.items()):
-            for level in LEVELS if keep_views else ("instance",):
-                row = existing.get((name, level))
-                if row is None:
-                    row = SpaceRow(name=name, level=level, model_id=ident.model_id, revision=ident.revision,
-                                   dim=ident.dim, normalization=ident.normalization,
-                                   preprocessing=ident.preprocessing, index_kind="flat", index_params={},
-                                   generation=0)
-                    s.add(row)
-                    s.flush()
-                elif not identity_matches(self.identity_of(row), ident):
-                    used = s.scalar(select(func.count(VectorBlock.id)).where(VectorBlock.space_id == row.id))
-                    if used:
-                        raise EncoderMismatchError(
-                            f"{self.root}: the {name!r} space was built with {self.identity_of(row).describe()}, "
-                            f"this ingest uses {ident.describe()}. Ingest with the same encoder, or use another --db"
-                        )
-                    row.model_id, row.revision, row.dim = ident.model_id, ident.revision, ident.dim
-                    row.normalization, row.preprocessing = ident.normalization, ident.preprocessing
-                rows.append(row)
+        for name, level in wanted:
+            ident = encoders[name]
+            row = existing.get((name, level))
+            if row is None:
+                row = SpaceRow(name=name, level=level, model_id=ident.model_id, revision=ident.revision,
+                               dim=ident.dim, normalization=ident.normalization,
+                               preprocessing=ident.preprocessing, index_kind="flat", index_params={},
+                               generation=0)
+                s.add(row)
+                s.flush()
+            elif not identity_matches(self.identity_of(row), ident):
+                used = s.scalar(select(func.count(VectorBlock.id)).where(VectorBlock.space_id == row.id))
+                if used:
+                    raise EncoderMismatchError(
+                        f"{self.root}: the {name!r} space was built with {self.identity_of(row).describe()}, "
+                        f"this ingest uses {ident.describe()}. Ingest with the same encoder, or use another --db"
+                    )
+                row.model_id, row.revision, row.dim = ident.model_id, ident.revision, ident.dim
+                row.normalization, row.preprocessing = ident.normalization, ident.preprocessing
+            rows.append(row)
         return rows
 
     def _delete_scan_rows(self, s, scan_id: int) -> dict[int, np.ndarray]:
@@ -538,7 +538,6 @@ class Store:
         Whether per-view vectors are stored follows ``result.settings["view_vectors"]`` (default True);
         it must match the database's choice (:meth:`views_kept`).
         """
-
         keep_views = bool(result.settings.get("view_vectors", True))
         batch = pack_scan(result, keep_views)  # validated and encoded before any transaction
         with self.lock:
@@ -585,9 +584,10 @@ class Store:
                 step = Step(row.generation - 1, row.generation, removed, added_ids, added_vecs)
                 if save:
                     self._apply_step(index, step)
-                else:
+                else:  # the add goes to the worker thread
                     index.remove(step.removed)
-                    later.append((key, index, added_vecs, added_ids))
+                    if len(added_ids):
+                        later.append((key, index, added_vecs, added_ids))
                 self._note_step(key, step)
                 if self._needs_new_kind(index, index.ntotal + (0 if save else len(added_ids))):
                     if save:
@@ -598,7 +598,7 @@ class Store:
             if index.choice.kind != row.index_kind or index.choice.params() != (row.index_params or {}):
                 self._record_choice(row, index)
             self._save(row, index, now=save)
-        self._add_later([w for w in later if len(w[3])])
+        self._add_later(later)
 
     def _needs_new_kind(self, index: VectorIndex, n: int) -> bool:
         if index.choice.kind == "flat":
