@@ -24,7 +24,11 @@ def _models(root: Path, kind: str) -> dict[str, Path]:
     from om3db.random_models import write_random_dinov2, write_random_sam, write_random_siglip
 
     sizes = {"tiny": ("tiny", "tiny", "tiny"), "full": ("so400m", "large", "vit_h")}[kind]
-    out = {"siglip": root / f"siglip-{sizes[0]}", "dinov2": root / f"dinov2-{sizes[1]}", "sam": root / f"sam-{sizes[2]}.pth"}
+    out = {
+        "siglip": root / f"siglip-{sizes[0]}",
+        "dinov2": root / f"dinov2-{sizes[1]}",
+        "sam": root / f"sam-{sizes[2]}.pth",
+    }
     if not out["siglip"].exists():
         write_random_siglip(out["siglip"], size=sizes[0], seed=0)
     if not out["dinov2"].exists():
@@ -56,11 +60,20 @@ def main() -> None:
     scan_dir = found[0].parent if found else write_scans(out, scans=1, seed=0, size=args.size)[0]
     paths = _models(args.cache / f"models-{args.models}", args.models)
     t = time.perf_counter()
-    encoders = {"siglip": load_siglip(paths["siglip"], device=args.device), "dinov2": load_dinov2(paths["dinov2"], device=args.device)}
+    encoders = {
+        "siglip": load_siglip(paths["siglip"], device=args.device),
+        "dinov2": load_dinov2(paths["dinov2"], device=args.device),
+    }
     sam = load_sam(paths["sam"], device=args.device) if "sam" in args.modes else None
     load_s = time.perf_counter() - t
-    results = {"scan": str(scan_dir), "models": args.models, "device": args.device, "model_load_s": load_s,
-               "loadavg_1m": os.getloadavg()[0], "runs": {}}
+    results = {
+        "scan": str(scan_dir),
+        "models": args.models,
+        "device": args.device,
+        "model_load_s": load_s,
+        "loadavg_1m": os.getloadavg()[0],
+        "runs": {},
+    }
     for mode in args.modes:
         scan = read_scan(scan_dir)
         cfg = IngestConfig(frame_step=args.frame_step, crop=CropConfig(mode=mode))
@@ -68,9 +81,13 @@ def main() -> None:
         r = ingest_scan(scan, config=cfg, encoders=encoders, sam=sam if mode == "sam" else None)
         total = time.perf_counter() - t
         results["runs"][mode] = {
-            "total_s": total, "seconds_per_stage": r.report.seconds_per_stage, "crops": r.report.crops,
-            "crops_per_s": r.report.crops / max(total, 1e-9), "frames_used": r.report.frames_used,
-            "instances": len(r.instances), "sam_encoder_calls": getattr(sam, "encoder_calls", None) if mode == "sam" else None,
+            "total_s": total,
+            "seconds_per_stage": r.report.seconds_per_stage,
+            "crops": r.report.crops,
+            "crops_per_s": r.report.crops / max(total, 1e-9),
+            "frames_used": r.report.frames_used,
+            "instances": len(r.instances),
+            "sam_encoder_calls": getattr(sam, "encoder_calls", None) if mode == "sam" else None,
         }
     print(json.dumps(results, indent=2))
 

@@ -30,12 +30,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=200_000, help="vectors")
     ap.add_argument("--lists", type=float, nargs="+", default=[2.0], help="nlist = c x sqrt(N) for each c")
-    ap.add_argument("--train", nargs="+", default=["10:40"],
-                    help="k-means settings ITERATIONS:POINTS_PER_LIST (the store: 10:40)")
+    ap.add_argument(
+        "--train", nargs="+", default=["10:40"], help="k-means settings ITERATIONS:POINTS_PER_LIST (the store: 10:40)"
+    )
     ap.add_argument("--queries", type=int, default=300)
     args = ap.parse_args()
 
-    import faiss  # noqa: PLC0415
+    import faiss
 
     n = args.n
     gen = Generator(n)
@@ -53,8 +54,9 @@ def main() -> None:
             niter, per_list = (int(v) for v in setting.split(":"))
             rng = np.random.default_rng(0)
             quant = faiss.IndexFlatIP(DIM)
-            ivf = faiss.IndexIVFScalarQuantizer(quant, DIM, nlist, faiss.ScalarQuantizer.QT_fp16,
-                                                faiss.METRIC_INNER_PRODUCT, False)
+            ivf = faiss.IndexIVFScalarQuantizer(
+                quant, DIM, nlist, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT, False
+            )
             ivf.cp.niter, ivf.cp.min_points_per_centroid = niter, 1
             cap = per_list * nlist
             sample = x if n <= cap else x[np.sort(rng.choice(n, cap, replace=False))]
@@ -79,8 +81,11 @@ def main() -> None:
                 cells.append(f"{nprobe}: {recall:.3f}, {statistics.median(lat) * 1e3:.2f}")
                 if recall > 0.99 or nprobe >= nlist:
                     break
-            print(f"| {c:g}·sqrt(N) | {nlist} | {niter} it, {per_list}/list | {train_s:.2f} | {add_rate:,.0f} | "
-                  f"{' / '.join(cells)} |", flush=True)
+            print(
+                f"| {c:g}·sqrt(N) | {nlist} | {niter} it, {per_list}/list | {train_s:.2f} | {add_rate:,.0f} | "
+                f"{' / '.join(cells)} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

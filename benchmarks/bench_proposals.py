@@ -48,7 +48,9 @@ class Stage:
         self.stop.set()
         self.thread.join()
         self.peak = max(self.peak, _rss())
-        self.rows.append({"stage": self.name, "seconds": round(secs, 2), "peak_mib": round((self.peak - self.start_rss) / 2**20, 1)})
+        self.rows.append(
+            {"stage": self.name, "seconds": round(secs, 2), "peak_mib": round((self.peak - self.start_rss) / 2**20, 1)}
+        )
 
 
 def main() -> None:
@@ -94,16 +96,27 @@ def main() -> None:
     ap_s = classagnostic_ap(res.masks, res.scores, gt.gt_ids, ignore_labels=(1, 2))
     ap_r = classagnostic_ap(res_r.masks, res_r.scores, gt.gt_ids, ignore_labels=(1, 2))
     summary = {
-        "size": args.size, "points": scan.num_points, "frames": len(scan.frames), "frame_step": args.frame_step,
-        "superpoints": int(sp.max()) + 1, "splits": res.num_splits, "proposals": int(res.masks.shape[1]),
-        "gt_objects": gt.num_objects, "ap_sensor": ap_s, "ap_rendered": ap_r, "stages": rows, "cpu_count": os.cpu_count(),
+        "size": args.size,
+        "points": scan.num_points,
+        "frames": len(scan.frames),
+        "frame_step": args.frame_step,
+        "superpoints": int(sp.max()) + 1,
+        "splits": res.num_splits,
+        "proposals": int(res.masks.shape[1]),
+        "gt_objects": gt.num_objects,
+        "ap_sensor": ap_s,
+        "ap_rendered": ap_r,
+        "stages": rows,
+        "cpu_count": os.cpu_count(),
     }
     if args.json:
         print(json.dumps(summary, indent=2))
         return
-    print(f"{args.size} synthetic scan: {scan.num_points} points, {len(scan.frames)} frames (step {args.frame_step}), "
-          f"{summary['superpoints']} superpoints, {res.num_splits} boundary splits, {res.masks.shape[1]} proposals "
-          f"for {gt.num_objects} GT objects")
+    print(
+        f"{args.size} synthetic scan: {scan.num_points} points, {len(scan.frames)} frames (step {args.frame_step}), "
+        f"{summary['superpoints']} superpoints, {res.num_splits} boundary splits, {res.masks.shape[1]} proposals "
+        f"for {gt.num_objects} GT objects"
+    )
     print("| stage | seconds | peak RSS growth (MiB) |\n|---|---:|---:|")
     for r in rows:
         print(f"| {r['stage']} | {r['seconds']} | {r['peak_mib']} |")

@@ -180,7 +180,7 @@ def log(msg: str) -> None:
 
 def ivf_params(n: int) -> int:
     """nlist as om3db's store chooses it (``om3db.store.vectors.ivf_nlist``: 2 * sqrt(N), at most N/39)."""
-    from om3db.store.vectors import ivf_nlist  # noqa: PLC0415
+    from om3db.store.vectors import ivf_nlist
 
     return ivf_nlist(n)
 
@@ -191,7 +191,7 @@ class RawFaiss:
     label = "raw faiss (store parameters)"
 
     def __init__(self, kind: str, n: int):
-        import faiss  # noqa: PLC0415
+        import faiss
 
         self.faiss, self.kind = faiss, kind
         if kind == "exact":
@@ -200,14 +200,14 @@ class RawFaiss:
             nlist = ivf_params(n)
             self.quantizer = faiss.IndexFlatIP(DIM)
             self.index = faiss.IndexIVFFlat(self.quantizer, DIM, nlist, faiss.METRIC_INNER_PRODUCT)
-            from om3db.store.vectors import IVF_TRAIN_ITERATIONS  # noqa: PLC0415
+            from om3db.store.vectors import IVF_TRAIN_ITERATIONS
 
             self.index.cp.niter = IVF_TRAIN_ITERATIONS
         self.nlist = getattr(self.index, "nlist", None)
 
     def build(self, mm: np.ndarray, rng) -> None:
         if self.kind == "ivf":
-            from om3db.store.vectors import IVF_TRAIN_POINTS_PER_LIST  # noqa: PLC0415
+            from om3db.store.vectors import IVF_TRAIN_POINTS_PER_LIST
 
             cap = IVF_TRAIN_POINTS_PER_LIST * self.index.nlist
             sample = np.sort(rng.choice(len(mm), size=min(len(mm), cap), replace=False))
@@ -238,7 +238,7 @@ class StoreIndex:
     label = "om3db.store.VectorIndex"
 
     def __init__(self, kind: str, n: int):
-        from om3db.store import DEFAULT_IVF_THRESHOLD, IndexChoice, VectorIndex  # noqa: PLC0415
+        from om3db.store import DEFAULT_IVF_THRESHOLD, IndexChoice, VectorIndex
 
         self.kind, self.VectorIndex = kind, VectorIndex
         self.threshold = DEFAULT_IVF_THRESHOLD
@@ -282,7 +282,7 @@ class faiss_threads:  # noqa: N801 - used as a context manager
     """FAISS OpenMP threads inside the block (None: all cores), restored after."""
 
     def __init__(self, threads):
-        import faiss  # noqa: PLC0415
+        import faiss
 
         self.faiss, self.threads = faiss, threads or os.cpu_count()
 
@@ -307,7 +307,7 @@ def bench_om3db_exact(mm, n, queries, tune_q, args, rng):
     lat, ids = time_single(lambda q: exact.search(q[None])[0], queries, args.budget)
     batch = time_batches(exact.search, queries, args.budget)
     rows = [row(f"om3db exact ({exact.label})", n, lat, ids, truth, batch, build)]
-    del exact
+    exact = None  # free the index before the next one is built
     gc.collect()
     return rows, truth, tune_truth
 
@@ -334,7 +334,9 @@ def bench_om3db_ivf(mm, n, queries, truth, tune_q, tune_truth, lance_recalls: li
         ivf.build(mm, rng)
     build = time.perf_counter() - t0
     nprobe, sweep = tune_nprobe(ivf, tune_q, tune_truth)
-    log(f"IVF nlist={ivf.nlist} built in {build:.1f}s; nprobe for {TARGET_RECALL} on our tuning queries={nprobe} sweep={sweep}")
+    log(
+        f"IVF nlist={ivf.nlist} built in {build:.1f}s; nprobe for {TARGET_RECALL} on our tuning queries={nprobe} sweep={sweep}"
+    )
     base_tag = "tuned"
     if getattr(ivf, "store_nprobe", None):
         log(f"store's own tuned nprobe={ivf.store_nprobe}")
@@ -355,7 +357,7 @@ def bench_om3db_ivf(mm, n, queries, truth, tune_q, tune_truth, lance_recalls: li
         tags = ([base_tag] if p == nprobe else []) + (["at LanceDB's recall"] if p in matched else [])
         name = f"om3db IVF nlist={ivf.nlist} nprobe={p} ({', '.join(tags) or 'sweep'})"
         rows.append(dict(row(name, n, lat, ids, truth, batch, build), nprobe=p))
-    del ivf
+    ivf = None  # free the index before the next one is built
     gc.collect()
     return rows
 
@@ -430,8 +432,8 @@ def bench_npy(mm, n, queries, truth, args, work: Path):
 
 
 def lance_table(mm, work: Path):
-    import lancedb  # noqa: PLC0415
-    import pyarrow as pa  # noqa: PLC0415
+    import lancedb
+    import pyarrow as pa
 
     db = lancedb.connect(work / "lance")
     schema = pa.schema([pa.field("id", pa.int64()), pa.field("vector", pa.list_(pa.float32(), DIM))])
@@ -455,7 +457,7 @@ def lance_ids(res, nq: int) -> np.ndarray:
 
 
 def bench_lance(mm, n, queries, tune_q, truth, tune_truth, args, work: Path):
-    from lancedb.index import IvfHnswSq, IvfPq  # noqa: PLC0415
+    from lancedb.index import IvfHnswSq, IvfPq
 
     t0 = time.perf_counter()
     tbl = lance_table(mm, work)
@@ -534,8 +536,9 @@ def equal_recall_ratios(rows: list[dict]) -> str:
     out = []
     for n in sorted({r["n"] for r in rows}):
         for b in [r for r in rows if r["n"] == n and is_lance_index(r)]:
-            om = [r for r in rows
-                  if r["n"] == n and r["system"].startswith("om3db") and r["recall@10"] >= b["recall@10"]]
+            om = [
+                r for r in rows if r["n"] == n and r["system"].startswith("om3db") and r["recall@10"] >= b["recall@10"]
+            ]
             if not om:
                 out.append(f"- N={n:,}: no om3db row reaches {b['system']}'s recall@10 {b['recall@10']:.3f}")
                 continue
@@ -567,18 +570,26 @@ def ratios(rows: list[dict]) -> str:
 
 
 def main(argv=None) -> int:
-    from om3db.store.vectors import DEFAULT_IVF_THRESHOLD  # noqa: PLC0415
+    from om3db.store.vectors import DEFAULT_IVF_THRESHOLD
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", type=int, nargs="*", default=[10_000, 100_000, 1_000_000],
-                    help="vector counts; none (bare --sizes) runs only the ingest benchmark")
+    ap.add_argument(
+        "--sizes",
+        type=int,
+        nargs="*",
+        default=[10_000, 100_000, 1_000_000],
+        help="vector counts; none (bare --sizes) runs only the ingest benchmark",
+    )
     ap.add_argument("--quick", action="store_true", help="smoke run: 5k vectors, short budgets")
     ap.add_argument("--queries", type=int, default=200, help="evaluation queries per size")
     ap.add_argument("--budget", type=float, default=20.0, help="seconds per measurement before stopping early")
     ap.add_argument("--per-scan", type=int, default=100, help="instances per scan file (OpenMask3D's way)")
-    ap.add_argument("--ivf-min", type=int, default=DEFAULT_IVF_THRESHOLD,
-                    help="smallest N where om3db's IVF is benchmarked (default: the store's threshold, "
-                         f"{DEFAULT_IVF_THRESHOLD})")
+    ap.add_argument(
+        "--ivf-min",
+        type=int,
+        default=DEFAULT_IVF_THRESHOLD,
+        help=f"smallest N where om3db's IVF is benchmarked (default: the store's threshold, {DEFAULT_IVF_THRESHOLD})",
+    )
     ap.add_argument("--lance-index-min", type=int, default=5_000)
     ap.add_argument("--lance-index-max", type=int, default=100_000, help="skip LanceDB ANN builds above this N")
     ap.add_argument("--lance-ivf-pq", action="store_true", help="also build LanceDB IVF_PQ (+refine)")
@@ -586,8 +597,12 @@ def main(argv=None) -> int:
     ap.add_argument("--ingest-scans", type=int, default=20, help="commits in the ingest benchmark")
     ap.add_argument("--ingest-per-scan", type=int, default=1000, help="instances per commit (5 views, 2 spaces)")
     ap.add_argument("--raw-faiss", action="store_true", help="fallback: FAISS directly instead of om3db.store")
-    ap.add_argument("--threads", type=int, default=None,
-                    help="FAISS OpenMP threads while searching (builds use all cores); default: all cores")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="FAISS OpenMP threads while searching (builds use all cores); default: all cores",
+    )
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/om3db-bench"))
     ap.add_argument("--out", type=Path, default=None, help="write all rows as JSON here")
     args = ap.parse_args(argv)
@@ -595,7 +610,7 @@ def main(argv=None) -> int:
         args.sizes, args.queries, args.budget, args.ivf_min = [5_000], 64, 2.0, 1_000
         args.ingest_scans, args.ingest_per_scan = 3, 500
     args.workdir.mkdir(parents=True, exist_ok=True)
-    import faiss  # noqa: PLC0415
+    import faiss
 
     env = {
         "python": platform.python_version(),
@@ -606,7 +621,7 @@ def main(argv=None) -> int:
         "numpy": np.__version__,
     }
     try:
-        import lancedb  # noqa: PLC0415
+        import lancedb
 
         env["lancedb"] = lancedb.__version__
     except ImportError:
@@ -663,7 +678,7 @@ def _dump(args, env, rows) -> None:
 
 def fake_ingest_result(name: str, count: int, views: int, rng):
     """An IngestResult like one scan's ingest: ``count`` instances, ``views`` views each, two spaces."""
-    from om3db.records import EncoderIdentity, IngestReport, IngestResult, InstanceRecord, ViewRecord  # noqa: PLC0415
+    from om3db.records import EncoderIdentity, IngestReport, IngestResult, InstanceRecord, ViewRecord
 
     dims = {"siglip": DIM, "dinov2": 1024}
     encoders = {k: EncoderIdentity(f"bench/{k}", "bench", d, "l2", "bench") for k, d in dims.items()}
@@ -680,15 +695,39 @@ def fake_ingest_result(name: str, count: int, views: int, rng):
         pts = np.sort(rng.choice(150_000, 800, replace=False)).astype(np.int32)
         vr = tuple(ViewRecord(frame_id=j * 10, visible_pixels=5000 - j, crop_boxes=boxes) for j in range(views))
         lo = rng.uniform(0, 4, 3)
-        insts.append(InstanceRecord(mask_index=i, point_indices=pts, bbox_min=lo, bbox_max=lo + 0.5,
-                                    centroid=lo + 0.25, score=0.9, views=vr,
-                                    view_vectors={k: vvecs[k][i] for k in dims},
-                                    vectors={k: vecs[k][i] for k in dims}))
-    report = IngestReport(scan=name, frames_on_disk=100, frames_used=100, frames_skipped={},
-                          masks_total=count, masks_without_view=[], seconds_per_stage={})
-    return IngestResult(scan=name, scan_path=f"/bench/{name}", fingerprint=f"{hash(name) & 0xFFFFFFFF:064x}",
-                        settings={}, encoders=encoders, instances=insts, report=report,
-                        num_points=150_000, frame_count=100)
+        insts.append(
+            InstanceRecord(
+                mask_index=i,
+                point_indices=pts,
+                bbox_min=lo,
+                bbox_max=lo + 0.5,
+                centroid=lo + 0.25,
+                score=0.9,
+                views=vr,
+                view_vectors={k: vvecs[k][i] for k in dims},
+                vectors={k: vecs[k][i] for k in dims},
+            )
+        )
+    report = IngestReport(
+        scan=name,
+        frames_on_disk=100,
+        frames_used=100,
+        frames_skipped={},
+        masks_total=count,
+        masks_without_view=[],
+        seconds_per_stage={},
+    )
+    return IngestResult(
+        scan=name,
+        scan_path=f"/bench/{name}",
+        fingerprint=f"{hash(name) & 0xFFFFFFFF:064x}",
+        settings={},
+        encoders=encoders,
+        instances=insts,
+        report=report,
+        num_points=150_000,
+        frame_count=100,
+    )
 
 
 def bench_ingest(args) -> list[dict]:
@@ -697,9 +736,9 @@ def bench_ingest(args) -> list[dict]:
     Two modes: FAISS files saved at every commit (``save=True``, the default), and saves deferred to one
     ``flush()`` at the end (``save=False``, as a batch ingest of many scans does); the flush is timed.
     """
-    import inspect  # noqa: PLC0415
+    import inspect
 
-    from om3db.store import Store  # noqa: PLC0415
+    from om3db.store import Store
 
     modes = [True] + ([False] if "save" in inspect.signature(Store.write_scan).parameters else [])
     out = []
@@ -716,10 +755,18 @@ def bench_ingest(args) -> list[dict]:
                 t0 = time.perf_counter()
                 store.write_scan(res, settings={"bench": True}, **kw)
                 dt = time.perf_counter() - t0
-                rows.append({"scan": i, "instances": args.ingest_per_scan, "seconds": dt,
-                             "instances_per_s": args.ingest_per_scan / dt})
-                log(f"ingest (save={save}) commit {i}: {args.ingest_per_scan} instances in {dt:.2f}s "
-                    f"({args.ingest_per_scan / dt:,.0f}/s), {(i + 1) * args.ingest_per_scan:,} in the database")
+                rows.append(
+                    {
+                        "scan": i,
+                        "instances": args.ingest_per_scan,
+                        "seconds": dt,
+                        "instances_per_s": args.ingest_per_scan / dt,
+                    }
+                )
+                log(
+                    f"ingest (save={save}) commit {i}: {args.ingest_per_scan} instances in {dt:.2f}s "
+                    f"({args.ingest_per_scan / dt:,.0f}/s), {(i + 1) * args.ingest_per_scan:,} in the database"
+                )
             t0 = time.perf_counter()
             if not save:
                 with store.lock:
@@ -730,10 +777,16 @@ def bench_ingest(args) -> list[dict]:
         size = sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
         secs = sum(r["seconds"] for r in rows) + flush_s
         n = sum(r["instances"] for r in rows)
-        summary = {"save_each_commit": save, "commits": len(rows), "instances": n, "seconds": secs,
-                   "flush_s": flush_s, "instances_per_s": n / secs,
-                   "median_commit_instances_per_s": float(np.median([r["instances_per_s"] for r in rows])),
-                   "db_bytes": size}
+        summary = {
+            "save_each_commit": save,
+            "commits": len(rows),
+            "instances": n,
+            "seconds": secs,
+            "flush_s": flush_s,
+            "instances_per_s": n / secs,
+            "median_commit_instances_per_s": float(np.median([r["instances_per_s"] for r in rows])),
+            "db_bytes": size,
+        }
         print(f"\nIngest write throughput: {summary}", flush=True)
         shutil.rmtree(root, ignore_errors=True)
         out += [summary] + rows

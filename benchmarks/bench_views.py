@@ -34,7 +34,9 @@ import numpy as np
 from om3db.views import project_points
 
 
-def reference_counts(scan, masks: np.ndarray, *, vis_threshold: float = 0.2, frame_limit: int | None = None) -> np.ndarray:
+def reference_counts(
+    scan, masks: np.ndarray, *, vis_threshold: float = 0.2, frame_limit: int | None = None
+) -> np.ndarray:
     """(F, M) int visible-pixel counts, OpenMask3D's way (views x masks x H x W boolean array).
 
     Mirrors ``PointProjector`` in OpenMask3D/openmask3d, ``openmask3d/mask_features_computation/
@@ -156,8 +158,12 @@ def _profile(scan, masks: np.ndarray) -> dict[str, float]:
         mask_pixel_counts(member, in_mask[sub], pix, scratch.size, scratch)
         t3 = time.process_time()
         decode, project, count = decode + t1 - t0, project + t2 - t1, count + t3 - t2
-    return {"decode_depth_png": 1e3 * decode / n, "project_and_depth_test": 1e3 * project / n, "count_mask_pixels": 1e3 * count / n,
-            "points_projected": int(in_mask.size)}
+    return {
+        "decode_depth_png": 1e3 * decode / n,
+        "project_and_depth_test": 1e3 * project / n,
+        "count_mask_pixels": 1e3 * count / n,
+        "points_projected": int(in_mask.size),
+    }
 
 
 class _Clock:
@@ -178,7 +184,7 @@ def with_blob_proposals(points: np.ndarray, masks: np.ndarray, total: int, seed:
     rng = np.random.default_rng(seed)
     centres = points[rng.choice(len(points), extra, replace=False)]
     radii = rng.uniform(0.3, 1.0, extra)
-    blobs = np.stack([((points - c) ** 2).sum(axis=1) <= r * r for c, r in zip(centres, radii)], axis=1)
+    blobs = np.stack([((points - c) ** 2).sum(axis=1) <= r * r for c, r in zip(centres, radii, strict=True)], axis=1)
     return np.concatenate([masks, blobs], axis=1)
 
 
@@ -189,8 +195,20 @@ def _prefix(scan, n: int):
 
 
 def _run(scan: Path, impl: str, frames: int, trace: bool, proposals: int, ref_masks: str) -> dict:
-    cmd = [sys.executable, __file__, "--worker", impl, "--scan", str(scan), "--frames", str(frames), "--proposals", str(proposals),
-           "--ref-masks", ref_masks]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        impl,
+        "--scan",
+        str(scan),
+        "--frames",
+        str(frames),
+        "--proposals",
+        str(proposals),
+        "--ref-masks",
+        ref_masks,
+    ]
     if trace:
         cmd.append("--trace")
     res = subprocess.run(cmd, capture_output=True, text=True, check=True)
@@ -201,13 +219,27 @@ def _summary(runs: list[dict], mem: dict) -> dict:
     stages = runs[0]["times"].keys()
     med = {s: statistics.median(r["times"][s] for r in runs) for s in stages}
     med_cpu = {s: statistics.median(r["cpu"][s] for r in runs) for s in stages}
-    prof = {k: statistics.median(r["profile_cpu_ms_per_frame"][k] for r in runs) for k in runs[0].get("profile_cpu_ms_per_frame", {})}
-    return {"median_s": med, "median_cpu_s": med_cpu, "rss_peak_mb": max(r["rss_peak_mb"] for r in runs + [mem]), "traced_peak_mb": mem["traced_peak_mb"],
-            "profile_cpu_ms_per_frame": prof, "cpu_s_per_run": [r["cpu"]["visibility"] + r["cpu"]["top_k"] for r in runs],
-            "checksum": runs[0]["checksum"], "frames": runs[0]["frames"], "masks": runs[0]["masks"], "points": runs[0]["points"]}
+    prof = {
+        k: statistics.median(r["profile_cpu_ms_per_frame"][k] for r in runs)
+        for k in runs[0].get("profile_cpu_ms_per_frame", {})
+    }
+    return {
+        "median_s": med,
+        "median_cpu_s": med_cpu,
+        "rss_peak_mb": max(r["rss_peak_mb"] for r in runs + [mem]),
+        "traced_peak_mb": mem["traced_peak_mb"],
+        "profile_cpu_ms_per_frame": prof,
+        "cpu_s_per_run": [r["cpu"]["visibility"] + r["cpu"]["top_k"] for r in runs],
+        "checksum": runs[0]["checksum"],
+        "frames": runs[0]["frames"],
+        "masks": runs[0]["masks"],
+        "points": runs[0]["points"],
+    }
 
 
-def _bench(scan: Path, prefix: int, repeats: int, ref_repeats: int, proposals: int, ref_masks: str) -> tuple[dict, dict, dict]:
+def _bench(
+    scan: Path, prefix: int, repeats: int, ref_repeats: int, proposals: int, ref_masks: str
+) -> tuple[dict, dict, dict]:
     """(om3db on all frames, om3db on the prefix, reference on the prefix). Repeats are interleaved
     (fast, fast, ref, fast, fast, ref, ...) so a change in the machine's load hits both sides alike."""
     jobs = [("fast", 0), ("fast", prefix), ("ref", prefix)]
@@ -227,18 +259,38 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--ref-repeats", type=int, default=3)
     p.add_argument("--ref-frames", type=int, default=50, help="frames the reference runs on (0: all)")
-    p.add_argument("--proposals", type=int, default=0,
-                   help="total masks: the GT masks plus random overlapping ball proposals (0: GT masks only)")
-    p.add_argument("--ref-masks", default="float16", choices=["float16", "bool"],
-                   help="dtype the reference holds the masks in: float16 as OpenMask3D loads its mask files, or bool")
+    p.add_argument(
+        "--proposals",
+        type=int,
+        default=0,
+        help="total masks: the GT masks plus random overlapping ball proposals (0: GT masks only)",
+    )
+    p.add_argument(
+        "--ref-masks",
+        default="float16",
+        choices=["float16", "bool"],
+        help="dtype the reference holds the masks in: float16 as OpenMask3D loads its mask files, or bool",
+    )
     p.add_argument("--worker", choices=["fast", "ref"])
     p.add_argument("--scan", type=Path)
     p.add_argument("--frames", type=int, default=0)
     p.add_argument("--trace", action="store_true")
     args = p.parse_args()
     if args.worker:
-        print(json.dumps(_worker(argparse.Namespace(impl=args.worker, scan=args.scan, frames=args.frames, trace=args.trace,
-                                                    proposals=args.proposals, ref_masks=args.ref_masks))))
+        print(
+            json.dumps(
+                _worker(
+                    argparse.Namespace(
+                        impl=args.worker,
+                        scan=args.scan,
+                        frames=args.frames,
+                        trace=args.trace,
+                        proposals=args.proposals,
+                        ref_masks=args.ref_masks,
+                    )
+                )
+            )
+        )
         return
 
     from om3db.synth import write_scans
@@ -252,9 +304,17 @@ def main() -> None:
     assert fast_pre["checksum"] == ref_pre["checksum"], "fast and reference disagree"
     sel = lambda r, k="median_s": r[k]["visibility"] + r[k]["top_k"]  # noqa: E731
     report = {
-        "loadavg_1m_end": os.getloadavg()[0], "cpu_count": os.cpu_count(),
-        "reference_masks_dtype": args.ref_masks, "scan": str(scan), "points": fast_all["points"], "masks": fast_all["masks"], "frames": fast_all["frames"],
-        "fast_all_frames": fast_all, "fast_prefix": fast_pre, "reference_prefix": ref_pre, "prefix_frames": nref,
+        "loadavg_1m_end": os.getloadavg()[0],
+        "cpu_count": os.cpu_count(),
+        "reference_masks_dtype": args.ref_masks,
+        "scan": str(scan),
+        "points": fast_all["points"],
+        "masks": fast_all["masks"],
+        "frames": fast_all["frames"],
+        "fast_all_frames": fast_all,
+        "fast_prefix": fast_pre,
+        "reference_prefix": ref_pre,
+        "prefix_frames": nref,
         "speedup_on_prefix_wall": sel(ref_pre) / sel(fast_pre),
         "speedup_on_prefix_cpu": sel(ref_pre, "median_cpu_s") / sel(fast_pre, "median_cpu_s"),
         "outputs_identical_on_prefix": True,

@@ -39,14 +39,14 @@ def _pool(dim: int, n: int, rng) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def make_results(spaces, keep_views: bool, scans: int, per_scan: int, views: int, seed: int = 0,
-                 prefix: str = "s") -> list[IngestResult]:
+def make_results(
+    spaces, keep_views: bool, scans: int, per_scan: int, views: int, seed: int = 0, prefix: str = "s"
+) -> list[IngestResult]:
     """Synthetic scans; vectors are rows of a shared random pool (the content does not matter here)."""
     return list(iter_results(spaces, keep_views, scans, per_scan, views, seed, prefix))
 
 
-def iter_results(spaces, keep_views: bool, scans: int, per_scan: int, views: int, seed: int = 0,
-                 prefix: str = "s"):
+def iter_results(spaces, keep_views: bool, scans: int, per_scan: int, views: int, seed: int = 0, prefix: str = "s"):
     """:func:`make_results` one scan at a time (the ``--base`` scans are never all held in memory)."""
     rng = np.random.default_rng(seed)
     pools = {s: _pool(DIMS[s], 4096, rng) for s in spaces}
@@ -58,10 +58,19 @@ def iter_results(spaces, keep_views: bool, scans: int, per_scan: int, views: int
             o = (k * per_scan + i) * (views + 1) % (4096 - views - 1)
             vs = tuple(ViewRecord(j, 100 + j, box, j != views - 1) for j in range(views))
             pidx = np.arange(i * 100, i * 100 + 500, dtype=np.int32)
-            insts.append(InstanceRecord(
-                i, pidx, np.zeros(3, np.float32), np.ones(3, np.float32), np.full(3, 0.5, np.float32), 1.0, vs,
-                {s: pools[s][o + 1 : o + 1 + views] for s in spaces} if keep_views else {},
-                {s: pools[s][o] for s in spaces}))
+            insts.append(
+                InstanceRecord(
+                    i,
+                    pidx,
+                    np.zeros(3, np.float32),
+                    np.ones(3, np.float32),
+                    np.full(3, 0.5, np.float32),
+                    1.0,
+                    vs,
+                    {s: pools[s][o + 1 : o + 1 + views] for s in spaces} if keep_views else {},
+                    {s: pools[s][o] for s in spaces},
+                )
+            )
         rep = IngestReport(f"{prefix}{k}", 10, 10, {}, per_scan, [], {})
         yield IngestResult(f"{prefix}{k}", "/bench", "fp", {"view_vectors": keep_views}, enc, insts, rep, 100000, 10)
 
@@ -75,8 +84,9 @@ def vector_bytes(results) -> int:
     return total
 
 
-def run_store(results, *, raw_sqlite: bool = True, ivf_threshold: int | None = None,
-              base=lambda: ()) -> tuple[float, float]:
+def run_store(
+    results, *, raw_sqlite: bool = True, ivf_threshold: int | None = None, base=lambda: ()
+) -> tuple[float, float]:
     """(seconds for all write_scan calls, seconds for the final flush) into a fresh database, or into one
     already holding the scans ``base()`` yields (written and flushed untimed). The writer lock is held
     throughout, as ``Database.ingest`` holds it."""
@@ -132,20 +142,30 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--core", action="store_true", help="also time the portable SQLAlchemy Core path")
     ap.add_argument("--ivf-threshold", type=int, default=None, help="the store's (default: its DEFAULT_IVF_THRESHOLD)")
-    ap.add_argument("--base", type=int, default=0,
-                    help="instances already in the database (written and flushed untimed): steady-state adds")
+    ap.add_argument(
+        "--base",
+        type=int,
+        default=0,
+        help="instances already in the database (written and flushed untimed): steady-state adds",
+    )
     ap.add_argument("--shapes", default="abc", help="which shapes to run (letters)")
     args = ap.parse_args()
-    print("| shape | instances | writes inst/s | writes + flush inst/s | store MB/s | flush s | raw sqlite3 inst/s "
-          "| raw MB/s |" + (" Core path inst/s |" if args.core else ""))
+    print(
+        "| shape | instances | writes inst/s | writes + flush inst/s | store MB/s | flush s | raw sqlite3 inst/s "
+        "| raw MB/s |" + (" Core path inst/s |" if args.core else "")
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if args.core else ""))
     for label, (spaces, keep) in SHAPES.items():
         if label not in args.shapes:
             continue
         n = args.full_instances if keep else args.instances
         results = make_results(spaces, keep, n // args.per_scan, args.per_scan, args.views)
+
         def base(spaces=spaces, keep=keep):
-            return iter_results(spaces, keep, args.base // args.per_scan, args.per_scan, args.views, seed=1, prefix="base")
+            return iter_results(
+                spaces, keep, args.base // args.per_scan, args.per_scan, args.views, seed=1, prefix="base"
+            )
+
         total = len(results) * args.per_scan
         mb = vector_bytes(results) / 1e6
         store = [run_store(results, ivf_threshold=args.ivf_threshold, base=base) for _ in range(args.repeats)]
@@ -153,12 +173,16 @@ def main() -> None:
         w = statistics.median(s[0] for s in store)
         f = statistics.median(s[1] for s in store)
         r = statistics.median(raw)
-        line = (f"| {label}) {'+'.join(spaces)} {'instance + view' if keep else 'instance only'} | {total} | "
-                f"{total / w:,.0f} | {total / (w + f):,.0f} | {mb / (w + f):,.0f} | {f:.2f} | {total / r:,.0f} | "
-                f"{mb / r:,.0f} |")
+        line = (
+            f"| {label}) {'+'.join(spaces)} {'instance + view' if keep else 'instance only'} | {total} | "
+            f"{total / w:,.0f} | {total / (w + f):,.0f} | {mb / (w + f):,.0f} | {f:.2f} | {total / r:,.0f} | "
+            f"{mb / r:,.0f} |"
+        )
         if args.core:
-            c = statistics.median(sum(run_store(results, raw_sqlite=False, ivf_threshold=args.ivf_threshold, base=base))
-                                  for _ in range(args.repeats))
+            c = statistics.median(
+                sum(run_store(results, raw_sqlite=False, ivf_threshold=args.ivf_threshold, base=base))
+                for _ in range(args.repeats)
+            )
             line += f" {total / c:,.0f} |"
         print(line, flush=True)
 

@@ -14,8 +14,12 @@ import typer
 
 DbOpt = Annotated[
     Optional[Path],
-    typer.Option("--db", envvar="OM3DB_DB", show_envvar=True,
-                 help="Database folder (created on first ingest). Default: ./om3db-data"),
+    typer.Option(
+        "--db",
+        envvar="OM3DB_DB",
+        show_envvar=True,
+        help="Database folder (created on first ingest). Default: ./om3db-data",
+    ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")]
 
@@ -25,7 +29,7 @@ def _echo_json(obj) -> None:
 
 
 def _jsonable(o):
-    import numpy as np  # noqa: PLC0415
+    import numpy as np
 
     if isinstance(o, np.ndarray):
         return o.tolist()
@@ -37,8 +41,8 @@ def _jsonable(o):
 
 
 def _table(title: str, columns: list[str], rows: list[list]) -> None:
-    from rich.console import Console  # noqa: PLC0415
-    from rich.table import Table  # noqa: PLC0415
+    from rich.console import Console
+    from rich.table import Table
 
     table = Table(title=title)
     for c in columns:
@@ -50,7 +54,7 @@ def _table(title: str, columns: list[str], rows: list[list]) -> None:
 
 def _connect(db: Path | None, *, create: bool = False):
     """Open the database; only ``ingest`` and ``db upgrade`` may create one."""
-    import om3db  # noqa: PLC0415
+    import om3db
 
     return om3db.connect(db, create=create)
 
@@ -67,21 +71,52 @@ def _fmt(v: tuple) -> str:
 
 
 def _hits_table(title: str, hits) -> None:
-    _table(title, ["#", "instance", "scan", "score", "points", "centroid", "frame", "crop box"],
-           [[i, h.instance_id, h.scan, f"{h.score:.4f}", h.point_count, _fmt(h.centroid), h.frame_id, h.crop_box]
-            for i, h in enumerate(hits, 1)])
+    _table(
+        title,
+        ["#", "instance", "scan", "score", "points", "centroid", "frame", "crop box"],
+        [
+            [i, h.instance_id, h.scan, f"{h.score:.4f}", h.point_count, _fmt(h.centroid), h.frame_id, h.crop_box]
+            for i, h in enumerate(hits, 1)
+        ],
+    )
 
 
-def _search(db, text, image, k, aggregation, scan, min_points, region, region_mode, min_score, template, model,
-            space, with_points=False):
-    from om3db.errors import ConfigError  # noqa: PLC0415
-    from om3db.query import parse_region  # noqa: PLC0415
+def _search(
+    db,
+    text,
+    image,
+    k,
+    aggregation,
+    scan,
+    min_points,
+    region,
+    region_mode,
+    min_score,
+    template,
+    model,
+    space,
+    with_points=False,
+):
+    from om3db.errors import ConfigError
+    from om3db.query import parse_region
 
     if (text is None) == (image is None):
         raise ConfigError("give a TEXT query or --image FILE (one of them)")
-    return db.search(text=text, image=image, k=k, aggregation=aggregation, scans=scan or None, min_points=min_points,
-                     region=parse_region(region) if region else None, region_mode=region_mode, min_score=min_score,
-                     with_points=with_points, encoder=model, space=space, template=template)
+    return db.search(
+        text=text,
+        image=image,
+        k=k,
+        aggregation=aggregation,
+        scans=scan or None,
+        min_points=min_points,
+        region=parse_region(region) if region else None,
+        region_mode=region_mode,
+        min_score=min_score,
+        with_points=with_points,
+        encoder=model,
+        space=space,
+        template=template,
+    )
 
 
 def register(app: typer.Typer) -> None:
@@ -92,54 +127,120 @@ def register(app: typer.Typer) -> None:
     def ingest(
         scans_dir: Annotated[Path, typer.Argument(help="A scan folder, or a folder of scans (searched recursively).")],
         db: DbOpt = None,
-        siglip: Annotated[Optional[str], typer.Option("--siglip", help="SigLIP hub id or local directory. Default: the database's model, else google/siglip-so400m-patch14-384.")] = None,
-        dinov2: Annotated[Optional[str], typer.Option("--dinov2", help="DINOv2 hub id or local directory, or 'none' to skip image-image vectors. Default: the database's model, else facebook/dinov2-large.")] = None,
-        sam: Annotated[str, typer.Option("--sam", help="SAM checkpoint (.pth) for SAM-refined crops, or 'none' for box crops.")] = "none",
+        siglip: Annotated[
+            Optional[str],
+            typer.Option(
+                "--siglip",
+                help="SigLIP hub id or local directory. Default: the database's model, else google/siglip-so400m-patch14-384.",
+            ),
+        ] = None,
+        dinov2: Annotated[
+            Optional[str],
+            typer.Option(
+                "--dinov2",
+                help="DINOv2 hub id or local directory, or 'none' to skip image-image vectors. Default: the database's model, else facebook/dinov2-large.",
+            ),
+        ] = None,
+        sam: Annotated[
+            str, typer.Option("--sam", help="SAM checkpoint (.pth) for SAM-refined crops, or 'none' for box crops.")
+        ] = "none",
         frame_step: Annotated[int, typer.Option("--frame-step", help="Use every n-th frame.")] = 10,
         force: Annotated[bool, typer.Option("--force", help="Re-ingest scans even when unchanged.")] = False,
-        refine_masks: Annotated[bool, typer.Option("--refine-masks", help="MOSS: grow / trim masks from mask files with the superpoints their 2D masks (masks2d/ or SAM) cover.")] = False,
-        diverse: Annotated[bool, typer.Option("--diverse", help="OpenMask3D++ diverse views instead of the top-k most visible.")] = False,
+        refine_masks: Annotated[
+            bool,
+            typer.Option(
+                "--refine-masks",
+                help="MOSS: grow / trim masks from mask files with the superpoints their 2D masks (masks2d/ or SAM) cover.",
+            ),
+        ] = False,
+        diverse: Annotated[
+            bool, typer.Option("--diverse", help="OpenMask3D++ diverse views instead of the top-k most visible.")
+        ] = False,
         json_out: JsonOpt = False,
     ) -> None:
         """Ingest every scan below SCANS_DIR (unchanged scans are skipped; each scan commits atomically).
 
         Scans without a mask file get om3db's own proposals from masks2d/<frame>.png or SAM automatic masks;
         scans without depth/ get depth rendered from their mesh."""
-        from om3db.ingest import IngestConfig  # noqa: PLC0415
+        from om3db.ingest import IngestConfig
 
         config = IngestConfig(frame_step=frame_step, refine_masks=refine_masks, diverse=diverse)
         sam_spec = None if sam.lower() == "none" else Path(sam)
         with _connect(db, create=True) as database, _Bars(enabled=not json_out) as bars:
-            out = database.ingest(scans_dir, config=config, siglip=_model(siglip), dinov2=_model(dinov2),
-                                  sam=sam_spec, force=force, progress=bars.update)
+            out = database.ingest(
+                scans_dir,
+                config=config,
+                siglip=_model(siglip),
+                dinov2=_model(dinov2),
+                sam=sam_spec,
+                force=force,
+                progress=bars.update,
+            )
         if json_out:
             _echo_json([o.to_dict() for o in out])
             return
-        _table(f"ingest into {database.path}", ["scan", "status", "instances", "seconds"],
-               [[o.scan, o.status, o.instances, f"{o.seconds:.1f}"] for o in out])
+        _table(
+            f"ingest into {database.path}",
+            ["scan", "status", "instances", "seconds"],
+            [[o.scan, o.status, o.instances, f"{o.seconds:.1f}"] for o in out],
+        )
 
     @app.command()
     def search(
         text: Annotated[Optional[str], typer.Argument(help="What to look for, e.g. 'mug'.")] = None,
-        image: Annotated[Optional[Path], typer.Option("--image", help="Search by an example photo instead (DINOv2).")] = None,
+        image: Annotated[
+            Optional[Path], typer.Option("--image", help="Search by an example photo instead (DINOv2).")
+        ] = None,
         db: DbOpt = None,
         k: Annotated[int, typer.Option("-k", "--k", help="Number of results.")] = 10,
-        aggregation: Annotated[str, typer.Option("--aggregation", help="mean (instance vector) or max (best view).")] = "mean",
+        aggregation: Annotated[
+            str, typer.Option("--aggregation", help="mean (instance vector) or max (best view).")
+        ] = "mean",
         scan: Annotated[Optional[list[str]], typer.Option("--scan", help="Only this scan (repeatable).")] = None,
         min_points: Annotated[int, typer.Option("--min-points", help="Minimum instance point count.")] = 0,
-        region: Annotated[Optional[str], typer.Option("--region", help="Box xmin,ymin,zmin,xmax,ymax,zmax in metres.")] = None,
-        region_mode: Annotated[str, typer.Option("--region-mode", help="intersects (bbox overlaps) or centroid (inside).")] = "intersects",
-        min_score: Annotated[Optional[float], typer.Option("--min-score", help="Drop hits with a lower similarity.")] = None,
-        template: Annotated[str, typer.Option("--template", help="Prompt template for text queries.")] = "a {} in a scene",
-        model: Annotated[Optional[str], typer.Option("--model", help="Query encoder (hub id or directory). Default: the model the space was built with.")] = None,
-        space: Annotated[Optional[str], typer.Option("--space", help="Vector space: siglip (text default) or dinov2 (image default).")] = None,
+        region: Annotated[
+            Optional[str], typer.Option("--region", help="Box xmin,ymin,zmin,xmax,ymax,zmax in metres.")
+        ] = None,
+        region_mode: Annotated[
+            str, typer.Option("--region-mode", help="intersects (bbox overlaps) or centroid (inside).")
+        ] = "intersects",
+        min_score: Annotated[
+            Optional[float], typer.Option("--min-score", help="Drop hits with a lower similarity.")
+        ] = None,
+        template: Annotated[
+            str, typer.Option("--template", help="Prompt template for text queries.")
+        ] = "a {} in a scene",
+        model: Annotated[
+            Optional[str],
+            typer.Option(
+                "--model", help="Query encoder (hub id or directory). Default: the model the space was built with."
+            ),
+        ] = None,
+        space: Annotated[
+            Optional[str],
+            typer.Option("--space", help="Vector space: siglip (text default) or dinov2 (image default)."),
+        ] = None,
         with_points: Annotated[bool, typer.Option("--with-points", help="Include point indices (JSON).")] = False,
         json_out: JsonOpt = False,
     ) -> None:
         """Find instances by text (SigLIP) or by an example image (DINOv2) across all scans."""
         with _connect(db) as database:
-            hits = _search(database, text, image, k, aggregation, scan, min_points, region, region_mode, min_score,
-                           template, model, space, with_points)
+            hits = _search(
+                database,
+                text,
+                image,
+                k,
+                aggregation,
+                scan,
+                min_points,
+                region,
+                region_mode,
+                min_score,
+                template,
+                model,
+                space,
+                with_points,
+            )
         if json_out:
             _echo_json([h.to_dict() for h in hits])
             return
@@ -153,8 +254,11 @@ def register(app: typer.Typer) -> None:
         if json_out:
             _echo_json([s.to_dict() for s in rows])
             return
-        _table(f"{len(rows)} scans in {database.path}", ["scan", "instances", "frames", "points", "updated", "path"],
-               [[s.name, s.instances, s.frame_count, s.num_points, s.updated_at, s.path] for s in rows])
+        _table(
+            f"{len(rows)} scans in {database.path}",
+            ["scan", "instances", "frames", "points", "updated", "path"],
+            [[s.name, s.instances, s.frame_count, s.num_points, s.updated_at, s.path] for s in rows],
+        )
 
     @app.command()
     def show(
@@ -168,11 +272,16 @@ def register(app: typer.Typer) -> None:
         if json_out:
             _echo_json(inst.to_dict())
             return
-        typer.echo(f"instance {inst.id} of scan {inst.scan} (mask {inst.mask_index}, {inst.point_count} points, "
-                   f"score {inst.score:.3f})")
+        typer.echo(
+            f"instance {inst.id} of scan {inst.scan} (mask {inst.mask_index}, {inst.point_count} points, "
+            f"score {inst.score:.3f})"
+        )
         typer.echo(f"bbox {_fmt(inst.bbox_min)} - {_fmt(inst.bbox_max)}, centroid {_fmt(inst.centroid)}")
-        _table("views", ["frame", "visible pixels", "crop boxes", "inlier"],
-               [[v.frame_id, v.visible_pixels, v.crop_boxes, v.inlier] for v in inst.views])
+        _table(
+            "views",
+            ["frame", "visible pixels", "crop boxes", "inlier"],
+            [[v.frame_id, v.visible_pixels, v.crop_boxes, v.inlier] for v in inst.views],
+        )
 
     @app.command()
     def export(
@@ -187,8 +296,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Search, then write each scan's points as PLY with the hits highlighted and each hit's best crop as PNG."""
         with _connect(db) as database:
-            hits = _search(database, text, image, k, aggregation, scan, 0, None, "intersects", None,
-                           "a {} in a scene", None, None)
+            hits = _search(
+                database, text, image, k, aggregation, scan, 0, None, "intersects", None, "a {} in a scene", None, None
+            )
             files = database.export(hits, out)
         if json_out:
             _echo_json({"hits": [h.to_dict() for h in hits], "files": [str(f) for f in files]})
@@ -197,8 +307,11 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"wrote {f}")
 
     @app.command("rm")
-    def rm(scan: Annotated[str, typer.Argument(help="Scan name (see om3db scans).")], db: DbOpt = None,
-           json_out: JsonOpt = False) -> None:
+    def rm(
+        scan: Annotated[str, typer.Argument(help="Scan name (see om3db scans).")],
+        db: DbOpt = None,
+        json_out: JsonOpt = False,
+    ) -> None:
         """Remove a scan, its instances and its vectors."""
         with _connect(db) as database:
             n = database.remove(scan)
@@ -227,13 +340,16 @@ def register(app: typer.Typer) -> None:
             _echo_json(data)
             return
         _table("om3db", ["key", "value"], [[k, v] for k, v in data.items() if k != "spaces"])
-        _table("vector spaces", ["space", "level", "model", "dim", "vectors", "index"],
-               [[s["name"], s["level"], s["model_id"], s["dim"], s["vectors"], s["index"]] for s in data["spaces"]])
+        _table(
+            "vector spaces",
+            ["space", "level", "model", "dim", "vectors", "index"],
+            [[s["name"], s["level"], s["model_id"], s["dim"], s["vectors"], s["index"]] for s in data["spaces"]],
+        )
 
     @db_app.command("upgrade")
     def db_upgrade(db: DbOpt = None, json_out: JsonOpt = False) -> None:
         """Upgrade the database schema to this version of om3db."""
-        from om3db.database import upgrade_database  # noqa: PLC0415
+        from om3db.database import upgrade_database
 
         before, after = upgrade_database(db)
         if json_out:
@@ -254,8 +370,8 @@ class _Bars:
 
     def __enter__(self) -> _Bars:
         if self.enabled:
-            from rich.console import Console  # noqa: PLC0415
-            from rich.progress import Progress  # noqa: PLC0415
+            from rich.console import Console
+            from rich.progress import Progress
 
             self._progress = Progress(console=Console(stderr=True), transient=True)
             self._progress.start()

@@ -8,7 +8,9 @@ from typing import Annotated
 
 import typer
 
-GT_HELP = "Ground truth: a folder of <scene>.txt (one id label*1000+instance+1 per point) or of scans with gt/instances.txt."
+GT_HELP = (
+    "Ground truth: a folder of <scene>.txt (one id label*1000+instance+1 per point) or of scans with gt/instances.txt."
+)
 VOCAB_HELP = "'scannet200', a classes.json ([{id, name}]), a scan folder with gt/classes.json, or a text file of names."
 DbOpt = Annotated[
     Path | None,
@@ -22,8 +24,8 @@ def _fmt(x: float | None) -> str:
 
 
 def _instance_tables(results: dict, *, per_class: bool) -> None:
-    from rich.console import Console  # noqa: PLC0415
-    from rich.table import Table  # noqa: PLC0415
+    from rich.console import Console
+    from rich.table import Table
 
     console = Console()
     summary = Table(title="Instance segmentation AP (%)")
@@ -44,12 +46,16 @@ def _instance_tables(results: dict, *, per_class: bool) -> None:
                 table.add_row(c.name, str(c.num_gt), *(_fmt(r.classes[i].ap50) for r in results.values()))
         console.print(table)
     r = first
-    console.print(f"{len(r.scenes)} scenes, {r.num_predictions} predictions evaluated, "
-                  f"{r.dropped_small} under the minimum size, {r.dropped_not_evaluated} of classes not evaluated")
+    console.print(
+        f"{len(r.scenes)} scenes, {r.num_predictions} predictions evaluated, "
+        f"{r.dropped_small} under the minimum size, {r.dropped_not_evaluated} of classes not evaluated"
+    )
 
 
 def register(app: typer.Typer) -> None:
-    ev = typer.Typer(help="Evaluate against ground truth: ScanNet200 instance AP, semantic mIoU / hIoU.", no_args_is_help=True)
+    ev = typer.Typer(
+        help="Evaluate against ground truth: ScanNet200 instance AP, semantic mIoU / hIoU.", no_args_is_help=True
+    )
     app.add_typer(ev, name="eval")
 
     @ev.command("instances")
@@ -58,22 +64,35 @@ def register(app: typer.Typer) -> None:
         db: DbOpt = None,
         vocabulary: Annotated[str, typer.Option("--vocabulary", help=VOCAB_HELP)] = "scannet200",
         exclude: Annotated[list[str] | None, typer.Option("--exclude", help=EXCLUDE_HELP)] = None,
-        template: Annotated[str, typer.Option("--template", help="Prompt template; {} is the class name.")] = "a {} in a scene",
-        protocol: Annotated[list[str] | None, typer.Option("--protocol", help="constant | similarity; repeat. Default: both.")] = None,
-        aggregation: Annotated[list[str] | None, typer.Option("--aggregation", help="mean | max; repeat. Default: both.")] = None,
-        per_class: Annotated[bool, typer.Option("--per-class/--no-per-class", help="Print the per-class table.")] = True,
+        template: Annotated[
+            str, typer.Option("--template", help="Prompt template; {} is the class name.")
+        ] = "a {} in a scene",
+        protocol: Annotated[
+            list[str] | None, typer.Option("--protocol", help="constant | similarity; repeat. Default: both.")
+        ] = None,
+        aggregation: Annotated[
+            list[str] | None, typer.Option("--aggregation", help="mean | max; repeat. Default: both.")
+        ] = None,
+        per_class: Annotated[
+            bool, typer.Option("--per-class/--no-per-class", help="Print the per-class table.")
+        ] = True,
         json_out: Annotated[bool, typer.Option("--json", help="Print the full report as JSON.")] = False,
     ) -> None:
         """Label every GT scan's instances in the database and report AP under both scoring protocols."""
-        from om3db import connect  # noqa: PLC0415
-        from om3db.evaluate import evaluate_database, load_vocabulary  # noqa: PLC0415
+        from om3db import connect
+        from om3db.evaluate import evaluate_database, load_vocabulary
 
         vocab = load_vocabulary(vocabulary, exclude=tuple(exclude) if exclude is not None else ("wall", "floor"))
         database = connect(db, create=False)
         try:
-            report = evaluate_database(database, gt, vocab, template=template,
-                                       protocols=tuple(protocol or ("constant", "similarity")),
-                                       aggregations=tuple(aggregation or ("mean", "max")))
+            report = evaluate_database(
+                database,
+                gt,
+                vocab,
+                template=template,
+                protocols=tuple(protocol or ("constant", "similarity")),
+                aggregations=tuple(aggregation or ("mean", "max")),
+            )
         finally:
             database.close()
         if json_out:
@@ -85,19 +104,28 @@ def register(app: typer.Typer) -> None:
 
     @ev.command("files")
     def files(
-        predictions: Annotated[Path, typer.Argument(help="A <scene>.npz / ScanNet <scene>.txt file or a folder of them.")],
+        predictions: Annotated[
+            Path, typer.Argument(help="A <scene>.npz / ScanNet <scene>.txt file or a folder of them.")
+        ],
         gt: Annotated[Path, typer.Option("--gt", help=GT_HELP)],
         vocabulary: Annotated[str, typer.Option("--vocabulary", help=VOCAB_HELP)] = "scannet200",
         exclude: Annotated[list[str] | None, typer.Option("--exclude", help=EXCLUDE_HELP)] = None,
-        min_region_size: Annotated[int, typer.Option("--min-region-size", help="GT regions and predictions under this many points are ignored.")] = 100,
-        per_class: Annotated[bool, typer.Option("--per-class/--no-per-class", help="Print the per-class table.")] = True,
+        min_region_size: Annotated[
+            int,
+            typer.Option("--min-region-size", help="GT regions and predictions under this many points are ignored."),
+        ] = 100,
+        per_class: Annotated[
+            bool, typer.Option("--per-class/--no-per-class", help="Print the per-class table.")
+        ] = True,
         json_out: Annotated[bool, typer.Option("--json", help="Print the full result as JSON.")] = False,
     ) -> None:
         """Score another system's predictions (points x masks, class ids, scores) with the same protocol."""
-        from om3db.evaluate import instance_ap, load_gt, load_predictions, load_vocabulary  # noqa: PLC0415
+        from om3db.evaluate import instance_ap, load_gt, load_predictions, load_vocabulary
 
         vocab = load_vocabulary(vocabulary, exclude=tuple(exclude) if exclude is not None else ("wall", "floor"))
-        result = instance_ap(load_predictions(predictions), load_gt(gt), vocabulary=vocab, min_region_size=min_region_size)
+        result = instance_ap(
+            load_predictions(predictions), load_gt(gt), vocabulary=vocab, min_region_size=min_region_size
+        )
         if json_out:
             typer.echo(json.dumps(result.to_dict(), indent=1))
             return
@@ -108,30 +136,55 @@ def register(app: typer.Typer) -> None:
         gt: Annotated[Path, typer.Option("--gt", help=GT_HELP)],
         db: DbOpt = None,
         vocabulary: Annotated[str, typer.Option("--vocabulary", help=VOCAB_HELP)] = "scannet200",
-        novel: Annotated[Path | None, typer.Option("--novel", help="Novel class names (JSON list or one per line): adds base/novel mIoU and hIoU.")] = None,
-        template: Annotated[str, typer.Option("--template", help="Prompt template; {} is the class name.")] = "a {} in a scene",
+        novel: Annotated[
+            Path | None,
+            typer.Option(
+                "--novel", help="Novel class names (JSON list or one per line): adds base/novel mIoU and hIoU."
+            ),
+        ] = None,
+        template: Annotated[
+            str, typer.Option("--template", help="Prompt template; {} is the class name.")
+        ] = "a {} in a scene",
         aggregation: Annotated[str, typer.Option("--aggregation", help="mean | max.")] = "mean",
-        fill: Annotated[str, typer.Option("--fill", help="none: points in no instance stay unlabelled; nearest: nearest labelled point's class.")] = "none",
-        export: Annotated[Path | None, typer.Option("--export", help="Write per-point labels to this folder, one file per scan.")] = None,
-        export_format: Annotated[str, typer.Option("--format", help="npy (int labels, -1 unlabelled) or ply (coloured per class).")] = "npy",
+        fill: Annotated[
+            str,
+            typer.Option(
+                "--fill", help="none: points in no instance stay unlabelled; nearest: nearest labelled point's class."
+            ),
+        ] = "none",
+        export: Annotated[
+            Path | None, typer.Option("--export", help="Write per-point labels to this folder, one file per scan.")
+        ] = None,
+        export_format: Annotated[
+            str, typer.Option("--format", help="npy (int labels, -1 unlabelled) or ply (coloured per class).")
+        ] = "npy",
         json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     ) -> None:
         """Per-point labels from instance labels: mIoU over the vocabulary, hIoU over a base / novel split."""
-        from om3db import connect  # noqa: PLC0415
-        from om3db.evaluate import load_vocabulary, semantic_from_database  # noqa: PLC0415
+        from om3db import connect
+        from om3db.evaluate import load_vocabulary, semantic_from_database
 
         vocab = load_vocabulary(vocabulary)
         database = connect(db, create=False)
         try:
-            report = semantic_from_database(database, gt, vocab, template=template, aggregation=aggregation, fill=fill,
-                                            novel=novel, export=export, export_format=export_format)
+            report = semantic_from_database(
+                database,
+                gt,
+                vocab,
+                template=template,
+                aggregation=aggregation,
+                fill=fill,
+                novel=novel,
+                export=export,
+                export_format=export_format,
+            )
         finally:
             database.close()
         if json_out:
             typer.echo(json.dumps(report.to_dict(), indent=1))
             return
-        from rich.console import Console  # noqa: PLC0415
-        from rich.table import Table  # noqa: PLC0415
+        from rich.console import Console
+        from rich.table import Table
 
         res = report.result
         sem = getattr(res, "semantic", res)

@@ -18,7 +18,6 @@ app = typer.Typer(
 )
 
 
-
 @app.callback()
 def _root() -> None:
     """Open-vocabulary 3D scene database: ingest RGB-D scans, search object instances by text or image."""

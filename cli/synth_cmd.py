@@ -14,21 +14,35 @@ def register(app: typer.Typer) -> None:
         out: Annotated[Path, typer.Argument(help="Folder to write the scans into (created).")],
         scans: Annotated[int, typer.Option("--scans", help="Number of scans.")] = 2,
         seed: Annotated[int, typer.Option("--seed", help="Random seed: same seed, same scans.")] = 0,
-        size: Annotated[str, typer.Option("--size", help="tiny (tests, seconds) or scannet (benchmark scale).")] = "tiny",
-        masks: Annotated[bool, typer.Option("--masks/--no-masks", help="Write the GT masks as <scan>_masks.pt.")] = True,
-        masks2d: Annotated[bool, typer.Option("--masks2d", help="Also write the GT 2D instance maps as masks2d/<id>.png (input of om3db's proposer).")] = False,
-        depth: Annotated[bool, typer.Option("--depth/--no-depth", help="Write sensor depth (--no-depth: om3db renders depth from the mesh).")] = True,
+        size: Annotated[
+            str, typer.Option("--size", help="tiny (tests, seconds) or scannet (benchmark scale).")
+        ] = "tiny",
+        masks: Annotated[
+            bool, typer.Option("--masks/--no-masks", help="Write the GT masks as <scan>_masks.pt.")
+        ] = True,
+        masks2d: Annotated[
+            bool,
+            typer.Option(
+                "--masks2d", help="Also write the GT 2D instance maps as masks2d/<id>.png (input of om3db's proposer)."
+            ),
+        ] = False,
+        depth: Annotated[
+            bool,
+            typer.Option(
+                "--depth/--no-depth", help="Write sensor depth (--no-depth: om3db renders depth from the mesh)."
+            ),
+        ] = True,
         json_out: Annotated[bool, typer.Option("--json", help="Print the written scan folders as JSON.")] = False,
     ) -> None:
         """Write synthetic RGB-D scans (ScanNet layout) rendered with open3d, with exact ground truth."""
-        import json  # noqa: PLC0415
+        import json
 
-        from om3db.synth import write_scans  # noqa: PLC0415
+        from om3db.synth import write_scans
 
         if json_out:
             paths = write_scans(out, scans=scans, seed=seed, size=size, masks=masks, masks2d=masks2d, depth=depth)
         else:
-            from rich.progress import Progress  # noqa: PLC0415
+            from rich.progress import Progress
 
             with Progress(transient=True) as bar:
                 task = bar.add_task("rendering frames", total=None)

@@ -14,14 +14,14 @@ def open3d():
     """Return the ``open3d`` module, loading the pip-packaged libusb first when the system lacks it."""
     os.environ.setdefault("OPEN3D_DISABLE_WEB_VISUALIZER", "true")
     try:
-        import open3d as o3d  # noqa: PLC0415
+        import open3d as o3d
 
         return o3d
     except ImportError as exc:
         if "libusb" not in str(exc):
             raise Om3dbError(f"open3d cannot be imported: {exc}. Install it with `pip install open3d-cpu`.") from exc
     try:
-        import libusb_package  # noqa: PLC0415
+        import libusb_package
 
         lib = libusb_package.get_library_path()
     except Exception as exc:  # pragma: no cover - depends on the machine
@@ -29,6 +29,6 @@ def open3d():
             "open3d needs libusb-1.0.so.0: install the Debian package libusb-1.0-0 or `pip install libusb-package`"
         ) from exc
     ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
-    import open3d as o3d  # noqa: PLC0415
+    import open3d as o3d
 
     return o3d

@@ -50,7 +50,7 @@ def dbscan_inliers(view_vecs: np.ndarray, *, eps: float = 0.1, min_samples: int 
     n = v.shape[0]
     if n < 3:
         return np.ones(n, dtype=bool)
-    from sklearn.cluster import DBSCAN  # noqa: PLC0415
+    from sklearn.cluster import DBSCAN
 
     ms = n // 2 + 1 if min_samples is None else min_samples
     labels = DBSCAN(eps=eps, min_samples=ms, metric="cosine").fit(v).labels_

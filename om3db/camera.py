@@ -21,7 +21,7 @@ class Intrinsics:
     height: int
 
     @classmethod
-    def from_matrix(cls, k: np.ndarray, width: int, height: int) -> "Intrinsics":
+    def from_matrix(cls, k: np.ndarray, width: int, height: int) -> Intrinsics:
         """From a 3x3 or 4x4 camera matrix (only ``[:3, :3]`` is used)."""
         return cls(float(k[0, 0]), float(k[1, 1]), float(k[0, 2]), float(k[1, 2]), int(width), int(height))
 
@@ -30,7 +30,7 @@ class Intrinsics:
         """(3, 3) float64 K."""
         return np.array([[self.fx, 0, self.cx], [0, self.fy, self.cy], [0, 0, 1]], dtype=np.float64)
 
-    def scaled_to(self, width: int, height: int) -> "Intrinsics":
+    def scaled_to(self, width: int, height: int) -> Intrinsics:
         """The same camera at another resolution: fx, cx scale by W'/W and fy, cy by H'/H.
 
         (OpenMask3D swaps the two axes here; with ScanNet's 1296x968 -> 640x480 that shifts
@@ -41,7 +41,9 @@ class Intrinsics:
         return Intrinsics(self.fx * sx, self.fy * sy, self.cx * sx, self.cy * sy, int(width), int(height))
 
 
-def project(points: np.ndarray, world_to_camera: np.ndarray, intr: Intrinsics) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def project(
+    points: np.ndarray, world_to_camera: np.ndarray, intr: Intrinsics
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Project (N, 3) world points. Returns float64 pixel ``u``, ``v`` (N,) and camera depth ``z`` (N,).
 
     Points behind the camera get z <= 0; callers must test ``z > 0`` before using u, v.

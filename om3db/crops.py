@@ -5,8 +5,9 @@ Boxes are colour-image pixels ``(x0, y0, x1, y1)`` with x1 / y1 exclusive, int32
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 
@@ -44,7 +45,9 @@ class CropConfig:
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ConfigError(f"CropConfig.{name} must be an integer >= 1, got {getattr(self, name)!r}")
         if self.expand < 0 or self.box_dilation < 0:
-            raise ConfigError(f"CropConfig.expand and box_dilation must be >= 0, got {self.expand}, {self.box_dilation}")
+            raise ConfigError(
+                f"CropConfig.expand and box_dilation must be >= 0, got {self.expand}, {self.box_dilation}"
+            )
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError(f"CropConfig.seed must be an integer >= 0, got {self.seed!r}")
 
@@ -75,8 +78,10 @@ def crop_boxes(box0, width: int, height: int, levels: int = 3, expand: float = 0
         raise ConfigError(f"crop levels must be >= 1, got {levels}")
     step = np.arange(levels)
     dx, dy = int(expand * (x1 - x0)) * step, int(expand * (y1 - y0)) * step
-    boxes = np.stack([np.maximum(0, x0 - dx), np.maximum(0, y0 - dy),
-                      np.minimum(width, x1 + dx), np.minimum(height, y1 + dy)], axis=1)
+    boxes = np.stack(
+        [np.maximum(0, x0 - dx), np.maximum(0, y0 - dy), np.minimum(width, x1 + dx), np.minimum(height, y1 + dy)],
+        axis=1,
+    )
     return boxes.astype(np.int32)
 
 
@@ -93,8 +98,9 @@ def _fit(box, width: int, height: int, min_size: int) -> tuple[int, int, int, in
     return x0, y0, max(x1, x0 + 1), max(y1, y0 + 1)
 
 
-def points_box(points: np.ndarray, width: int, height: int, *, dilation: float = 0.0,
-               min_size: int = 1) -> tuple[int, int, int, int]:
+def points_box(
+    points: np.ndarray, width: int, height: int, *, dilation: float = 0.0, min_size: int = 1
+) -> tuple[int, int, int, int]:
     """Box of (P, 2) float px points (x, y): floor(min) .. floor(max) + 1, optionally dilated by density."""
     pts = np.asarray(points, dtype=np.float64)
     x0, y0 = np.floor(pts.min(axis=0))
@@ -114,8 +120,9 @@ def mask_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
     return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
 
 
-def prompt_rounds(points: np.ndarray, *, rounds: int, per_round: int, seed: int, frame_id: int,
-                  mask_id: int) -> np.ndarray:
+def prompt_rounds(
+    points: np.ndarray, *, rounds: int, per_round: int, seed: int, frame_id: int, mask_id: int
+) -> np.ndarray:
     """(rounds, per_round, 2) prompt points drawn from (P, 2) points, reproducible from (seed, frame, mask).
 
     Without replacement within a round when P >= per_round, with replacement otherwise.
@@ -128,21 +135,31 @@ def prompt_rounds(points: np.ndarray, *, rounds: int, per_round: int, seed: int,
 
 def _check_inputs(image: np.ndarray, prompts: Sequence[np.ndarray], mask_ids) -> list[int]:
     if not (isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8):
-        raise ConfigError(f"frame image must be an (H, W, 3) uint8 array, got {getattr(image, 'shape', None)} "
-                          f"{getattr(image, 'dtype', type(image).__name__)}")
+        raise ConfigError(
+            f"frame image must be an (H, W, 3) uint8 array, got {getattr(image, 'shape', None)} "
+            f"{getattr(image, 'dtype', type(image).__name__)}"
+        )
     ids = list(range(len(prompts))) if mask_ids is None else [int(i) for i in mask_ids]
     if len(ids) != len(prompts):
         raise ConfigError(f"{len(prompts)} prompt sets but {len(ids)} mask ids")
-    for i, p in zip(ids, prompts):
+    for i, p in zip(ids, prompts, strict=True):
         arr = np.asarray(p)
         if arr.ndim != 2 or arr.shape[1] != 2 or len(arr) == 0 or not np.isfinite(arr).all():
-            raise ConfigError(f"prompts of mask {i} must be a non-empty (P, 2) finite array of (x, y) px, "
-                              f"got shape {arr.shape}")
+            raise ConfigError(
+                f"prompts of mask {i} must be a non-empty (P, 2) finite array of (x, y) px, got shape {arr.shape}"
+            )
     return ids
 
 
-def crop_frame(image: np.ndarray, prompts: Sequence[np.ndarray], *, config: CropConfig = CropConfig(), sam=None,
-               frame_id: int = 0, mask_ids: Sequence[int] | None = None) -> list[FrameCrops]:
+def crop_frame(
+    image: np.ndarray,
+    prompts: Sequence[np.ndarray],
+    *,
+    config: CropConfig = CropConfig(),
+    sam=None,
+    frame_id: int = 0,
+    mask_ids: Sequence[int] | None = None,
+) -> list[FrameCrops]:
     """Crops of every mask chosen in one frame, one `FrameCrops` per prompt set, in order.
 
     ``prompts[i]``: (P_i, 2) float colour px (x, y), the mask's projected visible points.
@@ -151,22 +168,37 @@ def crop_frame(image: np.ndarray, prompts: Sequence[np.ndarray], *, config: Crop
     ids = _check_inputs(image, prompts, mask_ids)
     h, w = image.shape[:2]
     if config.mode == "sam" and sam is None:
-        raise ConfigError("crop mode 'sam' needs a SAM predictor (om3db.sam.load_sam(checkpoint)); "
-                          "or use CropConfig(mode='box')")
+        raise ConfigError(
+            "crop mode 'sam' needs a SAM predictor (om3db.sam.load_sam(checkpoint)); or use CropConfig(mode='box')"
+        )
     if not prompts:
         return []
     boxes0, ious, pixels = [], [None] * len(ids), [None] * len(ids)
     if config.mode == "box":
         boxes0 = [points_box(p, w, h, dilation=config.box_dilation, min_size=config.min_box_size) for p in prompts]
     else:
-        rounds = np.stack([prompt_rounds(p, rounds=config.sam_rounds, per_round=config.sam_points, seed=config.seed,
-                                         frame_id=frame_id, mask_id=i) for i, p in zip(ids, prompts)])
+        rounds = np.stack(
+            [
+                prompt_rounds(
+                    p,
+                    rounds=config.sam_rounds,
+                    per_round=config.sam_points,
+                    seed=config.seed,
+                    frame_id=frame_id,
+                    mask_id=i,
+                )
+                for i, p in zip(ids, prompts, strict=True)
+            ]
+        )
         sam.set_image(image)
         masks, best_iou, _ = sam.predict_best(rounds, np.ones(rounds.shape[:3], dtype=np.int64))
         for k, p in enumerate(prompts):
             box = mask_box(masks[k])
-            boxes0.append(_fit(box, w, h, config.min_box_size) if box is not None
-                          else points_box(p, w, h, min_size=config.min_box_size))
+            boxes0.append(
+                _fit(box, w, h, config.min_box_size)
+                if box is not None
+                else points_box(p, w, h, min_size=config.min_box_size)
+            )
             ious[k], pixels[k] = float(best_iou[k]), int(masks[k].sum())
     out = []
     for k, i in enumerate(ids):

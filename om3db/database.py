@@ -20,9 +20,20 @@ import numpy as np
 
 from .errors import ConfigError, NotFoundError
 from .query import Filters, check_encoder, label_vectors, search_space
-from .records import EncoderIdentity, IngestReport
+from .records import IngestReport
 
-__all__ = ["connect", "upgrade_database", "Database", "Hit", "ScanInfo", "Instance", "Label", "IngestOutcome", "DEFAULT_DB", "DEFAULT_TEMPLATE"]
+__all__ = [
+    "connect",
+    "upgrade_database",
+    "Database",
+    "Hit",
+    "ScanInfo",
+    "Instance",
+    "Label",
+    "IngestOutcome",
+    "DEFAULT_DB",
+    "DEFAULT_TEMPLATE",
+]
 
 DEFAULT_DB = "om3db-data"
 """Database folder used when neither a path nor ``$OM3DB_DB`` is given (relative to the cwd)."""
@@ -139,17 +150,35 @@ class IngestOutcome:
 
 
 def _instance(r) -> Instance:
-    from .store import unpack_indices  # noqa: PLC0415
-    from .store.writer import unpack_views  # noqa: PLC0415
+    from .store import unpack_indices
+    from .store.writer import unpack_views
 
     views = tuple(View(v.frame_id, v.visible_pixels, v.crop_boxes, v.inlier) for v in unpack_views(r.views))
-    return Instance(r.id, r.scan.name, r.scan.path, r.mask_index, r.point_count, r.score, _bmin(r), _bmax(r),
-                    _cen(r), views, unpack_indices(r.point_indices))
+    return Instance(
+        r.id,
+        r.scan.name,
+        r.scan.path,
+        r.mask_index,
+        r.point_count,
+        r.score,
+        _bmin(r),
+        _bmax(r),
+        _cen(r),
+        views,
+        unpack_indices(r.point_indices),
+    )
 
 
-def connect(path: str | Path | None = None, *, ephemeral: bool = False, url: str | None = None,
-            lock_timeout: float = 10.0, ivf_threshold: int | None = None, use_gpu: bool | None = None,
-            create: bool = True) -> Database:
+def connect(
+    path: str | Path | None = None,
+    *,
+    ephemeral: bool = False,
+    url: str | None = None,
+    lock_timeout: float = 10.0,
+    ivf_threshold: int | None = None,
+    use_gpu: bool | None = None,
+    create: bool = True,
+) -> Database:
     """Open (or create) a database directory.
 
     path: the folder; None uses ``$OM3DB_DB`` or ``./om3db-data``.
@@ -159,24 +188,32 @@ def connect(path: str | Path | None = None, *, ephemeral: bool = False, url: str
     lock_timeout: seconds a writer waits for another writer before DatabaseBusyError.
     ivf_threshold: vectors per space past which IVF replaces exact search.
     """
-    from .store import DEFAULT_IVF_THRESHOLD, Store  # noqa: PLC0415
+    from .store import DEFAULT_IVF_THRESHOLD, Store
 
     if ephemeral:
         root = Path(tempfile.mkdtemp(prefix="om3db-"))
     else:
         root = Path(path if path is not None else os.environ.get("OM3DB_DB") or DEFAULT_DB)
         if not create and url is None and not (root / "om3db.sqlite").is_file():
-            raise NotFoundError(f"{root}: no om3db database here. Ingest scans first: om3db ingest SCANS_DIR --db {root}")
-    store = Store(root, url=url, lock_timeout=lock_timeout, use_gpu=use_gpu,
-                  ivf_threshold=DEFAULT_IVF_THRESHOLD if ivf_threshold is None else ivf_threshold)
+            raise NotFoundError(
+                f"{root}: no om3db database here. Ingest scans first: om3db ingest SCANS_DIR --db {root}"
+            )
+    store = Store(
+        root,
+        url=url,
+        lock_timeout=lock_timeout,
+        use_gpu=use_gpu,
+        ivf_threshold=DEFAULT_IVF_THRESHOLD if ivf_threshold is None else ivf_threshold,
+    )
     return Database(store, ephemeral=ephemeral)
 
 
-def upgrade_database(path: str | Path | None = None, *, url: str | None = None,
-                     lock_timeout: float = 10.0) -> tuple[str | None, str]:
+def upgrade_database(
+    path: str | Path | None = None, *, url: str | None = None, lock_timeout: float = 10.0
+) -> tuple[str | None, str]:
     """Run the shipped migrations on a database folder; returns (revision before, revision after)."""
-    from .store.lock import WriterLock  # noqa: PLC0415
-    from .store.schema import current_revision, head_revision, make_engine, upgrade  # noqa: PLC0415
+    from .store.lock import WriterLock
+    from .store.schema import current_revision, head_revision, make_engine, upgrade
 
     root = Path(path if path is not None else os.environ.get("OM3DB_DB") or DEFAULT_DB)
     sqlite = root / "om3db.sqlite"
@@ -238,7 +275,7 @@ class Database:
                 spec = DEFAULT_MODELS[space]
         key = (space, str(spec))
         if key not in self._models:
-            from .embed import load_encoder  # noqa: PLC0415
+            from .embed import load_encoder
 
             self._models[key] = load_encoder(space, spec)
         self._last[space] = self._models[key]
@@ -246,9 +283,19 @@ class Database:
 
     # -- writes -----------------------------------------------------------------------------
 
-    def ingest(self, paths_or_root, *, config=None, siglip=None, dinov2=None, sam=None, force: bool = False,
-               depth_scale: float = 1000.0, pose_convention: str = "opencv",
-               progress: Progress | None = None) -> list[IngestOutcome]:
+    def ingest(
+        self,
+        paths_or_root,
+        *,
+        config=None,
+        siglip=None,
+        dinov2=None,
+        sam=None,
+        force: bool = False,
+        depth_scale: float = 1000.0,
+        pose_convention: str = "opencv",
+        progress: Progress | None = None,
+    ) -> list[IngestOutcome]:
         """Ingest every scan at or below the given folder(s); one atomic commit per scan.
 
         siglip / dinov2: encoder objects, hub ids or local directories (None: the model the space was
@@ -257,8 +304,8 @@ class Database:
         Scans whose fingerprint and settings are unchanged are skipped unless ``force``.
         Holds the writer lock for the whole call; index files are saved at the end (and every minute).
         """
-        from .ingest import IngestConfig  # noqa: PLC0415
-        from .scan import find_scans  # noqa: PLC0415
+        from .ingest import IngestConfig
+        from .scan import find_scans
 
         config = config or IngestConfig()
         roots = [paths_or_root] if isinstance(paths_or_root, (str, Path)) else list(paths_or_root)
@@ -267,55 +314,80 @@ class Database:
             raise ConfigError(f"no scan folders (with color/ and intrinsic/) found under {', '.join(map(str, roots))}")
         with self.store.lock:
             self.store.check_view_vectors(config.view_vectors)  # before any model loads or scan work
-            encoders = {space: self._encoder(space, spec) for space, spec in (("siglip", siglip), ("dinov2", dinov2))
-                        if spec is not False}
+            encoders = {
+                space: self._encoder(space, spec)
+                for space, spec in (("siglip", siglip), ("dinov2", dinov2))
+                if spec is not False
+            }
             if isinstance(sam, (str, Path)):
-                from .sam import load_sam  # noqa: PLC0415
+                from .sam import load_sam
 
                 sam_key, sam = str(sam), load_sam(sam)
             else:
                 sam_key = _sam_key(sam)
-            key = {"config": config.to_dict(has_sam=sam is not None),
-                   "encoders": {k: dataclasses.asdict(e.identity) for k, e in encoders.items()},
-                   "sam": sam_key, "read": {"depth_scale": depth_scale, "pose_convention": pose_convention}}
+            key = {
+                "config": config.to_dict(has_sam=sam is not None),
+                "encoders": {k: dataclasses.asdict(e.identity) for k, e in encoders.items()},
+                "sam": sam_key,
+                "read": {"depth_scale": depth_scale, "pose_convention": pose_convention},
+            }
             existing = {s.name: s for s in self.scans(include_incomplete=True)}
             out: list[IngestOutcome] = []
             try:
-                self._ingest_all(folders, out, existing, key, config, encoders, sam, force, depth_scale,
-                                 pose_convention, progress)
+                self._ingest_all(
+                    folders, out, existing, key, config, encoders, sam, force, depth_scale, pose_convention, progress
+                )
             finally:
                 self.store.flush()  # index files once per call, not per scan (a crash only costs a rebuild)
             if progress is not None:
                 progress("", "scans", len(folders), len(folders))
             return out
 
-    def _ingest_all(self, folders, out, existing, key, config, encoders, sam, force, depth_scale, pose_convention,
-                    progress) -> None:
-        from .ingest import ingest_scan  # noqa: PLC0415
-        from .scan import read_scan  # noqa: PLC0415
+    def _ingest_all(
+        self, folders, out, existing, key, config, encoders, sam, force, depth_scale, pose_convention, progress
+    ) -> None:
+        from .ingest import ingest_scan
+        from .scan import read_scan
 
         last_save = time.monotonic()
         for i, folder in enumerate(folders):
             t0 = time.perf_counter()
-            scan = read_scan(folder, frame_step=config.frame_step, depth_scale=depth_scale, depth="auto",
-                             pose_convention=pose_convention)
+            scan = read_scan(
+                folder,
+                frame_step=config.frame_step,
+                depth_scale=depth_scale,
+                depth="auto",
+                pose_convention=pose_convention,
+            )
             if progress is not None:
                 progress(scan.name, "scans", i, len(folders))
             fingerprint = scan.fingerprint()
             old = existing.get(scan.name)
-            if (not force and old is not None and old.status == "ready" and old.fingerprint == fingerprint
-                    and old.settings.get("key") == key):
+            if (
+                not force
+                and old is not None
+                and old.status == "ready"
+                and old.fingerprint == fingerprint
+                and old.settings.get("key") == key
+            ):
                 out.append(IngestOutcome(scan.name, str(folder), "skipped", old.instances, 0.0))
                 continue
-            cb = None if progress is None else (lambda stage, done, total, _n=scan.name: progress(_n, stage, done, total))
+            cb = (
+                None
+                if progress is None
+                else (lambda stage, done, total, _n=scan.name: progress(_n, stage, done, total))
+            )
             result = ingest_scan(scan, config=config, encoders=encoders, sam=sam, progress=cb)
             settings = {"key": key, "ingest": result.settings, "report": dataclasses.asdict(result.report)}
             save = time.monotonic() - last_save > _SAVE_EVERY_S
             self.store.write_scan(result, settings=settings, save=save)
             if save:
                 last_save = time.monotonic()
-            out.append(IngestOutcome(scan.name, str(folder), "ingested", len(result.instances),
-                                     time.perf_counter() - t0, result.report))
+            out.append(
+                IngestOutcome(
+                    scan.name, str(folder), "ingested", len(result.instances), time.perf_counter() - t0, result.report
+                )
+            )
 
     def write(self, result, *, settings: dict | None = None) -> int:
         """Store an already computed ``IngestResult`` (replacing a scan of that name); returns its scan id."""
@@ -339,7 +411,7 @@ class Database:
                 raise ConfigError(f"the {space!r} encoder has no text tower; text queries use the 'siglip' space")
             return np.asarray(enc.encode_texts([template.format(text)]), dtype=np.float32)[0]
         if isinstance(image, (str, Path)):
-            from PIL import Image, UnidentifiedImageError  # noqa: PLC0415
+            from PIL import Image, UnidentifiedImageError
 
             try:
                 image = np.asarray(Image.open(image).convert("RGB"))
@@ -347,10 +419,23 @@ class Database:
                 raise ConfigError(f"{image}: cannot read the query image ({exc}). Pass a PNG or JPEG file") from exc
         return np.asarray(enc.encode_images([np.asarray(image, dtype=np.uint8)]), dtype=np.float32)[0]
 
-    def search(self, text: str | None = None, image=None, *, k: int = 10, aggregation: str = "mean",
-               scans: Sequence[str] | str | None = None, min_points: int = 0, region=None,
-               region_mode: str = "intersects", min_score: float | None = None, with_points: bool = False,
-               encoder=None, space: str | None = None, template: str = DEFAULT_TEMPLATE) -> list[Hit]:
+    def search(
+        self,
+        text: str | None = None,
+        image=None,
+        *,
+        k: int = 10,
+        aggregation: str = "mean",
+        scans: Sequence[str] | str | None = None,
+        min_points: int = 0,
+        region=None,
+        region_mode: str = "intersects",
+        min_score: float | None = None,
+        with_points: bool = False,
+        encoder=None,
+        space: str | None = None,
+        template: str = DEFAULT_TEMPLATE,
+    ) -> list[Hit]:
         """The k instances most similar to a text (SigLIP) or an image (DINOv2, or ``space="siglip"``).
 
         region: ((xmin, ymin, zmin), (xmax, ymax, zmax)) world metres; region_mode "intersects" (bbox
@@ -362,24 +447,32 @@ class Database:
         space = space or ("siglip" if text is not None else "dinov2")
         if text is not None and "{}" not in template:
             raise ConfigError(f"template must contain '{{}}' where the text goes, got {template!r}")
-        filters = Filters(scans=(scans,) if isinstance(scans, str) else (tuple(scans) if scans is not None else None),
-                          min_points=min_points, region=region, region_mode=region_mode)
+        filters = Filters(
+            scans=(scans,) if isinstance(scans, str) else (tuple(scans) if scans is not None else None),
+            min_points=min_points,
+            region=region,
+            region_mode=region_mode,
+        )
         self.store.space(space, "instance")  # a clear error on an empty database before loading a model
         q = self._query_vector(space, text, image, template, encoder)
         raw = search_space(self.store, space, q, k=k, aggregation=aggregation, filters=filters, min_score=min_score)
         return self._hits(raw, with_points)
 
     def _hits(self, raw, with_points: bool) -> list[Hit]:
-        from sqlalchemy import select  # noqa: PLC0415
+        from sqlalchemy import select
 
-        from .store import unpack_indices  # noqa: PLC0415
-        from .store.models import InstanceRow, ScanRow  # noqa: PLC0415
-        from .store.writer import unpack_views, view_rank  # noqa: PLC0415
+        from .store import unpack_indices
+        from .store.models import InstanceRow, ScanRow
+        from .store.writer import unpack_views, view_rank
 
         ids = [h.instance_id for h in raw]
         with self.store.session() as s:
-            rows = {r.id: r for r in s.scalars(select(InstanceRow).join(ScanRow).where(
-                InstanceRow.id.in_(ids), ScanRow.status == "ready"))}
+            rows = {
+                r.id: r
+                for r in s.scalars(
+                    select(InstanceRow).join(ScanRow).where(InstanceRow.id.in_(ids), ScanRow.status == "ready")
+                )
+            }
             names = dict(s.execute(select(ScanRow.id, ScanRow.name)).all())
         hits = []
         for h in raw:
@@ -389,19 +482,36 @@ class Database:
             views = unpack_views(r.views)
             rank = int(view_rank(h.view_id)) if h.view_id is not None else 0  # mean: the best view
             v = views[rank] if rank < len(views) else None
-            hits.append(Hit(r.id, names[r.scan_id], h.score, r.point_count, _bmin(r), _bmax(r), _cen(r),
-                            None if v is None else v.frame_id,
-                            None if v is None or not v.crop_boxes else tuple(v.crop_boxes[0]),
-                            unpack_indices(r.point_indices) if with_points else None))
+            hits.append(
+                Hit(
+                    r.id,
+                    names[r.scan_id],
+                    h.score,
+                    r.point_count,
+                    _bmin(r),
+                    _bmax(r),
+                    _cen(r),
+                    None if v is None else v.frame_id,
+                    None if v is None or not v.crop_boxes else tuple(v.crop_boxes[0]),
+                    unpack_indices(r.point_indices) if with_points else None,
+                )
+            )
         return hits
 
-    def label(self, scan: str, vocabulary: Sequence[str], *, template: str = DEFAULT_TEMPLATE,
-              aggregation: str = "mean", encoder=None) -> list[Label]:
+    def label(
+        self,
+        scan: str,
+        vocabulary: Sequence[str],
+        *,
+        template: str = DEFAULT_TEMPLATE,
+        aggregation: str = "mean",
+        encoder=None,
+    ) -> list[Label]:
         """Each instance of a scan gets its best class from ``vocabulary`` (SigLIP text vs instance)."""
-        from sqlalchemy import select  # noqa: PLC0415
+        from sqlalchemy import select
 
-        from .store import unpack_indices  # noqa: PLC0415
-        from .store.models import InstanceRow, ScanRow  # noqa: PLC0415
+        from .store import unpack_indices
+        from .store.models import InstanceRow, ScanRow
 
         if not vocabulary:
             raise ConfigError("vocabulary is empty: pass at least one class name")
@@ -410,32 +520,52 @@ class Database:
         with self.store.session() as s:
             row = s.scalars(select(ScanRow).where(ScanRow.name == scan, ScanRow.status == "ready")).first()
             if row is None:
-                raise NotFoundError(f"{self.path}: no scan named {scan!r}. List scans with: om3db scans --db {self.path}")
+                raise NotFoundError(
+                    f"{self.path}: no scan named {scan!r}. List scans with: om3db scans --db {self.path}"
+                )
             insts = {i.id: i for i in s.scalars(select(InstanceRow).where(InstanceRow.scan_id == row.id))}
         classes = np.asarray(enc.encode_texts([template.format(c) for c in vocabulary]), dtype=np.float32)
-        ids, best, score = label_vectors(self.store, "siglip", np.array(sorted(insts), dtype=np.int64), classes,
-                                         aggregation=aggregation)
-        return [Label(int(i), vocabulary[int(b)], int(b), float(sc), unpack_indices(insts[int(i)].point_indices))
-                for i, b, sc in zip(ids, best, score, strict=True)]
+        ids, best, score = label_vectors(
+            self.store, "siglip", np.array(sorted(insts), dtype=np.int64), classes, aggregation=aggregation
+        )
+        return [
+            Label(int(i), vocabulary[int(b)], int(b), float(sc), unpack_indices(insts[int(i)].point_indices))
+            for i, b, sc in zip(ids, best, score, strict=True)
+        ]
 
     def scans(self, *, include_incomplete: bool = False) -> list[ScanInfo]:
         """Scans in the database, by name (only complete ones unless ``include_incomplete``)."""
-        from sqlalchemy import func, select  # noqa: PLC0415
+        from sqlalchemy import func, select
 
-        from .store.models import InstanceRow, ScanRow  # noqa: PLC0415
+        from .store.models import InstanceRow, ScanRow
 
-        q = (select(ScanRow, func.count(InstanceRow.id)).outerjoin(InstanceRow, InstanceRow.scan_id == ScanRow.id)
-             .group_by(ScanRow.id).order_by(ScanRow.name))
+        q = (
+            select(ScanRow, func.count(InstanceRow.id))
+            .outerjoin(InstanceRow, InstanceRow.scan_id == ScanRow.id)
+            .group_by(ScanRow.id)
+            .order_by(ScanRow.name)
+        )
         if not include_incomplete:
             q = q.where(ScanRow.status == "ready")
         with self.store.session() as s:
-            return [ScanInfo(r.name, r.path, r.fingerprint, r.status, int(n), r.frame_count, r.num_points,
-                             r.settings or {}, r.updated_at.isoformat(timespec="seconds") if r.updated_at else "")
-                    for r, n in s.execute(q)]
+            return [
+                ScanInfo(
+                    r.name,
+                    r.path,
+                    r.fingerprint,
+                    r.status,
+                    int(n),
+                    r.frame_count,
+                    r.num_points,
+                    r.settings or {},
+                    r.updated_at.isoformat(timespec="seconds") if r.updated_at else "",
+                )
+                for r, n in s.execute(q)
+            ]
 
     def instance(self, instance_id: int) -> Instance:
         """One instance with its views and point indices."""
-        from .store.models import InstanceRow  # noqa: PLC0415
+        from .store.models import InstanceRow
 
         with self.store.session() as s:
             r = s.get(InstanceRow, int(instance_id))
@@ -445,23 +575,25 @@ class Database:
 
     def instances(self, scan: str) -> list[Instance]:
         """Every instance of a (complete) scan, by id, with views and point indices."""
-        from sqlalchemy import select  # noqa: PLC0415
+        from sqlalchemy import select
 
-        from .store.models import InstanceRow, ScanRow  # noqa: PLC0415
+        from .store.models import InstanceRow, ScanRow
 
         with self.store.session() as s:
             row = s.scalars(select(ScanRow).where(ScanRow.name == scan, ScanRow.status == "ready")).first()
             if row is None:
                 raise NotFoundError(f"{self.path}: no scan {scan!r}. See `om3db scans` for the scans it holds")
-            return [_instance(r) for r in s.scalars(select(InstanceRow).where(InstanceRow.scan_id == row.id)
-                                                    .order_by(InstanceRow.id))]
+            return [
+                _instance(r)
+                for r in s.scalars(select(InstanceRow).where(InstanceRow.scan_id == row.id).order_by(InstanceRow.id))
+            ]
 
     def export(self, hits: Sequence[Hit], out: str | Path) -> list[Path]:
         """Write, per scan with hits, ``<scan>_hits.ply`` (its points, hits in distinct colours, the rest
         grey) and per hit ``hit<rank>_<instance>.png`` (the level-0 crop of its best view)."""
-        from PIL import Image  # noqa: PLC0415
+        from PIL import Image
 
-        from .scan import read_scan  # noqa: PLC0415
+        from .scan import read_scan
 
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
@@ -490,25 +622,40 @@ class Database:
 
     def info(self) -> dict:
         """Versions, faiss build and GPUs, and database counts."""
-        import faiss  # noqa: PLC0415
-        import sqlalchemy  # noqa: PLC0415
+        import faiss
+        import sqlalchemy
 
-        from . import __version__  # noqa: PLC0415
-        from .store import gpu_count  # noqa: PLC0415
-        from .store.schema import current_revision  # noqa: PLC0415
+        from . import __version__
+        from .store import gpu_count
+        from .store.schema import current_revision
 
         spaces = []
         for row in self.store.spaces():
             index = self.store.index(row.name, row.level)
-            spaces.append({"name": row.name, "level": row.level, "model_id": row.model_id, "revision": row.revision,
-                           "dim": row.dim, "vectors": index.ntotal, "index": row.index_kind,
-                           "index_params": row.index_params})
+            spaces.append(
+                {
+                    "name": row.name,
+                    "level": row.level,
+                    "model_id": row.model_id,
+                    "revision": row.revision,
+                    "dim": row.dim,
+                    "vectors": index.ntotal,
+                    "index": row.index_kind,
+                    "index_params": row.index_params,
+                }
+            )
         scans = self.scans()
         return {
-            "database": str(self.path), "schema_revision": current_revision(self.store.engine),
-            "om3db": __version__, "faiss": faiss.__version__, "sqlalchemy": sqlalchemy.__version__,
-            "faiss_gpu_build": hasattr(faiss, "StandardGpuResources"), "gpus": gpu_count(),
-            "scans": len(scans), "instances": sum(s.instances for s in scans), "spaces": spaces,
+            "database": str(self.path),
+            "schema_revision": current_revision(self.store.engine),
+            "om3db": __version__,
+            "faiss": faiss.__version__,
+            "sqlalchemy": sqlalchemy.__version__,
+            "faiss_gpu_build": hasattr(faiss, "StandardGpuResources"),
+            "gpus": gpu_count(),
+            "scans": len(scans),
+            "instances": sum(s.instances for s in scans),
+            "spaces": spaces,
         }
 
 
@@ -524,8 +671,18 @@ def _cen(r) -> tuple[float, float, float]:
     return (r.centroid_x, r.centroid_y, r.centroid_z)
 
 
-_HIGHLIGHT = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-              (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212)]
+_HIGHLIGHT = [
+    (230, 25, 75),
+    (60, 180, 75),
+    (255, 225, 25),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (210, 245, 60),
+    (250, 190, 212),
+]
 
 
 def _write_ply(path: Path, points: np.ndarray, colors: np.ndarray) -> None:
@@ -535,9 +692,11 @@ def _write_ply(path: Path, points: np.ndarray, colors: np.ndarray) -> None:
         rec[a] = points[:, i]
     for i, a in enumerate("rgb"):
         rec[a] = colors[:, i]
-    header = ("ply\nformat binary_little_endian 1.0\n"
-              f"element vertex {len(points)}\nproperty float x\nproperty float y\nproperty float z\n"
-              "property uchar red\nproperty uchar green\nproperty uchar blue\nend_header\n")
+    header = (
+        "ply\nformat binary_little_endian 1.0\n"
+        f"element vertex {len(points)}\nproperty float x\nproperty float y\nproperty float z\n"
+        "property uchar red\nproperty uchar green\nproperty uchar blue\nend_header\n"
+    )
     with open(path, "wb") as fh:
         fh.write(header.encode())
         fh.write(rec.tobytes())

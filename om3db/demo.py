@@ -6,9 +6,9 @@ written and loaded through the real loaders: the pipeline is the real one, the s
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 __all__ = ["DemoResult", "run_demo"]
 
@@ -47,14 +47,14 @@ def run_demo(
     siglip / dinov2: hub ids or local directories; when both are None random tiny checkpoints are
     written to ``out/models`` and used. The image query is the best crop of the top text hit.
     """
-    from PIL import Image  # noqa: PLC0415
+    from PIL import Image
 
-    from .database import connect  # noqa: PLC0415
-    from .errors import ConfigError  # noqa: PLC0415
-    from .ingest import IngestConfig  # noqa: PLC0415
-    from .random_models import write_random_models  # noqa: PLC0415
-    from .scan import read_scan  # noqa: PLC0415
-    from .synth import write_scans  # noqa: PLC0415
+    from .database import connect
+    from .errors import ConfigError
+    from .ingest import IngestConfig
+    from .random_models import write_random_models
+    from .scan import read_scan
+    from .synth import write_scans
 
     out = Path(out)
     random_weights = siglip is None and dinov2 is None
@@ -66,8 +66,14 @@ def run_demo(
         siglip, dinov2 = str(written["siglip"]), str(written["dinov2"])
     db_path = out / "db"
     with connect(db_path) as db:
-        outcomes = db.ingest(out / "scans", config=IngestConfig(frame_step=frame_step), siglip=siglip,
-                             dinov2=dinov2, sam=sam, progress=progress)
+        outcomes = db.ingest(
+            out / "scans",
+            config=IngestConfig(frame_step=frame_step),
+            siglip=siglip,
+            dinov2=dinov2,
+            sam=sam,
+            progress=progress,
+        )
         text_hits = db.search(text=query, k=k)
         image_path, image_hits = None, []
         if text_hits and text_hits[0].crop_box is not None and text_hits[0].frame_id is not None:
@@ -77,5 +83,14 @@ def run_demo(
             image_path = out / "query.png"
             Image.fromarray(scan.frame(top.frame_id).color()[y0:y1, x0:x1]).save(image_path)
             image_hits = db.search(image=image_path, k=k)
-    return DemoResult(scan_dirs, db_path, {"siglip": siglip, "dinov2": dinov2}, random_weights, outcomes,
-                      query, text_hits, image_path, image_hits)
+    return DemoResult(
+        scan_dirs,
+        db_path,
+        {"siglip": siglip, "dinov2": dinov2},
+        random_weights,
+        outcomes,
+        query,
+        text_hits,
+        image_path,
+        image_hits,
+    )

@@ -9,19 +9,18 @@ shortest edge to 256 bicubic, centre-crops 224, ImageNet mean/std.
 from __future__ import annotations
 
 import contextlib
-
 import hashlib
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 
 from om3db.errors import ConfigError, ModelLoadError
 from om3db.records import EncoderIdentity
 
-__all__ = ["SiglipEncoder", "Dinov2Encoder", "load_siglip", "load_dinov2", "load_encoder", "ENCODERS",
-           "weights_hash"]
+__all__ = ["SiglipEncoder", "Dinov2Encoder", "load_siglip", "load_dinov2", "load_encoder", "ENCODERS", "weights_hash"]
 
 _RANDOM_HINT = "or write a random demo checkpoint with `om3db models random DIR`"
 
@@ -32,8 +31,9 @@ def _offline() -> bool:
 
 def weights_hash(model_dir: str | Path) -> str:
     """``sha256:<16 hex>`` over a local checkpoint's weight files (safetensors / bin, sorted by name)."""
-    files = sorted(p for p in Path(model_dir).iterdir()
-                   if p.suffix in (".safetensors", ".bin") or p.name.endswith(".index.json"))
+    files = sorted(
+        p for p in Path(model_dir).iterdir() if p.suffix in (".safetensors", ".bin") or p.name.endswith(".index.json")
+    )
     digest = hashlib.sha256()
     for f in files:
         digest.update(f.name.encode())
@@ -49,11 +49,19 @@ def _resolve_source(model: str | Path) -> tuple[str, bool]:
     path = Path(text).expanduser()
     if path.is_dir():
         return str(path), True
-    looks_like_path = (isinstance(model, Path) or text.startswith((".", "/", "~")) or text.count("/") > 1
-                       or os.sep != "/" and os.sep in text or path.exists())
+    looks_like_path = (
+        isinstance(model, Path)
+        or text.startswith((".", "/", "~"))
+        or text.count("/") > 1
+        or os.sep != "/"
+        and os.sep in text
+        or path.exists()
+    )
     if looks_like_path:
-        raise ModelLoadError(f"{text}: model directory not found. Pass an existing directory written by "
-                             f"save_pretrained, a Hugging Face hub id, {_RANDOM_HINT}")
+        raise ModelLoadError(
+            f"{text}: model directory not found. Pass an existing directory written by "
+            f"save_pretrained, a Hugging Face hub id, {_RANDOM_HINT}"
+        )
     return text, False
 
 
@@ -67,8 +75,11 @@ def _device_dtype(device: str, dtype):
     except (RuntimeError, TypeError) as exc:
         raise ConfigError(f"unknown device {device!r}: use 'auto', 'cpu' or 'cuda[:N]'") from exc
     if dtype is None:
-        dtype = torch.bfloat16 if dev.type == "cuda" and torch.cuda.is_bf16_supported() else (
-            torch.float16 if dev.type == "cuda" else torch.float32)
+        dtype = (
+            torch.bfloat16
+            if dev.type == "cuda" and torch.cuda.is_bf16_supported()
+            else (torch.float16 if dev.type == "cuda" else torch.float32)
+        )
     elif isinstance(dtype, str):
         if dtype not in ("float32", "bfloat16", "float16"):
             raise ConfigError(f"unknown dtype {dtype!r}: use 'float32', 'bfloat16' or 'float16'")
@@ -79,7 +90,7 @@ def _device_dtype(device: str, dtype):
 @contextlib.contextmanager
 def quiet_transformers():
     """Silence transformers' warnings and progress bars (library code never prints)."""
-    from transformers.utils import logging as hf_logging  # noqa: PLC0415
+    from transformers.utils import logging as hf_logging
 
     level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
@@ -103,16 +114,22 @@ def _load(kind: str, model: str | Path, revision: str | None, loader):
             loaded = loader(source, kwargs)
     except Exception as exc:  # transformers / hub / safetensors raise many types; all mean "cannot load"
         if local:
-            raise ModelLoadError(f"{source}: cannot load a {kind} checkpoint from this directory "
-                                 f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). "
-                                 f"Pass a directory written by save_pretrained (config.json, weights, processor "
-                                 f"files), {_RANDOM_HINT}") from exc
+            raise ModelLoadError(
+                f"{source}: cannot load a {kind} checkpoint from this directory "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). "
+                f"Pass a directory written by save_pretrained (config.json, weights, processor "
+                f"files), {_RANDOM_HINT}"
+            ) from exc
         if _offline():
-            raise ModelLoadError(f"{source}: weights cannot be downloaded (HF_HUB_OFFLINE=1) and are not in the "
-                                 f"Hugging Face cache. Pass a local directory with the weights, run once online to "
-                                 f"cache them, {_RANDOM_HINT}") from exc
-        raise ModelLoadError(f"{source}: cannot load {kind} from the Hugging Face hub ({type(exc).__name__}). "
-                             f"Check the model id and network, pass a local directory, {_RANDOM_HINT}") from exc
+            raise ModelLoadError(
+                f"{source}: weights cannot be downloaded (HF_HUB_OFFLINE=1) and are not in the "
+                f"Hugging Face cache. Pass a local directory with the weights, run once online to "
+                f"cache them, {_RANDOM_HINT}"
+            ) from exc
+        raise ModelLoadError(
+            f"{source}: cannot load {kind} from the Hugging Face hub ({type(exc).__name__}). "
+            f"Check the model id and network, pass a local directory, {_RANDOM_HINT}"
+        ) from exc
     return source, local, loaded
 
 
@@ -124,10 +141,18 @@ def _identity_revision(source: str, local: bool, revision: str | None, config) -
 
 def _check_images(images: Sequence[np.ndarray]) -> None:
     for i, im in enumerate(images):
-        if not (isinstance(im, np.ndarray) and im.ndim == 3 and im.shape[2] == 3 and im.dtype == np.uint8
-                and im.shape[0] > 0 and im.shape[1] > 0):
-            raise ConfigError(f"image {i} must be a non-empty (H, W, 3) uint8 array, got "
-                              f"{getattr(im, 'shape', None)} {getattr(im, 'dtype', type(im).__name__)}")
+        if not (
+            isinstance(im, np.ndarray)
+            and im.ndim == 3
+            and im.shape[2] == 3
+            and im.dtype == np.uint8
+            and im.shape[0] > 0
+            and im.shape[1] > 0
+        ):
+            raise ConfigError(
+                f"image {i} must be a non-empty (H, W, 3) uint8 array, got "
+                f"{getattr(im, 'shape', None)} {getattr(im, 'dtype', type(im).__name__)}"
+            )
 
 
 def _unit(x) -> np.ndarray:
@@ -148,8 +173,9 @@ def _describe_processor(proc) -> str:
         parts.append(f"{size.get('height')}x{size.get('width')}")
     if crop:
         parts.append(f"centre crop {crop.get('height')}x{crop.get('width')}")
-    resample = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic"}.get(int(getattr(proc, "resample", 3) or 3),
-                                                                             str(getattr(proc, "resample", "")))
+    resample = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic"}.get(
+        int(getattr(proc, "resample", 3) or 3), str(getattr(proc, "resample", ""))
+    )
     parts.append(resample)
     mean = [round(float(v), 3) for v in getattr(proc, "image_mean", [])]
     std = [round(float(v), 3) for v in getattr(proc, "image_std", [])]
@@ -182,7 +208,7 @@ class _ImageEncoder:
         _check_images(images)
         out = [np.zeros((0, self.dim), np.float32)]
         for s in range(0, len(images), self.batch_size):
-            pil = [Image.fromarray(im) for im in images[s:s + self.batch_size]]
+            pil = [Image.fromarray(im) for im in images[s : s + self.batch_size]]
             pixels = self.processor(images=pil, return_tensors="pt")["pixel_values"]
             with torch.inference_mode():
                 out.append(_unit(self._features(pixels.to(device=self.device, dtype=self.dtype))))
@@ -192,15 +218,19 @@ class _ImageEncoder:
 class SiglipEncoder(_ImageEncoder):
     """SigLIP image tower (``get_image_features``) and text tower (``get_text_features``), unit vectors."""
 
-    def __init__(self, model, processor, tokenizer, *, model_id: str, revision: str, device, dtype,
-                 batch_size: int) -> None:
+    def __init__(
+        self, model, processor, tokenizer, *, model_id: str, revision: str, device, dtype, batch_size: int
+    ) -> None:
         super().__init__(model, processor, device=device, dtype=dtype, batch_size=batch_size)
         self.tokenizer = tokenizer
         self.max_length = int(model.config.text_config.max_position_embeddings)
-        self.identity = EncoderIdentity(model_id=model_id, revision=revision,
-                                        dim=int(model.config.vision_config.hidden_size), normalization="l2",
-                                        preprocessing=f"siglip image features; {_describe_processor(processor)}; "
-                                                      f"text padded to {self.max_length}")
+        self.identity = EncoderIdentity(
+            model_id=model_id,
+            revision=revision,
+            dim=int(model.config.vision_config.hidden_size),
+            normalization="l2",
+            preprocessing=f"siglip image features; {_describe_processor(processor)}; text padded to {self.max_length}",
+        )
 
     def _features(self, pixels):
         return _pooled(self.model.get_image_features(pixel_values=pixels))
@@ -213,8 +243,13 @@ class SiglipEncoder(_ImageEncoder):
             raise ConfigError("encode_texts takes a sequence of strings (wrap a single text in a list)")
         out = [np.zeros((0, self.dim), np.float32)]
         for s in range(0, len(texts), self.batch_size):
-            tokens = self.tokenizer(list(texts[s:s + self.batch_size]), padding="max_length",
-                                    max_length=self.max_length, truncation=True, return_tensors="pt")
+            tokens = self.tokenizer(
+                list(texts[s : s + self.batch_size]),
+                padding="max_length",
+                max_length=self.max_length,
+                truncation=True,
+                return_tensors="pt",
+            )
             with torch.inference_mode():
                 out.append(_unit(_pooled(self.model.get_text_features(input_ids=tokens["input_ids"].to(self.device)))))
         return np.concatenate(out)
@@ -225,9 +260,13 @@ class Dinov2Encoder(_ImageEncoder):
 
     def __init__(self, model, processor, *, model_id: str, revision: str, device, dtype, batch_size: int) -> None:
         super().__init__(model, processor, device=device, dtype=dtype, batch_size=batch_size)
-        self.identity = EncoderIdentity(model_id=model_id, revision=revision, dim=2 * int(model.config.hidden_size),
-                                        normalization="l2",
-                                        preprocessing=f"cls+meanpatch; {_describe_processor(processor)}")
+        self.identity = EncoderIdentity(
+            model_id=model_id,
+            revision=revision,
+            dim=2 * int(model.config.hidden_size),
+            normalization="l2",
+            preprocessing=f"cls+meanpatch; {_describe_processor(processor)}",
+        )
 
     def _features(self, pixels):
         import torch
@@ -241,8 +280,14 @@ def _pooled(output):
     return output if hasattr(output, "shape") else output.pooler_output
 
 
-def load_siglip(model: str | Path = "google/siglip-so400m-patch14-384", *, revision: str | None = None,
-                device: str = "auto", dtype=None, batch_size: int = 32) -> SiglipEncoder:
+def load_siglip(
+    model: str | Path = "google/siglip-so400m-patch14-384",
+    *,
+    revision: str | None = None,
+    device: str = "auto",
+    dtype=None,
+    batch_size: int = 32,
+) -> SiglipEncoder:
     """SigLIP from a hub id or a local ``save_pretrained`` directory (model, image processor, tokenizer)."""
     dev, dt = _device_dtype(device, dtype)
 
@@ -250,27 +295,53 @@ def load_siglip(model: str | Path = "google/siglip-so400m-patch14-384", *, revis
         from transformers import AutoImageProcessor, AutoTokenizer, SiglipModel
 
         net = SiglipModel.from_pretrained(source, **kw)
-        return net, AutoImageProcessor.from_pretrained(source, backend="pil", **kw), \
-            AutoTokenizer.from_pretrained(source, **kw)
+        return (
+            net,
+            AutoImageProcessor.from_pretrained(source, backend="pil", **kw),
+            AutoTokenizer.from_pretrained(source, **kw),
+        )
 
     source, local, (net, proc, tok) = _load("SigLIP", model, revision, loader)
-    return SiglipEncoder(net, proc, tok, model_id=str(model), device=dev, dtype=dt, batch_size=batch_size,
-                         revision=_identity_revision(source, local, revision, net.config))
+    return SiglipEncoder(
+        net,
+        proc,
+        tok,
+        model_id=str(model),
+        device=dev,
+        dtype=dt,
+        batch_size=batch_size,
+        revision=_identity_revision(source, local, revision, net.config),
+    )
 
 
-def load_dinov2(model: str | Path = "facebook/dinov2-large", *, revision: str | None = None, device: str = "auto",
-                dtype=None, batch_size: int = 32) -> Dinov2Encoder:
+def load_dinov2(
+    model: str | Path = "facebook/dinov2-large",
+    *,
+    revision: str | None = None,
+    device: str = "auto",
+    dtype=None,
+    batch_size: int = 32,
+) -> Dinov2Encoder:
     """DINOv2 from a hub id or a local ``save_pretrained`` directory (model and image processor)."""
     dev, dt = _device_dtype(device, dtype)
 
     def loader(source, kw):
         from transformers import AutoImageProcessor, Dinov2Model
 
-        return Dinov2Model.from_pretrained(source, **kw), AutoImageProcessor.from_pretrained(source, backend="pil", **kw)
+        return Dinov2Model.from_pretrained(source, **kw), AutoImageProcessor.from_pretrained(
+            source, backend="pil", **kw
+        )
 
     source, local, (net, proc) = _load("DINOv2", model, revision, loader)
-    return Dinov2Encoder(net, proc, model_id=str(model), device=dev, dtype=dt, batch_size=batch_size,
-                         revision=_identity_revision(source, local, revision, net.config))
+    return Dinov2Encoder(
+        net,
+        proc,
+        model_id=str(model),
+        device=dev,
+        dtype=dt,
+        batch_size=batch_size,
+        revision=_identity_revision(source, local, revision, net.config),
+    )
 
 
 ENCODERS = {"siglip": load_siglip, "dinov2": load_dinov2}

@@ -16,15 +16,15 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Callable, Mapping
 
 import numpy as np
 
 from .aggregate import dbscan_inliers, instance_vector, view_vectors
 from .crops import CropConfig, crop_frame
 from .errors import ConfigError, MaskFileError
-from .records import InstanceRecord, IngestReport, IngestResult, ViewRecord
+from .records import IngestReport, IngestResult, InstanceRecord, ViewRecord
 from .views import select_views
 
 __all__ = ["IngestConfig", "ingest_scan"]
@@ -86,15 +86,23 @@ class IngestConfig:
         if not self.vis_threshold > 0:
             raise ConfigError(f"IngestConfig.vis_threshold must be > 0 metres, got {self.vis_threshold}")
         if self.top_k > 256:
-            raise ConfigError(f"IngestConfig.top_k must be <= 256 (views the store keeps per instance), got {self.top_k}")
+            raise ConfigError(
+                f"IngestConfig.top_k must be <= 256 (views the store keeps per instance), got {self.top_k}"
+            )
         if self.diverse and self.diverse_pool < self.top_k:
             raise ConfigError(f"IngestConfig.diverse_pool ({self.diverse_pool}) must be >= top_k ({self.top_k})")
         if not 0.0 <= self.min_visibility_fraction <= 1.0:
-            raise ConfigError(f"IngestConfig.min_visibility_fraction must be in [0, 1], got {self.min_visibility_fraction}")
+            raise ConfigError(
+                f"IngestConfig.min_visibility_fraction must be in [0, 1], got {self.min_visibility_fraction}"
+            )
         if not self.dbscan_eps > 0:
             raise ConfigError(f"IngestConfig.dbscan_eps must be > 0, got {self.dbscan_eps}")
-        if self.dbscan_min_samples is not None and (not isinstance(self.dbscan_min_samples, int) or self.dbscan_min_samples < 1):
-            raise ConfigError(f"IngestConfig.dbscan_min_samples must be None or an integer >= 1, got {self.dbscan_min_samples!r}")
+        if self.dbscan_min_samples is not None and (
+            not isinstance(self.dbscan_min_samples, int) or self.dbscan_min_samples < 1
+        ):
+            raise ConfigError(
+                f"IngestConfig.dbscan_min_samples must be None or an integer >= 1, got {self.dbscan_min_samples!r}"
+            )
         if self.crop is not None and not isinstance(self.crop, CropConfig):
             raise ConfigError(f"IngestConfig.crop must be a CropConfig or None, got {type(self.crop).__name__}")
         if not isinstance(self.view_vectors, bool):
@@ -102,10 +110,12 @@ class IngestConfig:
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError(f"IngestConfig.seed must be an integer >= 0, got {self.seed!r}")
         if self.proposals is not None:
-            from .proposals import ProposalConfig  # noqa: PLC0415
+            from .proposals import ProposalConfig
 
             if not isinstance(self.proposals, ProposalConfig):
-                raise ConfigError(f"IngestConfig.proposals must be a ProposalConfig or None, got {type(self.proposals).__name__}")
+                raise ConfigError(
+                    f"IngestConfig.proposals must be a ProposalConfig or None, got {type(self.proposals).__name__}"
+                )
 
     def resolved_crop(self, has_sam: bool) -> CropConfig:
         """The crop settings an ingest with (or without) a SAM predictor uses."""
@@ -124,17 +134,20 @@ class IngestConfig:
 
 def _mask_source_2d(scan, pconfig, sam):
     """The 2D masks the proposer (and MOSS refinement) lift: ``masks2d/`` on disk, else SAM automatic masks."""
-    from .proposals import SamAutomaticMasks, default_source  # noqa: PLC0415
+    from .proposals import SamAutomaticMasks, default_source
 
     try:
         return default_source(scan, pconfig)
     except ConfigError as exc:
         if sam is not None:
             return SamAutomaticMasks(sam)
-        raise MaskFileError(scan.path, "the scan has no class-agnostic masks (no <scan>_masks.pt/.npy/.npz) and no "
-                            f"2D masks for om3db's proposer (no {pconfig.masks2d_folder}/ folder)",
-                            f"Put a points x masks file in the scan folder, write {pconfig.masks2d_folder}/<frame_id>.png "
-                            "instance-id maps, pass a SAM checkpoint (automatic 2D masks), or pass masks= to ingest_scan") from exc
+        raise MaskFileError(
+            scan.path,
+            "the scan has no class-agnostic masks (no <scan>_masks.pt/.npy/.npz) and no "
+            f"2D masks for om3db's proposer (no {pconfig.masks2d_folder}/ folder)",
+            f"Put a points x masks file in the scan folder, write {pconfig.masks2d_folder}/<frame_id>.png "
+            "instance-id maps, pass a SAM checkpoint (automatic 2D masks), or pass masks= to ingest_scan",
+        ) from exc
 
 
 def _proposals_for(scan, config: IngestConfig, sam=None):
@@ -142,26 +155,34 @@ def _proposals_for(scan, config: IngestConfig, sam=None):
 
     Returns (masks (N, M) bool, scores (M,) float32, JSON-able record of the proposer's choice and facts).
     """
-    from .proposals import ProposalConfig, propose  # noqa: PLC0415
+    from .proposals import ProposalConfig, propose
 
     pconfig = config.proposals or ProposalConfig()
     source = _mask_source_2d(scan, pconfig, sam)
     found = propose(scan, config=pconfig, source=source)
-    record = {"proposer": "om3db.proposals", "source": type(source).__name__, "config": pconfig.to_dict(),
-              "info": found.info}
+    record = {
+        "proposer": "om3db.proposals",
+        "source": type(source).__name__,
+        "config": pconfig.to_dict(),
+        "info": found.info,
+    }
     return found.masks, np.asarray(found.scores, dtype=np.float32), record
 
 
 def _refined(scan, masks: np.ndarray, config: IngestConfig, sam=None):
     """MOSS refinement of given masks; returns (masks, JSON-able record)."""
-    from .proposals import ProposalConfig, refine_masks  # noqa: PLC0415
+    from .proposals import ProposalConfig, refine_masks
 
     pconfig = config.proposals or ProposalConfig()
     source = _mask_source_2d(scan, pconfig, sam)
     refined = refine_masks(scan, masks, source=source, config=pconfig)
     changed = int((refined != masks).sum())
-    return refined, {"refiner": "om3db.proposals.refine_masks", "source": type(source).__name__,
-                     "config": pconfig.to_dict(), "points_changed": changed}
+    return refined, {
+        "refiner": "om3db.proposals.refine_masks",
+        "source": type(source).__name__,
+        "config": pconfig.to_dict(),
+        "points_changed": changed,
+    }
 
 
 def _skip_reason(reason: str) -> str:
@@ -181,13 +202,17 @@ def _apply_frame_step(scan, step: int):
         dropped = tuple(s for s in scan.skipped if s.frame_id in keep)
         skipped[SKIP_FRAME_STEP] = scan.frames_on_disk - len(kept) - len(dropped)
     else:
-        raise ConfigError(f"scan {scan.name!r} was read with frame_step={scan.frame_step} but the ingest config asks for "
-                          f"frame_step={step}; read it with frame_step=1 or {step}")
+        raise ConfigError(
+            f"scan {scan.name!r} was read with frame_step={scan.frame_step} but the ingest config asks for "
+            f"frame_step={step}; read it with frame_step=1 or {step}"
+        )
     for s in dropped:
         key = _skip_reason(s.reason)
         skipped[key] = skipped.get(key, 0) + 1
     if not kept:
-        raise ConfigError(f"scan {scan.name!r}: no usable frame is left with frame_step={step}; use a smaller frame_step")
+        raise ConfigError(
+            f"scan {scan.name!r}: no usable frame is left with frame_step={step}; use a smaller frame_step"
+        )
     return dataclasses.replace(scan, frames=kept, skipped=dropped, frame_step=step), skipped
 
 
@@ -203,15 +228,26 @@ class _Timer:
 
 def _check_encoders(encoders: Mapping[str, object]) -> None:
     if not encoders:
-        raise ConfigError("ingest needs at least one encoder, e.g. encoders={'siglip': load_siglip(), 'dinov2': load_dinov2()}")
+        raise ConfigError(
+            "ingest needs at least one encoder, e.g. encoders={'siglip': load_siglip(), 'dinov2': load_dinov2()}"
+        )
     for name, enc in encoders.items():
         if not hasattr(enc, "encode_images") or not hasattr(enc, "identity"):
-            raise ConfigError(f"encoder {name!r} ({type(enc).__name__}) has no encode_images / identity; "
-                              "load it with om3db.embed.load_siglip / load_dinov2")
+            raise ConfigError(
+                f"encoder {name!r} ({type(enc).__name__}) has no encode_images / identity; "
+                "load it with om3db.embed.load_siglip / load_dinov2"
+            )
 
 
-def ingest_scan(scan, *, config: IngestConfig = IngestConfig(), encoders: Mapping[str, object], sam=None,
-                masks: np.ndarray | None = None, progress: Progress | None = None) -> IngestResult:
+def ingest_scan(
+    scan,
+    *,
+    config: IngestConfig = IngestConfig(),
+    encoders: Mapping[str, object],
+    sam=None,
+    masks: np.ndarray | None = None,
+    progress: Progress | None = None,
+) -> IngestResult:
     """Turn one scan (and its class-agnostic masks) into instance records with per-view and
     per-instance vectors for every encoder (space name -> encoder, e.g. "siglip", "dinov2").
 
@@ -221,7 +257,9 @@ def ingest_scan(scan, *, config: IngestConfig = IngestConfig(), encoders: Mappin
     _check_encoders(encoders)
     crop_cfg = config.resolved_crop(sam is not None)
     if crop_cfg.mode == "sam" and sam is None:
-        raise ConfigError("crop mode 'sam' needs a SAM predictor: pass sam=om3db.sam.load_sam(checkpoint) or use CropConfig(mode='box')")
+        raise ConfigError(
+            "crop mode 'sam' needs a SAM predictor: pass sam=om3db.sam.load_sam(checkpoint) or use CropConfig(mode='box')"
+        )
     timer = _Timer()
     t = time.perf_counter()
     source = "argument" if masks is not None else "scan" if scan.masks is not None else "proposer"
@@ -233,8 +271,11 @@ def ingest_scan(scan, *, config: IngestConfig = IngestConfig(), encoders: Mappin
         masks = scan.masks
     masks = np.asarray(masks)
     if masks.ndim != 2 or masks.shape[0] != scan.num_points:
-        raise MaskFileError(scan.path, f"masks have shape {masks.shape}, expected ({scan.num_points}, M) for the scan's "
-                            f"{scan.num_points} points", "Pass a points x masks array in PLY vertex order")
+        raise MaskFileError(
+            scan.path,
+            f"masks have shape {masks.shape}, expected ({scan.num_points}, M) for the scan's {scan.num_points} points",
+            "Pass a points x masks array in PLY vertex order",
+        )
     masks = masks.astype(bool, copy=False)
     if config.refine_masks and source != "proposer":
         masks, mask_record = _refined(scan, masks, config, sam)
@@ -245,9 +286,17 @@ def ingest_scan(scan, *, config: IngestConfig = IngestConfig(), encoders: Mappin
     sub = masks[:, active]
     t = timer.add("load", t)
 
-    sel = select_views(stepped, sub, top_k=config.top_k, diverse=config.diverse, diverse_pool=config.diverse_pool,
-                       min_visibility_fraction=config.min_visibility_fraction, vis_threshold=config.vis_threshold,
-                       seed=config.seed, progress=progress)
+    sel = select_views(
+        stepped,
+        sub,
+        top_k=config.top_k,
+        diverse=config.diverse,
+        diverse_pool=config.diverse_pool,
+        min_visibility_fraction=config.min_visibility_fraction,
+        vis_threshold=config.vis_threshold,
+        seed=config.seed,
+        progress=progress,
+    )
     t = timer.add("views", t)
 
     levels = crop_cfg.levels
@@ -264,10 +313,12 @@ def ingest_scan(scan, *, config: IngestConfig = IngestConfig(), encoders: Mappin
         for name, enc in encoders.items():
             vecs = np.asarray(enc.encode_images(images), dtype=np.float32)
             if vecs.shape != (len(images), enc.identity.dim):
-                raise ConfigError(f"encoder {name!r} returned shape {vecs.shape} for {len(images)} crops, "
-                                  f"expected ({len(images)}, {enc.identity.dim})")
+                raise ConfigError(
+                    f"encoder {name!r} returned shape {vecs.shape} for {len(images)} crops, "
+                    f"expected ({len(images)}, {enc.identity.dim})"
+                )
             for k, (key, _) in enumerate(buffer):
-                level_vecs[name][key] = vecs[k * levels:(k + 1) * levels]
+                level_vecs[name][key] = vecs[k * levels : (k + 1) * levels]
         done["embedded"] += len(images)
         buffer.clear()
         t = timer.add("embed", t)
@@ -279,8 +330,14 @@ def ingest_scan(scan, *, config: IngestConfig = IngestConfig(), encoders: Mappin
         frame = stepped.frames[f]
         image = frame.color()
         prompts = [sel.masks[j].views[r].prompt_points for j, r in items]
-        crops = crop_frame(image, prompts, config=crop_cfg, sam=sam, frame_id=frame.frame_id,
-                           mask_ids=[int(active[j]) for j, _ in items])
+        crops = crop_frame(
+            image,
+            prompts,
+            config=crop_cfg,
+            sam=sam,
+            frame_id=frame.frame_id,
+            mask_ids=[int(active[j]) for j, _ in items],
+        )
         for (j, r), fc in zip(items, crops, strict=True):
             boxes[(j, r)] = fc.boxes
             buffer.append(((j, r), fc.images))
@@ -303,26 +360,56 @@ def ingest_scan(scan, *, config: IngestConfig = IngestConfig(), encoders: Mappin
         if not mv.views:
             without_view.append(col)
             continue
-        vv = {name: view_vectors(np.stack([level_vecs[name][(j, r)] for r in range(len(mv.views))])) for name in encoders}
-        inl = (dbscan_inliers(vv[outlier_space], eps=config.dbscan_eps, min_samples=config.dbscan_min_samples)
-               if config.outlier_removal else np.ones(len(mv.views), dtype=bool))
+        vv = {
+            name: view_vectors(np.stack([level_vecs[name][(j, r)] for r in range(len(mv.views))])) for name in encoders
+        }
+        inl = (
+            dbscan_inliers(vv[outlier_space], eps=config.dbscan_eps, min_samples=config.dbscan_min_samples)
+            if config.outlier_removal
+            else np.ones(len(mv.views), dtype=bool)
+        )
         pidx = np.flatnonzero(masks[:, col]).astype(np.int32)
         pts = scan.points[pidx].astype(np.float64)
-        views = tuple(ViewRecord(v.frame_id, v.visible_pixels, boxes[(j, r)], bool(inl[r])) for r, v in enumerate(mv.views))
-        instances.append(InstanceRecord(
-            mask_index=col, point_indices=pidx, bbox_min=pts.min(axis=0).astype(np.float32),
-            bbox_max=pts.max(axis=0).astype(np.float32), centroid=pts.mean(axis=0).astype(np.float32),
-            score=1.0 if scores is None else float(scores[col]), views=views, view_vectors=vv if config.view_vectors else {},
-            vectors={name: instance_vector(vv[name], inl) for name in encoders}))
+        views = tuple(
+            ViewRecord(v.frame_id, v.visible_pixels, boxes[(j, r)], bool(inl[r])) for r, v in enumerate(mv.views)
+        )
+        instances.append(
+            InstanceRecord(
+                mask_index=col,
+                point_indices=pidx,
+                bbox_min=pts.min(axis=0).astype(np.float32),
+                bbox_max=pts.max(axis=0).astype(np.float32),
+                centroid=pts.mean(axis=0).astype(np.float32),
+                score=1.0 if scores is None else float(scores[col]),
+                views=views,
+                view_vectors=vv if config.view_vectors else {},
+                vectors={name: instance_vector(vv[name], inl) for name in encoders},
+            )
+        )
         if progress is not None:
             progress("aggregate", j + 1, len(sel.masks))
     timer.add("aggregate", t)
 
     report = IngestReport(
-        scan=scan.name, frames_on_disk=scan.frames_on_disk, frames_used=len(stepped.frames), frames_skipped=skipped,
-        masks_total=int(masks.shape[1]), masks_without_view=without_view, seconds_per_stage=timer.seconds,
-        crops=total_crops, masks_too_small=too_small)
+        scan=scan.name,
+        frames_on_disk=scan.frames_on_disk,
+        frames_used=len(stepped.frames),
+        frames_skipped=skipped,
+        masks_total=int(masks.shape[1]),
+        masks_without_view=without_view,
+        seconds_per_stage=timer.seconds,
+        crops=total_crops,
+        masks_too_small=too_small,
+    )
     settings = {**config.to_dict(sam is not None), "mask_source": source, "masks": mask_record}
-    return IngestResult(scan=scan.name, scan_path=str(scan.path), fingerprint=scan.fingerprint(), settings=settings,
-                        encoders={name: enc.identity for name, enc in encoders.items()}, instances=instances,
-                        report=report, num_points=scan.num_points, frame_count=scan.frames_on_disk)
+    return IngestResult(
+        scan=scan.name,
+        scan_path=str(scan.path),
+        fingerprint=scan.fingerprint(),
+        settings=settings,
+        encoders={name: enc.identity for name, enc in encoders.items()},
+        instances=instances,
+        report=report,
+        num_points=scan.num_points,
+        frame_count=scan.frames_on_disk,
+    )

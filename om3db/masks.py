@@ -28,15 +28,15 @@ def find_mask_file(root: Path) -> Path | None:
 
 
 def _load_torch(path: Path) -> object:
-    import pickle  # noqa: PLC0415
+    import pickle
 
-    import torch  # noqa: PLC0415
+    import torch
 
     # numpy arrays in a weights_only pickle need these reconstructors allow-listed; nothing else runs.
     try:
-        from numpy._core.multiarray import _reconstruct  # noqa: PLC0415
+        from numpy._core.multiarray import _reconstruct
     except ImportError:  # numpy < 2
-        from numpy.core.multiarray import _reconstruct  # noqa: PLC0415
+        from numpy.core.multiarray import _reconstruct
     allowed = [np.ndarray, np.dtype, _reconstruct]
     allowed += [type(np.dtype(t)) for t in ("float16", "float32", "float64", "bool", "uint8", "int32", "int64")]
     try:
@@ -72,7 +72,9 @@ def load_masks(path: str | Path, *, num_points: int) -> tuple[np.ndarray, np.nda
                 keys = list(z.keys())
                 key = "masks" if "masks" in keys else (keys[0] if len(keys) == 1 else None)
                 if key is None:
-                    raise MaskFileError(path, f"npz holds {keys} and no 'masks' array", "Store the masks under the key 'masks'")
+                    raise MaskFileError(
+                        path, f"npz holds {keys} and no 'masks' array", "Store the masks under the key 'masks'"
+                    )
                 arr = z[key]
                 if "scores" in keys:
                     scores = np.asarray(z["scores"], dtype=np.float32)
@@ -98,12 +100,14 @@ def load_masks(path: str | Path, *, num_points: int) -> tuple[np.ndarray, np.nda
             raise MaskFileError(path, "masks must hold only 0 and 1", _SAVE_FIX)
         arr = arr.astype(bool)
     if scores is not None and scores.shape != (arr.shape[1],):
-        raise MaskFileError(path, f"scores shape {scores.shape} does not match {arr.shape[1]} masks", "Store one score per mask")
+        raise MaskFileError(
+            path, f"scores shape {scores.shape} does not match {arr.shape[1]} masks", "Store one score per mask"
+        )
     return arr, scores
 
 
 def save_masks(path: str | Path, masks: np.ndarray) -> None:
     """Write masks in OpenMask3D's format: ``torch.save`` of a float16 points x masks numpy array."""
-    import torch  # noqa: PLC0415
+    import torch
 
     torch.save(np.ascontiguousarray(masks, dtype=np.float16), Path(path))

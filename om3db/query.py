@@ -13,7 +13,6 @@ whenever k matching instances exist.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -48,7 +47,9 @@ class Filters:
         if self.region is not None:
             lo, hi = (np.asarray(a, dtype=float) for a in self.region)
             if lo.shape != (3,) or hi.shape != (3,) or (lo > hi).any():
-                raise ConfigError(f"region must be ((xmin, ymin, zmin), (xmax, ymax, zmax)) with min <= max, got {self.region}")
+                raise ConfigError(
+                    f"region must be ((xmin, ymin, zmin), (xmax, ymax, zmax)) with min <= max, got {self.region}"
+                )
 
     @property
     def active(self) -> bool:
@@ -77,7 +78,7 @@ def parse_region(text: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
 
 def check_encoder(store, space: str, identity: EncoderIdentity) -> None:
     """Raise EncoderMismatchError when ``identity`` is not the encoder the space was built with."""
-    from .store.catalog import identity_matches  # noqa: PLC0415
+    from .store.catalog import identity_matches
 
     stored = store.identity_of(store.space(space, "instance"))
     if not identity_matches(stored, identity):
@@ -91,10 +92,10 @@ def allowed_instances(store, filters: Filters) -> np.ndarray | None:
     """(n,) int64 instance ids passing the filters (ready scans only); None when nothing is filtered."""
     if not filters.active:
         return None
-    from sqlalchemy import select  # noqa: PLC0415
+    from sqlalchemy import select
 
-    from .store.models import InstanceRow as I  # noqa: N817, PLC0415
-    from .store.models import ScanRow  # noqa: PLC0415
+    from .store.models import InstanceRow as I  # noqa: N817
+    from .store.models import ScanRow
 
     q = select(I.id).join(ScanRow, ScanRow.id == I.scan_id).where(ScanRow.status == "ready")
     if filters.scans is not None:
@@ -106,8 +107,14 @@ def allowed_instances(store, filters: Filters) -> np.ndarray | None:
         if filters.region_mode == "centroid":
             q = q.where(I.centroid_x.between(x0, x1), I.centroid_y.between(y0, y1), I.centroid_z.between(z0, z1))
         else:
-            q = q.where(I.bbox_min_x <= x1, I.bbox_max_x >= x0, I.bbox_min_y <= y1, I.bbox_max_y >= y0,
-                        I.bbox_min_z <= z1, I.bbox_max_z >= z0)
+            q = q.where(
+                I.bbox_min_x <= x1,
+                I.bbox_max_x >= x0,
+                I.bbox_min_y <= y1,
+                I.bbox_max_y >= y0,
+                I.bbox_min_z <= z1,
+                I.bbox_max_z >= z0,
+            )
     with store.engine.connect() as conn:
         return np.fromiter(conn.execute(q).scalars(), dtype=np.int64)
 
@@ -144,7 +151,7 @@ def search_space(
 
 def _search_max(store, space: str, q: np.ndarray, k: int, allowed: np.ndarray | None) -> list[RawHit]:
     """Max aggregation: best view per instance, over-fetching views until k instances are found."""
-    from .store.writer import view_owner  # noqa: PLC0415
+    from .store.writer import view_owner
 
     index = store.index(space, "view")
     allowed_views = None
@@ -180,7 +187,7 @@ def label_vectors(store, space: str, scan_instance_ids: np.ndarray, classes: np.
         vecs, vid = store.stored_vectors(store.space(space, "instance"), instance_ids=ids.tolist())
         sims = dict(zip(vid.tolist(), vecs @ classes.T, strict=True))
     else:
-        from .store.writer import view_owner  # noqa: PLC0415
+        from .store.writer import view_owner
 
         vecs, view_ids = store.stored_vectors(store.space(space, "view"), instance_ids=ids.tolist())
         per_view = vecs @ classes.T

@@ -13,8 +13,15 @@ from typing import Literal
 
 from om3db.errors import ConfigError
 
-__all__ = ["write_random_siglip", "write_random_dinov2", "write_random_sam", "write_random_models", "siglip_config",
-           "dinov2_config", "TINY_VOCAB"]
+__all__ = [
+    "write_random_siglip",
+    "write_random_dinov2",
+    "write_random_sam",
+    "write_random_models",
+    "siglip_config",
+    "dinov2_config",
+    "TINY_VOCAB",
+]
 
 TINY_VOCAB = (
     "a an the of in on at with and or photo picture scene room object thing "
@@ -64,11 +71,21 @@ def siglip_config(size: Literal["tiny", "so400m"] = "tiny"):
     from transformers import SiglipConfig, SiglipTextConfig, SiglipVisionConfig
 
     s = _SIGLIP_SIZES[size]
-    tower = dict(hidden_size=s["hidden"], intermediate_size=s["inter"], num_hidden_layers=s["layers"],
-                 num_attention_heads=s["heads"])
+    tower = dict(
+        hidden_size=s["hidden"],
+        intermediate_size=s["inter"],
+        num_hidden_layers=s["layers"],
+        num_attention_heads=s["heads"],
+    )
     return SiglipConfig(
-        text_config=SiglipTextConfig(**tower, vocab_size=s["vocab"], max_position_embeddings=s["max_pos"],
-                                     pad_token_id=0, bos_token_id=1, eos_token_id=1),
+        text_config=SiglipTextConfig(
+            **tower,
+            vocab_size=s["vocab"],
+            max_position_embeddings=s["max_pos"],
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=1,
+        ),
         vision_config=SiglipVisionConfig(**tower, image_size=s["image"], patch_size=s["patch"]),
     )
 
@@ -79,8 +96,14 @@ def dinov2_config(size: Literal["tiny", "large"] = "tiny"):
     from transformers import Dinov2Config
 
     s = _DINOV2_SIZES[size]
-    return Dinov2Config(hidden_size=s["hidden"], num_hidden_layers=s["layers"], num_attention_heads=s["heads"],
-                        patch_size=s["patch"], image_size=s["image"], mlp_ratio=4)
+    return Dinov2Config(
+        hidden_size=s["hidden"],
+        num_hidden_layers=s["layers"],
+        num_attention_heads=s["heads"],
+        patch_size=s["patch"],
+        image_size=s["image"],
+        mlp_ratio=4,
+    )
 
 
 def write_random_siglip(out_dir: str | Path, size: Literal["tiny", "so400m"] = "tiny", seed: int = 0) -> Path:
@@ -124,15 +147,20 @@ def write_random_dinov2(out_dir: str | Path, size: Literal["tiny", "large"] = "t
         model = Dinov2Model(config).eval()
         model.save_pretrained(out)
     BitImageProcessorPil(
-        size={"shortest_edge": s["resize"]}, crop_size={"height": s["crop"], "width": s["crop"]},
-        do_center_crop=True, resample=3, image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225],
+        size={"shortest_edge": s["resize"]},
+        crop_size={"height": s["crop"], "width": s["crop"]},
+        do_center_crop=True,
+        resample=3,
+        image_mean=[0.485, 0.456, 0.406],
+        image_std=[0.229, 0.224, 0.225],
         do_convert_rgb=True,
     ).save_pretrained(out)
     return out
 
 
-def write_random_sam(out_path: str | Path, size: Literal["tiny", "vit_h", "vit_l", "vit_b"] = "tiny",
-                     seed: int = 0) -> Path:
+def write_random_sam(
+    out_path: str | Path, size: Literal["tiny", "vit_h", "vit_l", "vit_b"] = "tiny", seed: int = 0
+) -> Path:
     """Write a random SAM state dict in the original segment-anything format (``sam_vit_h_4b8939.pth``'s)."""
     from om3db.sam import SAM_CONFIGS, TINY_SAM_CONFIG, build_sam_model
 

@@ -20,8 +20,15 @@ import numpy as np
 
 from om3db.errors import ConfigError, ModelLoadError
 
-__all__ = ["SamConfig", "SAM_CONFIGS", "TINY_SAM_CONFIG", "SamPredictor", "load_sam", "build_sam_model",
-           "infer_sam_config"]
+__all__ = [
+    "SamConfig",
+    "SAM_CONFIGS",
+    "TINY_SAM_CONFIG",
+    "SamPredictor",
+    "load_sam",
+    "build_sam_model",
+    "infer_sam_config",
+]
 
 _PRIVATE = "_om3db_segment_anything_modeling"
 
@@ -63,14 +70,23 @@ class SamConfig:
 SAM_CONFIGS: dict[str, SamConfig] = {
     "vit_h": SamConfig(),
     "vit_l": SamConfig(encoder_embed_dim=1024, encoder_depth=24, encoder_global_attn_indexes=(5, 11, 17, 23)),
-    "vit_b": SamConfig(encoder_embed_dim=768, encoder_depth=12, encoder_num_heads=12,
-                       encoder_global_attn_indexes=(2, 5, 8, 11)),
+    "vit_b": SamConfig(
+        encoder_embed_dim=768, encoder_depth=12, encoder_num_heads=12, encoder_global_attn_indexes=(2, 5, 8, 11)
+    ),
 }
 """The three original SAM checkpoints' architectures (sam_vit_h_4b8939.pth, sam_vit_l_0b3195.pth, sam_vit_b_01ec64.pth)."""
 
 TINY_SAM_CONFIG = SamConfig(
-    encoder_embed_dim=32, encoder_depth=2, encoder_num_heads=2, encoder_global_attn_indexes=(1,), image_size=128,
-    window_size=4, prompt_embed_dim=32, decoder_mlp_dim=64, decoder_num_heads=8, iou_head_hidden_dim=32,
+    encoder_embed_dim=32,
+    encoder_depth=2,
+    encoder_num_heads=2,
+    encoder_global_attn_indexes=(1,),
+    image_size=128,
+    window_size=4,
+    prompt_embed_dim=32,
+    decoder_mlp_dim=64,
+    decoder_num_heads=8,
+    iou_head_hidden_dim=32,
     mask_in_chans=8,
 )
 """A tiny SAM for tests (128 px input, 8x8 image embedding)."""
@@ -85,8 +101,9 @@ def _modeling():
     if spec is None or not spec.submodule_search_locations:
         raise ModelLoadError("segment_anything: package not installed. Install it with `pip install segment-anything`")
     pkg_dir = Path(list(spec.submodule_search_locations)[0]) / "modeling"
-    mspec = importlib.util.spec_from_file_location(_PRIVATE, pkg_dir / "__init__.py",
-                                                   submodule_search_locations=[str(pkg_dir)])
+    mspec = importlib.util.spec_from_file_location(
+        _PRIVATE, pkg_dir / "__init__.py", submodule_search_locations=[str(pkg_dir)]
+    )
     module = importlib.util.module_from_spec(mspec)
     sys.modules[_PRIVATE] = module
     try:
@@ -107,21 +124,36 @@ def build_sam_model(config: SamConfig):
     emb = config.image_size // config.patch_size
     sam = m.Sam(
         image_encoder=m.ImageEncoderViT(
-            depth=config.encoder_depth, embed_dim=config.encoder_embed_dim, img_size=config.image_size,
-            mlp_ratio=config.mlp_ratio, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-            num_heads=config.encoder_num_heads, patch_size=config.patch_size, qkv_bias=True, use_rel_pos=True,
-            global_attn_indexes=tuple(config.encoder_global_attn_indexes), window_size=config.window_size,
+            depth=config.encoder_depth,
+            embed_dim=config.encoder_embed_dim,
+            img_size=config.image_size,
+            mlp_ratio=config.mlp_ratio,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            num_heads=config.encoder_num_heads,
+            patch_size=config.patch_size,
+            qkv_bias=True,
+            use_rel_pos=True,
+            global_attn_indexes=tuple(config.encoder_global_attn_indexes),
+            window_size=config.window_size,
             out_chans=config.prompt_embed_dim,
         ),
         prompt_encoder=m.PromptEncoder(
-            embed_dim=config.prompt_embed_dim, image_embedding_size=(emb, emb),
-            input_image_size=(config.image_size, config.image_size), mask_in_chans=config.mask_in_chans,
+            embed_dim=config.prompt_embed_dim,
+            image_embedding_size=(emb, emb),
+            input_image_size=(config.image_size, config.image_size),
+            mask_in_chans=config.mask_in_chans,
         ),
         mask_decoder=m.MaskDecoder(
             num_multimask_outputs=3,
-            transformer=m.TwoWayTransformer(depth=config.decoder_depth, embedding_dim=config.prompt_embed_dim,
-                                            mlp_dim=config.decoder_mlp_dim, num_heads=config.decoder_num_heads),
-            transformer_dim=config.prompt_embed_dim, iou_head_depth=3, iou_head_hidden_dim=config.iou_head_hidden_dim,
+            transformer=m.TwoWayTransformer(
+                depth=config.decoder_depth,
+                embedding_dim=config.prompt_embed_dim,
+                mlp_dim=config.decoder_mlp_dim,
+                num_heads=config.decoder_num_heads,
+            ),
+            transformer_dim=config.prompt_embed_dim,
+            iou_head_depth=3,
+            iou_head_hidden_dim=config.iou_head_hidden_dim,
         ),
         pixel_mean=[123.675, 116.28, 103.53],
         pixel_std=[58.395, 57.12, 57.375],
@@ -143,14 +175,20 @@ def infer_sam_config(state_dict: dict, *, decoder_num_heads: int = 8) -> SamConf
     window = (windowed[0] + 1) // 2 if windowed else 14
     dec_depth = 1 + max(int(k.split(".")[3]) for k in sd if k.startswith("mask_decoder.transformer.layers."))
     return SamConfig(
-        encoder_embed_dim=embed, encoder_depth=depth, encoder_num_heads=embed // head_dim,
-        encoder_global_attn_indexes=global_idx, image_size=grid * patch, window_size=window,
+        encoder_embed_dim=embed,
+        encoder_depth=depth,
+        encoder_num_heads=embed // head_dim,
+        encoder_global_attn_indexes=global_idx,
+        image_size=grid * patch,
+        window_size=window,
         mlp_ratio=sd["image_encoder.blocks.0.mlp.lin1.weight"].shape[0] / embed,
         prompt_embed_dim=sd["image_encoder.neck.0.weight"].shape[0],
         decoder_mlp_dim=sd["mask_decoder.transformer.layers.0.mlp.lin1.weight"].shape[0],
-        decoder_depth=dec_depth, decoder_num_heads=decoder_num_heads,
+        decoder_depth=dec_depth,
+        decoder_num_heads=decoder_num_heads,
         iou_head_hidden_dim=sd["mask_decoder.iou_prediction_head.layers.0.weight"].shape[0],
-        mask_in_chans=sd["prompt_encoder.mask_downscaling.0.weight"].shape[0] * 4, patch_size=patch,
+        mask_in_chans=sd["prompt_encoder.mask_downscaling.0.weight"].shape[0] * 4,
+        patch_size=patch,
     )
 
 
@@ -169,8 +207,14 @@ def _resolve_device(device: str):
         raise ConfigError(f"unknown device {device!r}: use 'auto', 'cpu' or 'cuda[:N]'") from exc
 
 
-def load_sam(checkpoint: str | Path, model_type: Literal["vit_h", "vit_l", "vit_b", "auto"] = "auto", *,
-             config: SamConfig | None = None, device: str = "auto", dtype: str | None = None) -> "SamPredictor":
+def load_sam(
+    checkpoint: str | Path,
+    model_type: Literal["vit_h", "vit_l", "vit_b", "auto"] = "auto",
+    *,
+    config: SamConfig | None = None,
+    device: str = "auto",
+    dtype: str | None = None,
+) -> SamPredictor:
     """Load an original segment-anything checkpoint (e.g. ``sam_vit_h_4b8939.pth``) into a `SamPredictor`.
 
     ``model_type="auto"`` reads the architecture off the tensor shapes; a named type must match them.
@@ -184,35 +228,45 @@ def load_sam(checkpoint: str | Path, model_type: Literal["vit_h", "vit_l", "vit_
     if model_type not in (*SAM_CONFIGS, "auto"):
         raise ConfigError(f"unknown SAM model_type {model_type!r}; choose one of 'auto', 'vit_b', 'vit_h', 'vit_l'")
     if not path.is_file():
-        raise ModelLoadError(f"{path}: SAM checkpoint not found. Download an original checkpoint "
-                             "(sam_vit_h_4b8939.pth) or write a random one with `om3db models random DIR`")
+        raise ModelLoadError(
+            f"{path}: SAM checkpoint not found. Download an original checkpoint "
+            "(sam_vit_h_4b8939.pth) or write a random one with `om3db models random DIR`"
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt / non-torch files
-        raise ModelLoadError(f"{path}: not a readable torch checkpoint ({type(exc).__name__}). "
-                             "Pass an original segment-anything .pth state dict") from exc
+        raise ModelLoadError(
+            f"{path}: not a readable torch checkpoint ({type(exc).__name__}). "
+            "Pass an original segment-anything .pth state dict"
+        ) from exc
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
     try:
         found = infer_sam_config(state)
     except (KeyError, TypeError, AttributeError, IndexError, ValueError) as exc:
-        raise ModelLoadError(f"{path}: not a segment-anything SAM state dict (missing {exc}). "
-                             "Pass an original SAM checkpoint such as sam_vit_h_4b8939.pth") from exc
+        raise ModelLoadError(
+            f"{path}: not a segment-anything SAM state dict (missing {exc}). "
+            "Pass an original SAM checkpoint such as sam_vit_h_4b8939.pth"
+        ) from exc
     if config is None:
         if model_type != "auto" and SAM_CONFIGS[model_type] != found:
             raise ModelLoadError(
                 f"{path}: checkpoint is {_config_name(found)} (embed dim {found.encoder_embed_dim}, depth "
                 f"{found.encoder_depth}) but model_type={model_type!r} was asked. "
-                f"Pass model_type={_config_name(found)!r} or 'auto'" if _config_name(found) != "custom" else
-                f"{path}: checkpoint is a custom SAM (embed dim {found.encoder_embed_dim}, depth "
-                f"{found.encoder_depth}) but model_type={model_type!r} was asked. Pass model_type='auto'")
+                f"Pass model_type={_config_name(found)!r} or 'auto'"
+                if _config_name(found) != "custom"
+                else f"{path}: checkpoint is a custom SAM (embed dim {found.encoder_embed_dim}, depth "
+                f"{found.encoder_depth}) but model_type={model_type!r} was asked. Pass model_type='auto'"
+            )
         config = found
     model = build_sam_model(config)
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        raise ModelLoadError(f"{path}: weights do not fit the SAM architecture {asdict(config)} ({exc}). "
-                             "Pass model_type='auto' or the matching config") from exc
+        raise ModelLoadError(
+            f"{path}: weights do not fit the SAM architecture {asdict(config)} ({exc}). "
+            "Pass model_type='auto' or the matching config"
+        ) from exc
     dev = _resolve_device(device)
     if dtype is None:
         dtype = "bfloat16" if dev.type == "cuda" else "float32"
@@ -273,8 +327,10 @@ class SamPredictor:
         from PIL import Image
 
         if not (isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8):
-            raise ConfigError(f"SAM image must be an (H, W, 3) uint8 array, got {getattr(image, 'shape', None)} "
-                              f"{getattr(image, 'dtype', type(image).__name__)}")
+            raise ConfigError(
+                f"SAM image must be an (H, W, 3) uint8 array, got {getattr(image, 'shape', None)} "
+                f"{getattr(image, 'dtype', type(image).__name__)}"
+            )
         h, w = image.shape[:2]
         nh, nw = _resize_shape(h, w, self.image_size)
         resized = np.array(Image.fromarray(image).resize((nw, nh), Image.BILINEAR))
@@ -293,8 +349,10 @@ class SamPredictor:
         coords = np.asarray(point_coords, dtype=np.float64)
         labels = np.asarray(point_labels)
         if coords.ndim != 3 or coords.shape[2] != 2 or labels.shape != coords.shape[:2]:
-            raise ConfigError(f"SAM prompts must be point_coords (B, P, 2) and point_labels (B, P); got "
-                              f"{coords.shape} and {labels.shape}")
+            raise ConfigError(
+                f"SAM prompts must be point_coords (B, P, 2) and point_labels (B, P); got "
+                f"{coords.shape} and {labels.shape}"
+            )
         (h, w), (nh, nw) = self._original_size, self._input_size
         scaled = coords.copy()
         scaled[..., 0] *= nw / w
@@ -304,8 +362,12 @@ class SamPredictor:
         with torch.inference_mode(), self._autocast():
             sparse, dense = self.model.prompt_encoder(points=(pc, pl), boxes=None, masks=None)
             low, iou = self.model.mask_decoder(
-                image_embeddings=self._features, image_pe=self.model.prompt_encoder.get_dense_pe(),
-                sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=False)
+                image_embeddings=self._features,
+                image_pe=self.model.prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=False,
+            )
         self.decoder_calls += 1
         return low, iou[:, 0]
 
@@ -317,21 +379,23 @@ class SamPredictor:
             masks = self.model.postprocess_masks(low.float(), self._input_size, self._original_size)
             return (masks[:, 0] > self.model.mask_threshold).cpu().numpy()
 
-    def predict_batch(self, point_coords: np.ndarray, point_labels: np.ndarray, *,
-                      chunk: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    def predict_batch(
+        self, point_coords: np.ndarray, point_labels: np.ndarray, *, chunk: int = 64
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Masks for B prompt sets: ``point_coords`` (B, P, 2) float image px (x, y), ``point_labels`` (B, P)
         (1 foreground, 0 background) -> masks (B, H, W) bool, predicted IoU (B,) float32."""
         coords = np.asarray(point_coords, dtype=np.float64)
         labels = np.asarray(point_labels)
         masks, ious = [], []
         for s in range(0, max(len(coords), 1), chunk):
-            low, iou = self._decode(coords[s:s + chunk], labels[s:s + chunk])
+            low, iou = self._decode(coords[s : s + chunk], labels[s : s + chunk])
             masks.append(self._upscale(low))
             ious.append(iou.float().cpu().numpy())
         return np.concatenate(masks), np.concatenate(ious).astype(np.float32)
 
-    def predict_best(self, point_coords: np.ndarray, point_labels: np.ndarray, *,
-                     chunk: int = 256) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def predict_best(
+        self, point_coords: np.ndarray, point_labels: np.ndarray, *, chunk: int = 256
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Best of R rounds per prompt group: ``point_coords`` (M, R, P, 2), ``point_labels`` (M, R, P) ->
         masks (M, H, W) bool of the round with the highest predicted IoU, that IoU (M,) float32 and
         the round index (M,) int64. Only the M winning masks are upscaled to full resolution."""
@@ -340,8 +404,9 @@ class SamPredictor:
         coords = np.asarray(point_coords, dtype=np.float64)
         labels = np.asarray(point_labels)
         if coords.ndim != 4 or labels.shape != coords.shape[:3]:
-            raise ConfigError(f"grouped SAM prompts must be (M, R, P, 2) and (M, R, P); got {coords.shape} and "
-                              f"{labels.shape}")
+            raise ConfigError(
+                f"grouped SAM prompts must be (M, R, P, 2) and (M, R, P); got {coords.shape} and {labels.shape}"
+            )
         m, r, p = labels.shape
         if m == 0:
             h, w = self._original_size
@@ -351,7 +416,7 @@ class SamPredictor:
         flat_c, flat_l = coords.reshape(m * r, p, 2), labels.reshape(m * r, p)
         lows, ious = [], []
         for s in range(0, m * r, chunk):
-            low, iou = self._decode(flat_c[s:s + chunk], flat_l[s:s + chunk])
+            low, iou = self._decode(flat_c[s : s + chunk], flat_l[s : s + chunk])
             lows.append(low)
             ious.append(iou)
         low = torch.cat(lows).reshape(m, r, *lows[0].shape[1:])
@@ -359,5 +424,5 @@ class SamPredictor:
         best = iou.argmax(dim=1)
         winners = low[torch.arange(m, device=low.device), best]
         # full-resolution float masks are large (a 1296x968 frame: 5 MB each): upscale a few at a time
-        masks = np.concatenate([self._upscale(winners[s:s + 16]) for s in range(0, m, 16)])
+        masks = np.concatenate([self._upscale(winners[s : s + 16]) for s in range(0, m, 16)])
         return masks, iou.max(dim=1).values.cpu().numpy().astype(np.float32), best.cpu().numpy()

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Literal
 
 import numpy as np
 
@@ -44,7 +45,7 @@ class Frame:
     """(4, 4) float64 camera-to-world, OpenCV camera axes (x right, y down, z forward), metres."""
     depth_scale: float = 1000.0
     """Raw uint16 depth units per metre."""
-    depth_renderer: Callable[["Frame"], np.ndarray] | None = field(default=None, repr=False, compare=False)
+    depth_renderer: Callable[[Frame], np.ndarray] | None = field(default=None, repr=False, compare=False)
     """When set (``read_scan(depth="rendered"|"auto")``), :meth:`depth` renders from the scan's PLY."""
 
     @property
@@ -131,7 +132,7 @@ class Scan:
 
     def mesh(self):
         """The PLY as an open3d TriangleMesh (faces may be empty for a point cloud)."""
-        from ._o3d import open3d  # noqa: PLC0415
+        from ._o3d import open3d
 
         return open3d().io.read_triangle_mesh(str(self.ply_path))
 
@@ -163,7 +164,7 @@ _DEPTH_FIX = "Depth must be a single-channel 16-bit PNG (mode I;16) holding dept
 
 
 def _open_image(path: Path):
-    from PIL import Image, UnidentifiedImageError  # noqa: PLC0415
+    from PIL import Image, UnidentifiedImageError
 
     try:
         return Image.open(path)
@@ -191,9 +192,13 @@ def _read_matrix(path: Path, what: str) -> np.ndarray:
     try:
         m = np.loadtxt(path, dtype=np.float64, ndmin=2)
     except (ValueError, OSError) as exc:
-        raise ScanError(path, f"{what} is not a numeric matrix ({exc})", f"Write the {what} as 4 rows of 4 numbers") from exc
+        raise ScanError(
+            path, f"{what} is not a numeric matrix ({exc})", f"Write the {what} as 4 rows of 4 numbers"
+        ) from exc
     if m.shape != (4, 4):
-        raise ScanError(path, f"{what} is not 4x4 (shape {m.shape[0]}x{m.shape[1]})", f"Write the {what} as 4 rows of 4 numbers")
+        raise ScanError(
+            path, f"{what} is not 4x4 (shape {m.shape[0]}x{m.shape[1]})", f"Write the {what} as 4 rows of 4 numbers"
+        )
     return m
 
 
@@ -220,17 +225,21 @@ def _find_ply(root: Path, name: str) -> Path:
         return plys[0]
     if not plys:
         raise ScanError(root, "no scene point cloud (.ply) found", f"Put the scene points in {root / (name + '.ply')}")
-    raise ScanError(root, f"several .ply files and none named {name}.ply: {[p.name for p in plys]}", "Pass ply=PATH to choose one")
+    raise ScanError(
+        root, f"several .ply files and none named {name}.ply: {[p.name for p in plys]}", "Pass ply=PATH to choose one"
+    )
 
 
 def _read_ply(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    from ._o3d import open3d  # noqa: PLC0415
+    from ._o3d import open3d
 
     o3d = open3d()
     pcd = o3d.io.read_point_cloud(str(path), format="ply")
     pts = np.asarray(pcd.points, dtype=np.float32)
     if pts.shape[0] == 0:
-        raise ScanError(path, "PLY has no vertices or cannot be parsed", "Export the scene as a PLY with x, y, z vertex properties")
+        raise ScanError(
+            path, "PLY has no vertices or cannot be parsed", "Export the scene as a PLY with x, y, z vertex properties"
+        )
     if not np.all(np.isfinite(pts)):
         raise ScanError(path, "PLY has non-finite vertex coordinates", "Remove or fix the nan/inf vertices")
     if pcd.has_colors():
@@ -281,14 +290,20 @@ def read_scan(
     if depth not in ("sensor", "rendered", "auto"):
         raise ConfigError(f"depth must be 'sensor', 'rendered' or 'auto', got {depth!r}")
     if not root.is_dir():
-        raise ScanError(root, "scan folder not found", "Pass the folder that holds color/, depth/, pose/ and intrinsic/")
+        raise ScanError(
+            root, "scan folder not found", "Pass the folder that holds color/, depth/, pose/ and intrinsic/"
+        )
     if not any(root.iterdir()):
         raise ScanError(root, "scan folder is empty", "A scan needs color/, depth/, pose/, intrinsic/ and a .ply")
     name = root.name
 
     intr_path = root / "intrinsic" / "intrinsic_color.txt"
     if not intr_path.is_file():
-        raise ScanError(intr_path, "colour intrinsics are missing", "Write the 4x4 colour camera matrix there (only [:3,:3] is used)")
+        raise ScanError(
+            intr_path,
+            "colour intrinsics are missing",
+            "Write the 4x4 colour camera matrix there (only [:3,:3] is used)",
+        )
     k_color = _read_matrix(intr_path, "intrinsic matrix")
     k_depth_path = root / "intrinsic" / "intrinsic_depth.txt"
     k_depth = _read_matrix(k_depth_path, "intrinsic matrix") if k_depth_path.is_file() else None
@@ -299,7 +314,9 @@ def read_scan(
     depths = _index_frames(root / "depth", (".png",)) if has_depth_dir or not render else {}
     poses = _index_frames(root / "pose", (".txt",))
     if not colors and not depths:
-        raise ScanError(root / "color", "no frames found", "Frames are color/<id>.jpg|png, depth/<id>.png, pose/<id>.txt")
+        raise ScanError(
+            root / "color", "no frames found", "Frames are color/<id>.jpg|png, depth/<id>.png, pose/<id>.txt"
+        )
     _check_same_ids(root, colors, depths if not render or depths else dict.fromkeys(colors), poses)
 
     ids = sorted(colors)
@@ -320,9 +337,17 @@ def read_scan(
         if c_size is None:
             c_size, d_size = (cw, ch), (dw, dh)
         elif (cw, ch) != c_size:
-            raise ScanError(colors[fid], f"colour size {cw}x{ch} differs from the first frame's {c_size[0]}x{c_size[1]}", "All colour frames must share one resolution")
+            raise ScanError(
+                colors[fid],
+                f"colour size {cw}x{ch} differs from the first frame's {c_size[0]}x{c_size[1]}",
+                "All colour frames must share one resolution",
+            )
         elif (dw, dh) != d_size:
-            raise ScanError(depths[fid], f"depth size {dw}x{dh} differs from the first frame's {d_size[0]}x{d_size[1]}", "All depth frames must share one resolution")
+            raise ScanError(
+                depths[fid],
+                f"depth size {dw}x{dh} differs from the first frame's {d_size[0]}x{d_size[1]}",
+                "All depth frames must share one resolution",
+            )
 
     color_intr = Intrinsics.from_matrix(k_color, *c_size)
     if k_depth is not None and depths:
@@ -342,14 +367,16 @@ def read_scan(
             pose = pose @ _GL_TO_CV
         frames.append(Frame(fid, colors[fid], depths.get(fid), poses[fid], pose, depth_scale))
     if not frames:
-        raise ScanError(root / "pose", f"no usable frame: all {len(ids)} poses are non-finite or non-rigid", "Check the pose export")
+        raise ScanError(
+            root / "pose", f"no usable frame: all {len(ids)} poses are non-finite or non-rigid", "Check the pose export"
+        )
 
     ply_path = Path(ply) if ply is not None else _find_ply(root, name)
     if not ply_path.is_file():
         raise ScanError(ply_path, "point cloud file not found", "Pass an existing .ply")
     points, point_colors = _read_ply(ply_path)
     if render:
-        from .proposals.render import FrameDepthRenderer  # noqa: PLC0415
+        from .proposals.render import FrameDepthRenderer
 
         renderer = FrameDepthRenderer(ply_path, points, depth_intr)
         frames = [replace(f, depth_renderer=renderer) for f in frames]
@@ -394,7 +421,8 @@ def _check_same_ids(root: Path, colors: dict, depths: dict, poses: dict) -> None
             detail.append(f"no colour for frame ids {_id_list(extra)}")
         raise ScanError(
             root / folder,
-            f"colour and {folder} frame counts differ ({len(colors)} colour, {len(have)} {folder}): " + "; ".join(detail),
+            f"colour and {folder} frame counts differ ({len(colors)} colour, {len(have)} {folder}): "
+            + "; ".join(detail),
             "Every frame id needs color/<id>, depth/<id>.png and pose/<id>.txt",
         )
 
@@ -417,4 +445,3 @@ def find_scans(root: str | Path) -> list[Path]:
     if not root.is_dir():
         raise ScanError(root, "folder not found", "Pass a scan folder or a folder of scans")
     return sorted(p.parent for p in root.rglob("intrinsic") if is_scan_dir(p.parent))
-

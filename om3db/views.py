@@ -20,8 +20,8 @@ The next depth PNGs are decoded in a background thread meanwhile.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
@@ -65,7 +65,7 @@ class MaskMembership:
     points (nnz,) int64)``, the points of mask j being ``points[indptr[j]:indptr[j + 1]]``, sorted."""
 
     @classmethod
-    def from_dense(cls, masks: np.ndarray) -> "MaskMembership":
+    def from_dense(cls, masks: np.ndarray) -> MaskMembership:
         masks = np.ascontiguousarray(np.asarray(masks).astype(bool, copy=False))  # flat (point * M + mask) look-ups
         # row-major: sorted by point, then mask; a 1-D flatnonzero is ~5x faster than a 2-D nonzero
         pts, cols = np.divmod(np.flatnonzero(masks.reshape(-1)), max(masks.shape[1], 1))
@@ -76,7 +76,9 @@ class MaskMembership:
             label = np.zeros(masks.shape[0], dtype=np.int64)
             label[pts] = cols + 1
             return cls(indptr, cols.astype(np.int32), int(masks.shape[1]), masks, label)
-        order = np.argsort(cols.astype(np.int16) if masks.shape[1] < 2**15 else cols, kind="stable")  # int16: radix sort
+        order = np.argsort(
+            cols.astype(np.int16) if masks.shape[1] < 2**15 else cols, kind="stable"
+        )  # int16: radix sort
         by_mask_ptr = np.zeros(masks.shape[1] + 1, dtype=np.int64)
         np.cumsum(np.bincount(cols, minlength=masks.shape[1]), out=by_mask_ptr[1:])
         return cls(indptr, cols.astype(np.int32), int(masks.shape[1]), masks, None, (by_mask_ptr, pts[order]))
@@ -159,14 +161,22 @@ class ViewSelection:
 def _check_masks(scan, masks: np.ndarray | None) -> np.ndarray:
     m = scan.masks if masks is None else masks
     if m is None:
-        raise MaskFileError(scan.path, "the scan has no class-agnostic masks", "Pass masks= or put <scan>_masks.pt in the scan folder")
+        raise MaskFileError(
+            scan.path, "the scan has no class-agnostic masks", "Pass masks= or put <scan>_masks.pt in the scan folder"
+        )
     m = np.asarray(m)
     if m.ndim != 2 or m.shape[0] != scan.num_points:
-        raise MaskFileError(scan.path, f"masks have shape {m.shape}, expected ({scan.num_points}, M) for the scan's {scan.num_points} points", "Pass a points x masks array in PLY vertex order")
+        raise MaskFileError(
+            scan.path,
+            f"masks have shape {m.shape}, expected ({scan.num_points}, M) for the scan's {scan.num_points} points",
+            "Pass a points x masks array in PLY vertex order",
+        )
     return m.astype(bool, copy=False)
 
 
-def project_points(points: np.ndarray, world_to_camera: np.ndarray, intr: Intrinsics) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def project_points(
+    points: np.ndarray, world_to_camera: np.ndarray, intr: Intrinsics
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Like :func:`om3db.camera.project` (float64 ``u``, ``v``, ``z``) but element-wise instead of a
     BLAS matmul: an (N, 3) @ (3, 3) product spends more time in thread hand-off than in arithmetic."""
     u, v, z = _Projector(points).project(world_to_camera, intr)
@@ -210,7 +220,9 @@ class _Projector:
                 out += c
         return u, v, z
 
-    def visible(self, world_to_camera: np.ndarray, depth: np.ndarray, intr: Intrinsics, vis_threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    def visible(
+        self, world_to_camera: np.ndarray, depth: np.ndarray, intr: Intrinsics, vis_threshold: float
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Indices (P,) int64 of the visible points and their flat depth pixel ``v * W + u`` (P,) int64.
 
         Works on all N points to the end and selects once: one ``flatnonzero`` and two ``take``s
@@ -247,7 +259,9 @@ class _Projector:
         return idx, pix.take(idx)
 
 
-def visible_points_in_frame(points: np.ndarray, world_to_camera: np.ndarray, depth: np.ndarray, intr: Intrinsics, vis_threshold: float) -> tuple[np.ndarray, np.ndarray]:
+def visible_points_in_frame(
+    points: np.ndarray, world_to_camera: np.ndarray, depth: np.ndarray, intr: Intrinsics, vis_threshold: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Indices (P,) int64 into ``points`` of the visible ones and their flat depth pixel ``v * W + u`` (P,) int64."""
     return _Projector(points).visible(world_to_camera, depth, intr, vis_threshold)
 
@@ -259,7 +273,9 @@ def pixel_keys(num_pixels: int, owner: np.ndarray, mask_ids: np.ndarray, pix: np
     return keys[np.concatenate(([True], keys[1:] != keys[:-1]))] if keys.size else keys
 
 
-def mask_pixel_counts(member: MaskMembership, idx: np.ndarray, pix: np.ndarray, num_pixels: int, scratch: np.ndarray | None = None) -> np.ndarray:
+def mask_pixel_counts(
+    member: MaskMembership, idx: np.ndarray, pix: np.ndarray, num_pixels: int, scratch: np.ndarray | None = None
+) -> np.ndarray:
     """(M,) int64 distinct pixels per mask covered by visible points ``idx`` landing on ``pix``.
 
     O(points), no sort in the common case: every point is told one *representative* point of its
@@ -320,7 +336,14 @@ def _depths(frames, prefetch: int):
                 fut.cancel()
 
 
-def compute_visibility(scan, masks: np.ndarray | None = None, *, vis_threshold: float = 0.2, prefetch: int = 2, progress: Progress | None = None) -> Visibility:
+def compute_visibility(
+    scan,
+    masks: np.ndarray | None = None,
+    *,
+    vis_threshold: float = 0.2,
+    prefetch: int = 2,
+    progress: Progress | None = None,
+) -> Visibility:
     """Visible-pixel counts of every mask in every usable frame of ``scan`` (decodes each depth once).
 
     prefetch: frames whose depth PNG is decoded ahead in one background thread (0: none).
@@ -359,7 +382,9 @@ def _top_views(counts_m: np.ndarray, top_k: int) -> np.ndarray:
     return order[counts_m[order] > 0]
 
 
-def _diverse_views(counts_m: np.ndarray, centres: np.ndarray, centroid: np.ndarray, top_k: int, pool: int, min_fraction: float) -> np.ndarray:
+def _diverse_views(
+    counts_m: np.ndarray, centres: np.ndarray, centroid: np.ndarray, top_k: int, pool: int, min_fraction: float
+) -> np.ndarray:
     """Most visible view first, then greedily the pool view with the largest minimum angle between
     its viewing ray (centroid - camera centre) and those of the views already chosen."""
     cand = _top_views(counts_m, pool)
@@ -378,7 +403,9 @@ def _diverse_views(counts_m: np.ndarray, centres: np.ndarray, centroid: np.ndarr
     return cand[np.array(chosen)]
 
 
-def _colour_pixels(points_world: np.ndarray, world_to_camera: np.ndarray, intr: Intrinsics) -> tuple[np.ndarray, np.ndarray]:
+def _colour_pixels(
+    points_world: np.ndarray, world_to_camera: np.ndarray, intr: Intrinsics
+) -> tuple[np.ndarray, np.ndarray]:
     """(P, 2) int32 rounded colour pixels (x, y) clipped to the image, and (P,) bool "in front"."""
     u, v, z = project_points(points_world, world_to_camera, intr)
     front = (z > 0) & np.isfinite(u) & np.isfinite(v)
@@ -430,14 +457,24 @@ def select_views(
     if not 0.0 <= min_visibility_fraction <= 1.0:
         raise ConfigError(f"min_visibility_fraction must be in [0, 1], got {min_visibility_fraction}")
     m = _check_masks(scan, masks)
-    vis = visibility if visibility is not None else compute_visibility(scan, m, vis_threshold=vis_threshold, progress=progress)
+    vis = (
+        visibility
+        if visibility is not None
+        else compute_visibility(scan, m, vis_threshold=vis_threshold, progress=progress)
+    )
     if vis.counts.shape != (len(scan.frames), m.shape[1]):
-        raise ConfigError(f"visibility counts have shape {vis.counts.shape}, expected ({len(scan.frames)}, {m.shape[1]}) for scan {scan.name!r}")
+        raise ConfigError(
+            f"visibility counts have shape {vis.counts.shape}, expected ({len(scan.frames)}, {m.shape[1]}) for scan {scan.name!r}"
+        )
     chosen: list[np.ndarray] = []
     for j in range(m.shape[1]):
         if diverse:
             centroid = scan.points[m[:, j]].astype(np.float64).mean(axis=0) if m[:, j].any() else np.zeros(3)
-            chosen.append(_diverse_views(vis.counts[:, j], vis.camera_centres, centroid, top_k, diverse_pool, min_visibility_fraction))
+            chosen.append(
+                _diverse_views(
+                    vis.counts[:, j], vis.camera_centres, centroid, top_k, diverse_pool, min_visibility_fraction
+                )
+            )
         else:
             chosen.append(_top_views(vis.counts[:, j], top_k))
 

@@ -32,7 +32,7 @@ PALETTE: dict[str, tuple[int, int, int]] = {
 def _palette() -> dict[str, tuple[int, int, int]]:
     """The synthetic generator's palette when it names one, else ours."""
     try:
-        from om3db import synth  # noqa: PLC0415
+        from om3db import synth
 
         pal = getattr(synth, "PALETTE", None)
         if isinstance(pal, dict) and pal:
@@ -60,7 +60,9 @@ class FakeColorEncoder:
         self.names = list(self.palette) + [n for n in self.BACKGROUND if n not in self.palette]
         colours = {**self.BACKGROUND, **self.palette}
         self._colors = np.array([colours[n] for n in self.names], dtype=np.float64)
-        self.identity = EncoderIdentity(model_id="fake-color", revision="test", dim=len(self.names), preprocessing="nearest-palette histogram")
+        self.identity = EncoderIdentity(
+            model_id="fake-color", revision="test", dim=len(self.names), preprocessing="nearest-palette histogram"
+        )
         self.image_calls = 0
         self.images_seen = 0
 
@@ -86,7 +88,11 @@ class FakeColorEncoder:
         for t in texts:
             words = t.lower().replace(",", " ").split()
             hit = next((w for w in words if w in self.palette), None)
-            v = np.ones(len(self.names), dtype=np.float32) if hit is None else np.eye(len(self.names), dtype=np.float32)[self.names.index(hit)]
+            v = (
+                np.ones(len(self.names), dtype=np.float32)
+                if hit is None
+                else np.eye(len(self.names), dtype=np.float32)[self.names.index(hit)]
+            )
             out.append(v / np.linalg.norm(v))
         return np.stack(out) if out else np.zeros((0, len(self.names)), dtype=np.float32)
 
@@ -104,7 +110,7 @@ def write_scan(
     masks: np.ndarray | None = None,
 ) -> Path:
     """Write a scan folder: depth in metres (h, w) float -> uint16 mm PNG; poses camera-to-world."""
-    from PIL import Image  # noqa: PLC0415
+    from PIL import Image
 
     root.mkdir(parents=True, exist_ok=True)
     for sub in ("color", "depth", "pose", "intrinsic"):
@@ -122,8 +128,18 @@ def write_scan(
         k4[:3, :3] = k
         np.savetxt(root / "intrinsic" / name, k4)
     pc = np.full((len(points), 3), 128, np.uint8) if point_colors is None else point_colors
-    lines = ["ply", "format ascii 1.0", f"element vertex {len(points)}", "property float x", "property float y", "property float z",
-             "property uchar red", "property uchar green", "property uchar blue", "end_header"]
+    lines = [
+        "ply",
+        "format ascii 1.0",
+        f"element vertex {len(points)}",
+        "property float x",
+        "property float y",
+        "property float z",
+        "property uchar red",
+        "property uchar green",
+        "property uchar blue",
+        "end_header",
+    ]
     lines += [f"{x:.6f} {y:.6f} {z:.6f} {r} {g} {b}" for (x, y, z), (r, g, b) in zip(points, pc, strict=True)]
     (root / f"{root.name}.ply").write_text("\n".join(lines) + "\n")
     if masks is not None:

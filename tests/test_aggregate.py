@@ -44,7 +44,9 @@ def test_dbscan_eps_is_cosine_distance():
 
 def test_instance_vector_mean_of_inliers():
     v = np.stack([_unit_at(0), _unit_at(90), _unit_at(180)])
-    np.testing.assert_allclose(instance_vector(v, np.array([True, True, False])), [np.sqrt(0.5), np.sqrt(0.5), 0], atol=1e-6)
+    np.testing.assert_allclose(
+        instance_vector(v, np.array([True, True, False])), [np.sqrt(0.5), np.sqrt(0.5), 0], atol=1e-6
+    )
     np.testing.assert_allclose(instance_vector(v), [0, 1, 0], atol=1e-6)
 
 

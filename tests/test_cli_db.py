@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-
 from om3db_cli.main import main
 
 
@@ -20,15 +19,40 @@ def run(capsys, *args) -> tuple[int, str, str]:
 def cli_db(tmp_path_factory, synth_root, tiny_siglip_dir, tiny_dinov2_dir):
     """A database holding synth_0_0, ingested by the CLI with the tiny random SigLIP / DINOv2."""
     db = tmp_path_factory.mktemp("cli") / "db"
-    code = main(["ingest", str(synth_root / "synth_0_0"), "--db", str(db), "--siglip", str(tiny_siglip_dir),
-                 "--dinov2", str(tiny_dinov2_dir), "--frame-step", "5", "--json"])
+    code = main(
+        [
+            "ingest",
+            str(synth_root / "synth_0_0"),
+            "--db",
+            str(db),
+            "--siglip",
+            str(tiny_siglip_dir),
+            "--dinov2",
+            str(tiny_dinov2_dir),
+            "--frame-step",
+            "5",
+            "--json",
+        ]
+    )
     assert code == 0
     return db
 
 
 def test_ingest_json_then_skip(cli_db, synth_root, tiny_siglip_dir, tiny_dinov2_dir, capsys):
-    code, out, _ = run(capsys, "ingest", synth_root / "synth_0_0", "--db", cli_db, "--siglip", tiny_siglip_dir,
-                       "--dinov2", tiny_dinov2_dir, "--frame-step", "5", "--json")
+    code, out, _ = run(
+        capsys,
+        "ingest",
+        synth_root / "synth_0_0",
+        "--db",
+        cli_db,
+        "--siglip",
+        tiny_siglip_dir,
+        "--dinov2",
+        tiny_dinov2_dir,
+        "--frame-step",
+        "5",
+        "--json",
+    )
     assert code == 0
     rows = json.loads(out)
     assert [(r["scan"], r["status"]) for r in rows] == [("synth_0_0", "skipped")] and rows[0]["instances"] == 7
@@ -39,9 +63,20 @@ def test_search_text_json_and_table(cli_db, capsys):
     assert code == 0
     hits = json.loads(out)
     assert len(hits) == 3 and hits[0]["scan"] == "synth_0_0"
-    assert set(hits[0]) >= {"instance_id", "score", "point_count", "bbox_min", "bbox_max", "centroid", "frame_id", "crop_box"}
+    assert set(hits[0]) >= {
+        "instance_id",
+        "score",
+        "point_count",
+        "bbox_min",
+        "bbox_max",
+        "centroid",
+        "frame_id",
+        "crop_box",
+    }
     assert hits[0]["score"] >= hits[1]["score"] >= hits[2]["score"]
-    code, out, _ = run(capsys, "search", "red", "--db", cli_db, "-k", "2", "--aggregation", "max", "--scan", "synth_0_0")
+    code, out, _ = run(
+        capsys, "search", "red", "--db", cli_db, "-k", "2", "--aggregation", "max", "--scan", "synth_0_0"
+    )
     assert code == 0 and "2 hits for red" in out
 
 
@@ -71,7 +106,11 @@ def test_scans_show_info_reindex_export(cli_db, synth_root, tmp_path, capsys):
     assert code == 0 and out.startswith("rebuilt 4 indexes: dinov2.instance (flat)")
     code, out, _ = run(capsys, "export", "green", "--db", cli_db, "-k", "2", "--out", tmp_path / "exp", "--json")
     files = json.loads(out)["files"]
-    assert code == 0 and any(f.endswith("synth_0_0_hits.ply") for f in files) and sum(f.endswith(".png") for f in files) == 2
+    assert (
+        code == 0
+        and any(f.endswith("synth_0_0_hits.ply") for f in files)
+        and sum(f.endswith(".png") for f in files) == 2
+    )
     ply = (tmp_path / "exp" / "synth_0_0_hits.ply").read_bytes()
     from om3db.synth import load_gt
 
@@ -88,13 +127,25 @@ def test_rm_and_errors(tmp_path, capsys):
         d.write(make_result("a", 3))
     code, out, _ = run(capsys, "rm", "a", "--db", db)
     assert (code, out) == (0, "removed scan a (3 instances)\n")
-    assert run(capsys, "rm", "a", "--db", db) == (1, "", f"Error: {db}: no scan named 'a'. List scans with: om3db scans --db {db}\n")
-    assert run(capsys, "show", "12345", "--db", db) == (1, "", f"Error: {db}: no instance 12345. Search first to get instance ids\n")
+    assert run(capsys, "rm", "a", "--db", db) == (
+        1,
+        "",
+        f"Error: {db}: no scan named 'a'. List scans with: om3db scans --db {db}\n",
+    )
+    assert run(capsys, "show", "12345", "--db", db) == (
+        1,
+        "",
+        f"Error: {db}: no instance 12345. Search first to get instance ids\n",
+    )
     assert run(capsys, "search", "--db", db)[2] == "Error: give a TEXT query or --image FILE (one of them)\n"
     assert run(capsys, "search", "x", "--db", db, "--region", "1,2")[2] == (
-        "Error: region must be six numbers xmin,ymin,zmin,xmax,ymax,zmax (metres), got '1,2'\n")
+        "Error: region must be six numbers xmin,ymin,zmin,xmax,ymax,zmax (metres), got '1,2'\n"
+    )
     assert run(capsys, "db", "upgrade", "--db", tmp_path / "none") == (
-        1, "", f"Error: {tmp_path / 'none'}: no om3db database here (no om3db.sqlite). Check --db / OM3DB_DB\n")
+        1,
+        "",
+        f"Error: {tmp_path / 'none'}: no om3db database here (no om3db.sqlite). Check --db / OM3DB_DB\n",
+    )
 
 
 def test_out_of_date_schema_refused_then_upgraded(tmp_path, capsys, monkeypatch):
@@ -104,8 +155,12 @@ def test_out_of_date_schema_refused_then_upgraded(tmp_path, capsys, monkeypatch)
     db.mkdir()
     upgrade(make_engine(f"sqlite:///{(db / 'om3db.sqlite').resolve()}"), "0001")
     monkeypatch.setenv("OM3DB_DB", str(db))
-    assert run(capsys, "scans") == (1, "", f"Error: {db}: database schema is out of date (revision 0001, this om3db "
-                                           f"needs 0003). Run: om3db db upgrade --db {db}\n")
+    assert run(capsys, "scans") == (
+        1,
+        "",
+        f"Error: {db}: database schema is out of date (revision 0001, this om3db "
+        f"needs 0003). Run: om3db db upgrade --db {db}\n",
+    )
     assert run(capsys, "db", "upgrade") == (0, "upgraded database schema from revision 0001 to 0003\n", "")
     assert run(capsys, "db", "upgrade") == (0, "database schema already at revision 0003\n", "")
     assert run(capsys, "scans", "--json") == (0, "[]\n", "")
@@ -126,11 +181,11 @@ def test_docs_cli_lists_every_option():
     from pathlib import Path
 
     import typer
-
     from om3db_cli.main import app
 
     text = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text()
     sections = {s.split("\n", 1)[0].strip(): s for s in text.split("\n## ")[1:]}
+
     def walk(group, prefix=""):
         for name, cmd in group.commands.items():
             if hasattr(cmd, "commands"):  # a group (typer vendors its own click)
@@ -153,5 +208,8 @@ def test_read_commands_do_not_create_a_database(tmp_path, capsys):
     for argv in (["search", "mug"], ["scans"], ["show", "1"], ["info"]):
         code, _, err = run(capsys, *argv, "--db", missing)
         assert code == 1
-        assert err.strip() == f"Error: {missing}: no om3db database here. Ingest scans first: om3db ingest SCANS_DIR --db {missing}"
+        assert (
+            err.strip()
+            == f"Error: {missing}: no om3db database here. Ingest scans first: om3db ingest SCANS_DIR --db {missing}"
+        )
     assert not missing.exists()

@@ -58,8 +58,13 @@ def paused_writer(tmp_path):
     with om3db.connect(path) as db:
         db.write(make_result("a", 5))
     go = tmp_path / "go"
-    proc = subprocess.Popen([sys.executable, "-c", WRITER.format(repo=str(REPO), go=str(go), db=str(path))],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WRITER.format(repo=str(REPO), go=str(go), db=str(path))],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
     line = proc.stdout.readline()
     assert line.strip() == "PAUSED", proc.stderr.read() if proc.poll() is not None else line
     yield path, go, proc

@@ -59,8 +59,9 @@ with om3db.connect({db!r}) as db:
 
 def kill_when_paused(code: str, timeout: float = 120.0) -> None:
     """Run ``code`` in a child, wait for it to print PAUSED, then SIGKILL it."""
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=REPO)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO
+    )
     deadline = time.monotonic() + timeout
     try:
         line = proc.stdout.readline()
@@ -83,7 +84,9 @@ def assert_consistent(db) -> None:
         assert sorted(index.ids().tolist()) == sorted(ids.tolist()), (row.name, row.level)
 
 
-@pytest.mark.parametrize("fraction", [0.25, 100.0], ids=["file", "log"])  # the write rewrites the index file / appends to its log
+@pytest.mark.parametrize(
+    "fraction", [0.25, 100.0], ids=["file", "log"]
+)  # the write rewrites the index file / appends to its log
 @pytest.mark.parametrize("stage,visible", [("rows_written", False), ("committed", True), ("index_saved", True)])
 def test_kill_during_scan_write(tmp_path, stage, visible, fraction):
     path = tmp_path / "db"
@@ -127,8 +130,9 @@ def test_kill_during_ingest_then_resume(tmp_path, synth_root):
         assert [s.name for s in db.scans()] == ["synth_0_0"]  # the scan being embedded is not visible
         assert_consistent(db)
         enc = FakeColorEncoder()
-        out = db.ingest(synth_root, config=IngestConfig(frame_step=5, crop=CropConfig(mode="box")), siglip=enc,
-                        dinov2=False)
+        out = db.ingest(
+            synth_root, config=IngestConfig(frame_step=5, crop=CropConfig(mode="box")), siglip=enc, dinov2=False
+        )
         assert [(o.scan, o.status) for o in out] == [("synth_0_0", "skipped"), ("synth_0_1", "ingested")]
         assert_consistent(db)
         hit = db.search(text="green", k=1, encoder=enc)[0]

@@ -14,20 +14,25 @@ def _image(h=60, w=80, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
 
 
-PROMPTS = [np.array([[10.0, 10.0], [20.5, 15.2], [12.0, 30.5], [15.0, 12.0], [18.0, 25.0], [11.0, 20.0]]),
-           np.array([[50.0, 40.0], [70.9, 55.1]]),
-           np.array([[79.5, 59.5]])]
+PROMPTS = [
+    np.array([[10.0, 10.0], [20.5, 15.2], [12.0, 30.5], [15.0, 12.0], [18.0, 25.0], [11.0, 20.0]]),
+    np.array([[50.0, 40.0], [70.9, 55.1]]),
+    np.array([[79.5, 59.5]]),
+]
 
 
 def test_crop_boxes_hand_computed():
-    np.testing.assert_array_equal(crop_boxes((10, 20, 40, 60), 100, 100),
-                                  [[10, 20, 40, 60], [7, 16, 43, 64], [4, 12, 46, 68]])
+    np.testing.assert_array_equal(
+        crop_boxes((10, 20, 40, 60), 100, 100), [[10, 20, 40, 60], [7, 16, 43, 64], [4, 12, 46, 68]]
+    )
     # clipped at every image side: w 50 -> 5 px per level, h 20 -> 2 px per level
     boxes = crop_boxes((2, 1, 52, 21), 60, 30, levels=4)
     np.testing.assert_array_equal(boxes, [[2, 1, 52, 21], [0, 0, 57, 23], [0, 0, 60, 25], [0, 0, 60, 27]])
     assert boxes.dtype == np.int32 and boxes.shape == (4, 4)
     # int(0.1 * 5) = 0: a narrow box does not grow sideways
-    np.testing.assert_array_equal(crop_boxes((3, 3, 8, 23), 50, 50, levels=2, expand=0.1), [[3, 3, 8, 23], [3, 1, 8, 25]])
+    np.testing.assert_array_equal(
+        crop_boxes((3, 3, 8, 23), 50, 50, levels=2, expand=0.1), [[3, 3, 8, 23], [3, 1, 8, 25]]
+    )
     np.testing.assert_array_equal(crop_boxes((0, 0, 10, 10), 10, 10, levels=1), [[0, 0, 10, 10]])
 
 
@@ -68,11 +73,11 @@ def test_box_mode_crops_contain_prompt_points():
     image = _image()
     crops = crop_frame(image, PROMPTS, config=CropConfig(mode="box"), frame_id=7, mask_ids=[4, 9, 2])
     assert [c.mask_id for c in crops] == [4, 9, 2]
-    for c, pts in zip(crops, PROMPTS):
+    for c, pts in zip(crops, PROMPTS, strict=True):
         assert c.sam_iou is None and c.mask_pixels is None and c.boxes.shape == (3, 4) and c.boxes.dtype == np.int32
         x0, y0, x1, y1 = c.boxes[0]
         assert ((pts[:, 0] >= x0) & (pts[:, 0] < x1) & (pts[:, 1] >= y0) & (pts[:, 1] < y1)).all()
-        for (bx0, by0, bx1, by1), im in zip(c.boxes, c.images):
+        for (bx0, by0, bx1, by1), im in zip(c.boxes, c.images, strict=True):
             np.testing.assert_array_equal(im, image[by0:by1, bx0:bx1])
         assert (c.boxes[1:, :2] <= c.boxes[:-1, :2]).all() and (c.boxes[1:, 2:] >= c.boxes[:-1, 2:]).all()
     np.testing.assert_array_equal(crops[0].boxes, crop_boxes((10, 10, 21, 31), 80, 60))
@@ -84,8 +89,11 @@ def test_prompt_rounds_are_seeded():
     a = prompt_rounds(pts, rounds=10, per_round=5, seed=0, frame_id=3, mask_id=1)
     assert a.shape == (10, 5, 2)
     np.testing.assert_array_equal(a, prompt_rounds(pts, rounds=10, per_round=5, seed=0, frame_id=3, mask_id=1))
-    for other in ({"seed": 1, "frame_id": 3, "mask_id": 1}, {"seed": 0, "frame_id": 4, "mask_id": 1},
-                  {"seed": 0, "frame_id": 3, "mask_id": 2}):
+    for other in (
+        {"seed": 1, "frame_id": 3, "mask_id": 1},
+        {"seed": 0, "frame_id": 4, "mask_id": 1},
+        {"seed": 0, "frame_id": 3, "mask_id": 2},
+    ):
         assert not np.array_equal(a, prompt_rounds(pts, rounds=10, per_round=5, **other))
     for r in a:  # without replacement within a round: 5 distinct prompt points
         assert len({tuple(p) for p in r}) == 5 and all(any((p == q).all() for q in pts) for p in r)
@@ -103,8 +111,9 @@ def test_sam_mode_one_encoder_call_per_frame(tiny_sam_path):
     assert sam.encoder_calls == 2
     # level-0 box = tight box of the best-IoU mask over the same seeded rounds, recomputed by hand
     sam.set_image(image)
-    rounds = np.stack([prompt_rounds(p, rounds=10, per_round=5, seed=3, frame_id=5, mask_id=i)
-                       for i, p in enumerate(PROMPTS)])
+    rounds = np.stack(
+        [prompt_rounds(p, rounds=10, per_round=5, seed=3, frame_id=5, mask_id=i) for i, p in enumerate(PROMPTS)]
+    )
     masks, iou = sam.predict_batch(rounds.reshape(30, 5, 2), np.ones((30, 5), np.int64))
     best = iou.reshape(3, 10).argmax(axis=1)
     for k, c in enumerate(crops):
@@ -119,7 +128,7 @@ def test_sam_mode_is_reproducible(tiny_sam):
     image = _image(seed=4)
     a = crop_frame(image, PROMPTS, config=CropConfig(seed=0), sam=tiny_sam, frame_id=1)
     b = crop_frame(image, PROMPTS, config=CropConfig(seed=0), sam=tiny_sam, frame_id=1)
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         np.testing.assert_array_equal(x.boxes, y.boxes)
         assert (x.sam_iou, x.mask_pixels) == (y.sam_iou, y.mask_pixels)
 
@@ -149,8 +158,11 @@ def test_crop_frame_errors(tiny_sam):
     image = _image()
     with pytest.raises(ConfigError, match=r"^crop mode 'sam' needs a SAM predictor"):
         crop_frame(image, PROMPTS, config=CropConfig(mode="sam"))
-    with pytest.raises(ConfigError, match=r"^prompts of mask 1 must be a non-empty \(P, 2\) finite array of \(x, y\) "
-                                          r"px, got shape \(0, 2\)$"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^prompts of mask 1 must be a non-empty \(P, 2\) finite array of \(x, y\) "
+        r"px, got shape \(0, 2\)$",
+    ):
         crop_frame(image, [PROMPTS[0], np.zeros((0, 2))], config=CropConfig(mode="box"))
     with pytest.raises(ConfigError, match=r"^3 prompt sets but 2 mask ids$"):
         crop_frame(image, PROMPTS, config=CropConfig(mode="box"), mask_ids=[0, 1])

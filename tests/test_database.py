@@ -49,8 +49,9 @@ def test_text_colour_returns_that_object_first(ingested, synth_root):
                 checked += 1
         assert checked >= 10
         # across scans, with max aggregation: the red object (only in one scan) comes first
-        red_scans = [s for s in ("synth_0_0", "synth_0_1")
-                     if "red" in {o["class_name"] for o in load_gt(synth_root / s).objects}]
+        red_scans = [
+            s for s in ("synth_0_0", "synth_0_1") if "red" in {o["class_name"] for o in load_gt(synth_root / s).objects}
+        ]
         hit = db.search(text="red", k=2, aggregation="max", with_points=True, encoder=enc)[0]
         assert hit.scan in red_scans and _object_of(hit.point_indices, synth_root / hit.scan)["class_name"] == "red"
 
@@ -77,8 +78,14 @@ def test_reingest_skips_unchanged_and_force_replaces(ingested, synth_root):
         out = db.ingest(synth_root, config=_config(), siglip=enc, dinov2=enc)
         assert [o.status for o in out] == ["skipped", "skipped"]
         calls = []
-        out = db.ingest(synth_root / "synth_0_1", config=_config(), siglip=enc, dinov2=enc, force=True,
-                        progress=lambda *a: calls.append(a))
+        out = db.ingest(
+            synth_root / "synth_0_1",
+            config=_config(),
+            siglip=enc,
+            dinov2=enc,
+            force=True,
+            progress=lambda *a: calls.append(a),
+        )
         assert [o.status for o in out] == ["ingested"]
         assert ("synth_0_1", "scans", 0, 1) in calls and any(c[1] == "embed" for c in calls)
         assert {s.name: s.instances for s in db.scans()} == before

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 
-from om3db.synth import load_gt
 from om3db_cli.main import main
+
+from om3db.synth import load_gt
 
 
 def test_demo_runs_the_real_pipeline_offline(tmp_path, capsys) -> None:
@@ -37,5 +38,8 @@ def test_demo_explains_random_weights(tmp_path, capsys) -> None:
 
 def test_demo_needs_both_models_or_neither(tmp_path, capsys) -> None:
     assert main(["demo", "--out", str(tmp_path / "d"), "--siglip", "x"]) == 1
-    assert capsys.readouterr().err.strip() == "Error: pass both --siglip and --dinov2 (or neither, for random demo weights)"
+    assert (
+        capsys.readouterr().err.strip()
+        == "Error: pass both --siglip and --dinov2 (or neither, for random demo weights)"
+    )
     assert not (tmp_path / "d").exists()  # refused before any work

@@ -20,8 +20,10 @@ def _images(n: int, seed: int = 0) -> list[np.ndarray]:
 
 
 def test_import_is_light():
-    code = ("import sys, om3db.embed, om3db.sam, om3db.crops, om3db.random_models; "
-            "print(sorted(m for m in ('torch', 'transformers', 'segment_anything', 'torchvision') if m in sys.modules))")
+    code = (
+        "import sys, om3db.embed, om3db.sam, om3db.crops, om3db.random_models; "
+        "print(sorted(m for m in ('torch', 'transformers', 'segment_anything', 'torchvision') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -62,8 +64,9 @@ def test_siglip_matches_transformers_by_hand(tiny_siglip):
         ref = tiny_siglip.model.get_image_features(pixel_values=pixels).pooler_output.numpy()
         ids = tiny_siglip.tokenizer(["a red chair"], padding="max_length", max_length=16, return_tensors="pt")
         ref_t = tiny_siglip.model.get_text_features(input_ids=ids["input_ids"]).pooler_output.numpy()
-    np.testing.assert_allclose(tiny_siglip.encode_images(ims), ref / np.linalg.norm(ref, axis=1, keepdims=True),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        tiny_siglip.encode_images(ims), ref / np.linalg.norm(ref, axis=1, keepdims=True), atol=1e-5
+    )
     np.testing.assert_allclose(tiny_siglip.encode_texts(["a red chair"]), ref_t / np.linalg.norm(ref_t), atol=1e-5)
 
 
@@ -91,10 +94,13 @@ def test_identity_content(tiny_siglip, tiny_dinov2, tiny_siglip_dir, tiny_dinov2
     assert re.fullmatch(r"sha256:[0-9a-f]{16}", sid.revision) and sid.revision == weights_hash(tiny_siglip_dir)
     assert did.revision == weights_hash(tiny_dinov2_dir) and did.revision != sid.revision
     assert (sid.dim, did.dim, sid.normalization, did.normalization) == (32, 64, "l2", "l2")
-    assert sid.preprocessing == ("siglip image features; 32x32, bicubic, mean [0.5, 0.5, 0.5] std [0.5, 0.5, 0.5] "
-                                 "(PIL); text padded to 16")
-    assert did.preprocessing == ("cls+meanpatch; shortest edge 64, centre crop 56x56, bicubic, "
-                                 "mean [0.485, 0.456, 0.406] std [0.229, 0.224, 0.225] (PIL)")
+    assert sid.preprocessing == (
+        "siglip image features; 32x32, bicubic, mean [0.5, 0.5, 0.5] std [0.5, 0.5, 0.5] (PIL); text padded to 16"
+    )
+    assert did.preprocessing == (
+        "cls+meanpatch; shortest edge 64, centre crop 56x56, bicubic, "
+        "mean [0.485, 0.456, 0.406] std [0.229, 0.224, 0.225] (PIL)"
+    )
 
 
 def test_revision_hash_follows_weights(tmp_path, tiny_dinov2_dir):
@@ -127,26 +133,34 @@ def test_missing_directory(tmp_path):
     missing = tmp_path / "nope"
     with pytest.raises(ModelLoadError) as err:
         load_siglip(missing)
-    assert str(err.value) == (f"{missing}: model directory not found. Pass an existing directory written by "
-                              "save_pretrained, a Hugging Face hub id, or write a random demo checkpoint with "
-                              "`om3db models random DIR`")
+    assert str(err.value) == (
+        f"{missing}: model directory not found. Pass an existing directory written by "
+        "save_pretrained, a Hugging Face hub id, or write a random demo checkpoint with "
+        "`om3db models random DIR`"
+    )
 
 
 def test_offline_uncached_hub_id():
     with pytest.raises(ModelLoadError) as err:
         load_dinov2("om3db-test/not-a-cached-model")
-    assert str(err.value) == ("om3db-test/not-a-cached-model: weights cannot be downloaded (HF_HUB_OFFLINE=1) and "
-                              "are not in the Hugging Face cache. Pass a local directory with the weights, run once "
-                              "online to cache them, or write a random demo checkpoint with `om3db models random DIR`")
+    assert str(err.value) == (
+        "om3db-test/not-a-cached-model: weights cannot be downloaded (HF_HUB_OFFLINE=1) and "
+        "are not in the Hugging Face cache. Pass a local directory with the weights, run once "
+        "online to cache them, or write a random demo checkpoint with `om3db models random DIR`"
+    )
 
 
 def test_directory_without_checkpoint(tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ModelLoadError, match=re.escape(f"{tmp_path / 'empty'}: cannot load a SigLIP checkpoint from "
-                                                       "this directory (OSError: ")) as err:
+    with pytest.raises(
+        ModelLoadError,
+        match=re.escape(f"{tmp_path / 'empty'}: cannot load a SigLIP checkpoint from this directory (OSError: "),
+    ) as err:
         load_siglip(tmp_path / "empty")
-    assert str(err.value).endswith("Pass a directory written by save_pretrained (config.json, weights, processor "
-                                   "files), or write a random demo checkpoint with `om3db models random DIR`")
+    assert str(err.value).endswith(
+        "Pass a directory written by save_pretrained (config.json, weights, processor "
+        "files), or write a random demo checkpoint with `om3db models random DIR`"
+    )
 
 
 def test_bad_inputs(tiny_siglip, tiny_dinov2):
@@ -163,8 +177,11 @@ def test_write_random_models_round_trip(tmp_path):
     from om3db.sam import load_sam
 
     paths = write_random_models(tmp_path / "demo", seed=2)
-    assert paths == {"siglip": tmp_path / "demo" / "siglip", "dinov2": tmp_path / "demo" / "dinov2",
-                     "sam": tmp_path / "demo" / "sam.pth"}
+    assert paths == {
+        "siglip": tmp_path / "demo" / "siglip",
+        "dinov2": tmp_path / "demo" / "dinov2",
+        "sam": tmp_path / "demo" / "sam.pth",
+    }
     assert load_siglip(paths["siglip"], device="cpu").encode_texts(["red"]).shape == (1, 32)
     assert load_sam(paths["sam"], device="cpu").model_type == "custom"
     with pytest.raises(ConfigError, match=r"^unknown random model size 'huge'; choose 'tiny' or 'full'$"):
@@ -182,13 +199,22 @@ def test_full_size_configs_match_the_hub_models():
 
     sig = siglip_config("so400m")
     for tower in (sig.vision_config, sig.text_config):
-        assert (tower.hidden_size, tower.intermediate_size, tower.num_hidden_layers, tower.num_attention_heads) == \
-            (1152, 4304, 27, 16)
+        assert (tower.hidden_size, tower.intermediate_size, tower.num_hidden_layers, tower.num_attention_heads) == (
+            1152,
+            4304,
+            27,
+            16,
+        )
     assert (sig.vision_config.image_size, sig.vision_config.patch_size) == (384, 14)
     assert (sig.text_config.vocab_size, sig.text_config.max_position_embeddings) == (32000, 64)
     dino = dinov2_config("large")
-    assert (dino.hidden_size, dino.num_hidden_layers, dino.num_attention_heads, dino.patch_size, dino.mlp_ratio) == \
-        (1024, 24, 16, 14, 4)
+    assert (dino.hidden_size, dino.num_hidden_layers, dino.num_attention_heads, dino.patch_size, dino.mlp_ratio) == (
+        1024,
+        24,
+        16,
+        14,
+        4,
+    )
 
 
 def test_corrupt_weights_file(tmp_path, tiny_dinov2_dir):
@@ -197,7 +223,8 @@ def test_corrupt_weights_file(tmp_path, tiny_dinov2_dir):
     broken = tmp_path / "broken"
     shutil.copytree(tiny_dinov2_dir, broken)
     (broken / "model.safetensors").write_bytes(b"\x00" * 64)
-    with pytest.raises(ModelLoadError, match=re.escape(f"{broken}: cannot load a DINOv2 checkpoint from this "
-                                                       "directory (")) as err:
+    with pytest.raises(
+        ModelLoadError, match=re.escape(f"{broken}: cannot load a DINOv2 checkpoint from this directory (")
+    ) as err:
         load_dinov2(broken, device="cpu")
     assert str(err.value).endswith("or write a random demo checkpoint with `om3db models random DIR`")

@@ -60,7 +60,15 @@ def test_perfect_predictions_give_one():
     r = instance_ap({"s": p}, {"s": gt}, vocabulary=VOCAB)
     assert (r.ap, r.ap50, r.ap25) == (1.0, 1.0, 1.0)
     assert class_ap(r, "cup").num_gt == 2 and class_ap(r, "box").num_pred == 1
-    assert r.to_dict()["classes"][0] == {"id": 1, "name": "cup", "ap": 1.0, "ap50": 1.0, "ap25": 1.0, "num_gt": 2, "num_pred": 1 + 1}
+    assert r.to_dict()["classes"][0] == {
+        "id": 1,
+        "name": "cup",
+        "ap": 1.0,
+        "ap50": 1.0,
+        "ap25": 1.0,
+        "num_gt": 2,
+        "num_pred": 1 + 1,
+    }
 
 
 def test_known_mix_of_true_and_false_positives():
@@ -71,7 +79,9 @@ def test_known_mix_of_true_and_false_positives():
     p = preds(1000, [slice(0, 200), slice(400, 700), slice(200, 400)], [1, 1, 1], [0.9, 0.8, 0.7])
     r = instance_ap({"s": p}, {"s": gt}, vocabulary=VOCAB)
     cup = class_ap(r, "cup")
-    assert cup.ap == pytest.approx(19 / 24) and cup.ap50 == pytest.approx(19 / 24) and cup.ap25 == pytest.approx(19 / 24)
+    assert (
+        cup.ap == pytest.approx(19 / 24) and cup.ap50 == pytest.approx(19 / 24) and cup.ap25 == pytest.approx(19 / 24)
+    )
     assert class_ap(r, "box").ap == 0.0  # GT and no prediction: 0, not nan
     assert r.ap == pytest.approx((19 / 24 + 0) / 2)
 
@@ -89,7 +99,9 @@ def test_constant_confidence_ap_is_recall_times_one_plus_precision_over_two(n_gt
     regions = {gid(1, i): slice(200 * i, 200 * (i + 1)) for i in range(n_gt)}
     # false positives lie on box GT (labelled, other class) so they are not ignored
     regions |= {gid(2, i): slice(200 * (n_gt + i), 200 * (n_gt + i + 1)) for i in range(n_fp)}
-    masks = [slice(200 * i, 200 * (i + 1)) for i in range(n_tp)] + [slice(200 * (n_gt + i), 200 * (n_gt + i + 1)) for i in range(n_fp)]
+    masks = [slice(200 * i, 200 * (i + 1)) for i in range(n_tp)] + [
+        slice(200 * (n_gt + i), 200 * (n_gt + i + 1)) for i in range(n_fp)
+    ]
     p = preds(n, masks, [1] * len(masks), [1.0] * len(masks))
     cup = class_ap(instance_ap({"s": p}, {"s": scene(n, regions)}, vocabulary=VOCAB), "cup")
     recall, precision = n_tp / n_gt, n_tp / (n_tp + n_fp)
@@ -228,9 +240,12 @@ def test_load_gt_folders(tmp_path):
 def test_mask_rows_must_match_gt_points():
     gt = scene(300, {gid(1, 0): slice(0, 150)})
     p = preds(299, [slice(0, 150)], [1], [1.0])
-    with pytest.raises(EvaluationError, match=re.escape(
-        "scene s: pred_masks has 299 rows but the ground truth has 300 points; masks must be (points x masks) in the GT point order"
-    )):
+    with pytest.raises(
+        EvaluationError,
+        match=re.escape(
+            "scene s: pred_masks has 299 rows but the ground truth has 300 points; masks must be (points x masks) in the GT point order"
+        ),
+    ):
         instance_ap({"s": p}, {"s": gt}, vocabulary=VOCAB)
 
 
@@ -245,7 +260,9 @@ def test_other_bad_inputs():
     p = preds(300, [slice(0, 150)], [1], [1.0])
     with pytest.raises(EvaluationError, match=re.escape("no ground truth for scenes ['t']")):
         instance_ap({"t": p}, {"s": gt}, vocabulary=VOCAB)
-    with pytest.raises(EvaluationError, match=re.escape("scene s: 1 masks but 2 classes and 1 scores; give one of each per mask")):
+    with pytest.raises(
+        EvaluationError, match=re.escape("scene s: 1 masks but 2 classes and 1 scores; give one of each per mask")
+    ):
         instance_ap({"s": {**p, "pred_classes": [1, 1]}}, {"s": gt}, vocabulary=VOCAB)
     with pytest.raises(EvaluationError, match=re.escape("scene s: predictions lack ['pred_scores']")):
         instance_ap({"s": {"pred_masks": p["pred_masks"], "pred_classes": [1]}}, {"s": gt}, vocabulary=VOCAB)
@@ -259,14 +276,21 @@ def test_malformed_prediction_files(tmp_path):
     with pytest.raises(EvaluationError, match=rf"^{re.escape(str(bad))}: not a readable \.npz file"):
         load_predictions(tmp_path)
     np.savez(bad, masks=np.ones((3, 2)), classes=[1], scores=[1.0, 1.0])
-    with pytest.raises(EvaluationError, match=re.escape(f"{bad}: 2 masks but classes (1,) and scores (2,); give one of each per mask")):
+    with pytest.raises(
+        EvaluationError, match=re.escape(f"{bad}: 2 masks but classes (1,) and scores (2,); give one of each per mask")
+    ):
         load_predictions(bad)
     np.savez(bad, foo=np.ones(3))
-    with pytest.raises(EvaluationError, match=re.escape(f"{bad}: arrays ['foo'] found; expected masks (points x masks), classes and scores")):
+    with pytest.raises(
+        EvaluationError,
+        match=re.escape(f"{bad}: arrays ['foo'] found; expected masks (points x masks), classes and scores"),
+    ):
         load_predictions(bad)
     txt = tmp_path / "scene1.txt"
     txt.write_text("pred_mask/a.txt 1\n")
-    with pytest.raises(EvaluationError, match=re.escape(f"{txt}: line 1 has 2 fields; expected '<mask file> <class id> <confidence>'")):
+    with pytest.raises(
+        EvaluationError, match=re.escape(f"{txt}: line 1 has 2 fields; expected '<mask file> <class id> <confidence>'")
+    ):
         load_predictions(txt)
     with pytest.raises(EvaluationError, match=re.escape(f"{tmp_path / 'nope'}: predictions not found")):
         load_predictions(tmp_path / "nope")
@@ -275,5 +299,7 @@ def test_malformed_prediction_files(tmp_path):
 def test_malformed_gt_file(tmp_path):
     f = tmp_path / "scene0.txt"
     f.write_text("1001\nchair\n")
-    with pytest.raises(EvaluationError, match=rf"^{re.escape(str(f))}: cannot read ground truth .*expected one integer per line$"):
+    with pytest.raises(
+        EvaluationError, match=rf"^{re.escape(str(f))}: cannot read ground truth .*expected one integer per line$"
+    ):
         load_gt(f)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import numpy as np
+from om3db_cli.main import main
 
 from om3db.evaluate import ScenePredictions, Vocabulary, save_predictions, semantic_from_database
-from om3db_cli.main import main
 from tests.test_evaluate_db import FakeLabel, FakeLabelDB
 
 
@@ -24,17 +24,46 @@ def _write_case(tmp_path):
 
 def test_eval_files_json(tmp_path, capsys):
     _write_case(tmp_path)
-    rc = main(["eval", "files", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"), "--vocabulary", str(tmp_path / "classes.json"), "--json"])
+    rc = main(
+        [
+            "eval",
+            "files",
+            str(tmp_path / "pred"),
+            "--gt",
+            str(tmp_path / "gt"),
+            "--vocabulary",
+            str(tmp_path / "classes.json"),
+            "--json",
+        ]
+    )
     out = json.loads(capsys.readouterr().out)
     assert rc == 0
     # cup: the 0.9 prediction lies on the box -> FP ranked first -> AP 1/4; box: missed -> 0
-    assert out["classes"][0] == {"id": 1, "name": "cup", "ap": 0.25, "ap50": 0.25, "ap25": 0.25, "num_gt": 1, "num_pred": 2}
+    assert out["classes"][0] == {
+        "id": 1,
+        "name": "cup",
+        "ap": 0.25,
+        "ap50": 0.25,
+        "ap25": 0.25,
+        "num_gt": 1,
+        "num_pred": 2,
+    }
     assert out["ap"] == 0.125 and out["scenes"] == ["scene0"]
 
 
 def test_eval_files_table(tmp_path, capsys):
     _write_case(tmp_path)
-    rc = main(["eval", "files", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"), "--vocabulary", str(tmp_path / "classes.json")])
+    rc = main(
+        [
+            "eval",
+            "files",
+            str(tmp_path / "pred"),
+            "--gt",
+            str(tmp_path / "gt"),
+            "--vocabulary",
+            str(tmp_path / "classes.json"),
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0 and "Per class AP50" in out and "cup" in out and "25.0" in out and "12.5" in out
 
@@ -42,7 +71,17 @@ def test_eval_files_table(tmp_path, capsys):
 def test_eval_files_error_line(tmp_path, capsys):
     _write_case(tmp_path)
     np.savetxt(tmp_path / "gt" / "scene0.txt", np.zeros(500, int), fmt="%d")
-    rc = main(["eval", "files", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"), "--vocabulary", str(tmp_path / "classes.json")])
+    rc = main(
+        [
+            "eval",
+            "files",
+            str(tmp_path / "pred"),
+            "--gt",
+            str(tmp_path / "gt"),
+            "--vocabulary",
+            str(tmp_path / "classes.json"),
+        ]
+    )
     assert rc == 1
     assert capsys.readouterr().err == (
         "Error: scene scene0: pred_masks has 600 rows but the ground truth has 500 points; "
@@ -53,7 +92,15 @@ def test_eval_files_error_line(tmp_path, capsys):
 def test_semantic_from_database(tmp_path):
     gt = np.zeros(600, dtype=np.int64)
     gt[:200], gt[200:400] = 1001, 2001
-    db = FakeLabelDB({("s", "mean"): [FakeLabel(1, "cup", 0, 0.5, np.arange(0, 200)), FakeLabel(2, "cup", 0, 0.9, np.arange(200, 300))]}, {"s": 600})
+    db = FakeLabelDB(
+        {
+            ("s", "mean"): [
+                FakeLabel(1, "cup", 0, 0.5, np.arange(0, 200)),
+                FakeLabel(2, "cup", 0, 0.9, np.arange(200, 300)),
+            ]
+        },
+        {"s": 600},
+    )
     vocab = Vocabulary(ids=(1, 2), names=("cup", "box"))
     rep = semantic_from_database(db, {"s": gt}, vocab, export=tmp_path / "sem")
     # cup: TP 200, FP 100 -> 2/3; box: 200 GT points, none predicted -> 0
@@ -72,11 +119,22 @@ def test_eval_instances_and_semantic_on_a_database(tmp_path, synth_root, tiny_si
 
     db_path = tmp_path / "db"
     with om3db.connect(db_path) as db:
-        db.ingest(synth_root, config=IngestConfig(frame_step=10, crop=CropConfig(mode="box")), siglip=str(tiny_siglip_dir), dinov2=False)
+        db.ingest(
+            synth_root,
+            config=IngestConfig(frame_step=10, crop=CropConfig(mode="box")),
+            siglip=str(tiny_siglip_dir),
+            dinov2=False,
+        )
     args = ["--db", str(db_path), "--gt", str(synth_root), "--vocabulary", str(synth_root / "synth_0_0"), "--json"]
     assert main(["eval", "instances", *args, "--aggregation", "max"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert sorted(out["results"]) == ["constant/max", "similarity/max"] and out["scenes"] == ["synth_0_0", "synth_0_1"]
-    assert main(["eval", "semantic", *args, "--export", str(tmp_path / "sem"), "--format", "ply", "--fill", "nearest"]) == 0
+    assert (
+        main(["eval", "semantic", *args, "--export", str(tmp_path / "sem"), "--format", "ply", "--fill", "nearest"])
+        == 0
+    )
     sem = json.loads(capsys.readouterr().out)
-    assert 0.0 <= sem["miou"] <= 1.0 and [p.rsplit("/", 1)[-1] for p in sem["exported"]] == ["synth_0_0.ply", "synth_0_1.ply"]
+    assert 0.0 <= sem["miou"] <= 1.0 and [p.rsplit("/", 1)[-1] for p in sem["exported"]] == [
+        "synth_0_0.ply",
+        "synth_0_1.ply",
+    ]

@@ -68,22 +68,33 @@ def test_protocols_and_aggregations_side_by_side():
     # max: both right
     assert ev.result("constant", "max").ap == 1.0 and ev.result("similarity", "max").ap == 1.0
     # one labelling per scan and aggregation, with the whole vocabulary and the template
-    assert db.calls == [("s", ("cup", "box"), "a photo of a {}", "mean"), ("s", ("cup", "box"), "a photo of a {}", "max")]
+    assert db.calls == [
+        ("s", ("cup", "box"), "a photo of a {}", "mean"),
+        ("s", ("cup", "box"), "a photo of a {}", "max"),
+    ]
     d = ev.to_dict()
     assert d["template"] == "a photo of a {}" and d["results"]["similarity/mean"]["classes"][0]["ap"] == 0.25
 
 
 def test_database_bad_inputs(tmp_path):
-    with pytest.raises(EvaluationError, match=re.escape(
-        "scan s: the database has 500 points but the ground truth has 600; use the GT file of this scan's PLY"
-    )):
+    with pytest.raises(
+        EvaluationError,
+        match=re.escape(
+            "scan s: the database has 500 points but the ground truth has 600; use the GT file of this scan's PLY"
+        ),
+    ):
         evaluate_database(_db(500), {"s": _gt()}, VOCAB)
     with pytest.raises(EvaluationError, match=re.escape("prompt template 'a photo' has no '{}' for the class name")):
         evaluate_database(_db(), {"s": _gt()}, VOCAB, template="a photo")
-    with pytest.raises(EvaluationError, match=re.escape("unknown scoring protocol 'rank'; choose one of ('constant', 'similarity')")):
+    with pytest.raises(
+        EvaluationError, match=re.escape("unknown scoring protocol 'rank'; choose one of ('constant', 'similarity')")
+    ):
         evaluate_database(_db(), {"s": _gt()}, VOCAB, protocols=("rank",))
     bad = FakeLabelDB({("s", "mean"): [FakeLabel(1, "cup", 0, 1.0, np.array([700]))]}, {})
-    with pytest.raises(EvaluationError, match=re.escape("scan s: instance 1 has point indices up to 700 but the ground truth has 600 points")):
+    with pytest.raises(
+        EvaluationError,
+        match=re.escape("scan s: instance 1 has point indices up to 700 but the ground truth has 600 points"),
+    ):
         evaluate_database(bad, {"s": _gt()}, VOCAB, aggregations=("mean",))
 
 

@@ -56,7 +56,9 @@ def test_labels_from_instances_overlap_and_fill():
     lab = semantic_labels(6, [np.array([1, 2]), np.array([2, 3])], [2, 1], scores=[0.9, 0.5])
     assert lab.tolist() == [-1, 2, 2, 1, -1, -1]
     pts = np.array([[0.0, 0, 0], [1, 0, 0], [2, 0, 0], [3, 0, 0], [3.4, 0, 0], [-5, 0, 0]])
-    filled = semantic_labels(6, [np.array([1, 2]), np.array([2, 3])], [2, 1], scores=[0.9, 0.5], fill="nearest", points=pts)
+    filled = semantic_labels(
+        6, [np.array([1, 2]), np.array([2, 3])], [2, 1], scores=[0.9, 0.5], fill="nearest", points=pts
+    )
     assert filled.tolist() == [2, 2, 2, 1, 1, 2]
 
 
@@ -69,7 +71,9 @@ def test_semantic_gt_and_export(tmp_path):
     ply = save_semantic(tmp_path / "s.ply", labels, points=pts, num_classes=2).read_bytes()
     header, body = ply.split(b"end_header\n")
     assert b"element vertex 3" in header and b"property int label" in header
-    rec = np.frombuffer(body, dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("r", "u1"), ("g", "u1"), ("b", "u1"), ("label", "<i4")])
+    rec = np.frombuffer(
+        body, dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("r", "u1"), ("g", "u1"), ("b", "u1"), ("label", "<i4")]
+    )
     assert rec["label"].tolist() == [0, 1, -1] and rec["x"].tolist() == [0, 3, 6]
     colors = class_colors(2)
     assert [tuple(rec[k][0] for k in "rgb"), tuple(rec[k][2] for k in "rgb")] == [tuple(colors[0]), (0, 0, 0)]
@@ -84,7 +88,9 @@ def test_semantic_bad_inputs(tmp_path):
         semantic_hiou(PRED, GT, class_names=NAMES, novel=["z"])
     with pytest.raises(EvaluationError, match=re.escape("fill='nearest' needs the scan points (3, 3); got none")):
         semantic_labels(3, [np.array([0])], [0], fill="nearest")
-    with pytest.raises(EvaluationError, match=re.escape(f"{tmp_path / 's.ply'}: PLY export needs the scan points (3, 3)")):
+    with pytest.raises(
+        EvaluationError, match=re.escape(f"{tmp_path / 's.ply'}: PLY export needs the scan points (3, 3)")
+    ):
         save_semantic(tmp_path / "s.ply", np.zeros(3))
     bad = tmp_path / "novel.json"
     bad.write_text("{not json")

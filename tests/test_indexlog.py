@@ -56,8 +56,9 @@ def test_small_writes_append_to_the_log_and_reopen_replays_it(logged, tmp_path):
     # the logged vectors are the stored float16 values
     vecs, ids = logged.stored_vectors(row, dtype=np.float16)
     b = dict(zip(ids.tolist(), vecs.view(np.uint16).tolist(), strict=True))
-    assert {i: v for i, v in zip(steps[2].added_ids.tolist(), steps[2].added.view(np.uint16).tolist(), strict=True)} == {
-        i: b[i] for i in steps[2].added_ids.tolist()}
+    assert {
+        i: v for i, v in zip(steps[2].added_ids.tolist(), steps[2].added.view(np.uint16).tolist(), strict=True)
+    } == {i: b[i] for i in steps[2].added_ids.tolist()}
     logged.close()
     again = Store(root)
     assert again.rebuilt == []
@@ -140,8 +141,10 @@ def test_reader_catches_up_through_the_log_without_rebuilding(logged, tmp_path):
 
 def test_read_steps_round_trip(tmp_path):
     rng = np.random.default_rng(0)
-    steps = [Step(3, 4, np.array([7, 9]), np.array([11, 12, 13]), rng.standard_normal((3, 5)).astype(np.float16)),
-             Step(4, 5, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 5), np.float16))]
+    steps = [
+        Step(3, 4, np.array([7, 9]), np.array([11, 12, 13]), rng.standard_normal((3, 5)).astype(np.float16)),
+        Step(4, 5, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 5), np.float16)),
+    ]
     path = tmp_path / "x.log"
     end = append_steps(path, steps[:1], 5, at=0)
     end = append_steps(path, steps[1:], 5, at=end)

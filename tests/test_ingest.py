@@ -55,7 +55,7 @@ def test_box_crops_contain_the_object(box_result, synth_path):
             gt = _gt_box(ids, inst.mask_index + 1)
             assert gt is not None, (inst.mask_index, v.frame_id)
             x0, y0, x1, y1 = gt
-            window = ids[max(0, y0 - 2):y1 + 2, max(0, x0 - 2):x1 + 2]
+            window = ids[max(0, y0 - 2) : y1 + 2, max(0, x0 - 2) : x1 + 2]
             h, w = ids.shape
             unoccluded = x0 > 0 and y0 > 0 and x1 < w and y1 < h and set(np.unique(window)) <= {0, inst.mask_index + 1}
             if unoccluded:
@@ -78,7 +78,10 @@ def test_red_object_nearest_to_text_red(box_result, synth_path):
         q = enc.encode_texts([f"a {name} in a scene"])[0]
         mean_best = box_result.instances[int(np.argmax(vecs @ q))].mask_index
         assert classes[mean_best] == name
-        max_scores = [max_view_similarity(q, i.view_vectors["siglip"], np.array([v.inlier for v in i.views])) for i in box_result.instances]
+        max_scores = [
+            max_view_similarity(q, i.view_vectors["siglip"], np.array([v.inlier for v in i.views]))
+            for i in box_result.instances
+        ]
         assert classes[box_result.instances[int(np.argmax(max_scores))].mask_index] == name
 
 
@@ -101,8 +104,11 @@ def test_vectors_of_the_red_object_are_nearest_to_text_red(red_scan_path):
     sims = [float(i.vectors["siglip"] @ q) for i in r.instances]
     best = r.instances[int(np.argmax(sims))]
     assert classes[best.mask_index] == "red"
-    assert all(max(i.view_vectors["siglip"] @ q) < max(best.view_vectors["siglip"] @ q)
-               for i in r.instances if classes[i.mask_index] != "red")
+    assert all(
+        max(i.view_vectors["siglip"] @ q) < max(best.view_vectors["siglip"] @ q)
+        for i in r.instances
+        if classes[i.mask_index] != "red"
+    )
 
 
 def test_records_and_report(box_result, synth_path):
@@ -138,8 +144,13 @@ def test_report_counts_skipped_frames_and_masks_without_views(tmp_path):
     masks = np.concatenate([scan.masks, np.zeros((scan.num_points, 1), bool)], axis=1)  # column 6: empty
     calls: list[tuple[str, int, int]] = []
     enc = FakeColorEncoder()
-    r = ingest_scan(scan, config=IngestConfig(frame_step=1, crop=BOX, embed_batch=2), encoders={"siglip": enc},
-                    masks=masks, progress=lambda *a: calls.append(a))
+    r = ingest_scan(
+        scan,
+        config=IngestConfig(frame_step=1, crop=BOX, embed_batch=2),
+        encoders={"siglip": enc},
+        masks=masks,
+        progress=lambda *a: calls.append(a),
+    )
     assert r.report.frames_skipped == {"frame step": 0, "non-finite pose": 1, "non-rigid pose": 0}
     assert (r.report.frames_on_disk, r.report.frames_used) == (3, 2)
     assert r.report.masks_without_view == [2, 3, 4] and r.report.masks_too_small == [6]
@@ -153,7 +164,9 @@ def test_report_counts_skipped_frames_and_masks_without_views(tmp_path):
 
 
 def test_frame_step_applied_to_a_scan_read_with_step_one(synth_path):
-    r = ingest_scan(read_scan(synth_path), config=IngestConfig(frame_step=3, crop=BOX), encoders={"siglip": FakeColorEncoder()})
+    r = ingest_scan(
+        read_scan(synth_path), config=IngestConfig(frame_step=3, crop=BOX), encoders={"siglip": FakeColorEncoder()}
+    )
     assert r.report.frames_used == 7 and r.report.frames_skipped["frame step"] == 13
     assert {v.frame_id for i in r.instances for v in i.views} <= set(range(0, 20, 3))
 
@@ -196,18 +209,21 @@ def test_bad_inputs(tmp_path, synth_path):
         ingest_scan(scan, config=IngestConfig(frame_step=1, outlier_space="dinov2"), encoders=enc)
 
 
-@pytest.mark.parametrize(("kw", "message"), [
-    ({"frame_step": 0}, "IngestConfig.frame_step must be an integer >= 1, got 0"),
-    ({"top_k": 2.5}, "IngestConfig.top_k must be an integer >= 1, got 2.5"),
-    ({"vis_threshold": 0}, "IngestConfig.vis_threshold must be > 0 metres"),
-    ({"diverse": True, "diverse_pool": 3}, r"IngestConfig.diverse_pool \(3\) must be >= top_k \(5\)"),
-    ({"min_visibility_fraction": -0.1}, r"min_visibility_fraction must be in \[0, 1\]"),
-    ({"dbscan_eps": 0}, "IngestConfig.dbscan_eps must be > 0"),
-    ({"dbscan_min_samples": 0}, "IngestConfig.dbscan_min_samples must be None or an integer >= 1"),
-    ({"crop": "box"}, "IngestConfig.crop must be a CropConfig or None, got str"),
-    ({"seed": -1}, "IngestConfig.seed must be an integer >= 0"),
-    ({"embed_batch": 0}, "IngestConfig.embed_batch must be an integer >= 1"),
-])
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"frame_step": 0}, "IngestConfig.frame_step must be an integer >= 1, got 0"),
+        ({"top_k": 2.5}, "IngestConfig.top_k must be an integer >= 1, got 2.5"),
+        ({"vis_threshold": 0}, "IngestConfig.vis_threshold must be > 0 metres"),
+        ({"diverse": True, "diverse_pool": 3}, r"IngestConfig.diverse_pool \(3\) must be >= top_k \(5\)"),
+        ({"min_visibility_fraction": -0.1}, r"min_visibility_fraction must be in \[0, 1\]"),
+        ({"dbscan_eps": 0}, "IngestConfig.dbscan_eps must be > 0"),
+        ({"dbscan_min_samples": 0}, "IngestConfig.dbscan_min_samples must be None or an integer >= 1"),
+        ({"crop": "box"}, "IngestConfig.crop must be a CropConfig or None, got str"),
+        ({"seed": -1}, "IngestConfig.seed must be an integer >= 0"),
+        ({"embed_batch": 0}, "IngestConfig.embed_batch must be an integer >= 1"),
+    ],
+)
 def test_config_validation(kw, message):
     with pytest.raises(ConfigError, match=message):
         IngestConfig(**kw)
@@ -215,7 +231,14 @@ def test_config_validation(kw, message):
 
 def test_config_defaults_are_openmask3d_and_json_able():
     c = IngestConfig()
-    assert (c.frame_step, c.vis_threshold, c.top_k, c.diverse, c.dbscan_eps, c.outlier_removal) == (10, 0.2, 5, False, 0.1, True)
+    assert (c.frame_step, c.vis_threshold, c.top_k, c.diverse, c.dbscan_eps, c.outlier_removal) == (
+        10,
+        0.2,
+        5,
+        False,
+        0.1,
+        True,
+    )
     assert c.to_dict(has_sam=False)["crop"]["mode"] == "box" and c.to_dict(has_sam=True)["crop"]["mode"] == "sam"
     assert c.to_dict()["crop"] is None
     json.dumps(c.to_dict(True))

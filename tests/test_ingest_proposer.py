@@ -6,11 +6,11 @@ import json
 
 import numpy as np
 import pytest
+from om3db_cli.main import main
 
 import om3db
 from om3db.proposals import classagnostic_ap
 from om3db.synth import load_gt, write_scans
-from om3db_cli.main import main
 
 
 @pytest.fixture(scope="module")
@@ -32,15 +32,33 @@ def _scan_ap(db, scan_name: str, scan_dir) -> dict:
     return classagnostic_ap(pred, np.array([i.score for i in insts], np.float32), gt.gt_ids, ignore_labels=room)
 
 
-def test_cli_ingest_without_mask_files_scores_as_stated(maskless_root, tmp_path, tiny_siglip_dir, tiny_dinov2_dir, capsys):
+def test_cli_ingest_without_mask_files_scores_as_stated(
+    maskless_root, tmp_path, tiny_siglip_dir, tiny_dinov2_dir, capsys
+):
     db_path = tmp_path / "db"
-    code = main(["ingest", str(maskless_root), "--db", str(db_path), "--siglip", str(tiny_siglip_dir),
-                 "--dinov2", str(tiny_dinov2_dir), "--frame-step", "2", "--json"])
+    code = main(
+        [
+            "ingest",
+            str(maskless_root),
+            "--db",
+            str(db_path),
+            "--siglip",
+            str(tiny_siglip_dir),
+            "--dinov2",
+            str(tiny_dinov2_dir),
+            "--frame-step",
+            "2",
+            "--json",
+        ]
+    )
     out = json.loads(capsys.readouterr().out)
     assert code == 0 and [o["status"] for o in out] == ["ingested", "ingested"]
     with om3db.connect(db_path) as db:
         infos = {s.name: s for s in db.scans()}
-        for scan_dir, min_ap50 in ((maskless_root / "nodepth" / "synth_1_0", 0.85), (maskless_root / "sensor" / "synth_0_0", 0.9)):
+        for scan_dir, min_ap50 in (
+            (maskless_root / "nodepth" / "synth_1_0", 0.85),
+            (maskless_root / "sensor" / "synth_0_0", 0.9),
+        ):
             info = infos[scan_dir.name]
             ingest_settings = info.settings["ingest"]
             # the proposer and its parameters are recorded with the scan
@@ -56,11 +74,14 @@ def test_cli_ingest_without_mask_files_scores_as_stated(maskless_root, tmp_path,
             assert res["ap50"] >= min_ap50, (info.name, res)
 
 
-def test_ingest_without_masks_or_2d_masks_is_refused_and_stores_nothing(tmp_path, tiny_siglip_dir, tiny_dinov2_dir, capsys):
+def test_ingest_without_masks_or_2d_masks_is_refused_and_stores_nothing(
+    tmp_path, tiny_siglip_dir, tiny_dinov2_dir, capsys
+):
     scan = write_scans(tmp_path / "scans", scans=1, seed=2, masks=False)[0]
     db_path = tmp_path / "db"
-    code = main(["ingest", str(scan), "--db", str(db_path), "--siglip", str(tiny_siglip_dir),
-                 "--dinov2", str(tiny_dinov2_dir)])
+    code = main(
+        ["ingest", str(scan), "--db", str(db_path), "--siglip", str(tiny_siglip_dir), "--dinov2", str(tiny_dinov2_dir)]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 1
     assert err == (
@@ -77,7 +98,9 @@ def test_moss_refinement_option_is_recorded(tmp_path, tiny_siglip, tiny_dinov2):
 
     scan_dir = write_scans(tmp_path / "scans", scans=1, seed=0, masks=True, masks2d=True)[0]
     with om3db.connect(ephemeral=True) as db:
-        db.ingest(scan_dir, config=IngestConfig(frame_step=2, refine_masks=True), siglip=tiny_siglip, dinov2=tiny_dinov2)
+        db.ingest(
+            scan_dir, config=IngestConfig(frame_step=2, refine_masks=True), siglip=tiny_siglip, dinov2=tiny_dinov2
+        )
         settings = db.scans()[0].settings["ingest"]
         assert settings["refine_masks"] is True and settings["mask_source"] == "scan"
         assert settings["masks"]["refiner"] == "om3db.proposals.refine_masks"

@@ -47,8 +47,18 @@ def test_public_api_names_resolve() -> None:
 def test_errors_form_one_hierarchy() -> None:
     import om3db
 
-    for name in ("ScanError", "MaskFileError", "ConfigError", "StoreError", "SchemaOutOfDateError",
-                 "EncoderMismatchError", "NotFoundError", "DatabaseBusyError", "EvaluationError", "ModelLoadError"):
+    for name in (
+        "ScanError",
+        "MaskFileError",
+        "ConfigError",
+        "StoreError",
+        "SchemaOutOfDateError",
+        "EncoderMismatchError",
+        "NotFoundError",
+        "DatabaseBusyError",
+        "EvaluationError",
+        "ModelLoadError",
+    ):
         assert issubclass(getattr(om3db, name), om3db.Om3dbError)
 
 

@@ -77,7 +77,12 @@ def test_without_sensor_depth_rendered_depth_gives_ap50_at_least_0_85(tiny_scan_
     sensor = read_scan(_scan_copy(tiny_scan_path, tmp_path / "withdepth"))
     forced = propose(sensor, config=ProposalConfig(depth="rendered"))
     assert forced.info["depth"] == "rendered"
-    assert classagnostic_ap(forced.masks, forced.scores, load_gt(tiny_scan_path).gt_ids, ignore_labels=OBJECTS_ONLY)["ap50"] >= 0.85
+    assert (
+        classagnostic_ap(forced.masks, forced.scores, load_gt(tiny_scan_path).gt_ids, ignore_labels=OBJECTS_ONLY)[
+            "ap50"
+        ]
+        >= 0.85
+    )
 
 
 def test_rendered_depth_matches_sensor_depth_on_synthetic_mesh(tiny_scan_path):
@@ -119,7 +124,9 @@ def test_refine_masks_repairs_corrupted_gt_masks(gt_proposals, tiny_scan_path, g
         ids = np.unique(sp[gt[:, j]])
         bad[np.isin(sp, rng.choice(ids, size=len(ids) // 2, replace=False)), j] = False
         floor = np.flatnonzero(~gt.any(axis=1))
-        bad[floor[np.argsort(np.linalg.norm(scan.points[floor] - scan.points[gt[:, j]].mean(0), axis=1))[:100]], j] = True
+        bad[floor[np.argsort(np.linalg.norm(scan.points[floor] - scan.points[gt[:, j]].mean(0), axis=1))[:100]], j] = (
+            True
+        )
     refined = refine_masks(scan, bad, superpoints=sp)
     assert refined.shape == gt.shape and refined.dtype == bool
     before = np.diag(mask_iou(bad, gt))
@@ -157,7 +164,9 @@ def test_ingest_uses_the_proposer_when_a_scan_has_no_mask_file(gt_proposals, tin
     from tests.fakes import FakeColorEncoder
 
     scan, props = gt_proposals
-    result = ingest_scan(scan, config=IngestConfig(frame_step=4, crop=CropConfig(mode="box")), encoders={"siglip": FakeColorEncoder()})
+    result = ingest_scan(
+        scan, config=IngestConfig(frame_step=4, crop=CropConfig(mode="box")), encoders={"siglip": FakeColorEncoder()}
+    )
     assert result.settings["mask_source"] == "proposer"
     gt = load_gt(tiny_scan_path).masks
     got = np.zeros((scan.num_points, len(result.instances)), dtype=bool)

@@ -10,7 +10,15 @@ from PIL import Image
 
 from om3db.camera import Intrinsics
 from om3db.errors import ConfigError, EvaluationError, ScanError
-from om3db.proposals import DiskMasks, ProposalConfig, SamAutomaticMasks, SuperpointConfig, classagnostic_ap, propose, superpoints
+from om3db.proposals import (
+    DiskMasks,
+    ProposalConfig,
+    SamAutomaticMasks,
+    SuperpointConfig,
+    classagnostic_ap,
+    propose,
+    superpoints,
+)
 from om3db.proposals.masks2d import mask_nms, paint_masks, point_grid
 from om3db.proposals.render import DepthRenderer
 from om3db.scan import read_scan
@@ -19,7 +27,9 @@ from tests.fakes import write_scan
 
 def _plane(n: int, origin, e1, e2, spacing: float = 0.02) -> np.ndarray:
     a, b = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
-    return (np.asarray(origin) + a.reshape(-1, 1) * spacing * np.asarray(e1) + b.reshape(-1, 1) * spacing * np.asarray(e2)).astype(np.float32)
+    return (
+        np.asarray(origin) + a.reshape(-1, 1) * spacing * np.asarray(e1) + b.reshape(-1, 1) * spacing * np.asarray(e2)
+    ).astype(np.float32)
 
 
 def _purity(sp: np.ndarray, part: np.ndarray) -> bool:
@@ -114,7 +124,7 @@ def _write_masks(root: Path, maps: list[np.ndarray]) -> None:
 
 def _halves() -> np.ndarray:
     m = np.zeros((H, W), np.uint16)
-    m[:, W // 2 + 1:] = 7
+    m[:, W // 2 + 1 :] = 7
     m[:, : W // 2 - 1] = 3
     return m
 
@@ -180,10 +190,14 @@ def test_disk_masks_errors_name_the_file(tmp_path):
     with pytest.raises(ScanError, match=r"masks2d/0\.png: not a readable image"):
         src.masks(scan, scan.frames[0])
     Image.fromarray(np.zeros((H, W, 3), np.uint8)).save(root / "masks2d" / "0.png")
-    with pytest.raises(ScanError, match=r"0\.png: 2D mask must be a single-channel integer image, got shape \(48, 64, 3\)"):
+    with pytest.raises(
+        ScanError, match=r"0\.png: 2D mask must be a single-channel integer image, got shape \(48, 64, 3\)"
+    ):
         src.masks(scan, scan.frames[0])
     Image.fromarray(np.zeros((10, 10), np.uint16)).save(root / "masks2d" / "0.png")
-    with pytest.raises(ScanError, match=r"0\.png: 2D mask size 10x10 matches neither the colour \(64x48\) nor the depth"):
+    with pytest.raises(
+        ScanError, match=r"0\.png: 2D mask size 10x10 matches neither the colour \(64x48\) nor the depth"
+    ):
         src.masks(scan, scan.frames[0])
     Image.fromarray(np.full((H, W), 9, np.uint16)).save(root / "masks2d" / "000001.png")
     m = src.masks(scan, scan.frames[1])  # zero-padded names are found
@@ -212,7 +226,7 @@ class FakeGridPredictor:
             if x < w / 2:
                 masks[i, :, : w // 2] = True
             else:
-                masks[i, :, w // 2:] = True
+                masks[i, :, w // 2 :] = True
         self.prompts += len(point_coords)
         iou = np.where(point_coords[:, 0, 1] < h / 8, 0.5, 0.95).astype(np.float32)  # top row: low quality
         return masks, iou
@@ -227,7 +241,11 @@ def test_sam_automatic_masks_encode_once_per_frame_and_deduplicate(tmp_path):
     assert m.shape == (H, W) and m.dtype == np.int32
     assert len(np.unique(m)) == 2 and m[0, 0] != m[0, -1] and (m > 0).all()
     props = propose(scan, source=src, config=ProposalConfig(superpoints=SuperpointConfig(min_size=5)))
-    assert pred.set_image_calls == 1 + len(scan.frames) and props.num_masks == 2 and props.info["source"] == "sam-automatic"
+    assert (
+        pred.set_image_calls == 1 + len(scan.frames)
+        and props.num_masks == 2
+        and props.info["source"] == "sam-automatic"
+    )
 
 
 def test_mask_nms_and_paint():

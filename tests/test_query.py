@@ -87,7 +87,12 @@ def test_filters_return_k_when_they_exist(db):
     hits = db.search(text="x", k=50, region=region, region_mode="centroid", encoder=enc)
     assert sorted((h.scan, h.centroid[0]) for h in hits) == [("scan0", 3.0), ("scan1", 3.0)]
     hits = db.search(text="x", k=50, region=region, encoder=enc)  # bbox x [m-.5, m+.5] meets [2.4, 3]: m = 2, 3
-    assert sorted((h.scan, h.centroid[0]) for h in hits) == [("scan0", 2.0), ("scan0", 3.0), ("scan1", 2.0), ("scan1", 3.0)]
+    assert sorted((h.scan, h.centroid[0]) for h in hits) == [
+        ("scan0", 2.0),
+        ("scan0", 3.0),
+        ("scan1", 2.0),
+        ("scan1", 3.0),
+    ]
     hits = db.search(text="x", k=50, region=region, aggregation="max", encoder=enc)
     assert len(hits) == 4
     top = db.search(text="x", k=50, encoder=enc)
@@ -126,12 +131,15 @@ def test_label_picks_best_class_per_instance(db):
 
 
 def test_encoder_mismatch_names_both(db):
-    other = FakeTableEncoder({"a x in a scene": unit(np.ones(DIM))}, EncoderIdentity("other/model", "v2", DIM, "l2", "p"))
+    other = FakeTableEncoder(
+        {"a x in a scene": unit(np.ones(DIM))}, EncoderIdentity("other/model", "v2", DIM, "l2", "p")
+    )
     with pytest.raises(EncoderMismatchError) as err:
         db.search(text="x", encoder=other)
     assert str(err.value) == (
         f"{db.path}: the 'siglip' space was built with fake/siglip@sha256:00 (dim {DIM}, l2, fake), but the query "
-        "encoder is other/model@v2 (dim 16, l2, p). Query with the same model the scans were ingested with")
+        "encoder is other/model@v2 (dim 16, l2, p). Query with the same model the scans were ingested with"
+    )
 
 
 def test_bad_inputs(db):

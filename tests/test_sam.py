@@ -29,7 +29,7 @@ def test_loads_without_torchvision_or_segment_anything_init(tiny_sam_path):
     assert type(pred.model).__module__.endswith(".sam") and type(pred.model).__name__ == "Sam"
     assert infer_sam_config(pred.model.state_dict()) == TINY_SAM_CONFIG
     again = load_sam(tiny_sam_path, "auto", config=TINY_SAM_CONFIG, device="cpu")
-    for (k, a), b in zip(pred.model.state_dict().items(), again.model.state_dict().values()):
+    for (k, a), b in zip(pred.model.state_dict().items(), again.model.state_dict().values(), strict=True):
         assert np.array_equal(a.numpy(), b.numpy()), k
 
 
@@ -47,16 +47,20 @@ def test_wrong_model_type(tiny_sam_path, tmp_path):
 
     with pytest.raises(ModelLoadError) as err:
         load_sam(tiny_sam_path, "vit_h")
-    assert str(err.value) == (f"{tiny_sam_path}: checkpoint is a custom SAM (embed dim 32, depth 2) but "
-                              "model_type='vit_h' was asked. Pass model_type='auto'")
+    assert str(err.value) == (
+        f"{tiny_sam_path}: checkpoint is a custom SAM (embed dim 32, depth 2) but "
+        "model_type='vit_h' was asked. Pass model_type='auto'"
+    )
     with torch.device("meta"):
         vit_b = build_sam_model(SAM_CONFIGS["vit_b"])
     path = tmp_path / "sam_vit_b_shapes.pth"
     torch.save(vit_b.state_dict(), path)  # meta tensors: the shapes of a real vit_b checkpoint, 40 kB
     with pytest.raises(ModelLoadError) as err:
         load_sam(path, "vit_h")
-    assert str(err.value) == (f"{path}: checkpoint is vit_b (embed dim 768, depth 12) but model_type='vit_h' was "
-                              "asked. Pass model_type='vit_b' or 'auto'")
+    assert str(err.value) == (
+        f"{path}: checkpoint is vit_b (embed dim 768, depth 12) but model_type='vit_h' was "
+        "asked. Pass model_type='vit_b' or 'auto'"
+    )
     with pytest.raises(ConfigError, match=r"^unknown SAM model_type 'vit_x'; choose one of"):
         load_sam(tiny_sam_path, "vit_x")
 
@@ -67,20 +71,27 @@ def test_missing_and_bad_checkpoints(tmp_path):
     missing = tmp_path / "sam_vit_h_4b8939.pth"
     with pytest.raises(ModelLoadError) as err:
         load_sam(missing)
-    assert str(err.value) == (f"{missing}: SAM checkpoint not found. Download an original checkpoint "
-                              "(sam_vit_h_4b8939.pth) or write a random one with `om3db models random DIR`")
+    assert str(err.value) == (
+        f"{missing}: SAM checkpoint not found. Download an original checkpoint "
+        "(sam_vit_h_4b8939.pth) or write a random one with `om3db models random DIR`"
+    )
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"not a checkpoint at all")
-    with pytest.raises(ModelLoadError, match=r"^.*garbage\.pth: not a readable torch checkpoint \(\w+\)\. Pass an "
-                                             r"original segment-anything \.pth state dict$"):
+    with pytest.raises(
+        ModelLoadError,
+        match=r"^.*garbage\.pth: not a readable torch checkpoint \(\w+\)\. Pass an "
+        r"original segment-anything \.pth state dict$",
+    ):
         load_sam(garbage)
     other = tmp_path / "other.pth"
     torch.save({"weight": torch.zeros(2)}, other)
     with pytest.raises(ModelLoadError) as err:
         load_sam(other)
-    assert str(err.value) == (f"{other}: not a segment-anything SAM state dict (missing "
-                              "'image_encoder.patch_embed.proj.weight'). Pass an original SAM checkpoint such as "
-                              "sam_vit_h_4b8939.pth")
+    assert str(err.value) == (
+        f"{other}: not a segment-anything SAM state dict (missing "
+        "'image_encoder.patch_embed.proj.weight'). Pass an original SAM checkpoint such as "
+        "sam_vit_h_4b8939.pth"
+    )
 
 
 def test_one_encoder_call_for_many_masks(tiny_sam_path):
@@ -101,7 +112,7 @@ def test_batch_equals_sequential(tiny_sam):
     coords, labels = _prompts(12, 5, seed=3)
     masks, iou = tiny_sam.predict_batch(coords, labels)
     for i in range(12):
-        m1, iou1 = tiny_sam.predict_batch(coords[i:i + 1], labels[i:i + 1])
+        m1, iou1 = tiny_sam.predict_batch(coords[i : i + 1], labels[i : i + 1])
         np.testing.assert_array_equal(m1[0], masks[i])
         np.testing.assert_allclose(iou1[0], iou[i], atol=1e-5)
     assert 0 < masks.sum() < masks.size  # random weights still give non-trivial masks
@@ -119,9 +130,17 @@ def test_matches_segment_anything_forward(tiny_sam):
     resized = np.array(Image.fromarray(image).resize((128, 96), Image.BILINEAR))  # long side 64 -> 128
     scale = np.array([128 / 64, 96 / 48])
     with torch.no_grad():
-        out = tiny_sam.model([{"image": torch.as_tensor(resized).permute(2, 0, 1).float(), "original_size": (48, 64),
-                               "point_coords": torch.as_tensor(coords * scale, dtype=torch.float32),
-                               "point_labels": torch.as_tensor(labels)}], multimask_output=False)[0]
+        out = tiny_sam.model(
+            [
+                {
+                    "image": torch.as_tensor(resized).permute(2, 0, 1).float(),
+                    "original_size": (48, 64),
+                    "point_coords": torch.as_tensor(coords * scale, dtype=torch.float32),
+                    "point_labels": torch.as_tensor(labels),
+                }
+            ],
+            multimask_output=False,
+        )[0]
     np.testing.assert_array_equal(out["masks"][:, 0].numpy(), masks)
     np.testing.assert_allclose(out["iou_predictions"][:, 0].numpy(), iou, atol=1e-5)
 
@@ -145,8 +164,11 @@ def test_predictor_input_errors(tiny_sam_path):
     with pytest.raises(ConfigError, match=r"^SAM image must be an \(H, W, 3\) uint8 array, got \(4, 4\) uint8$"):
         pred.set_image(np.zeros((4, 4), np.uint8))
     pred.set_image(_image())
-    with pytest.raises(ConfigError, match=r"^SAM prompts must be point_coords \(B, P, 2\) and point_labels \(B, P\); "
-                                          r"got \(2, 5, 2\) and \(2, 4\)$"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^SAM prompts must be point_coords \(B, P, 2\) and point_labels \(B, P\); "
+        r"got \(2, 5, 2\) and \(2, 4\)$",
+    ):
         pred.predict_batch(coords, labels[:, :4])
 
 

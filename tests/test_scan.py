@@ -43,13 +43,19 @@ def make_scan(root: Path, *, n_frames: int = 4, ids=None, pad: int = 0, intrinsi
     for d in ("color", "depth", "pose", "intrinsic"):
         (root / d).mkdir(parents=True, exist_ok=True)
     k_color = K_DEPTH.scaled_to(COLOR_W, COLOR_H)
-    np.savetxt(root / "intrinsic" / "intrinsic_color.txt", np.pad(k_color.matrix, ((0, 1), (0, 1))) + np.diag([0, 0, 0, 1]))
+    np.savetxt(
+        root / "intrinsic" / "intrinsic_color.txt", np.pad(k_color.matrix, ((0, 1), (0, 1))) + np.diag([0, 0, 0, 1])
+    )
     if intrinsic_depth:
-        np.savetxt(root / "intrinsic" / "intrinsic_depth.txt", np.pad(K_DEPTH.matrix, ((0, 1), (0, 1))) + np.diag([0, 0, 0, 1]))
+        np.savetxt(
+            root / "intrinsic" / "intrinsic_depth.txt", np.pad(K_DEPTH.matrix, ((0, 1), (0, 1))) + np.diag([0, 0, 0, 1])
+        )
     for i in ids:
         stem = str(i).zfill(pad) if pad else str(i)
         Image.fromarray(np.full((COLOR_H, COLOR_W, 3), (200, 30, 30), np.uint8)).save(root / "color" / f"{stem}.png")
-        Image.fromarray(np.full((DEPTH_H, DEPTH_W), int(PLANE_Z * 1000), np.uint16)).save(root / "depth" / f"{stem}.png")
+        Image.fromarray(np.full((DEPTH_H, DEPTH_W), int(PLANE_Z * 1000), np.uint16)).save(
+            root / "depth" / f"{stem}.png"
+        )
         np.savetxt(root / "pose" / f"{stem}.txt", _pose(0.05 * i))
     xs, ys = np.meshgrid(np.linspace(-1, 1, 21), np.linspace(-0.8, 0.8, 17))
     pts = np.stack([xs.ravel(), ys.ravel(), np.full(xs.size, PLANE_Z)], axis=1).astype(np.float32)
@@ -212,7 +218,10 @@ def test_empty_scan_folder(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(ScanError) as err:
         read_scan(tmp_path / "empty")
-    assert str(err.value) == f"{tmp_path / 'empty'}: scan folder is empty. A scan needs color/, depth/, pose/, intrinsic/ and a .ply"
+    assert (
+        str(err.value)
+        == f"{tmp_path / 'empty'}: scan folder is empty. A scan needs color/, depth/, pose/, intrinsic/ and a .ply"
+    )
 
 
 def test_missing_scan_folder(tmp_path: Path) -> None:
@@ -226,7 +235,10 @@ def test_missing_intrinsics(scan_dir: Path) -> None:
     with pytest.raises(ScanError) as err:
         read_scan(scan_dir)
     assert err.value.path == path
-    assert str(err.value) == f"{path}: colour intrinsics are missing. Write the 4x4 colour camera matrix there (only [:3,:3] is used)"
+    assert (
+        str(err.value)
+        == f"{path}: colour intrinsics are missing. Write the 4x4 colour camera matrix there (only [:3,:3] is used)"
+    )
 
 
 def test_pose_not_4x4(scan_dir: Path) -> None:
@@ -270,7 +282,10 @@ def test_all_poses_unusable(scan_dir: Path) -> None:
         p.write_text("-inf -inf -inf -inf\n" * 4)
     with pytest.raises(ScanError) as err:
         read_scan(scan_dir)
-    assert str(err.value) == f"{scan_dir / 'pose'}: no usable frame: all 4 poses are non-finite or non-rigid. Check the pose export"
+    assert (
+        str(err.value)
+        == f"{scan_dir / 'pose'}: no usable frame: all 4 poses are non-finite or non-rigid. Check the pose export"
+    )
 
 
 def test_depth_not_16_bit(scan_dir: Path) -> None:
@@ -315,7 +330,9 @@ def test_colour_and_depth_counts_differ(scan_dir: Path) -> None:
 
 def test_missing_pose_file(scan_dir: Path) -> None:
     (scan_dir / "pose" / "0.txt").unlink()
-    with pytest.raises(ScanError, match=r"colour and pose frame counts differ \(4 colour, 3 pose\): no pose for frame ids 0"):
+    with pytest.raises(
+        ScanError, match=r"colour and pose frame counts differ \(4 colour, 3 pose\): no pose for frame ids 0"
+    ):
         read_scan(scan_dir)
 
 
@@ -337,7 +354,10 @@ def test_no_ply(scan_dir: Path) -> None:
     (scan_dir / "scene0000_00.ply").unlink()
     with pytest.raises(ScanError) as err:
         read_scan(scan_dir)
-    assert str(err.value) == f"{scan_dir}: no scene point cloud (.ply) found. Put the scene points in {scan_dir / 'scene0000_00.ply'}"
+    assert (
+        str(err.value)
+        == f"{scan_dir}: no scene point cloud (.ply) found. Put the scene points in {scan_dir / 'scene0000_00.ply'}"
+    )
 
 
 def test_mask_rows_do_not_match_point_count(scan_dir: Path) -> None:

@@ -19,8 +19,9 @@ def unit(x: np.ndarray) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
 
 
-def make_result(name: str, n: int = 5, *, seed: int = 0, views: int = 3, encoders=None,
-                fingerprint: str = "fp", centres=None) -> IngestResult:
+def make_result(
+    name: str, n: int = 5, *, seed: int = 0, views: int = 3, encoders=None, fingerprint: str = "fp", centres=None
+) -> IngestResult:
     """A hand-built IngestResult: n instances with random unit vectors and `views` views each."""
     rng = np.random.default_rng(seed)
     encoders = encoders or IDENT
@@ -28,12 +29,27 @@ def make_result(name: str, n: int = 5, *, seed: int = 0, views: int = 3, encoder
     for m in range(n):
         centre = np.asarray(centres[m] if centres is not None else rng.uniform(0, 5, 3), dtype=np.float32)
         vv = {s: unit(rng.standard_normal((views, e.dim))) for s, e in encoders.items()}
-        insts.append(InstanceRecord(
-            mask_index=m, point_indices=np.arange(m * 10, m * 10 + 10 + m, dtype=np.int32),
-            bbox_min=centre - 0.5, bbox_max=centre + 0.5, centroid=centre, score=0.5 + m / 100,
-            views=tuple(ViewRecord(100 + v, 50 - v, np.array([[v, v, 10 + v, 10 + v]] * 3, dtype=np.int32),
-                                   inlier=v != views - 1 or views == 1) for v in range(views)),
-            view_vectors=vv, vectors={s: unit(a[:-1].mean(0) if views > 1 else a[0]) for s, a in vv.items()}))
+        insts.append(
+            InstanceRecord(
+                mask_index=m,
+                point_indices=np.arange(m * 10, m * 10 + 10 + m, dtype=np.int32),
+                bbox_min=centre - 0.5,
+                bbox_max=centre + 0.5,
+                centroid=centre,
+                score=0.5 + m / 100,
+                views=tuple(
+                    ViewRecord(
+                        100 + v,
+                        50 - v,
+                        np.array([[v, v, 10 + v, 10 + v]] * 3, dtype=np.int32),
+                        inlier=v != views - 1 or views == 1,
+                    )
+                    for v in range(views)
+                ),
+                view_vectors=vv,
+                vectors={s: unit(a[:-1].mean(0) if views > 1 else a[0]) for s, a in vv.items()},
+            )
+        )
     report = IngestReport(name, 10, 10, {}, n, [], {})
     return IngestResult(name, f"/scans/{name}", fingerprint, {"frame_step": 1}, dict(encoders), insts, report, 1000, 10)
 
@@ -70,8 +86,9 @@ def test_old_revision_refused_with_upgrade_command(tmp_path):
     upgrade(make_engine(f"sqlite:///{(db / 'om3db.sqlite').resolve()}"), "0001")
     with pytest.raises(SchemaOutOfDateError) as err:
         Store(db)
-    assert str(err.value) == (f"{db}: database schema is out of date (revision 0001, this om3db needs 0003). "
-                              f"Run: om3db db upgrade --db {db}")
+    assert str(err.value) == (
+        f"{db}: database schema is out of date (revision 0001, this om3db needs 0003). Run: om3db db upgrade --db {db}"
+    )
 
 
 def test_write_scan_roundtrip_and_counts(store):
@@ -199,7 +216,12 @@ def test_deferred_writes_switch_to_ivf_once_at_flush(tmp_path):
     first = len(built)  # the first write builds each (empty) index from SQLite; no rebuild after that
     with s.lock:
         s.flush()
-    assert sorted(built[first:]) == [("dinov2", "instance"), ("dinov2", "view"), ("siglip", "instance"), ("siglip", "view")]
+    assert sorted(built[first:]) == [
+        ("dinov2", "instance"),
+        ("dinov2", "view"),
+        ("siglip", "instance"),
+        ("siglip", "view"),
+    ]
     row = s.space("siglip", "instance")
     index = s.index("siglip", "instance")
     assert row.index_kind == "ivf" and index.choice.kind == "ivf" and index.choice.trained_on == 120
@@ -241,33 +263,56 @@ def _old_layout_db(path, revision: str = "0002"):
     res = make_result("old", 3, views=3)
     extra = ", index_params, generation" if revision == "0002" else ""
     with engine.begin() as c:
-        c.execute(text("INSERT INTO scans (id, name, path, fingerprint, frame_count, num_points, settings, status, "
-                       "created_at, updated_at) VALUES (1, 'old', '/scans/old', 'fp', 10, 1000, '{}', 'ready', "
-                       "'2026-01-01', '2026-01-01')"))
+        c.execute(
+            text(
+                "INSERT INTO scans (id, name, path, fingerprint, frame_count, num_points, settings, status, "
+                "created_at, updated_at) VALUES (1, 'old', '/scans/old', 'fp', 10, 1000, '{}', 'ready', "
+                "'2026-01-01', '2026-01-01')"
+            )
+        )
         for sid, (name, level) in enumerate([(n, lv) for n in sorted(IDENT) for lv in ("instance", "view")], 1):
-            c.execute(text("INSERT INTO vector_spaces (id, name, level, model_id, revision, dim, normalization, "
-                           f"preprocessing, index_kind{extra}) VALUES (:i, :n, :l, :m, :r, :d, "
-                           f"'l2', 'fake', 'flat'{', :p, 0' if extra else ''})"),
-                      dict(i=sid, n=name, l=level, m=IDENT[name].model_id, r=IDENT[name].revision, d=DIM, p="{}"))
+            c.execute(
+                text(
+                    "INSERT INTO vector_spaces (id, name, level, model_id, revision, dim, normalization, "
+                    f"preprocessing, index_kind{extra}) VALUES (:i, :n, :l, :m, :r, :d, "
+                    f"'l2', 'fake', 'flat'{', :p, 0' if extra else ''})"
+                ),
+                dict(i=sid, n=name, l=level, m=IDENT[name].model_id, r=IDENT[name].revision, d=DIM, p="{}"),
+            )
         from om3db.store import pack_indices
 
         vid = 0
         for m, rec in enumerate(res.instances):
             iid = 10 + m
-            c.execute(text("INSERT INTO instances VALUES (:i, 1, :m, :c, 0, 0, 0, 1, 1, 1, .5, .5, .5, :p, :s)"),
-                      dict(i=iid, m=m, c=len(rec.point_indices), p=pack_indices(rec.point_indices), s=rec.score))
+            c.execute(
+                text("INSERT INTO instances VALUES (:i, 1, :m, :c, 0, 0, 0, 1, 1, 1, .5, .5, .5, :p, :s)"),
+                dict(i=iid, m=m, c=len(rec.point_indices), p=pack_indices(rec.point_indices), s=rec.score),
+            )
             for sid, (name, level) in enumerate([(n, lv) for n in sorted(IDENT) for lv in ("instance", "view")], 1):
                 if level == "instance":
-                    c.execute(text("INSERT INTO vectors (space_id, instance_id, view_id, data) VALUES (:s, :i, NULL, :d)"),
-                              dict(s=sid, i=iid, d=rec.vectors[name].astype("<f2").tobytes()))
+                    c.execute(
+                        text("INSERT INTO vectors (space_id, instance_id, view_id, data) VALUES (:s, :i, NULL, :d)"),
+                        dict(s=sid, i=iid, d=rec.vectors[name].astype("<f2").tobytes()),
+                    )
             for rank, v in enumerate(rec.views):
                 vid += 1
-                c.execute(text("INSERT INTO instance_views VALUES (:v, :i, :r, :f, :p, :b, :n)"),
-                          dict(v=100 + vid, i=iid, r=rank, f=v.frame_id, p=v.visible_pixels,
-                               b=json.dumps(v.crop_boxes.tolist()), n=v.inlier))
+                c.execute(
+                    text("INSERT INTO instance_views VALUES (:v, :i, :r, :f, :p, :b, :n)"),
+                    dict(
+                        v=100 + vid,
+                        i=iid,
+                        r=rank,
+                        f=v.frame_id,
+                        p=v.visible_pixels,
+                        b=json.dumps(v.crop_boxes.tolist()),
+                        n=v.inlier,
+                    ),
+                )
                 for sid, name in ((2, "dinov2"), (4, "siglip")):
-                    c.execute(text("INSERT INTO vectors (space_id, instance_id, view_id, data) VALUES (:s, :i, :v, :d)"),
-                              dict(s=sid, i=iid, v=100 + vid, d=rec.view_vectors[name][rank].astype("<f2").tobytes()))
+                    c.execute(
+                        text("INSERT INTO vectors (space_id, instance_id, view_id, data) VALUES (:s, :i, :v, :d)"),
+                        dict(s=sid, i=iid, v=100 + vid, d=rec.view_vectors[name][rank].astype("<f2").tobytes()),
+                    )
     engine.dispose()
     return [10, 11, 12], res
 
@@ -296,15 +341,18 @@ def test_upgrade_keeps_every_view_and_vector(tmp_path, old):
         for row, rec in zip(rows, res.instances, strict=True):
             got = unpack_views(row.views)
             assert [(v.frame_id, v.visible_pixels, v.inlier, v.crop_boxes) for v in got] == [
-                (v.frame_id, v.visible_pixels, v.inlier, v.crop_boxes.tolist()) for v in rec.views]
+                (v.frame_id, v.visible_pixels, v.inlier, v.crop_boxes.tolist()) for v in rec.views
+            ]
     vecs, got_ids = s.stored_vectors(s.space("siglip", "instance"))
     assert got_ids.tolist() == ids
     assert np.array_equal(vecs, np.stack([r.vectors["siglip"] for r in res.instances]).astype("<f2").astype(np.float32))
     vvecs, keys = s.stored_vectors(s.space("dinov2", "view"))  # inlier views only, new keys
     want = [(i, r) for i, rec in zip(ids, res.instances, strict=True) for r, v in enumerate(rec.views) if v.inlier]
     assert keys.tolist() == [int(view_key(i, r)) for i, r in want]
-    assert np.array_equal(vvecs, np.stack([res.instances[i - 10].view_vectors["dinov2"][r] for i, r in want])
-                          .astype("<f2").astype(np.float32))
+    assert np.array_equal(
+        vvecs,
+        np.stack([res.instances[i - 10].view_vectors["dinov2"][r] for i, r in want]).astype("<f2").astype(np.float32),
+    )
     assert s.rebuilt == ["dinov2.instance", "dinov2.view", "siglip.instance", "siglip.view"]
     assert s.index("siglip", "view").ntotal == 6
     s.close()

@@ -98,7 +98,7 @@ def test_rows_hold_exact_values(tmp_path, raw):
     res = make_result("a", 3, views=3)
     s.write_scan(res, settings={})
     rows = dump(s)
-    for (iid, _scan, mask, count, *geo, pidx, score, views), rec in zip(rows["instances"], res.instances, strict=True):
+    for (_iid, _scan, mask, count, *geo, pidx, score, views), rec in zip(rows["instances"], res.instances, strict=True):
         assert (mask, count, score) == (rec.mask_index, len(rec.point_indices), rec.score)
         assert geo == [*map(float, rec.bbox_min), *map(float, rec.bbox_max), *map(float, rec.centroid)]
         assert np.array_equal(unpack_indices(pidx), rec.point_indices)
@@ -115,8 +115,12 @@ def test_rows_hold_exact_values(tmp_path, raw):
     assert np.array_equal(vecs, want.astype(np.float32)) and sids.tolist() == inst_ids
     # view blocks: the inlier views only, keyed instance id << 8 | rank
     ids, data = blocks(s, "dinov2", "view")
-    keys = [int(view_key(i, r)) for i, rec in zip(inst_ids, res.instances, strict=True)
-            for r, v in enumerate(rec.views) if v.inlier]
+    keys = [
+        int(view_key(i, r))
+        for i, rec in zip(inst_ids, res.instances, strict=True)
+        for r, v in enumerate(rec.views)
+        if v.inlier
+    ]
     allv = np.concatenate([r.view_vectors["dinov2"] for r in res.instances]).astype("<f2")
     inl = [v.inlier for r in res.instances for v in r.views]
     assert ids.tolist() == keys == [(i << 8) | r for i in inst_ids for r in (0, 1)]
@@ -158,7 +162,9 @@ def test_too_many_views_refused(tmp_path):
     many = dataclasses.replace(rec, views=rec.views * 257)
     with pytest.raises(StoreError) as err:
         s.write_scan(dataclasses.replace(res, instances=[res.instances[0], many]), settings={})
-    assert str(err.value) == "scan a: mask 1 has 257 views; the store keeps at most 256 per instance (IngestConfig.top_k)"
+    assert (
+        str(err.value) == "scan a: mask 1 has 257 views; the store keeps at most 256 per instance (IngestConfig.top_k)"
+    )
     assert dump(s)["scans"] == []
     s.close()
 
@@ -194,7 +200,8 @@ def test_compact_database_stores_instance_vectors_only(tmp_path, raw):
         search_space(s, "siglip", q, k=1, aggregation="max")
     assert str(err.value) == (
         f"{s.root}: stores instance vectors only (ingested with IngestConfig.view_vectors=False), so the 'siglip' "
-        "space cannot serve aggregation='max'. Use aggregation='mean', or ingest into another --db with view_vectors=True")
+        "space cannot serve aggregation='max'. Use aggregation='mean', or ingest into another --db with view_vectors=True"
+    )
     s.close()
 
 
@@ -205,7 +212,8 @@ def test_view_vectors_choice_is_per_database(tmp_path):
         full.write_scan(compact(make_result("b", 2)), settings={})
     assert str(err.value) == (
         f"{full.root}: this database keeps per-view vectors (IngestConfig.view_vectors=True), this ingest uses "
-        "view_vectors=False. The choice is per database: ingest with view_vectors=True, or use another --db")
+        "view_vectors=False. The choice is per database: ingest with view_vectors=True, or use another --db"
+    )
     full.check_view_vectors(True)
     assert [r[1] for r in dump(full)["scans"]] == ["a"]
     full.close()
@@ -216,7 +224,8 @@ def test_view_vectors_choice_is_per_database(tmp_path):
         small.check_view_vectors(True)
     assert str(err.value) == (
         f"{small.root}: this database stores instance vectors only (IngestConfig.view_vectors=False), this ingest "
-        "uses view_vectors=True. The choice is per database: ingest with view_vectors=False, or use another --db")
+        "uses view_vectors=True. The choice is per database: ingest with view_vectors=False, or use another --db"
+    )
     with pytest.raises(ConfigError):
         small.write_scan(make_result("b", 2), settings={})
     small.close()
@@ -238,8 +247,10 @@ def test_bad_vectors_refused_before_any_row(tmp_path):
     bad = dataclasses.replace(rec, vectors={**rec.vectors, "siglip": np.zeros(DIM + 1, np.float32)})
     with pytest.raises(StoreError) as err:
         s.write_scan(dataclasses.replace(res, instances=[res.instances[0], bad]), settings={})
-    assert str(err.value) == (f"scan a: siglip vector of mask 1 has shape ({DIM + 1},), the space has dim {DIM}. "
-                              "This is an ingest bug; report it")
+    assert str(err.value) == (
+        f"scan a: siglip vector of mask 1 has shape ({DIM + 1},), the space has dim {DIM}. "
+        "This is an ingest bug; report it"
+    )
     short = dataclasses.replace(rec, view_vectors={**rec.view_vectors, "dinov2": rec.view_vectors["dinov2"][:1]})
     with pytest.raises(StoreError) as err:
         s.write_scan(dataclasses.replace(res, instances=[short]), settings={})
@@ -270,8 +281,10 @@ def test_sorted_indices_pack_small():
     assert pack_indices(np.array([9, 3], np.int32))[0] == 0  # unsorted: plain int32
 
 
-@given(st.lists(st.lists(st.integers(min_value=0, max_value=2**31 - 1), max_size=40), max_size=12),
-       st.lists(st.booleans(), min_size=12, max_size=12))
+@given(
+    st.lists(st.lists(st.integers(min_value=0, max_value=2**31 - 1), max_size=40), max_size=12),
+    st.lists(st.booleans(), min_size=12, max_size=12),
+)
 def test_pack_indices_many_equals_one_by_one(arrays, sort):
     from om3db.store import pack_indices
     from om3db.store.writer import pack_indices_many
@@ -284,8 +297,14 @@ def test_pack_indices_many_mixed_widths():
     from om3db.store import pack_indices
     from om3db.store.writer import pack_indices_many
 
-    arrs = [np.arange(0, 5000, 3, dtype=np.int32), np.array([7], np.int32), np.zeros(0, np.int32),
-            np.array([5, 70000, 90000], np.int32), np.array([9, 3, 4], np.int32), np.array([1, 300, 301], np.int32)]
+    arrs = [
+        np.arange(0, 5000, 3, dtype=np.int32),
+        np.array([7], np.int32),
+        np.zeros(0, np.int32),
+        np.array([5, 70000, 90000], np.int32),
+        np.array([9, 3, 4], np.int32),
+        np.array([1, 300, 301], np.int32),
+    ]
     packed = pack_indices_many(arrs)
     assert [p[0] for p in packed] == [1, 1, 255, 4, 0, 2]
     assert packed == [pack_indices(a) for a in arrs]
@@ -311,8 +330,9 @@ def test_index_holds_exactly_the_stored_float16(tmp_path):
     rec = res.instances[0]
     odd = np.full(DIM, tie / np.sqrt(DIM), np.float32)
     odd[:4] = [tie, -tie, np.float32(np.nextafter(tie, 2)), np.float32(6.1e-5)]
-    res = dataclasses.replace(res, instances=[dataclasses.replace(rec, vectors={**rec.vectors, "siglip": odd}),
-                                              *res.instances[1:]])
+    res = dataclasses.replace(
+        res, instances=[dataclasses.replace(rec, vectors={**rec.vectors, "siglip": odd}), *res.instances[1:]]
+    )
     s.write_scan(res, settings={})
     for level in ("instance", "view"):
         index = s.index("siglip", level)
@@ -337,8 +357,9 @@ def test_deferred_adds_run_off_the_writer_thread_and_settle_before_use(tmp_path,
     assert s.index("siglip", "instance").choice.kind == "ivf"
     threads = []
     real_add = VectorIndex.add
-    monkeypatch.setattr(VectorIndex, "add", lambda self, v, i: threads.append(threading.current_thread().name)
-                        or real_add(self, v, i))
+    monkeypatch.setattr(
+        VectorIndex, "add", lambda self, v, i: threads.append(threading.current_thread().name) or real_add(self, v, i)
+    )
     for k in range(2, 4):
         s.write_scan(make_result(f"s{k}", 30, views=1, seed=k), settings={}, save=False)
     assert threads and all(t.startswith("om3db-faiss-add") for t in threads)

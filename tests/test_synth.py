@@ -77,7 +77,9 @@ def test_round_trip_depth_is_exact_with_the_readers_camera_model(synth_root, whi
         assert (_neighbourhood(depth, u0, v0) > 0).all()
         inv = 1.0 / _bilinear(1.0 / depth, u[idx], v[idx], u0, v0)
         err = np.abs(inv - z[idx])
-        assert err.max() <= MM, f"frame {frame.frame_id}: {np.sum(err > MM)} points off by up to {err.max() * 1000:.2f} mm"
+        assert err.max() <= MM, (
+            f"frame {frame.frame_id}: {np.sum(err > MM)} points off by up to {err.max() * 1000:.2f} mm"
+        )
         flat = np.ptp(_neighbourhood(depth, u0, v0), axis=1) < 0.03
         err_lin = np.abs(_bilinear(depth, u[idx], v[idx], u0, v0)[flat] - z[idx][flat])
         assert err_lin.max() <= MM
@@ -236,7 +238,11 @@ def test_visibility_rejects_points_behind_the_camera_and_outside_the_image(tiny_
 
 
 def _hashes(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_same_seed_same_bytes_and_other_seeds_differ(tmp_path, tiny_scan_path):
@@ -287,10 +293,14 @@ def test_bad_options_and_inputs_raise_typed_errors(tmp_path, tiny_scan_path):
         write_scans(tmp_path / "afile", scans=1)
     (tmp_path / "synth_0_0").mkdir()
     (tmp_path / "synth_0_0" / "notes.txt").write_text("mine")
-    with pytest.raises(ScanError, match=r"synth_0_0: exists and is not a synthetic scan \(no gt/scene.json\). Remove it or write"):
+    with pytest.raises(
+        ScanError, match=r"synth_0_0: exists and is not a synthetic scan \(no gt/scene.json\). Remove it or write"
+    ):
         write_scans(tmp_path, scans=1)
     assert (tmp_path / "synth_0_0" / "notes.txt").read_text() == "mine"
-    with pytest.raises(ScanError, match=r"scene.json: ground-truth file is missing. Regenerate the scan with `om3db synth`"):
+    with pytest.raises(
+        ScanError, match=r"scene.json: ground-truth file is missing. Regenerate the scan with `om3db synth`"
+    ):
         load_gt(tmp_path)
     with pytest.raises(ScanError, match="pose: no pose for frame 999. Pass a frame id the scan has"):
         gt_point_visibility(tiny_scan_path, 999)
@@ -311,7 +321,10 @@ def test_stale_ground_truth_is_refused(tmp_path, tiny_scan_path):
     meta["version"] = 1
     meta["mesh_sha256"] = "0" * 64
     (scan / "gt" / "scene.json").write_text(json.dumps(meta))
-    with pytest.raises(ScanError, match=r"scene.json: the scene rebuilt from it differs from the one written \(other generator code\). Regenerate"):
+    with pytest.raises(
+        ScanError,
+        match=r"scene.json: the scene rebuilt from it differs from the one written \(other generator code\). Regenerate",
+    ):
         render_frame(scan, 0)
     (scan / "gt" / "instances.txt").write_text("1001\n")
     with pytest.raises(ScanError, match="instances.txt: 1 lines for .* points. Regenerate the scan"):

@@ -13,7 +13,14 @@ import pytest
 from om3db.camera import Intrinsics
 from om3db.errors import ConfigError, MaskFileError
 from om3db.scan import read_scan
-from om3db.views import PROMPT_CAP, MaskMembership, Visibility, compute_visibility, select_views, visible_points_in_frame
+from om3db.views import (
+    PROMPT_CAP,
+    MaskMembership,
+    Visibility,
+    compute_visibility,
+    select_views,
+    visible_points_in_frame,
+)
 from tests.fakes import write_scan
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,8 +51,16 @@ def _handmade(tmp_path: Path) -> Path:
     mask 5: masks 0 and 1 together (overlapping masks)                     -> 4 pixels
     frame 1: all depth 0. frame 2: like frame 0 but no depth at (5, 5).
     """
-    pts = [_at(5, 5, 2.0), _at(6, 5, 2.0), _at(7, 5, 2.0), _at(5.3, 4.8, 2.0), _at(10, 10, 2.15), _at(20, 20, 2.0),
-           [0.01, 0.0, -0.05], _at(45, 5, 2.0)]
+    pts = [
+        _at(5, 5, 2.0),
+        _at(6, 5, 2.0),
+        _at(7, 5, 2.0),
+        _at(5.3, 4.8, 2.0),
+        _at(10, 10, 2.15),
+        _at(20, 20, 2.0),
+        [0.01, 0.0, -0.05],
+        _at(45, 5, 2.0),
+    ]
     masks = np.zeros((len(pts), 6), bool)
     masks[0:4, 0] = True
     masks[4, 1] = True
@@ -59,7 +74,14 @@ def _handmade(tmp_path: Path) -> Path:
     d0[15, 14] = 0.1
     d2 = d0.copy()
     d2[5, 5] = 0.0
-    return write_scan(tmp_path / "hand", points=np.array(pts), depths=[d0, np.zeros((H, W)), d2], poses=[np.eye(4)] * 3, k_depth=K, masks=masks)
+    return write_scan(
+        tmp_path / "hand",
+        points=np.array(pts),
+        depths=[d0, np.zeros((H, W)), d2],
+        poses=[np.eye(4)] * 3,
+        k_depth=K,
+        masks=masks,
+    )
 
 
 @pytest.fixture
@@ -99,7 +121,9 @@ def test_depth_zero_never_counts():
 
 def test_pixel_is_rounded_not_truncated():
     intr = Intrinsics.from_matrix(K, W, H)
-    _, pix = visible_points_in_frame(np.array([_at(5.6, 7.4, 2.0)]), np.eye(4), np.full((H, W), 2.0, np.float32), intr, 0.2)
+    _, pix = visible_points_in_frame(
+        np.array([_at(5.6, 7.4, 2.0)]), np.eye(4), np.full((H, W), 2.0, np.float32), intr, 0.2
+    )
     assert pix.tolist() == [7 * W + 6]
 
 
@@ -124,7 +148,7 @@ def test_membership_expand_matches_dense():
     mem = MaskMembership.from_dense(dense)
     pts = np.array([3, 0, 49, 3, 17])
     owner, mids = mem.expand(pts)
-    got = sorted(zip(owner.tolist(), mids.tolist()))
+    got = sorted(zip(owner.tolist(), mids.tolist(), strict=True))
     want = sorted((i, j) for i, p in enumerate(pts) for j in np.flatnonzero(dense[p]))
     assert got == want
 
@@ -147,7 +171,7 @@ def test_mask_pixel_counts_with_many_shared_pixels():
     mem = MaskMembership.from_dense(dense)
     idx = rng.choice(400, 300, replace=False)
     pix = rng.integers(0, 50, size=300)  # 300 points on 50 pixels: most pixels shared
-    want = [len({int(p) for i, p in zip(idx, pix) if dense[i, j]}) for j in range(9)]
+    want = [len({int(p) for i, p in zip(idx, pix, strict=True) if dense[i, j]}) for j in range(9)]
     assert mem.label is None  # overlapping masks: the membership path
     assert mask_pixel_counts(mem, idx, pix, 50).tolist() == want
     dirty = rng.integers(-5, 10**6, size=64)  # a reused scratch's old contents never matter
@@ -165,7 +189,7 @@ def test_mask_pixel_counts_one_mask_per_point():
     assert mem.label.tolist() == (owner + 1).tolist()
     idx = rng.choice(500, 400, replace=False)
     pix = rng.integers(0, 60, size=400)  # objects meet on shared pixels; so do points in no mask
-    want = [len({int(p) for i, p in zip(idx, pix) if dense[i, j]}) for j in range(6)]
+    want = [len({int(p) for i, p in zip(idx, pix, strict=True) if dense[i, j]}) for j in range(6)]
     assert mask_pixel_counts(mem, idx, pix, 60).tolist() == want
     assert mask_pixel_counts(mem, idx, pix, 60, np.full(60, 10**9)).tolist() == want
     assert mask_pixel_counts(mem, idx[:0], pix[:0], 60).tolist() == [0] * 6
@@ -202,8 +226,16 @@ def test_prompt_points_and_box_in_colour_pixels(tmp_path):
     uv = rng.uniform([8, 6], [30, 22], size=(3000, 2))
     pts = np.array([_at(u, v, 2.0) for u, v in uv])
     masks = np.ones((len(pts), 1), bool)
-    root = write_scan(tmp_path / "many", points=pts, depths=[np.full((H, W), 2.0)], poses=[np.eye(4)], k_depth=K,
-                      k_color=k_col, colors=[np.zeros((2 * H, 2 * W, 3), np.uint8)], masks=masks)
+    root = write_scan(
+        tmp_path / "many",
+        points=pts,
+        depths=[np.full((H, W), 2.0)],
+        poses=[np.eye(4)],
+        k_depth=K,
+        k_color=k_col,
+        colors=[np.zeros((2 * H, 2 * W, 3), np.uint8)],
+        masks=masks,
+    )
     scan = read_scan(root)
     view = select_views(scan, seed=1).masks[0].views[0]
     xy_all = np.rint(uv * 2 + 0.0).astype(int)  # colour pixel = 2 * depth pixel coordinate (cx, cy scale too)
@@ -316,4 +348,6 @@ def test_fast_equals_reference_on_synthetic_scan(synth_scan):
     ref = bench.reference_counts(scan, scan.masks)
     vis = compute_visibility(scan)
     assert np.array_equal(ref, vis.counts)
-    assert bench.reference_top_k(ref, 5) == [[v.frame_index for v in mv.views] for mv in select_views(scan, visibility=vis).masks]
+    assert bench.reference_top_k(ref, 5) == [
+        [v.frame_index for v in mv.views] for mv in select_views(scan, visibility=vis).masks
+    ]

@@ -25,20 +25,39 @@ depends_on = None
 
 _BITS = 8
 
-instances = sa.table("instances", sa.column("id", sa.Integer), sa.column("scan_id", sa.Integer),
-                     sa.column("views", sa.LargeBinary))
-views_t = sa.table("instance_views", sa.column("id", sa.Integer), sa.column("instance_id", sa.Integer),
-                   sa.column("rank", sa.Integer), sa.column("frame_id", sa.Integer),
-                   sa.column("visible_pixels", sa.Integer), sa.column("crop_boxes", sa.JSON),
-                   sa.column("inlier", sa.Boolean))
-vectors = sa.table("vectors", sa.column("id", sa.Integer), sa.column("space_id", sa.Integer),
-                   sa.column("instance_id", sa.Integer), sa.column("view_id", sa.Integer),
-                   sa.column("data", sa.LargeBinary))
-blocks = sa.table("vector_blocks", sa.column("id", sa.Integer), sa.column("space_id", sa.Integer),
-                  sa.column("scan_id", sa.Integer), sa.column("count", sa.Integer),
-                  sa.column("ids", sa.LargeBinary), sa.column("data", sa.LargeBinary))
-spaces = sa.table("vector_spaces", sa.column("id", sa.Integer), sa.column("level", sa.String),
-                  sa.column("generation", sa.Integer))
+instances = sa.table(
+    "instances", sa.column("id", sa.Integer), sa.column("scan_id", sa.Integer), sa.column("views", sa.LargeBinary)
+)
+views_t = sa.table(
+    "instance_views",
+    sa.column("id", sa.Integer),
+    sa.column("instance_id", sa.Integer),
+    sa.column("rank", sa.Integer),
+    sa.column("frame_id", sa.Integer),
+    sa.column("visible_pixels", sa.Integer),
+    sa.column("crop_boxes", sa.JSON),
+    sa.column("inlier", sa.Boolean),
+)
+vectors = sa.table(
+    "vectors",
+    sa.column("id", sa.Integer),
+    sa.column("space_id", sa.Integer),
+    sa.column("instance_id", sa.Integer),
+    sa.column("view_id", sa.Integer),
+    sa.column("data", sa.LargeBinary),
+)
+blocks = sa.table(
+    "vector_blocks",
+    sa.column("id", sa.Integer),
+    sa.column("space_id", sa.Integer),
+    sa.column("scan_id", sa.Integer),
+    sa.column("count", sa.Integer),
+    sa.column("ids", sa.LargeBinary),
+    sa.column("data", sa.LargeBinary),
+)
+spaces = sa.table(
+    "vector_spaces", sa.column("id", sa.Integer), sa.column("level", sa.String), sa.column("generation", sa.Integer)
+)
 
 
 def _pack_views(rows) -> bytes:
@@ -66,12 +85,16 @@ def upgrade() -> None:
     bind = op.get_bind()
     op.add_column("instances", sa.Column("views", sa.LargeBinary(), nullable=True))
     per_instance: dict[int, list] = {}
-    for iid, frame, pixels, inlier, boxes in bind.execute(sa.select(
-            views_t.c.instance_id, views_t.c.frame_id, views_t.c.visible_pixels, views_t.c.inlier,
-            views_t.c.crop_boxes).order_by(views_t.c.instance_id, views_t.c.rank)):
+    for iid, frame, pixels, inlier, boxes in bind.execute(
+        sa.select(
+            views_t.c.instance_id, views_t.c.frame_id, views_t.c.visible_pixels, views_t.c.inlier, views_t.c.crop_boxes
+        ).order_by(views_t.c.instance_id, views_t.c.rank)
+    ):
         per_instance.setdefault(iid, []).append((frame, pixels, inlier, boxes or []))
     for (iid,) in bind.execute(sa.select(instances.c.id)).all():
-        bind.execute(instances.update().where(instances.c.id == iid).values(views=_pack_views(per_instance.get(iid, []))))
+        bind.execute(
+            instances.update().where(instances.c.id == iid).values(views=_pack_views(per_instance.get(iid, [])))
+        )
     with op.batch_alter_table("instances") as batch:
         batch.alter_column("views", existing_type=sa.LargeBinary(), nullable=False)
 
@@ -89,11 +112,14 @@ def upgrade() -> None:
 
     levels = dict(bind.execute(sa.select(spaces.c.id, spaces.c.level)).all())
     rank = sa.select(views_t.c.id, views_t.c.rank, views_t.c.inlier).subquery()
-    q = (sa.select(vectors.c.space_id, instances.c.scan_id, vectors.c.instance_id, rank.c.rank, rank.c.inlier,
-                   vectors.c.data)
-         .join(instances, instances.c.id == vectors.c.instance_id)
-         .outerjoin(rank, rank.c.id == vectors.c.view_id)
-         .order_by(vectors.c.space_id, instances.c.scan_id, vectors.c.instance_id, rank.c.rank))
+    q = (
+        sa.select(
+            vectors.c.space_id, instances.c.scan_id, vectors.c.instance_id, rank.c.rank, rank.c.inlier, vectors.c.data
+        )
+        .join(instances, instances.c.id == vectors.c.instance_id)
+        .outerjoin(rank, rank.c.id == vectors.c.view_id)
+        .order_by(vectors.c.space_id, instances.c.scan_id, vectors.c.instance_id, rank.c.rank)
+    )
     groups: dict[tuple[int, int], tuple[list, list]] = {}
     for space_id, scan_id, iid, view_rank, inlier, data in bind.execute(q):
         if levels.get(space_id) == "view":
@@ -106,8 +132,15 @@ def upgrade() -> None:
         ids.append(key)
         datas.append(data)
     for (space_id, scan_id), (ids, datas) in groups.items():
-        bind.execute(blocks.insert().values(space_id=space_id, scan_id=scan_id, count=len(ids),
-                                            ids=np.asarray(ids, dtype="<i8").tobytes(), data=b"".join(datas)))
+        bind.execute(
+            blocks.insert().values(
+                space_id=space_id,
+                scan_id=scan_id,
+                count=len(ids),
+                ids=np.asarray(ids, dtype="<i8").tobytes(),
+                data=b"".join(datas),
+            )
+        )
     op.drop_index("ix_vectors_view_id", table_name="vectors")
     op.drop_index("ix_vectors_instance_id", table_name="vectors")
     op.drop_index("ix_vectors_space_id", table_name="vectors")
@@ -146,20 +179,31 @@ def downgrade() -> None:
     for iid, blob in bind.execute(sa.select(instances.c.id, instances.c.views).order_by(instances.c.id)).all():
         for r, (frame, pixels, inlier, boxes) in enumerate(_unpack_views(blob)):
             vid = len(view_ids) + 1
-            bind.execute(views_t.insert().values(id=vid, instance_id=iid, rank=r, frame_id=frame, visible_pixels=pixels,
-                                                 crop_boxes=boxes, inlier=inlier))
+            bind.execute(
+                views_t.insert().values(
+                    id=vid,
+                    instance_id=iid,
+                    rank=r,
+                    frame_id=frame,
+                    visible_pixels=pixels,
+                    crop_boxes=boxes,
+                    inlier=inlier,
+                )
+            )
             view_ids[(iid, r)] = vid
     levels = dict(bind.execute(sa.select(spaces.c.id, spaces.c.level)).all())
     for space_id, count, ids_blob, data in bind.execute(
-            sa.select(blocks.c.space_id, blocks.c.count, blocks.c.ids, blocks.c.data).order_by(blocks.c.id)).all():
+        sa.select(blocks.c.space_id, blocks.c.count, blocks.c.ids, blocks.c.data).order_by(blocks.c.id)
+    ).all():
         ids = np.frombuffer(ids_blob, dtype="<i8").tolist()
         step = len(data) // max(count, 1)
         for i, key in enumerate(ids):
             chunk = data[i * step : (i + 1) * step]
             if levels.get(space_id) == "view":
                 iid, r = key >> _BITS, key & ((1 << _BITS) - 1)
-                bind.execute(vectors.insert().values(space_id=space_id, instance_id=iid, view_id=view_ids[(iid, r)],
-                                                     data=chunk))
+                bind.execute(
+                    vectors.insert().values(space_id=space_id, instance_id=iid, view_id=view_ids[(iid, r)], data=chunk)
+                )
             else:
                 bind.execute(vectors.insert().values(space_id=space_id, instance_id=key, view_id=None, data=chunk))
     op.drop_index("ix_vector_blocks_scan_id", table_name="vector_blocks")

@@ -53,9 +53,12 @@ def save_predictions(path: str | Path, pred: ScenePredictions) -> Path:
     """Write one scene's predictions as ``.npz`` (``masks`` bool, ``classes`` int64, ``scores`` float32)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(path, masks=np.asarray(pred.pred_masks, dtype=bool),
-                        classes=np.asarray(pred.pred_classes, dtype=np.int64),
-                        scores=np.asarray(pred.pred_scores, dtype=np.float32))
+    np.savez_compressed(
+        path,
+        masks=np.asarray(pred.pred_masks, dtype=bool),
+        classes=np.asarray(pred.pred_classes, dtype=np.int64),
+        scores=np.asarray(pred.pred_scores, dtype=np.float32),
+    )
     return path
 
 
@@ -95,16 +98,22 @@ def _load_scannet_txt(path: Path) -> ScenePredictions:
             continue
         parts = line.split()
         if len(parts) != 3:
-            raise EvaluationError(f"{path}: line {n} has {len(parts)} fields; expected '<mask file> <class id> <confidence>'")
+            raise EvaluationError(
+                f"{path}: line {n} has {len(parts)} fields; expected '<mask file> <class id> <confidence>'"
+            )
         try:
             cls, conf = int(parts[1]), float(parts[2])
         except ValueError as exc:
-            raise EvaluationError(f"{path}: line {n}: class id must be an integer and confidence a number ({exc})") from exc
+            raise EvaluationError(
+                f"{path}: line {n}: class id must be an integer and confidence a number ({exc})"
+            ) from exc
         mask_path = path.parent / parts[0]
         try:
             mask = np.loadtxt(mask_path, dtype=np.int64, ndmin=1)
         except (OSError, ValueError) as exc:
-            raise EvaluationError(f"{mask_path}: cannot read mask (line {n} of {path}); expected one 0/1 per point") from exc
+            raise EvaluationError(
+                f"{mask_path}: cannot read mask (line {n} of {path}); expected one 0/1 per point"
+            ) from exc
         if masks and len(mask) != len(masks[0]):
             raise EvaluationError(f"{mask_path}: {len(mask)} points but earlier masks of {path} have {len(masks[0])}")
         masks.append(mask != 0)

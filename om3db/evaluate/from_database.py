@@ -19,7 +19,15 @@ from ..errors import EvaluationError
 from .instance import InstanceAPResult, ScenePredictions, instance_ap
 from .vocabulary import Vocabulary, load_gt, load_gt_file, load_vocabulary
 
-__all__ = ["DatabaseEvaluation", "SemanticReport", "evaluate_database", "semantic_from_database", "predictions_from_labels", "label_scan", "resolve_gt"]
+__all__ = [
+    "DatabaseEvaluation",
+    "SemanticReport",
+    "evaluate_database",
+    "semantic_from_database",
+    "predictions_from_labels",
+    "label_scan",
+    "resolve_gt",
+]
 
 Protocol = Literal["constant", "similarity"]
 Aggregation = Literal["mean", "max"]
@@ -68,7 +76,9 @@ def resolve_gt(gt: Mapping[str, Any] | str | Path) -> dict[str, np.ndarray]:
     return out
 
 
-def predictions_from_labels(labels: Iterable[Any], vocabulary: Vocabulary, num_points: int, *, protocol: str, scene: str = "") -> ScenePredictions:
+def predictions_from_labels(
+    labels: Iterable[Any], vocabulary: Vocabulary, num_points: int, *, protocol: str, scene: str = ""
+) -> ScenePredictions:
     """Turn ``db.label`` output into (points x instances) predictions with class ids of ``vocabulary``."""
     if protocol not in PROTOCOLS:
         raise EvaluationError(f"unknown scoring protocol {protocol!r}; choose one of {PROTOCOLS}")
@@ -149,7 +159,10 @@ def evaluate_database(
         if agg == aggregations[0]:
             notes += [f"scan {s} has no instances" for s, lab in labels.items() if not lab]
         for proto in protocols:
-            preds = {s: predictions_from_labels(lab, vocab, len(gt_ids[s]), protocol=proto, scene=s) for s, lab in labels.items()}
+            preds = {
+                s: predictions_from_labels(lab, vocab, len(gt_ids[s]), protocol=proto, scene=s)
+                for s, lab in labels.items()
+            }
             results[f"{proto}/{agg}"] = instance_ap(preds, gt_ids, vocabulary=vocab, min_region_size=min_region_size)
     return DatabaseEvaluation(results, template, len(vocab.names), tuple(sorted(gt_ids)), tuple(notes))
 
@@ -185,7 +198,7 @@ def semantic_from_database(
 
     ``fill="nearest"`` and PLY export read the scan's points (PLY vertices) from the path the scan was ingested from.
     """
-    from .semantic import save_semantic, semantic_gt, semantic_hiou, semantic_labels_from_db_labels, semantic_miou  # noqa: PLC0415
+    from .semantic import save_semantic, semantic_gt, semantic_hiou, semantic_labels_from_db_labels, semantic_miou
 
     vocab = vocabulary if isinstance(vocabulary, Vocabulary) else load_vocabulary(vocabulary)
     if export_format not in ("npy", "ply"):
@@ -215,7 +228,7 @@ def semantic_from_database(
 
 
 def _scan_points(scene: str, paths: dict[str, str], num_points: int) -> np.ndarray:
-    from ..scan import read_scan  # noqa: PLC0415
+    from ..scan import read_scan
 
     if scene not in paths:
         raise EvaluationError(f"scan {scene}: not in the database; ingest it first or drop its GT file")

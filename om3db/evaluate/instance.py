@@ -103,8 +103,15 @@ class InstanceAPResult:
             "dropped_small": self.dropped_small,
             "dropped_not_evaluated": self.dropped_not_evaluated,
             "classes": [
-                {"id": c.class_id, "name": c.name, "ap": f(c.ap), "ap50": f(c.ap50), "ap25": f(c.ap25),
-                 "num_gt": c.num_gt, "num_pred": c.num_pred}
+                {
+                    "id": c.class_id,
+                    "name": c.name,
+                    "ap": f(c.ap),
+                    "ap50": f(c.ap50),
+                    "ap25": f(c.ap25),
+                    "num_gt": c.num_gt,
+                    "num_pred": c.num_pred,
+                }
                 for c in self.classes
             ],
         }
@@ -114,7 +121,9 @@ def _as_predictions(scene: str, p: Any, num_points: int, vocab: Vocabulary) -> S
     if isinstance(p, Mapping):
         missing = [k for k in ("pred_masks", "pred_classes", "pred_scores") if k not in p]
         if missing:
-            raise EvaluationError(f"scene {scene}: predictions lack {missing}; give pred_masks, pred_classes, pred_scores")
+            raise EvaluationError(
+                f"scene {scene}: predictions lack {missing}; give pred_masks, pred_classes, pred_scores"
+            )
         masks, classes, scores = p["pred_masks"], p["pred_classes"], p["pred_scores"]
     else:
         masks, classes, scores = p.pred_masks, p.pred_classes, p.pred_scores
@@ -168,15 +177,22 @@ def _scene_matches(scene: str, gt_ids: np.ndarray, pred: ScenePredictions, vocab
         if num < min_region_size:
             small += 1
             continue
-        p = {"key": (scene, j), "vert_count": num, "confidence": float(pred.pred_scores[j]),
-             "void_intersection": int(np.count_nonzero(void[idx])), "matched_gt": []}
+        p = {
+            "key": (scene, j),
+            "vert_count": num,
+            "confidence": float(pred.pred_scores[j]),
+            "void_intersection": int(np.count_nonzero(void[idx])),
+            "matched_gt": [],
+        }
         inter = np.bincount(inverse[idx], minlength=len(uniq))
         for k in np.flatnonzero(inter).tolist():
             g = gt_by_id.get(int(uniq[k]))
             if g is None or g["instance_id"] // 1000 != c:
                 continue
             n = int(inter[k])
-            g["matched_pred"].append({"key": p["key"], "vert_count": num, "confidence": p["confidence"], "intersection": n})
+            g["matched_pred"].append(
+                {"key": p["key"], "vert_count": num, "confidence": p["confidence"], "intersection": n}
+            )
             p["matched_gt"].append({"instance_id": g["instance_id"], "vert_count": g["vert_count"], "intersection": n})
         preds[c].append(p)
     return gts, preds, small, not_eval
@@ -246,7 +262,10 @@ def _class_ap(scenes: list[tuple[list[dict], list[dict]]], th: float, min_region
         y_true += [t for t, m in zip(cur_true, cur_match, strict=True) if m]
         y_score += [s for s, m in zip(cur_score, cur_match, strict=True) if m]
         for p in pred_list:
-            if any(m["intersection"] / (m["vert_count"] + p["vert_count"] - m["intersection"]) > th for m in p["matched_gt"]):
+            if any(
+                m["intersection"] / (m["vert_count"] + p["vert_count"] - m["intersection"]) > th
+                for m in p["matched_gt"]
+            ):
                 continue
             ignore = p["void_intersection"]
             for m in p["matched_gt"]:
@@ -290,7 +309,9 @@ def instance_ap(
         raise EvaluationError(f"min_region_size must be >= 0, got {min_region_size}")
     missing = sorted(set(preds) - set(gt))
     if missing:
-        raise EvaluationError(f"no ground truth for scenes {missing[:10]}; add <scene>.txt files or drop those predictions")
+        raise EvaluationError(
+            f"no ground truth for scenes {missing[:10]}; add <scene>.txt files or drop those predictions"
+        )
     per_class: dict[int, list[tuple[list[dict], list[dict]]]] = {c: [] for c in vocab.evaluated_ids}
     small = not_eval = 0
     scenes = sorted(preds)
@@ -309,9 +330,13 @@ def instance_ap(
     table = np.array([[_class_ap(per_class[c], t, min_region_size) for t in thresholds] for c in vocab.evaluated_ids])
     classes = []
     for row, c in zip(table, vocab.evaluated_ids, strict=True):
-        num_gt = sum(1 for gl, _ in per_class[c] for g in gl if g["instance_id"] >= 1000 and g["vert_count"] >= min_region_size)
+        num_gt = sum(
+            1 for gl, _ in per_class[c] for g in gl if g["instance_id"] >= 1000 and g["vert_count"] >= min_region_size
+        )
         num_pred = sum(len(pl) for _, pl in per_class[c])
-        classes.append(ClassAP(c, vocab.name_of(c), _nanmean(row[i_all]), _nanmean(row[i50]), _nanmean(row[i25]), num_gt, num_pred))
+        classes.append(
+            ClassAP(c, vocab.name_of(c), _nanmean(row[i_all]), _nanmean(row[i50]), _nanmean(row[i25]), num_gt, num_pred)
+        )
     splits = {}
     for split, names in vocab.splits.items():
         members = [x for x in classes if x.name in set(names)]

@@ -57,7 +57,11 @@ def semantic_labels(
     if fill not in ("none", "nearest"):
         raise EvaluationError(f"unknown fill {fill!r}; choose 'none' or 'nearest'")
     out = np.full(num_points, UNLABELLED, dtype=np.int64)
-    order = np.argsort(np.asarray(scores, dtype=np.float64), kind="stable") if scores is not None else range(len(class_indices))
+    order = (
+        np.argsort(np.asarray(scores, dtype=np.float64), kind="stable")
+        if scores is not None
+        else range(len(class_indices))
+    )
     for j in order:
         idx = np.asarray(point_indices[j], dtype=np.int64)
         if idx.size and (idx.min() < 0 or idx.max() >= num_points):
@@ -71,7 +75,7 @@ def semantic_labels(
             )
         labelled = out >= 0
         if labelled.any() and not labelled.all():
-            from scipy.spatial import cKDTree  # noqa: PLC0415
+            from scipy.spatial import cKDTree
 
             pts = np.asarray(points, dtype=np.float64)
             _, nn = cKDTree(pts[labelled]).query(pts[~labelled])
@@ -79,7 +83,9 @@ def semantic_labels(
     return out
 
 
-def semantic_labels_from_db_labels(labels: Iterable[Any], num_points: int, *, fill: Fill = "none", points: np.ndarray | None = None) -> np.ndarray:
+def semantic_labels_from_db_labels(
+    labels: Iterable[Any], num_points: int, *, fill: Fill = "none", points: np.ndarray | None = None
+) -> np.ndarray:
     """Per-point labels from ``db.label`` output (``label_index``, ``score``, ``point_indices``)."""
     labels = list(labels)
     return semantic_labels(
@@ -104,15 +110,20 @@ def semantic_gt(gt_ids: np.ndarray, vocabulary: Vocabulary) -> np.ndarray:
 
 def class_colors(num_classes: int) -> np.ndarray:
     """(num_classes, 3) uint8 distinct colours (golden-ratio hues), deterministic."""
-    import colorsys  # noqa: PLC0415
+    import colorsys
 
     return np.array(
-        [[int(255 * c) for c in colorsys.hsv_to_rgb((i * 0.618033988749895) % 1.0, 0.65, 0.95)] for i in range(num_classes)],
+        [
+            [int(255 * c) for c in colorsys.hsv_to_rgb((i * 0.618033988749895) % 1.0, 0.65, 0.95)]
+            for i in range(num_classes)
+        ],
         dtype=np.uint8,
     ).reshape(num_classes, 3)
 
 
-def save_semantic(path: str | Path, labels: np.ndarray, *, points: np.ndarray | None = None, num_classes: int | None = None) -> Path:
+def save_semantic(
+    path: str | Path, labels: np.ndarray, *, points: np.ndarray | None = None, num_classes: int | None = None
+) -> Path:
     """Write per-point labels: ``.npy`` (int64 array) or ``.ply`` (points coloured per class, unlabelled black,
     plus an int ``label`` vertex property)."""
     path = Path(path)
@@ -129,7 +140,18 @@ def save_semantic(path: str | Path, labels: np.ndarray, *, points: np.ndarray | 
     colors = np.zeros((len(labels), 3), dtype=np.uint8)
     ok = labels >= 0
     colors[ok] = class_colors(max(n_cls, 1))[labels[ok] % max(n_cls, 1)]
-    vertex = np.empty(len(labels), dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1"), ("label", "<i4")])
+    vertex = np.empty(
+        len(labels),
+        dtype=[
+            ("x", "<f4"),
+            ("y", "<f4"),
+            ("z", "<f4"),
+            ("red", "u1"),
+            ("green", "u1"),
+            ("blue", "u1"),
+            ("label", "<i4"),
+        ],
+    )
     pts = np.asarray(points, dtype=np.float32)
     vertex["x"], vertex["y"], vertex["z"] = pts[:, 0], pts[:, 1], pts[:, 2]
     vertex["red"], vertex["green"], vertex["blue"] = colors[:, 0], colors[:, 1], colors[:, 2]
@@ -166,7 +188,11 @@ class SemanticResult:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (nan becomes None)."""
         f = lambda x: None if x != x else round(float(x), 6)  # noqa: E731
-        return {"miou": f(self.miou), "num_points": self.num_points, "iou": {n: f(v) for n, v in self.per_class.items()}}
+        return {
+            "miou": f(self.miou),
+            "num_points": self.num_points,
+            "iou": {n: f(v) for n, v in self.per_class.items()},
+        }
 
 
 @dataclass(frozen=True)
@@ -187,8 +213,13 @@ class HIoUResult:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (nan becomes None)."""
         f = lambda x: None if x != x else round(float(x), 6)  # noqa: E731
-        return {"hiou": f(self.hiou), "base_miou": f(self.base_miou), "novel_miou": f(self.novel_miou),
-                "novel": list(self.novel), **self.semantic.to_dict()}
+        return {
+            "hiou": f(self.hiou),
+            "base_miou": f(self.base_miou),
+            "novel_miou": f(self.novel_miou),
+            "novel": list(self.novel),
+            **self.semantic.to_dict(),
+        }
 
 
 def _pairs(pred, gt) -> list[tuple[str, np.ndarray, np.ndarray]]:
@@ -234,7 +265,9 @@ def semantic_miou(
         keep = g != ignore
         bad = keep & ((g < 0) | (g >= c))
         if bad.any():
-            raise EvaluationError(f"{'scene ' + s + ': ' if s else ''}ground truth has class index {int(g[bad][0])} outside 0..{c - 1}")
+            raise EvaluationError(
+                f"{'scene ' + s + ': ' if s else ''}ground truth has class index {int(g[bad][0])} outside 0..{c - 1}"
+            )
         p, g = p[keep], g[keep]
         n += len(g)
         valid = (p >= 0) & (p < c)
@@ -250,14 +283,15 @@ def semantic_miou(
     return SemanticResult(miou, tuple(float(x) for x in iou), names, n)
 
 
-
 def load_class_split(path: str | Path) -> tuple[str, ...]:
     """Novel class names from a JSON list or a text file (one name per line, ``#`` comments)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise EvaluationError(f"{path}: cannot read the class split ({exc}); give a JSON list or one name per line") from exc
+        raise EvaluationError(
+            f"{path}: cannot read the class split ({exc}); give a JSON list or one name per line"
+        ) from exc
     if path.suffix.lower() == ".json":
         try:
             names = json.loads(text)

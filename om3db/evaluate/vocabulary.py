@@ -35,7 +35,9 @@ class Vocabulary:
 
     def __post_init__(self) -> None:
         if len(self.ids) != len(self.names):
-            raise EvaluationError(f"vocabulary has {len(self.ids)} ids but {len(self.names)} names; give one id per name")
+            raise EvaluationError(
+                f"vocabulary has {len(self.ids)} ids but {len(self.names)} names; give one id per name"
+            )
         if not self.ids:
             raise EvaluationError("vocabulary is empty; give at least one class")
         if len(set(self.ids)) != len(self.ids):
@@ -102,7 +104,9 @@ def _load_vocabulary(spec: str | Path) -> Vocabulary:
     if path.is_dir() and (path / "gt" / "classes.json").is_file():
         path = path / "gt" / "classes.json"
     if not path.is_file():
-        raise EvaluationError(f"{path}: vocabulary file not found; give 'scannet200', a classes.json or a text file of names")
+        raise EvaluationError(
+            f"{path}: vocabulary file not found; give 'scannet200', a classes.json or a text file of names"
+        )
     text = path.read_text(encoding="utf-8")
     if path.suffix.lower() == ".json":
         try:
@@ -126,7 +130,9 @@ def load_gt_file(path: str | Path) -> np.ndarray:
     if values.ndim != 1:
         raise EvaluationError(f"{path}: ground truth has {values.ndim} columns; expected one integer per line")
     if (values < 0).any():
-        raise EvaluationError(f"{path}: ground truth has negative ids; expected label_id*1000 + instance + 1, 0 unlabelled")
+        raise EvaluationError(
+            f"{path}: ground truth has negative ids; expected label_id*1000 + instance + 1, 0 unlabelled"
+        )
     return values
 
 
@@ -137,7 +143,9 @@ def load_gt(path: str | Path) -> dict[str, np.ndarray]:
     if path.is_file():
         return {path.stem: load_gt_file(path)}
     if not path.is_dir():
-        raise EvaluationError(f"{path}: ground truth not found; give a folder of <scene>.txt files or of scans with gt/")
+        raise EvaluationError(
+            f"{path}: ground truth not found; give a folder of <scene>.txt files or of scans with gt/"
+        )
     if (path / "gt" / "instances.txt").is_file():
         return {path.name: load_gt_file(path / "gt" / "instances.txt")}
     out = {p.stem: load_gt_file(p) for p in sorted(path.glob("*.txt"))}

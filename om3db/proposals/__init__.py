@@ -14,9 +14,10 @@ docs/proposals.md.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Literal
 
 import numpy as np
 
@@ -126,7 +127,7 @@ def scan_superpoints(scan, config: ProposalConfig = ProposalConfig()) -> np.ndar
     """(N,) int32 superpoints of the scan (its PLY faces as the graph when ``config.use_mesh``)."""
     mesh = None
     if config.use_mesh:
-        from .._o3d import open3d  # noqa: PLC0415
+        from .._o3d import open3d
 
         o3d = open3d()
         with o3d.utility.VerbosityContextManager(o3d.utility.VerbosityLevel.Error):
@@ -134,8 +135,11 @@ def scan_superpoints(scan, config: ProposalConfig = ProposalConfig()) -> np.ndar
         if not mesh.has_triangles():
             mesh = None
         elif len(mesh.vertices) != scan.num_points:
-            raise ScanError(scan.ply_path, f"mesh has {len(mesh.vertices)} vertices but the scan has {scan.num_points} points",
-                            "The PLY's vertices must be the scene points")
+            raise ScanError(
+                scan.ply_path,
+                f"mesh has {len(mesh.vertices)} vertices but the scan has {scan.num_points} points",
+                "The PLY's vertices must be the scene points",
+            )
     return superpoints(scan.points, scan.colors, mesh=mesh, config=config.superpoints)
 
 
@@ -144,8 +148,13 @@ def _observe(scan, source, config: ProposalConfig, progress: Progress | None) ->
     return observe(scan, source, vis_threshold=config.vis_threshold, depth=mode, progress=progress), mode
 
 
-def propose(scan, *, config: ProposalConfig = ProposalConfig(), source: MaskSource2D | None = None,
-            progress: Progress | None = None) -> Proposals:
+def propose(
+    scan,
+    *,
+    config: ProposalConfig = ProposalConfig(),
+    source: MaskSource2D | None = None,
+    progress: Progress | None = None,
+) -> Proposals:
     """Class-agnostic 3D instances of ``scan`` from superpoints and the 2D masks of ``source``.
 
     A scan where no point is visible in any frame, or whose frames hold no 2D masks, gives zero
@@ -186,12 +195,20 @@ def propose(scan, *, config: ProposalConfig = ProposalConfig(), source: MaskSour
     return Proposals(res.masks, res.scores, info, res.superpoints)
 
 
-def refine_masks(scan, masks: np.ndarray, *, source: MaskSource2D | None = None, superpoints: np.ndarray | None = None,
-                 config: ProposalConfig = ProposalConfig()) -> np.ndarray:
+def refine_masks(
+    scan,
+    masks: np.ndarray,
+    *,
+    source: MaskSource2D | None = None,
+    superpoints: np.ndarray | None = None,
+    config: ProposalConfig = ProposalConfig(),
+) -> np.ndarray:
     """MOSS: (N, M) bool masks grown / trimmed with the superpoints their 2D masks cover."""
     m = np.asarray(masks)
     if m.ndim != 2 or m.shape[0] != scan.num_points:
-        raise ConfigError(f"refine_masks: masks must be ({scan.num_points}, M) for scan {scan.name!r}, got shape {m.shape}")
+        raise ConfigError(
+            f"refine_masks: masks must be ({scan.num_points}, M) for scan {scan.name!r}, got shape {m.shape}"
+        )
     sp = scan_superpoints(scan, config) if superpoints is None else np.asarray(superpoints, dtype=np.int32)
     if sp.shape != (scan.num_points,):
         raise ConfigError(f"refine_masks: superpoints must be ({scan.num_points},), got shape {sp.shape}")

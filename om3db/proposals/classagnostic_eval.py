@@ -47,8 +47,14 @@ def _ap(y_true: np.ndarray, y_score: np.ndarray, hard_fn: int) -> float:
     return float(np.dot(precision, np.convolve(r, [-0.5, 0, 0.5], "valid")))
 
 
-def classagnostic_ap(pred_masks: np.ndarray, pred_scores: np.ndarray, gt_ids: np.ndarray, *,
-                     min_region_size: int = 100, ignore_labels: tuple[int, ...] = ()) -> dict[str, float]:
+def classagnostic_ap(
+    pred_masks: np.ndarray,
+    pred_scores: np.ndarray,
+    gt_ids: np.ndarray,
+    *,
+    min_region_size: int = 100,
+    ignore_labels: tuple[int, ...] = (),
+) -> dict[str, float]:
     """``{"ap", "ap50", "ap25", "num_gt", "num_pred"}`` for (N, M) bool masks, (M,) scores, (N,) GT ids.
 
     ignore_labels: semantic labels (``gt_id // 1000``) treated as unlabelled, e.g. ``(1, 2)`` for

@@ -89,9 +89,11 @@ def _pair_counts(sp: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.nda
     return (uk >> 32).astype(np.int64), (uk & 0xFFFFFFFF).astype(np.int64), cnt
 
 
-def split_superpoints(points: np.ndarray, sp: np.ndarray, obs: Observations, config: LiftConfig) -> tuple[np.ndarray, int]:
+def split_superpoints(
+    points: np.ndarray, sp: np.ndarray, obs: Observations, config: LiftConfig
+) -> tuple[np.ndarray, int]:
     """Cut superpoints that straddle a 2D instance boundary; returns new ids (N,) int32 and the number of cuts."""
-    from scipy.spatial import cKDTree  # noqa: PLC0415
+    from scipy.spatial import cKDTree
 
     sp = sp.astype(np.int64).copy()
     next_id = int(sp.max(initial=-1)) + 1
@@ -124,8 +126,8 @@ def split_superpoints(points: np.ndarray, sp: np.ndarray, obs: Observations, con
 
 
 def _components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    from scipy.sparse import coo_matrix  # noqa: PLC0415
-    from scipy.sparse.csgraph import connected_components  # noqa: PLC0415
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
 
     g = coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(n, n))
     return connected_components(g, directed=False)[1]
@@ -133,7 +135,7 @@ def _components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def lift(points: np.ndarray, sp: np.ndarray, obs: Observations, config: LiftConfig = LiftConfig()) -> LiftResult:
     """3D instances from per-frame 2D observations and (N,) int32 superpoints."""
-    from scipy.sparse import csr_matrix  # noqa: PLC0415
+    from scipy.sparse import csr_matrix
 
     n = points.shape[0]
     sp, cuts = split_superpoints(points, sp, obs, config)

@@ -56,7 +56,7 @@ class DiskMasks:
         return None
 
     def masks(self, scan, frame) -> np.ndarray:
-        from PIL import Image, UnidentifiedImageError  # noqa: PLC0415
+        from PIL import Image, UnidentifiedImageError
 
         root = Path(scan.path) / self.folder
         path = self._path(scan, frame.frame_id)
@@ -71,11 +71,19 @@ class DiskMasks:
         except (UnidentifiedImageError, OSError) as exc:
             raise ScanError(path, f"not a readable image ({exc})", _DISK_FIX) from exc
         if arr.ndim != 2 or arr.dtype.kind not in "iub":
-            raise ScanError(path, f"2D mask must be a single-channel integer image, got shape {arr.shape} dtype {arr.dtype}", _DISK_FIX)
+            raise ScanError(
+                path,
+                f"2D mask must be a single-channel integer image, got shape {arr.shape} dtype {arr.dtype}",
+                _DISK_FIX,
+            )
         sizes = {(intr_c.height, intr_c.width), (intr_d.height, intr_d.width)}
         if arr.shape not in sizes:
-            raise ScanError(path, f"2D mask size {arr.shape[1]}x{arr.shape[0]} matches neither the colour "
-                            f"({intr_c.width}x{intr_c.height}) nor the depth ({intr_d.width}x{intr_d.height}) frames", _DISK_FIX)
+            raise ScanError(
+                path,
+                f"2D mask size {arr.shape[1]}x{arr.shape[0]} matches neither the colour "
+                f"({intr_c.width}x{intr_c.height}) nor the depth ({intr_d.width}x{intr_d.height}) frames",
+                _DISK_FIX,
+            )
         return arr.astype(np.int32)
 
 
@@ -145,7 +153,9 @@ class SamAutomaticMasks:
         h, w = image.shape[:2]
         self.predictor.set_image(image)
         grid = point_grid(w, h, self.points_per_side)
-        masks, iou = self.predictor.predict_batch(grid[:, None, :], np.ones((len(grid), 1), dtype=np.int64), chunk=self.batch)
+        masks, iou = self.predictor.predict_batch(
+            grid[:, None, :], np.ones((len(grid), 1), dtype=np.int64), chunk=self.batch
+        )
         masks = np.asarray(masks, dtype=bool)
         iou = np.asarray(iou, dtype=np.float32)
         ok = (iou >= self.pred_iou_threshold) & (masks.reshape(len(masks), -1).sum(axis=1) >= self.min_area)

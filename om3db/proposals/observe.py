@@ -8,8 +8,9 @@ resolution (the colour intrinsics are rescaled per axis to the map's size).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import Literal
 
 import numpy as np
 
@@ -45,7 +46,9 @@ class Observations:
     """Frames where no scene point passes the depth test."""
 
 
-def _labels_at(points: np.ndarray, idx: np.ndarray, pix: np.ndarray, frame, scan, depth_shape: tuple[int, int], ids: np.ndarray) -> np.ndarray:
+def _labels_at(
+    points: np.ndarray, idx: np.ndarray, pix: np.ndarray, frame, scan, depth_shape: tuple[int, int], ids: np.ndarray
+) -> np.ndarray:
     if ids.shape == depth_shape:
         return ids.reshape(-1)[pix]
     h, w = ids.shape
@@ -56,8 +59,15 @@ def _labels_at(points: np.ndarray, idx: np.ndarray, pix: np.ndarray, frame, scan
     return ids[vi, ui]
 
 
-def observe(scan, source, *, vis_threshold: float = 0.2, depth: DepthMode = "sensor", renderer=None,
-            progress: Progress | None = None) -> Observations:
+def observe(
+    scan,
+    source,
+    *,
+    vis_threshold: float = 0.2,
+    depth: DepthMode = "sensor",
+    renderer=None,
+    progress: Progress | None = None,
+) -> Observations:
     """Observe every usable frame of ``scan`` through the 2D mask ``source``.
 
     ``depth="rendered"`` renders depth from the scan's mesh / points instead of reading sensor depth
@@ -68,7 +78,7 @@ def observe(scan, source, *, vis_threshold: float = 0.2, depth: DepthMode = "sen
     if depth not in ("sensor", "rendered"):
         raise ConfigError(f"depth must be 'sensor' or 'rendered', got {depth!r}")
     if depth == "rendered" and renderer is None:
-        from .render import renderer_for_scan  # noqa: PLC0415
+        from .render import renderer_for_scan
 
         renderer = renderer_for_scan(scan)
     intr = scan.depth_intrinsics
@@ -80,8 +90,12 @@ def observe(scan, source, *, vis_threshold: float = 0.2, depth: DepthMode = "sen
         idx, pix = visible_points_in_frame(scan.points, frame.world_to_camera, d, fintr, vis_threshold)
         ids = np.asarray(source.masks(scan, frame))
         if ids.ndim != 2:
-            raise ScanError(scan.path, f"2D mask source {getattr(source, 'name', source)!r} returned shape {ids.shape} "
-                            f"for frame {frame.frame_id}", "A 2D mask map must be (h, w) integer ids")
+            raise ScanError(
+                scan.path,
+                f"2D mask source {getattr(source, 'name', source)!r} returned shape {ids.shape} "
+                f"for frame {frame.frame_id}",
+                "A 2D mask map must be (h, w) integer ids",
+            )
         if not ids.any():
             no_masks += 1
         if len(idx) == 0:

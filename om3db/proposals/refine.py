@@ -41,14 +41,20 @@ class RefineConfig:
             raise ConfigError(f"RefineConfig.min_visible_points must be >= 1, got {self.min_visible_points}")
 
 
-def refine_with_observations(masks: np.ndarray, sp: np.ndarray, obs: Observations, config: RefineConfig = RefineConfig()) -> np.ndarray:
+def refine_with_observations(
+    masks: np.ndarray, sp: np.ndarray, obs: Observations, config: RefineConfig = RefineConfig()
+) -> np.ndarray:
     """(N, M) bool refined masks from (N, M) bool masks, (N,) superpoints and per-frame observations."""
     m_in = np.asarray(masks, dtype=bool)
     n, m_count = m_in.shape
     s_count = int(sp.max(initial=-1)) + 1
     sp_size = np.bincount(sp, minlength=s_count)
     # original membership per superpoint: majority of its points
-    frac = np.stack([np.bincount(sp, weights=m_in[:, j], minlength=s_count) for j in range(m_count)], axis=1) if m_count else np.zeros((s_count, 0))
+    frac = (
+        np.stack([np.bincount(sp, weights=m_in[:, j], minlength=s_count) for j in range(m_count)], axis=1)
+        if m_count
+        else np.zeros((s_count, 0))
+    )
     base = frac > 0.5 * sp_size[:, None]
     votes_in = np.zeros((s_count, m_count), dtype=np.int32)
     votes_all = np.zeros((s_count, m_count), dtype=np.int32)

@@ -22,9 +22,13 @@ MAX_SPLAT_RADIUS = 4
 class DepthRenderer:
     """Renders (h, w) float32 z-depth in metres (0 = nothing hit) for a camera pose and intrinsics."""
 
-    def __init__(self, vertices: np.ndarray, triangles: np.ndarray | None = None, *, spacing: float | None = None) -> None:
+    def __init__(
+        self, vertices: np.ndarray, triangles: np.ndarray | None = None, *, spacing: float | None = None
+    ) -> None:
         self.vertices = np.ascontiguousarray(vertices, dtype=np.float32)
-        self.triangles = None if triangles is None or len(triangles) == 0 else np.ascontiguousarray(triangles, dtype=np.uint32)
+        self.triangles = (
+            None if triangles is None or len(triangles) == 0 else np.ascontiguousarray(triangles, dtype=np.uint32)
+        )
         self._scene = None
         self._spacing = spacing
 
@@ -34,7 +38,7 @@ class DepthRenderer:
 
     def _raycasting_scene(self):
         if self._scene is None:
-            from .._o3d import open3d  # noqa: PLC0415
+            from .._o3d import open3d
 
             o3d = open3d()
             scene = o3d.t.geometry.RaycastingScene()
@@ -46,7 +50,7 @@ class DepthRenderer:
     def spacing(self) -> float:
         """Median nearest-neighbour distance of the points (metres), the splat size."""
         if self._spacing is None:
-            from scipy.spatial import cKDTree  # noqa: PLC0415
+            from scipy.spatial import cKDTree
 
             pts = self.vertices
             sample = pts[:: max(1, len(pts) // 20000)]
@@ -67,7 +71,7 @@ class DepthRenderer:
         return self._render_points(pose, intr)
 
     def _render_mesh(self, pose: np.ndarray, intr: Intrinsics) -> np.ndarray:
-        from .._o3d import open3d  # noqa: PLC0415
+        from .._o3d import open3d
 
         o3d = open3d()
         rays = o3d.t.geometry.RaycastingScene.create_rays_pinhole(
@@ -107,7 +111,7 @@ class DepthRenderer:
 
 def renderer_for_scan(scan) -> DepthRenderer:
     """A renderer over the scan's PLY: its faces when it has any, else its points."""
-    from .._o3d import open3d  # noqa: PLC0415
+    from .._o3d import open3d
 
     o3d = open3d()
     # a point-cloud PLY makes open3d warn on stdout that the mesh has no triangles: expected here
@@ -116,8 +120,11 @@ def renderer_for_scan(scan) -> DepthRenderer:
     tris = np.asarray(mesh.triangles)
     verts = np.asarray(mesh.vertices, dtype=np.float32)
     if len(tris) and len(verts) != scan.num_points:
-        raise ScanError(scan.ply_path, f"mesh has {len(verts)} vertices but the scan has {scan.num_points} points",
-                        "The PLY's vertices must be the scene points")
+        raise ScanError(
+            scan.ply_path,
+            f"mesh has {len(verts)} vertices but the scan has {scan.num_points} points",
+            "The PLY's vertices must be the scene points",
+        )
     if len(tris) == 0:
         verts = scan.points
     return DepthRenderer(verts, tris if len(tris) else None)
@@ -137,7 +144,7 @@ class FrameDepthRenderer:
 
     def renderer(self) -> DepthRenderer:
         if self._renderer is None:
-            from .._o3d import open3d  # noqa: PLC0415
+            from .._o3d import open3d
 
             o3d = open3d()
             with o3d.utility.VerbosityContextManager(o3d.utility.VerbosityLevel.Error):

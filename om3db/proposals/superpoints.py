@@ -45,7 +45,7 @@ class SuperpointConfig:
 
 def _knn(points: np.ndarray, k: int) -> np.ndarray:
     """(N, k) int64 indices of each point's k nearest other points (fewer points: padded with self)."""
-    from scipy.spatial import cKDTree  # noqa: PLC0415
+    from scipy.spatial import cKDTree
 
     n = points.shape[0]
     kk = min(k + 1, n)
@@ -70,7 +70,9 @@ def estimate_normals(points: np.ndarray, *, knn: int = 8) -> np.ndarray:
     return (normals / np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 
-def graph_edges(num_points: int, *, points: np.ndarray | None = None, triangles: np.ndarray | None = None, knn: int = 8) -> np.ndarray:
+def graph_edges(
+    num_points: int, *, points: np.ndarray | None = None, triangles: np.ndarray | None = None, knn: int = 8
+) -> np.ndarray:
     """(E, 2) int64 undirected edges (a < b), unique: mesh edges when ``triangles`` is given, else kNN."""
     if triangles is not None and len(triangles):
         t = np.asarray(triangles, dtype=np.int64)

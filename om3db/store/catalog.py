@@ -44,7 +44,7 @@ def _checkpoint(stage: str) -> None:
 
 
 def _faiss_threads(n: int) -> None:
-    import faiss  # noqa: PLC0415
+    import faiss
 
     faiss.omp_set_num_threads(n)
 
@@ -53,9 +53,9 @@ def _faiss_threads(n: int) -> None:
 def _bump_statements():
     """Built once (statement construction cost more than running it): bump the generation of the
     spaces ``:ids``, the same returning the rows, and read the rows."""
-    from sqlalchemy import bindparam, select, update  # noqa: PLC0415
+    from sqlalchemy import bindparam, select, update
 
-    from .models import SpaceRow  # noqa: PLC0415
+    from .models import SpaceRow
 
     table = SpaceRow.__table__
     ids = table.c.id.in_(bindparam("ids", expanding=True))
@@ -66,9 +66,9 @@ def _bump_statements():
 @functools.cache
 def _scan_statements():
     """Built once: find a scan's id by ``:name``; insert a scan row."""
-    from sqlalchemy import bindparam, insert, select  # noqa: PLC0415
+    from sqlalchemy import bindparam, insert, select
 
-    from .models import ScanRow  # noqa: PLC0415
+    from .models import ScanRow
 
     table = ScanRow.__table__
     return select(table.c.id).where(table.c.name == bindparam("name")), insert(table)
@@ -76,14 +76,20 @@ def _scan_statements():
 
 def _mode_message(root, kept: bool, keep: bool) -> str:
     have = "keeps per-view vectors" if kept else "stores instance vectors only"
-    return (f"{root}: this database {have} (IngestConfig.view_vectors={kept}), this ingest uses "
-            f"view_vectors={keep}. The choice is per database: ingest with view_vectors={kept}, or use another --db")
+    return (
+        f"{root}: this database {have} (IngestConfig.view_vectors={kept}), this ingest uses "
+        f"view_vectors={keep}. The choice is per database: ingest with view_vectors={kept}, or use another --db"
+    )
 
 
 def identity_matches(stored: EncoderIdentity, other: EncoderIdentity) -> bool:
     """Same weights and recipe. A content hash revision is authoritative over the path it was loaded from."""
     same = (stored.revision, stored.dim, stored.normalization, stored.preprocessing) == (
-        other.revision, other.dim, other.normalization, other.preprocessing)
+        other.revision,
+        other.dim,
+        other.normalization,
+        other.preprocessing,
+    )
     if not stored.revision.startswith("sha256:"):
         same = same and stored.model_id == other.model_id
     return same
@@ -102,12 +108,14 @@ class Store:
         ivf_threshold: int = DEFAULT_IVF_THRESHOLD,
         use_gpu: bool | None = None,
     ) -> None:
-        from .schema import check_schema, make_engine  # noqa: PLC0415
+        from .schema import check_schema, make_engine
 
         self.root = Path(root)
         if not self.root.exists():
             if not create:
-                raise NotFoundError(f"{self.root}: no om3db database here. Create one with om3db ingest --db {self.root}")
+                raise NotFoundError(
+                    f"{self.root}: no om3db database here. Create one with om3db ingest --db {self.root}"
+                )
             self.root.mkdir(parents=True)
         elif not self.root.is_dir():
             raise StoreError(f"{self.root}: is a file, not a database folder. Pass a folder to --db")
@@ -148,7 +156,7 @@ class Store:
                 self.lock.release()
 
     def session(self):
-        from sqlalchemy.orm import Session  # noqa: PLC0415
+        from sqlalchemy.orm import Session
 
         return Session(self.engine, expire_on_commit=False)
 
@@ -171,9 +179,9 @@ class Store:
         return self.root / "indexes" / f"{name}.{level}.faiss"
 
     def spaces(self) -> list:
-        from sqlalchemy import select  # noqa: PLC0415
+        from sqlalchemy import select
 
-        from .models import SpaceRow  # noqa: PLC0415
+        from .models import SpaceRow
 
         with self.session() as s:
             return list(s.scalars(select(SpaceRow).order_by(SpaceRow.name, SpaceRow.level)))
@@ -187,7 +195,8 @@ class Store:
             raise ConfigError(
                 f"{self.root}: stores instance vectors only (ingested with IngestConfig.view_vectors=False), so "
                 f"the {name!r} space cannot serve aggregation='max'. Use aggregation='mean', or ingest into another "
-                "--db with view_vectors=True")
+                "--db with view_vectors=True"
+            )
         known = sorted({r.name for r in rows})
         raise NotFoundError(
             f"{self.root}: no {level}-level vector space {name!r} (spaces here: {', '.join(known) or 'none'}). "
@@ -198,19 +207,24 @@ class Store:
     def identity_of(row) -> EncoderIdentity:
         return EncoderIdentity(row.model_id, row.revision, row.dim, row.normalization, row.preprocessing)
 
-    def stored_vectors(self, space_row, *, instance_ids: Iterable[int] | None = None,
-                       dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
+    def stored_vectors(
+        self, space_row, *, instance_ids: Iterable[int] | None = None, dtype=np.float32
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(N, D) vectors and (N,) int64 FAISS ids of a space, from SQLite (ready scans only).
 
         instance_ids: only these instances' vectors (view spaces: their inlier views). Only the blocks
         of the scans holding them are read. dtype: float32, or float16 for the stored values as they are.
         """
-        from sqlalchemy import select  # noqa: PLC0415
+        from sqlalchemy import select
 
-        from .models import InstanceRow, ScanRow, VectorBlock  # noqa: PLC0415
+        from .models import InstanceRow, ScanRow, VectorBlock
 
-        q = select(VectorBlock.ids, VectorBlock.data).join(ScanRow, ScanRow.id == VectorBlock.scan_id).where(
-            VectorBlock.space_id == space_row.id, ScanRow.status == "ready").order_by(VectorBlock.id)
+        q = (
+            select(VectorBlock.ids, VectorBlock.data)
+            .join(ScanRow, ScanRow.id == VectorBlock.scan_id)
+            .where(VectorBlock.space_id == space_row.id, ScanRow.status == "ready")
+            .order_by(VectorBlock.id)
+        )
         wanted = None
         if instance_ids is not None:
             wanted = np.unique(np.asarray(list(instance_ids), dtype=np.int64))
@@ -230,7 +244,7 @@ class Store:
         return VectorIndex.build(vecs, ids, ivf_threshold=self.ivf_threshold, use_gpu=self.use_gpu, dim=space_row.dim)
 
     def _record_choice(self, space_row, index: VectorIndex) -> None:
-        from .models import SpaceRow  # noqa: PLC0415
+        from .models import SpaceRow
 
         with self.session() as s, s.begin():
             row = s.get(SpaceRow, space_row.id)
@@ -260,8 +274,12 @@ class Store:
             log = log_path(path)
             size = log.stat().st_size if log.exists() else 0
             grow = sum(s.nbytes() for s in steps)
-            if (head is not None and head.get("generation") == base_gen and size >= end
-                    and end + grow <= self.log_fraction * path.stat().st_size):
+            if (
+                head is not None
+                and head.get("generation") == base_gen
+                and size >= end
+                and end + grow <= self.log_fraction * path.stat().st_size
+            ):
                 end = append_steps(log, steps, index.dim, at=end)
                 self._disk[key] = (base_gen, end, generation)
                 return
@@ -300,8 +318,10 @@ class Store:
             self._steps.pop(key, None)
             self._disk.pop(key, None)
         if error is not None:
-            raise StoreError(f"{self.root}: adding vectors to the in-memory indexes of {sorted(keys)} failed ({error}); "
-                             "the rows are committed and the indexes will be rebuilt from SQLite") from error
+            raise StoreError(
+                f"{self.root}: adding vectors to the in-memory indexes of {sorted(keys)} failed ({error}); "
+                "the rows are committed and the indexes will be rebuilt from SQLite"
+            ) from error
 
     def _add_later(self, work: list[tuple[tuple[str, str], VectorIndex, np.ndarray, np.ndarray]]) -> None:
         """Run these index adds on the worker thread: FAISS releases the GIL, so the list assignment of
@@ -309,11 +329,15 @@ class Store:
         if not work:
             return
         if self._worker is None or self._worker[0] != os.getpid():  # (a forked child has no worker thread)
-            from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+            from concurrent.futures import ThreadPoolExecutor
 
             # one OpenMP thread on the worker (a per-thread setting): the other core runs the writer
-            self._worker = (os.getpid(), ThreadPoolExecutor(max_workers=1, thread_name_prefix="om3db-faiss-add",
-                                                            initializer=_faiss_threads, initargs=(1,)))
+            self._worker = (
+                os.getpid(),
+                ThreadPoolExecutor(
+                    max_workers=1, thread_name_prefix="om3db-faiss-add", initializer=_faiss_threads, initargs=(1,)
+                ),
+            )
 
         def run() -> None:
             for _, index, vectors, ids in work:
@@ -428,9 +452,9 @@ class Store:
         return rebuilt
 
     def _count(self, space_row) -> int:
-        from sqlalchemy import func, select  # noqa: PLC0415
+        from sqlalchemy import func, select
 
-        from .models import ScanRow, VectorBlock  # noqa: PLC0415
+        from .models import ScanRow, VectorBlock
 
         q = select(func.coalesce(func.sum(VectorBlock.count), 0)).join(ScanRow, ScanRow.id == VectorBlock.scan_id)
         q = q.where(VectorBlock.space_id == space_row.id, ScanRow.status == "ready")
@@ -464,9 +488,9 @@ class Store:
             raise ConfigError(_mode_message(self.root, kept, bool(keep)))
 
     def _ensure_spaces(self, s, encoders: dict[str, EncoderIdentity], keep_views: bool) -> list:
-        from sqlalchemy import func, select  # noqa: PLC0415
+        from sqlalchemy import func, select
 
-        from .models import SpaceRow, VectorBlock  # noqa: PLC0415
+        from .models import SpaceRow, VectorBlock
 
         # the common case, every space there with the same encoder: plain rows, no ORM objects (this runs
         # once per scan, and ORM loading cost as much as writing 40 instances; docs/benchmarks.md)
@@ -484,10 +508,18 @@ class Store:
             ident = encoders[name]
             row = existing.get((name, level))
             if row is None:
-                row = SpaceRow(name=name, level=level, model_id=ident.model_id, revision=ident.revision,
-                               dim=ident.dim, normalization=ident.normalization,
-                               preprocessing=ident.preprocessing, index_kind="flat", index_params={},
-                               generation=0)
+                row = SpaceRow(
+                    name=name,
+                    level=level,
+                    model_id=ident.model_id,
+                    revision=ident.revision,
+                    dim=ident.dim,
+                    normalization=ident.normalization,
+                    preprocessing=ident.preprocessing,
+                    index_kind="flat",
+                    index_params={},
+                    generation=0,
+                )
                 s.add(row)
                 s.flush()
             elif not identity_matches(self.identity_of(row), ident):
@@ -504,12 +536,14 @@ class Store:
 
     def _delete_scan_rows(self, s, scan_id: int) -> dict[int, np.ndarray]:
         """Delete a scan (cascades); returns space id -> the FAISS ids that left that space."""
-        from sqlalchemy import delete, select  # noqa: PLC0415
+        from sqlalchemy import delete, select
 
-        from .models import ScanRow, VectorBlock  # noqa: PLC0415
+        from .models import ScanRow, VectorBlock
 
         parts: dict[int, list[bytes]] = {}
-        for space_id, ids in s.execute(select(VectorBlock.space_id, VectorBlock.ids).where(VectorBlock.scan_id == scan_id)):
+        for space_id, ids in s.execute(
+            select(VectorBlock.space_id, VectorBlock.ids).where(VectorBlock.scan_id == scan_id)
+        ):
             parts.setdefault(space_id, []).append(ids)
         s.execute(delete(ScanRow).where(ScanRow.id == scan_id))
         return {k: np.frombuffer(b"".join(v), dtype="<i8").astype(np.int64) for k, v in parts.items()}
@@ -547,10 +581,18 @@ class Store:
                 old = s.execute(find_scan, {"name": result.scan}).scalar()
                 gone = self._delete_scan_rows(s, old) if old is not None else {}
                 # written 'ready': the scan's rows become visible to readers only with the commit
-                scan_id = s.execute(insert_scan, {
-                    "name": result.scan, "path": str(result.scan_path), "fingerprint": result.fingerprint,
-                    "frame_count": int(result.frame_count), "num_points": int(result.num_points),
-                    "settings": settings, "status": "ready"}).inserted_primary_key[0]
+                scan_id = s.execute(
+                    insert_scan,
+                    {
+                        "name": result.scan,
+                        "path": str(result.scan_path),
+                        "fingerprint": result.fingerprint,
+                        "frame_count": int(result.frame_count),
+                        "num_points": int(result.num_points),
+                        "settings": settings,
+                        "status": "ready",
+                    },
+                ).inserted_primary_key[0]
                 conn = s.connection()
                 raw = self.raw_sqlite and conn.dialect.name == "sqlite"
                 added = (write_rows_sqlite if raw else write_rows_core)(conn, scan_id, batch, spaces)
@@ -607,15 +649,17 @@ class Store:
 
     def remove_scan(self, name: str) -> int:
         """Delete a scan, its instances and vectors; returns the number of instances removed."""
-        from sqlalchemy import func, select  # noqa: PLC0415
+        from sqlalchemy import func, select
 
-        from .models import InstanceRow, ScanRow  # noqa: PLC0415
+        from .models import InstanceRow, ScanRow
 
         with self.lock:
             with self.session() as s, s.begin():
                 row = s.scalars(select(ScanRow).where(ScanRow.name == name)).first()
                 if row is None:
-                    raise NotFoundError(f"{self.root}: no scan named {name!r}. List scans with: om3db scans --db {self.root}")
+                    raise NotFoundError(
+                        f"{self.root}: no scan named {name!r}. List scans with: om3db scans --db {self.root}"
+                    )
                 count = s.scalar(select(func.count(InstanceRow.id)).where(InstanceRow.scan_id == row.id))
                 gone = self._delete_scan_rows(s, row.id)
                 touched = self._bump(s, set(gone))

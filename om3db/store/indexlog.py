@@ -58,8 +58,9 @@ def _encode(step: Step, dim: int) -> bytes:
     ids = np.ascontiguousarray(step.added_ids, dtype="<i8")
     vecs = np.ascontiguousarray(step.added, dtype="<f2").reshape(len(ids), dim)
     payload = removed.tobytes() + ids.tobytes() + vecs.tobytes()
-    head = _HEAD.pack(_MAGIC, step.from_generation, step.to_generation, len(removed), len(ids), dim,
-                      zlib.crc32(payload))
+    head = _HEAD.pack(
+        _MAGIC, step.from_generation, step.to_generation, len(removed), len(ids), dim, zlib.crc32(payload)
+    )
     return head + payload
 
 

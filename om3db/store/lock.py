@@ -38,7 +38,7 @@ class WriterLock:
 
     def try_acquire(self) -> bool:
         """Take the lock without waiting; False when another process holds it."""
-        import fcntl  # noqa: PLC0415
+        import fcntl
 
         if self._fd is not None:
             self._depth += 1
@@ -67,7 +67,7 @@ class WriterLock:
             time.sleep(0.05)
 
     def release(self) -> None:
-        import fcntl  # noqa: PLC0415
+        import fcntl
 
         if self._fd is None:
             return

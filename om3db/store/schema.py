@@ -11,7 +11,7 @@ __all__ = ["make_engine", "current_revision", "head_revision", "upgrade", "downg
 
 def make_engine(url: str):
     """A SQLAlchemy engine; SQLite connections get WAL, foreign keys and a busy timeout."""
-    from sqlalchemy import create_engine, event  # noqa: PLC0415
+    from sqlalchemy import create_engine, event
 
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 60})
@@ -32,7 +32,7 @@ def make_engine(url: str):
 
 
 def _config(connection):
-    from alembic.config import Config  # noqa: PLC0415
+    from alembic.config import Config
 
     cfg = Config()
     cfg.set_main_option("script_location", str(Path(__import__("om3db.migrations").migrations.__file__).parent))
@@ -42,14 +42,14 @@ def _config(connection):
 
 def head_revision() -> str:
     """The newest migration shipped with this version of om3db."""
-    from alembic.script import ScriptDirectory  # noqa: PLC0415
+    from alembic.script import ScriptDirectory
 
     return ScriptDirectory.from_config(_config(None)).get_current_head()
 
 
 def current_revision(engine) -> str | None:
     """The revision a database is at (None for an empty database)."""
-    from alembic.runtime.migration import MigrationContext  # noqa: PLC0415
+    from alembic.runtime.migration import MigrationContext
 
     with engine.connect() as conn:
         return MigrationContext.configure(conn).get_current_revision()
@@ -57,7 +57,7 @@ def current_revision(engine) -> str | None:
 
 def upgrade(engine, revision: str = "head") -> None:
     """Run the shipped migrations up to ``revision`` (default: the newest)."""
-    from alembic import command  # noqa: PLC0415
+    from alembic import command
 
     with _migrating(engine) as conn:
         command.upgrade(_config(conn), revision)
@@ -65,7 +65,7 @@ def upgrade(engine, revision: str = "head") -> None:
 
 def downgrade(engine, revision: str) -> None:
     """Run the shipped migrations down to ``revision``."""
-    from alembic import command  # noqa: PLC0415
+    from alembic import command
 
     with _migrating(engine) as conn:
         command.downgrade(_config(conn), revision)
@@ -98,8 +98,10 @@ class _migrating:  # noqa: N801 - used as a context manager
                 bad = self.conn.exec_driver_sql("PRAGMA foreign_key_check").all()
                 if bad:
                     self.tx.rollback()
-                    raise StoreError(f"migration left {len(bad)} rows with dangling foreign keys (first: {bad[0]}); "
-                                     "nothing was changed")
+                    raise StoreError(
+                        f"migration left {len(bad)} rows with dangling foreign keys (first: {bad[0]}); "
+                        "nothing was changed"
+                    )
             if exc_type is None:
                 self.tx.commit()
             else:
@@ -112,7 +114,7 @@ class _migrating:  # noqa: N801 - used as a context manager
 
 
 def _has_tables(engine) -> bool:
-    from sqlalchemy import inspect  # noqa: PLC0415
+    from sqlalchemy import inspect
 
     return bool(inspect(engine).get_table_names())
 
@@ -133,13 +135,12 @@ def check_schema(engine, where: str, *, create: bool) -> None:
             raise StoreError(f"{where}: no om3db database here. Create one with om3db ingest --db {where}")
         upgrade(engine)
         return
-    from alembic.script import ScriptDirectory  # noqa: PLC0415
+    from alembic.script import ScriptDirectory
 
     known = {s.revision for s in ScriptDirectory.from_config(_config(None)).walk_revisions()}
     if current not in known:
         raise SchemaOutOfDateError(
-            f"{where}: database schema revision {current} is newer than this om3db knows (newest {head}). "
-            "Upgrade om3db"
+            f"{where}: database schema revision {current} is newer than this om3db knows (newest {head}). Upgrade om3db"
         )
     raise SchemaOutOfDateError(
         f"{where}: database schema is out of date (revision {current}, this om3db needs {head}). "

@@ -21,8 +21,17 @@ import numpy as np
 
 from ..errors import ConfigError, StoreError
 
-__all__ = ["VectorIndex", "IndexChoice", "gpu_count", "recall_at_k", "DEFAULT_IVF_THRESHOLD", "DEFAULT_TARGET_RECALL",
-           "IVF_TRAIN_ITERATIONS", "IVF_TRAIN_POINTS_PER_LIST", "ivf_nlist"]
+__all__ = [
+    "VectorIndex",
+    "IndexChoice",
+    "gpu_count",
+    "recall_at_k",
+    "DEFAULT_IVF_THRESHOLD",
+    "DEFAULT_TARGET_RECALL",
+    "IVF_TRAIN_ITERATIONS",
+    "IVF_TRAIN_POINTS_PER_LIST",
+    "ivf_nlist",
+]
 
 DEFAULT_IVF_THRESHOLD = 8192
 """Vectors in a space past which an IVF index replaces exact search.
@@ -56,7 +65,7 @@ _MAGIC = b"OM3DBIDX"
 
 
 def _faiss():
-    import faiss  # noqa: PLC0415
+    import faiss
 
     return faiss
 
@@ -219,8 +228,15 @@ class VectorIndex:
             index.tune_nprobe(x, ids, target_recall=target_recall, seed=seed)
         return index
 
-    def tune_nprobe(self, x: np.ndarray, ids: np.ndarray | None = None, *, target_recall: float = DEFAULT_TARGET_RECALL,
-                    queries: int = 200, seed: int = 0) -> float:
+    def tune_nprobe(
+        self,
+        x: np.ndarray,
+        ids: np.ndarray | None = None,
+        *,
+        target_recall: float = DEFAULT_TARGET_RECALL,
+        queries: int = 200,
+        seed: int = 0,
+    ) -> float:
         """Set the smallest nprobe whose recall@10 vs exact search on probe queries reaches the target.
 
         x: the (N, D) vectors the index holds (float32, or float16 as stored), ``ids`` their ids (None: 0..N-1).
@@ -295,8 +311,11 @@ class VectorIndex:
         if self.choice.kind == "flat":
             return faiss.vector_to_array(self.index.id_map).astype(np.int64)
         lists = self._inner.invlists
-        parts = [faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).copy()
-                 for i in range(self._inner.nlist) if lists.list_size(i)]
+        parts = [
+            faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).copy()
+            for i in range(self._inner.nlist)
+            if lists.list_size(i)
+        ]
         return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
 
     # -- search ---------------------------------------------------------------------------

@@ -21,13 +21,41 @@ import numpy as np
 from ..errors import StoreError
 from ..records import IngestResult
 
-__all__ = ["SpaceBatch", "ScanBatch", "StoredView", "pack_scan", "write_rows_core", "write_rows_sqlite",
-           "pack_indices", "pack_indices_many", "unpack_indices", "pack_views", "unpack_views", "view_key",
-           "view_owner", "view_rank", "MAX_VIEWS", "BLOCK_ROWS"]
+__all__ = [
+    "SpaceBatch",
+    "ScanBatch",
+    "StoredView",
+    "pack_scan",
+    "write_rows_core",
+    "write_rows_sqlite",
+    "pack_indices",
+    "pack_indices_many",
+    "unpack_indices",
+    "pack_views",
+    "unpack_views",
+    "view_key",
+    "view_owner",
+    "view_rank",
+    "MAX_VIEWS",
+    "BLOCK_ROWS",
+]
 
-INSTANCE_COLUMNS = ("mask_index", "point_count", "bbox_min_x", "bbox_min_y", "bbox_min_z", "bbox_max_x",
-                    "bbox_max_y", "bbox_max_z", "centroid_x", "centroid_y", "centroid_z", "point_indices", "score",
-                    "views")
+INSTANCE_COLUMNS = (
+    "mask_index",
+    "point_count",
+    "bbox_min_x",
+    "bbox_min_y",
+    "bbox_min_z",
+    "bbox_max_x",
+    "bbox_max_y",
+    "bbox_max_z",
+    "centroid_x",
+    "centroid_y",
+    "centroid_z",
+    "point_indices",
+    "score",
+    "views",
+)
 BLOCK_COLUMNS = ("space_id", "scan_id", "count", "ids", "data")
 
 VIEW_KEY_BITS = 8
@@ -68,7 +96,7 @@ def pack_indices(indices: np.ndarray) -> bytes:
 
 def pack_indices_many(arrays: list[np.ndarray]) -> list[bytes]:
     """:func:`pack_indices` of each array, with the numpy work done once for all of them."""
-    import zlib  # noqa: PLC0415
+    import zlib
 
     if not arrays:
         return []
@@ -102,7 +130,7 @@ def pack_indices_many(arrays: list[np.ndarray]) -> list[bytes]:
 
 def unpack_indices(blob: bytes) -> np.ndarray:
     """(P,) int32 point indices from :func:`pack_indices`."""
-    import zlib  # noqa: PLC0415
+    import zlib
 
     codec = blob[0]
     if codec == _EMPTY:
@@ -114,7 +142,6 @@ def unpack_indices(blob: bytes) -> np.ndarray:
     out[0] = np.frombuffer(blob[1:5], dtype="<i4")[0]
     out[1:] = gaps
     return np.cumsum(out).astype(np.int32)
-
 
 
 _VIEWS_FORMAT = 1
@@ -180,8 +207,10 @@ def unpack_views(blob: bytes) -> list[StoredView]:
         raise StoreError(f"instance views blob has unknown format {blob[:1]!r}; upgrade om3db")
     levels = blob[1]
     table = np.frombuffer(blob, dtype="<i4", offset=2).reshape(-1, 4 + 4 * levels).tolist()
-    return [StoredView(rank, row[0], row[1], [row[4 + 4 * j : 8 + 4 * j] for j in range(row[3])], bool(row[2]))
-            for rank, row in enumerate(table)]
+    return [
+        StoredView(rank, row[0], row[1], [row[4 + 4 * j : 8 + 4 * j] for j in range(row[3])], bool(row[2]))
+        for rank, row in enumerate(table)
+    ]
 
 
 @dataclass(frozen=True)
@@ -227,8 +256,10 @@ def pack_scan(result: IngestResult, keep_views: bool) -> ScanBatch:
     nviews = [len(r.views) for r in insts]
     if nviews and max(nviews) > MAX_VIEWS:
         worst = insts[int(np.argmax(nviews))]
-        raise StoreError(f"scan {result.scan}: mask {worst.mask_index} has {max(nviews)} views; the store keeps at "
-                         f"most {MAX_VIEWS} per instance (IngestConfig.top_k)")
+        raise StoreError(
+            f"scan {result.scan}: mask {worst.mask_index} has {max(nviews)} views; the store keeps at "
+            f"most {MAX_VIEWS} per instance (IngestConfig.top_k)"
+        )
     all_views = [v for r in insts for v in r.views]
     table, levels = _view_table(all_views)
     inlier = table[:, 2].astype(bool)
@@ -242,26 +273,34 @@ def pack_scan(result: IngestResult, keep_views: bool) -> ScanBatch:
             v = rec.vectors.get(name)
             v = np.asarray(v) if v is not None else np.zeros((0,))
             if v.shape != (dim,):
-                raise StoreError(f"scan {result.scan}: {name} vector of mask {rec.mask_index} has shape {v.shape}, "
-                                 f"the space has dim {dim}. This is an ingest bug; report it")
+                raise StoreError(
+                    f"scan {result.scan}: {name} vector of mask {rec.mask_index} has shape {v.shape}, "
+                    f"the space has dim {dim}. This is an ingest bug; report it"
+                )
             inst_vecs.append(v)
             if keep_views:
                 vv = rec.view_vectors.get(name)
                 vv = np.asarray(vv).reshape(-1, dim) if vv is not None and np.size(vv) % dim == 0 else None
                 if vv is None or len(vv) != nv:
                     got = "no" if vv is None else len(vv)
-                    raise StoreError(f"scan {result.scan}: mask {rec.mask_index} has {nv} views but {got} {name} "
-                                     "view vectors. This is an ingest bug; report it")
+                    raise StoreError(
+                        f"scan {result.scan}: mask {rec.mask_index} has {nv} views but {got} {name} "
+                        "view vectors. This is an ingest bug; report it"
+                    )
                 view_vecs.append(vv)
         view32 = _f32_rows(view_vecs, dim, inlier) if keep_views else None
-        spaces[name] = SpaceBatch(_f32(inst_vecs, (n, dim)).astype("<f2"), None if view32 is None else view32.astype("<f2"))
+        spaces[name] = SpaceBatch(
+            _f32(inst_vecs, (n, dim)).astype("<f2"), None if view32 is None else view32.astype("<f2")
+        )
     geo = np.zeros((n, 9), dtype=np.float64)
     for i, rec in enumerate(insts):
         geo[i, 0:3], geo[i, 3:6], geo[i, 6:9] = rec.bbox_min, rec.bbox_max, rec.centroid
     views = _split_rows(table, nviews, _views_header(levels))
     points = pack_indices_many([r.point_indices for r in insts])
-    instance_rows = [(int(r.mask_index), len(r.point_indices), *g, p, float(r.score), v)
-                     for r, g, p, v in zip(insts, geo.tolist(), points, views, strict=True)]
+    instance_rows = [
+        (int(r.mask_index), len(r.point_indices), *g, p, float(r.score), v)
+        for r, g, p, v in zip(insts, geo.tolist(), points, views, strict=True)
+    ]
     return ScanBatch(instance_rows, owner[inlier], rank[inlier], spaces)
 
 
@@ -294,10 +333,11 @@ def _blocks(batch: ScanBatch, spaces, scan_id: int, inst_ids: np.ndarray):
 
 def write_rows_sqlite(conn, scan_id: int, batch: ScanBatch, spaces) -> dict:
     """SQLite only, writer lock held: instances and vector blocks through the DBAPI cursor, explicit ids."""
-    from .models import InstanceRow, VectorBlock  # noqa: PLC0415
+    from .models import InstanceRow, VectorBlock
 
     cur = conn.connection.cursor()
     try:
+
         def insert(table, cols, rows) -> None:
             sql = f"INSERT INTO {table.name} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"  # noqa: S608
             cur.executemany(sql, rows)
@@ -305,8 +345,11 @@ def write_rows_sqlite(conn, scan_id: int, batch: ScanBatch, spaces) -> dict:
         inst_t = InstanceRow.__table__
         first = int(cur.execute(f"SELECT coalesce(max(id), 0) FROM {inst_t.name}").fetchone()[0]) + 1  # noqa: S608
         inst_ids = np.arange(first, first + len(batch.instance_rows), dtype=np.int64)
-        insert(inst_t, ("id", "scan_id", *INSTANCE_COLUMNS),
-               [(i, scan_id, *r) for i, r in zip(inst_ids.tolist(), batch.instance_rows, strict=True)])
+        insert(
+            inst_t,
+            ("id", "scan_id", *INSTANCE_COLUMNS),
+            [(i, scan_id, *r) for i, r in zip(inst_ids.tolist(), batch.instance_rows, strict=True)],
+        )
         rows, added = _blocks(batch, spaces, scan_id, inst_ids)
         insert(VectorBlock.__table__, BLOCK_COLUMNS, rows)
     finally:
@@ -316,15 +359,19 @@ def write_rows_sqlite(conn, scan_id: int, batch: ScanBatch, spaces) -> dict:
 
 def write_rows_core(conn, scan_id: int, batch: ScanBatch, spaces) -> dict:
     """Any dialect: SQLAlchemy Core executemany; ids read back in insertion order (writer lock held)."""
-    from sqlalchemy import insert, select  # noqa: PLC0415
+    from sqlalchemy import insert, select
 
-    from .models import InstanceRow, VectorBlock  # noqa: PLC0415
+    from .models import InstanceRow, VectorBlock
 
     if batch.instance_rows:
-        conn.execute(insert(InstanceRow.__table__),
-                     [dict(zip(("scan_id", *INSTANCE_COLUMNS), (scan_id, *r), strict=True)) for r in batch.instance_rows])
-    inst_ids = np.fromiter(conn.scalars(select(InstanceRow.id).where(InstanceRow.scan_id == scan_id)
-                                        .order_by(InstanceRow.id)), dtype=np.int64)
+        conn.execute(
+            insert(InstanceRow.__table__),
+            [dict(zip(("scan_id", *INSTANCE_COLUMNS), (scan_id, *r), strict=True)) for r in batch.instance_rows],
+        )
+    inst_ids = np.fromiter(
+        conn.scalars(select(InstanceRow.id).where(InstanceRow.scan_id == scan_id).order_by(InstanceRow.id)),
+        dtype=np.int64,
+    )
     if len(inst_ids) != len(batch.instance_rows):
         raise StoreError(f"scan {scan_id}: read back {len(inst_ids)} instance ids for {len(batch.instance_rows)} rows")
     rows, added = _blocks(batch, spaces, scan_id, inst_ids)

@@ -30,7 +30,11 @@ def _n(length: float, spacing: float) -> int:
 
 def _plane(origin, e1, e2, spacing: float):
     o, e1, e2 = (np.asarray(x, dtype=np.float64) for x in (origin, e1, e2))
-    return _grid(_n(np.linalg.norm(e1), spacing), _n(np.linalg.norm(e2), spacing), lambda u, v: o + u[:, None] * e1 + v[:, None] * e2)
+    return _grid(
+        _n(np.linalg.norm(e1), spacing),
+        _n(np.linalg.norm(e2), spacing),
+        lambda u, v: o + u[:, None] * e1 + v[:, None] * e2,
+    )
 
 
 def object_parts(obj: SynthObject, s: float) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -42,19 +46,29 @@ def object_parts(obj: SynthObject, s: float) -> list[tuple[np.ndarray, np.ndarra
         c, sn = np.cos(obj.yaw), np.sin(obj.yaw)
         ex, ey, ez = np.array([c, sn, 0.0]) * sx, np.array([-sn, c, 0.0]) * sy, np.array([0.0, 0.0, sz])
         o = np.array([cx, cy, z0]) - ex / 2 - ey / 2
-        return [_plane(o, ex, ez, s), _plane(o + ey, ex, ez, s), _plane(o, ey, ez, s), _plane(o + ex, ey, ez, s), _plane(o + ez, ex, ey, s)]
+        return [
+            _plane(o, ex, ez, s),
+            _plane(o + ey, ex, ez, s),
+            _plane(o, ey, ez, s),
+            _plane(o + ex, ey, ez, s),
+            _plane(o + ez, ex, ey, s),
+        ]
     r = sx / 2
     nu = max(8, int(np.ceil(2 * np.pi * r / s)))
     ring = lambda u: (np.cos(2 * np.pi * u), np.sin(2 * np.pi * u))  # noqa: E731
     if obj.shape == "sphere":
+
         def fn(u, v):
             cu, su = ring(u)
             th = np.pi * v
             return np.stack([cx + r * np.sin(th) * cu, cy + r * np.sin(th) * su, z0 + r - r * np.cos(th)], -1)
+
         return [_grid(nu, _n(np.pi * r, s), fn, wrap_u=True)]
     if obj.shape == "cylinder":
         side = lambda u, v: np.stack([cx + r * ring(u)[0], cy + r * ring(u)[1], z0 + sz * v], -1)  # noqa: E731
-        cap = lambda u, v: np.stack([cx + r * (1 - v) * ring(u)[0], cy + r * (1 - v) * ring(u)[1], np.full_like(u, z0 + sz)], -1)  # noqa: E731
+        cap = lambda u, v: np.stack(
+            [cx + r * (1 - v) * ring(u)[0], cy + r * (1 - v) * ring(u)[1], np.full_like(u, z0 + sz)], -1
+        )  # noqa: E731
         return [_grid(nu, _n(sz, s), side, wrap_u=True), _grid(nu, _n(r, s), cap, wrap_u=True)]
     cone = lambda u, v: np.stack([cx + r * (1 - v) * ring(u)[0], cy + r * (1 - v) * ring(u)[1], z0 + sz * v], -1)  # noqa: E731
     return [_grid(nu, _n(np.hypot(r, sz), s), cone, wrap_u=True)]
@@ -83,8 +97,5 @@ def inside_footprint(obj: SynthObject, xy: np.ndarray, margin: float = 1e-3) -> 
     return np.hypot(d[:, 0], d[:, 1]) < obj.size[0] / 2 - margin
 
 
-
 def footprint_radius(shape: str, size) -> float:
     return float(np.hypot(size[0], size[1]) / 2) if shape == "box" else size[0] / 2
-
-

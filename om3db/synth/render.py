@@ -53,13 +53,15 @@ def camera_poses(seed: int, size: SynthSize = "tiny", index: int = 0) -> np.ndar
     poses = np.empty((n, 4, 4))
     for i in range(n):
         eye = np.array([a * radial[i] * np.cos(t[i]), b * radial[i] * np.sin(t[i]), height[i]])
-        target = np.array([0.4 * np.cos(t[i] * 2 + phase[2]), 0.3 * np.sin(t[i] * 3), 0.3]) + rng.uniform(-0.15, 0.15, 3)
+        target = np.array([0.4 * np.cos(t[i] * 2 + phase[2]), 0.3 * np.sin(t[i] * 3), 0.3]) + rng.uniform(
+            -0.15, 0.15, 3
+        )
         poses[i] = np.round(_look_at(eye, target, rng.uniform(-0.05, 0.05)), 9)
     return poses
 
 
 def _raycaster(scene: SynthScene):
-    from .._o3d import open3d  # noqa: PLC0415
+    from .._o3d import open3d
 
     o3d = open3d()
     rc = o3d.t.geometry.RaycastingScene()
@@ -74,14 +76,16 @@ def _cached_raycaster(seed: int, size: str, index: int):
 
 def _cast(rc, rays: np.ndarray, *, normals: bool = False) -> dict[str, np.ndarray]:
     """Cast (n, 6) float32 rays (origin, direction); t_hit is in units of the direction's length."""
-    from .._o3d import open3d  # noqa: PLC0415
+    from .._o3d import open3d
 
     out = rc.cast_rays(open3d().core.Tensor.from_numpy(np.ascontiguousarray(rays, dtype=np.float32)))
     keys = ("t_hit", "primitive_ids", "primitive_normals") if normals else ("t_hit", "primitive_ids")
     return {k: out[k].numpy() for k in keys}
 
 
-def _render(rc, scene: SynthScene, pose: np.ndarray, intr: Intrinsics, *, normals: bool = False) -> dict[str, np.ndarray]:
+def _render(
+    rc, scene: SynthScene, pose: np.ndarray, intr: Intrinsics, *, normals: bool = False
+) -> dict[str, np.ndarray]:
     """Pixel-centre rays: z-depth (inf on a miss), instance (-1 on a miss), shaded RGB (black on a miss)."""
     w, h = intr.width, intr.height
     x = ((np.arange(w) - intr.cx) / intr.fx).astype(np.float32)

@@ -58,7 +58,9 @@ class _SizeConfig:
 _FX_SCANNET = 577.87
 _SIZES: dict[str, _SizeConfig] = {
     "tiny": _SizeConfig((5.0, 4.4), 2.4, 0.05, 0.02, 7, (0.8, 1.0), 20, (160, 120), (324, 242), ".png", 0, 0.34, 0.85),
-    "scannet": _SizeConfig((7.0, 6.0), 2.6, 0.03, 0.015, 38, (0.7, 1.0), 250, (640, 480), (1296, 968), ".jpg", 6, 0.55, 0.8),
+    "scannet": _SizeConfig(
+        (7.0, 6.0), 2.6, 0.03, 0.015, 38, (0.7, 1.0), 250, (640, 480), (1296, 968), ".jpg", 6, 0.55, 0.8
+    ),
 }
 
 
@@ -119,7 +121,7 @@ class SynthScene:
 
     def digest(self) -> str:
         """sha256 of the mesh (vertices, faces, instances): detects a scan written by other generator code."""
-        import hashlib  # noqa: PLC0415
+        import hashlib
 
         h = hashlib.sha256()
         for a in (self.vertices, self.faces, self.vertex_instance, self.face_instance):
@@ -131,7 +133,6 @@ def _config(size: str) -> _SizeConfig:
     if size not in _SIZES:
         raise ConfigError(f"synthetic scan size must be one of {sorted(_SIZES)}, got {size!r}")
     return _SIZES[size]
-
 
 
 # ---------------------------------------------------------------- layout
@@ -170,17 +171,37 @@ def _layout(cfg: _SizeConfig, rng: np.random.Generator) -> list[SynthObject]:
                 b = boxes[int(rng.integers(0, len(boxes)))]
                 slack = min(b.size[:2]) / 2 - rf - 0.01
                 cx, cy = np.asarray(b.center) + rng.uniform(-slack, slack, 2) * 0.5
-                obj = SynthObject(k, name, shape, size, PALETTE[name], (round(float(cx), 4), round(float(cy), 4)), b.base_z + b.size[2], 0.0, b.index)
+                obj = SynthObject(
+                    k,
+                    name,
+                    shape,
+                    size,
+                    PALETTE[name],
+                    (round(float(cx), 4), round(float(cy), 4)),
+                    b.base_z + b.size[2],
+                    0.0,
+                    b.index,
+                )
                 break
             cx, cy = rng.uniform(-half + rf, half - rf)
-            if all(np.hypot(cx - o.center[0], cy - o.center[1]) > rf + footprint_radius(o.shape, o.size) + 0.04 for o in placed if o.support == -1):
+            if all(
+                np.hypot(cx - o.center[0], cy - o.center[1]) > rf + footprint_radius(o.shape, o.size) + 0.04
+                for o in placed
+                if o.support == -1
+            ):
                 yaw = round(float(rng.uniform(0, np.pi)), 4) if shape == "box" else 0.0
-                obj = SynthObject(k, name, shape, size, PALETTE[name], (round(float(cx), 4), round(float(cy), 4)), 0.0, yaw, -1)
+                obj = SynthObject(
+                    k, name, shape, size, PALETTE[name], (round(float(cx), 4), round(float(cy), 4)), 0.0, yaw, -1
+                )
                 break
             scale *= 0.97
         else:
             continue
-        placed.append(SynthObject(len(placed), obj.class_name, obj.shape, obj.size, obj.rgb, obj.center, obj.base_z, obj.yaw, obj.support))
+        placed.append(
+            SynthObject(
+                len(placed), obj.class_name, obj.shape, obj.size, obj.rgb, obj.center, obj.base_z, obj.yaw, obj.support
+            )
+        )
     return placed
 
 
@@ -245,5 +266,3 @@ def build_scene(seed: int, size: SynthSize = "tiny", index: int = 0) -> SynthSce
         seed=int(seed), size=size, index=int(index), room=(*cfg.room, cfg.wall_height), objects=tuple(objects),
         instance_class=inst_class, **arrays,
     )  # fmt: skip
-
-

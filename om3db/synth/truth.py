@@ -59,7 +59,11 @@ def load_gt(scan_dir: str | Path) -> GroundTruth:
     objects = tuple(_read_json(root / "gt" / "objects.json"))
     ids = np.loadtxt(root / "gt" / "instances.txt", dtype=np.int64, ndmin=1)
     if ids.shape[0] != scene["num_points"]:
-        raise ScanError(root / "gt" / "instances.txt", f"{ids.shape[0]} lines for {scene['num_points']} points", "Regenerate the scan")
+        raise ScanError(
+            root / "gt" / "instances.txt",
+            f"{ids.shape[0]} lines for {scene['num_points']} points",
+            "Regenerate the scan",
+        )
     instance = np.where(ids > 0, ids % 1000 - 1, -1).astype(np.int32)
     masks = instance[:, None] == np.arange(len(objects))[None, :]
     return GroundTruth(root, ids, instance, (ids // 1000).astype(np.int32), classes, masks, objects, scene)
@@ -68,10 +72,18 @@ def load_gt(scan_dir: str | Path) -> GroundTruth:
 def _scene_of(scan_dir: Path) -> tuple[dict, SynthScene]:
     meta = _read_json(scan_dir / "gt" / "scene.json")
     if meta.get("version") != GENERATOR_VERSION:
-        raise ScanError(scan_dir / "gt" / "scene.json", f"written by generator version {meta.get('version')}, this is {GENERATOR_VERSION}", "Regenerate the scan")
+        raise ScanError(
+            scan_dir / "gt" / "scene.json",
+            f"written by generator version {meta.get('version')}, this is {GENERATOR_VERSION}",
+            "Regenerate the scan",
+        )
     scene = build_scene(meta["seed"], meta["size"], meta["index"])
     if meta.get("mesh_sha256") != scene.digest():
-        raise ScanError(scan_dir / "gt" / "scene.json", "the scene rebuilt from it differs from the one written (other generator code)", "Regenerate the scan with this om3db")
+        raise ScanError(
+            scan_dir / "gt" / "scene.json",
+            "the scene rebuilt from it differs from the one written (other generator code)",
+            "Regenerate the scan with this om3db",
+        )
     return meta, scene
 
 
@@ -124,7 +136,9 @@ class RenderedFrame:
     """(h, w, 3) uint8 shaded colour, as written (before JPEG compression); black on a miss."""
 
 
-def render_frame(scan_dir: str | Path, frame_id: int, *, resolution: Literal["depth", "color"] = "depth") -> RenderedFrame:
+def render_frame(
+    scan_dir: str | Path, frame_id: int, *, resolution: Literal["depth", "color"] = "depth"
+) -> RenderedFrame:
     """Re-render frame ``frame_id`` of a synthetic scan at depth or colour resolution."""
     root = Path(scan_dir)
     if resolution not in ("depth", "color"):
@@ -132,5 +146,7 @@ def render_frame(scan_dir: str | Path, frame_id: int, *, resolution: Literal["de
     meta, scene = _scene_of(root)
     name = "intrinsic_depth.txt" if resolution == "depth" else "intrinsic_color.txt"
     intr = Intrinsics.from_matrix(np.loadtxt(root / "intrinsic" / name), *meta[f"{resolution}_size"])
-    r = _render(_cached_raycaster(scene.seed, scene.size, scene.index), scene, _pose_of(root, frame_id), intr, normals=True)
+    r = _render(
+        _cached_raycaster(scene.seed, scene.size, scene.index), scene, _pose_of(root, frame_id), intr, normals=True
+    )
     return RenderedFrame(r["depth"], r["instance"], r["normal"].astype(np.float32), r["rgb"])

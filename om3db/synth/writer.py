@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -39,7 +39,7 @@ def _write_ply(path: Path, verts: np.ndarray, colors: np.ndarray, faces: np.ndar
 
 
 def _save_png(path: Path, arr: np.ndarray, **kw) -> None:
-    from PIL import Image  # noqa: PLC0415
+    from PIL import Image
 
     Image.fromarray(arr).save(path, **kw)
 
@@ -96,7 +96,9 @@ def write_scans(
             pose = np.array([[float(x) for x in row.split()] for row in text.splitlines()])  # exactly what readers see
             col = _render(rc, scene, pose, c_intr)
             dep = _render(rc, scene, pose, d_intr)
-            depth_mm = np.where(np.isfinite(dep["depth"]), np.rint(dep["depth"] * 1000.0), 0).clip(0, 65535).astype(np.uint16)
+            depth_mm = (
+                np.where(np.isfinite(dep["depth"]), np.rint(dep["depth"] * 1000.0), 0).clip(0, 65535).astype(np.uint16)
+            )
             if depth:
                 _save_png(root / "depth" / f"{stem}.png", depth_mm)
             if cfg.color_ext == ".jpg":
@@ -122,8 +124,10 @@ def _clear(root: Path) -> None:
     if not root.exists():
         return
     if not (root / "gt" / "scene.json").is_file() and any(root.iterdir()):
-        raise ScanError(root, "exists and is not a synthetic scan (no gt/scene.json)", "Remove it or write the scans elsewhere")
-    import shutil  # noqa: PLC0415
+        raise ScanError(
+            root, "exists and is not a synthetic scan (no gt/scene.json)", "Remove it or write the scans elsewhere"
+        )
+    import shutil
 
     shutil.rmtree(root)
 
@@ -161,6 +165,6 @@ def _write_scene_files(root: Path, scene: SynthScene, cfg: _SizeConfig, masks: b
         "color_size": list(cfg.color_size), "depth_scale": 1000.0, "instances": list(scene.instance_class),
     })  # fmt: skip
     if masks:
-        from ..masks import save_masks  # noqa: PLC0415
+        from ..masks import save_masks
 
         save_masks(root / f"{scene.name}_masks.pt", scene.vertex_instance[:, None] == np.arange(k)[None, :])
