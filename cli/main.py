@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import importlib
 import sys
 
 import typer
 
 from om3db.errors import Om3dbError
+
+from . import db_cmds, demo_cmd, eval_cmd, synth_cmd
 
 app = typer.Typer(
     name="om3db",
@@ -23,14 +24,9 @@ def _root() -> None:
     """Open-vocabulary 3D scene database: ingest RGB-D scans, search object instances by text or image."""
 
 
-# Each module adds its commands to `app` when imported; they stay import-light (no torch at import).
-_COMMAND_MODULES = ["synth_cmd", "db_cmds", "eval_cmd", "demo_cmd"]
-for _name in _COMMAND_MODULES:
-    try:
-        importlib.import_module(f"{__package__}.{_name}").register(app)
-    except ModuleNotFoundError as exc:  # a command module not written yet
-        if exc.name != f"{__package__}.{_name}":
-            raise
+# Each module adds its commands to `app`; they stay import-light (no torch at import).
+for _module in (synth_cmd, db_cmds, eval_cmd, demo_cmd):
+    _module.register(app)
 
 
 def main(argv: list[str] | None = None) -> int:
