@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -58,21 +60,53 @@ with om3db.connect({db!r}) as db:
 
 
 def kill_when_paused(code: str, timeout: float = 120.0) -> None:
-    """Run ``code`` in a child, wait for it to print PAUSED, then SIGKILL it."""
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO
-    )
-    deadline = time.monotonic() + timeout
-    try:
-        line = proc.stdout.readline()
-        assert line.strip() == "PAUSED", (line, proc.stderr.read() if proc.poll() is not None else "")
-        assert time.monotonic() < deadline
-        os.kill(proc.pid, signal.SIGKILL)
-        assert proc.wait(timeout=30) == -signal.SIGKILL
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    """Run ``code`` in a child, wait (at most ``timeout`` s) for it to print PAUSED, then SIGKILL it."""
+    with tempfile.TemporaryFile() as err:  # a file, not a pipe: a chatty child cannot block on a full stderr pipe
+        proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=err, cwd=REPO)
+        try:
+            line, why = _read_line(proc.stdout.fileno(), time.monotonic() + timeout)
+            if line != b"PAUSED":
+                proc.kill()
+                rc = proc.wait()
+                err.seek(0)
+                stderr = err.read().decode(errors="replace")
+                pytest.fail(f"child {why} (exit status {rc}); stdout: {line!r}; stderr:\n{stderr}", pytrace=False)
+            os.kill(proc.pid, signal.SIGKILL)
+            assert proc.wait(timeout=30) == -signal.SIGKILL
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            proc.stdout.close()
+
+
+def _read_line(fd: int, deadline: float) -> tuple[bytes, str]:
+    """The child's first stdout line without its newline, and how reading ended; never blocks past ``deadline``.
+
+    ``readline()`` on the pipe would block for as long as a hung child stays alive, so wait with select().
+    """
+    buf = b""
+    while b"\n" not in buf:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            return buf, "did not print PAUSED before the timeout"
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            return buf, "closed its stdout without printing PAUSED"
+        buf += chunk
+    return buf.split(b"\n", 1)[0].strip(), "printed something other than PAUSED first"
+
+
+def test_kill_when_paused_fails_a_hung_child_in_time():
+    start = time.monotonic()
+    with pytest.raises(pytest.fail.Exception, match="did not print PAUSED before the timeout"):
+        kill_when_paused("import time; time.sleep(60)", timeout=1.0)
+    assert time.monotonic() - start < 20
+
+
+def test_kill_when_paused_reports_a_crashed_child():
+    with pytest.raises(pytest.fail.Exception, match=r"closed its stdout(?s:.*)ZeroDivisionError"):
+        kill_when_paused("1 / 0")
 
 
 def assert_consistent(db) -> None:
