@@ -678,7 +678,7 @@ def _dump(args, env, rows) -> None:
 
 def fake_ingest_result(name: str, count: int, views: int, rng):
     """An IngestResult like one scan's ingest: ``count`` instances, ``views`` views each, two spaces."""
-    from om3db.records import EncoderIdentity, IngestReport, IngestResult, InstanceRecord, ViewRecord
+    from om3db.records import EncoderIdentity, IngestReport, IngestResult, InstanceRecord, View
 
     dims = {"siglip": DIM, "dinov2": 1024}
     encoders = {k: EncoderIdentity(f"bench/{k}", "bench", d, "l2", "bench") for k, d in dims.items()}
@@ -693,7 +693,7 @@ def fake_ingest_result(name: str, count: int, views: int, rng):
     insts = []
     for i in range(count):
         pts = np.sort(rng.choice(150_000, 800, replace=False)).astype(np.int32)
-        vr = tuple(ViewRecord(frame_id=j * 10, visible_pixels=5000 - j, crop_boxes=boxes) for j in range(views))
+        vr = tuple(View(frame_id=j * 10, visible_pixels=5000 - j, crop_boxes=boxes) for j in range(views))
         lo = rng.uniform(0, 4, 3)
         insts.append(
             InstanceRecord(

@@ -27,7 +27,7 @@ import time
 
 import numpy as np
 
-from om3db.records import EncoderIdentity, IngestReport, IngestResult, InstanceRecord, ViewRecord
+from om3db.records import EncoderIdentity, IngestReport, IngestResult, InstanceRecord, View
 from om3db.store import Store
 
 DIMS = {"siglip": 1152, "dinov2": 2048}
@@ -56,7 +56,7 @@ def iter_results(spaces, keep_views: bool, scans: int, per_scan: int, views: int
         insts = []
         for i in range(per_scan):
             o = (k * per_scan + i) * (views + 1) % (4096 - views - 1)
-            vs = tuple(ViewRecord(j, 100 + j, box, j != views - 1) for j in range(views))
+            vs = tuple(View(j, 100 + j, box, j != views - 1) for j in range(views))
             pidx = np.arange(i * 100, i * 100 + 500, dtype=np.int32)
             insts.append(
                 InstanceRecord(
@@ -91,8 +91,8 @@ def run_store(
     already holding the scans ``base()`` yields (written and flushed untimed). The writer lock is held
     throughout, as ``Database.ingest`` holds it."""
     with tempfile.TemporaryDirectory() as d:
-        store = Store(d) if ivf_threshold is None else Store(d, ivf_threshold=ivf_threshold)
-        store.raw_sqlite = raw_sqlite
+        options = {} if ivf_threshold is None else {"ivf_threshold": ivf_threshold}
+        store = Store(d, raw_sqlite=raw_sqlite, **options)
         with store.lock:
             for r in base():
                 store.write_scan(r, settings={}, save=False)

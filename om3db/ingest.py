@@ -24,7 +24,7 @@ import numpy as np
 from .aggregate import dbscan_inliers, instance_vector, view_vectors
 from .crops import CropConfig, crop_frame
 from .errors import ConfigError, MaskFileError
-from .records import IngestReport, IngestResult, InstanceRecord, ViewRecord
+from .records import IngestReport, IngestResult, InstanceRecord, View
 from .views import select_views
 
 __all__ = ["IngestConfig", "ingest_scan"]
@@ -370,9 +370,7 @@ def ingest_scan(
         )
         pidx = np.flatnonzero(masks[:, col]).astype(np.int32)
         pts = scan.points[pidx].astype(np.float64)
-        views = tuple(
-            ViewRecord(v.frame_id, v.visible_pixels, boxes[(j, r)], bool(inl[r])) for r, v in enumerate(mv.views)
-        )
+        views = tuple(View(v.frame_id, v.visible_pixels, boxes[(j, r)], bool(inl[r])) for r, v in enumerate(mv.views))
         instances.append(
             InstanceRecord(
                 mask_index=col,

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["EncoderIdentity", "ViewRecord", "InstanceRecord", "IngestReport", "IngestResult"]
+__all__ = ["EncoderIdentity", "View", "Geometry", "InstanceRecord", "IngestReport", "IngestResult"]
 
 
 @dataclass(frozen=True)
@@ -29,16 +29,56 @@ class EncoderIdentity:
 
 
 @dataclass(frozen=True)
-class ViewRecord:
-    """One chosen view of an instance."""
+class View:
+    """One view of an instance: chosen by view selection, given crop boxes by ingest, stored, read back.
+
+    The one view type of om3db. View selection fills ``frame_index``, ``prompt_points`` and ``box``
+    (what cropping needs); ingest adds ``crop_boxes`` and ``inlier``; the store keeps frame id, visible
+    pixels, crop boxes and inlier (the other three are not stored and are None on views read back).
+    """
 
     frame_id: int
     visible_pixels: int
     """Distinct depth pixels covered by the instance's visible points in this frame."""
-    crop_boxes: np.ndarray = field(repr=False)
-    """(L, 4) int32 crop boxes per level, colour pixels, x0, y0, x1, y1 with x1/y1 exclusive."""
+    crop_boxes: tuple[tuple[int, int, int, int], ...] = ()
+    """Crop box per level, colour pixels, (x0, y0, x1, y1) with x1/y1 exclusive (empty before cropping)."""
     inlier: bool = True
     """False when DBSCAN marked this view an outlier (it is kept but not used in the mean)."""
+    frame_index: int | None = field(default=None, compare=False)
+    """Position of the frame in ``scan.frames`` (view selection only)."""
+    prompt_points: np.ndarray | None = field(default=None, repr=False, compare=False)
+    """(P, 2) int32 colour-pixel (x, y) of visible mask points: SAM prompts (view selection only)."""
+    box: np.ndarray | None = field(default=None, repr=False, compare=False)
+    """(4,) int32 box of all visible mask points in colour pixels, x1/y1 exclusive (view selection only)."""
+
+    def __post_init__(self) -> None:
+        boxes = self.crop_boxes
+        if not (isinstance(boxes, tuple) and all(type(b) is tuple for b in boxes)):  # normalise arrays / lists
+            rows = np.asarray(boxes, dtype=np.int64).reshape(-1, 4).tolist()
+            object.__setattr__(self, "crop_boxes", tuple(tuple(int(x) for x in b) for b in rows))
+
+    def to_dict(self) -> dict:
+        """The stored fields, JSON-able."""
+        return {
+            "frame_id": int(self.frame_id),
+            "visible_pixels": int(self.visible_pixels),
+            "crop_boxes": [list(b) for b in self.crop_boxes],
+            "inlier": bool(self.inlier),
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
+class Geometry:
+    """Where an instance is: shared by stored instances and search hits. World metres."""
+
+    point_count: int
+    """Points of the scan's PLY in the instance's mask."""
+    bbox_min: tuple[float, float, float]
+    """Axis-aligned box corner (xmin, ymin, zmin)."""
+    bbox_max: tuple[float, float, float]
+    """Axis-aligned box corner (xmax, ymax, zmax)."""
+    centroid: tuple[float, float, float]
+    """Mean of the instance's points."""
 
 
 @dataclass(frozen=True)
@@ -55,7 +95,7 @@ class InstanceRecord:
     centroid: np.ndarray = field(repr=False)
     score: float
     """Proposal confidence (1.0 when the mask file has none)."""
-    views: tuple[ViewRecord, ...]
+    views: tuple[View, ...]
     """Chosen views, best first."""
     view_vectors: dict[str, np.ndarray] = field(repr=False)
     """Space name ("siglip", "dinov2") -> (V, D) float32 unit vectors, row i for views[i]."""

@@ -1,6 +1,6 @@
 """Visibility of class-agnostic 3D masks in the frames of a scan, and view selection per mask.
 
-Facts (docs ../shared/DESIGN.md §3, OpenMask3D's ``PointProjector`` with its bugs fixed):
+Facts (docs/architecture.md, "Pipeline facts": OpenMask3D's ``PointProjector`` with its bugs fixed):
 
 - every scene point is projected with the depth camera ``K·[R|t]`` (world-to-camera = inverse pose);
   its pixel is ``(round(u), round(v))`` (pixel centres sit at integer coordinates, see
@@ -27,11 +27,11 @@ import numpy as np
 
 from .camera import Intrinsics
 from .errors import ConfigError, MaskFileError
+from .records import View
 
 __all__ = [
     "MaskMembership",
     "Visibility",
-    "ChosenView",
     "MaskViews",
     "ViewSelection",
     "compute_visibility",
@@ -119,25 +119,9 @@ class Visibility:
 
 
 @dataclass(frozen=True)
-class ChosenView:
-    """One view chosen for a mask."""
-
-    frame_id: int
-    frame_index: int
-    """Position of the frame in ``scan.frames``."""
-    visible_pixels: int
-    """Distinct depth pixels covered by the mask's visible points."""
-    prompt_points: np.ndarray = field(repr=False)
-    """(P, 2) int32 colour-pixel (x, y) of visible mask points, at most :data:`PROMPT_CAP`, seeded
-    sub-sample that always keeps the extreme points (so their box equals :attr:`box`)."""
-    box: np.ndarray = field(repr=False)
-    """(4,) int32 box of all visible mask points in colour pixels: x0, y0, x1, y1 (x1/y1 exclusive)."""
-
-
-@dataclass(frozen=True)
 class MaskViews:
     mask_index: int
-    views: tuple[ChosenView, ...]
+    views: tuple[View, ...]
     """Best first; empty when no frame sees the mask."""
 
 
@@ -480,7 +464,7 @@ def select_views(
 
     # Prompt points: per frame, the mask's visible points projected with the colour camera.
     rng = np.random.default_rng(seed)
-    views: dict[tuple[int, int], ChosenView] = {}
+    views: dict[tuple[int, int], View] = {}
     wanted: dict[int, list[int]] = {}
     for j, fr in enumerate(chosen):
         for f in fr:
@@ -492,6 +476,6 @@ def select_views(
         xy_all, front = _colour_pixels(scan.points[vis_pts], frame.world_to_camera, cintr)  # once per frame
         for j in wanted[f]:
             xy, box = _prompts(xy_all[m[vis_pts, j] & front], rng)
-            views[(j, f)] = ChosenView(frame.frame_id, f, int(vis.counts[f, j]), xy, box)
+            views[(j, f)] = View(frame.frame_id, int(vis.counts[f, j]), frame_index=f, prompt_points=xy, box=box)
     out = tuple(MaskViews(j, tuple(views[(j, int(f))] for f in fr)) for j, fr in enumerate(chosen))
     return ViewSelection(vis, out)

@@ -32,8 +32,7 @@ def assert_matches_sqlite(store: Store) -> None:
 @pytest.fixture
 def logged(tmp_path):
     """A store whose writes always go to the log (the fraction is large), after one full save."""
-    s = Store(tmp_path / "db")
-    s.log_fraction = 100.0
+    s = Store(tmp_path / "db", log_fraction=100.0)
     s.write_scan(make_result("a", 5), settings={})
     yield s
     s.close()
@@ -91,9 +90,8 @@ def test_torn_last_record_is_ignored_then_overwritten(logged, tmp_path):
     log = log_path(index_file(root))
     complete = log.read_bytes()
     log.write_bytes(complete + complete[: len(complete) // 2])  # a crash in the middle of a second append
-    again = Store(root)
+    again = Store(root, log_fraction=100.0)
     assert again.rebuilt == []  # the complete records still reach SQLite's generation
-    again.log_fraction = 100.0
     again.write_scan(make_result("c", 3, seed=2), settings={})
     steps, end = read_steps(log, 16)
     assert end == log.stat().st_size and [len(s.added_ids) for s in steps] == [4, 3]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from om3db.errors import EncoderMismatchError, NotFoundError, SchemaOutOfDateError
-from om3db.records import EncoderIdentity, IngestReport, IngestResult, InstanceRecord, ViewRecord
+from om3db.records import EncoderIdentity, IngestReport, IngestResult, InstanceRecord, View
 
 DIM = 16
 IDENT = {
@@ -38,7 +38,7 @@ def make_result(
                 centroid=centre,
                 score=0.5 + m / 100,
                 views=tuple(
-                    ViewRecord(
+                    View(
                         100 + v,
                         50 - v,
                         np.array([[v, v, 10 + v, 10 + v]] * 3, dtype=np.int32),
@@ -108,7 +108,7 @@ def test_write_scan_roundtrip_and_counts(store):
         assert [v.frame_id for v in views] == [100, 101, 102]
         assert [v.visible_pixels for v in views] == [50, 49, 48]
         assert [v.inlier for v in views] == [True, True, False]
-        assert views[0].crop_boxes == [[0, 0, 10, 10]] * 3 and views[2].crop_boxes == [[2, 2, 12, 12]] * 3
+        assert views[0].crop_boxes == ((0, 0, 10, 10),) * 3 and views[2].crop_boxes == ((2, 2, 12, 12),) * 3
     assert store.index("siglip", "instance").ntotal == 4
     assert store.index("siglip", "view").ntotal == 4 * 2  # the outlier view is recorded, its vector not kept
 
@@ -304,7 +304,7 @@ def _old_layout_db(path, revision: str = "0002"):
                         r=rank,
                         f=v.frame_id,
                         p=v.visible_pixels,
-                        b=json.dumps(v.crop_boxes.tolist()),
+                        b=json.dumps([list(c) for c in v.crop_boxes]),
                         n=v.inlier,
                     ),
                 )
@@ -341,7 +341,7 @@ def test_upgrade_keeps_every_view_and_vector(tmp_path, old):
         for row, rec in zip(rows, res.instances, strict=True):
             got = unpack_views(row.views)
             assert [(v.frame_id, v.visible_pixels, v.inlier, v.crop_boxes) for v in got] == [
-                (v.frame_id, v.visible_pixels, v.inlier, v.crop_boxes.tolist()) for v in rec.views
+                (v.frame_id, v.visible_pixels, v.inlier, v.crop_boxes) for v in rec.views
             ]
     vecs, got_ids = s.stored_vectors(s.space("siglip", "instance"))
     assert got_ids.tolist() == ids

@@ -16,9 +16,7 @@ from tests.test_store import DIM, make_result
 def _store(path, raw: bool):
     from om3db.store import Store
 
-    s = Store(path)
-    s.raw_sqlite = raw
-    return s
+    return Store(path, raw_sqlite=raw)
 
 
 def compact(result):
@@ -103,10 +101,10 @@ def test_rows_hold_exact_values(tmp_path, raw):
         assert geo == [*map(float, rec.bbox_min), *map(float, rec.bbox_max), *map(float, rec.centroid)]
         assert np.array_equal(unpack_indices(pidx), rec.point_indices)
         got = unpack_views(views)
-        assert [v.rank for v in got] == list(range(len(rec.views)))
+        assert len(got) == len(rec.views)
         for v, want in zip(got, rec.views, strict=True):
             assert (v.frame_id, v.visible_pixels, v.inlier) == (want.frame_id, want.visible_pixels, want.inlier)
-            assert v.crop_boxes == want.crop_boxes.tolist()
+            assert v.crop_boxes == want.crop_boxes
     inst_ids = [r[0] for r in rows["instances"]]
     ids, data = blocks(s, "siglip", "instance")
     want = np.stack([r.vectors["siglip"] for r in res.instances]).astype("<f2")
@@ -146,7 +144,7 @@ def test_views_with_different_crop_levels(tmp_path):
     views = (rec.views[0], dataclasses.replace(rec.views[1], crop_boxes=np.array([[1, 2, 3, 4]], np.int32)))
     s.write_scan(dataclasses.replace(res, instances=[dataclasses.replace(rec, views=views)]), settings={})
     got = unpack_views(dump(s)["instances"][0][-1])
-    assert [v.crop_boxes for v in got] == [[[0, 0, 10, 10]] * 3, [[1, 2, 3, 4]]]
+    assert [v.crop_boxes for v in got] == [((0, 0, 10, 10),) * 3, ((1, 2, 3, 4),)]
     s.close()
 
 
@@ -407,28 +405,45 @@ def test_failed_background_add_is_reported_and_repaired_from_sqlite(tmp_path, mo
 def test_forked_child_rebuilds_indexes_a_pending_add_may_not_have_reached(tmp_path, monkeypatch):
     import os
     import signal
-    import time
+    import threading
 
     from om3db.store import Store, VectorIndex
 
     s = Store(tmp_path / "db")
     s.write_scan(make_result("a", 4), settings={})
     real_add = VectorIndex.add
-    monkeypatch.setattr(VectorIndex, "add", lambda self, v, i: time.sleep(0.5) or real_add(self, v, i))
-    s.write_scan(make_result("b", 3, seed=1), settings={}, save=False)  # the add is still running at the fork
+    parent = os.getpid()
+    started, release, finished = threading.Event(), threading.Event(), threading.Event()
+
+    def held_add(self, vectors, ids):
+        if os.getpid() == parent and threading.current_thread().name.startswith("om3db-faiss-add"):
+            started.set()  # the background add has begun and waits until the parent has forked
+            release.wait(30)
+            real_add(self, vectors, ids)
+            finished.set()
+        else:
+            real_add(self, vectors, ids)
+
+    monkeypatch.setattr(VectorIndex, "add", held_add)
+    s.write_scan(make_result("b", 3, seed=1), settings={}, save=False)
+    assert started.wait(30), "the deferred add never started on the worker thread"
     pid = os.fork()
     if pid == 0:  # the child has no worker thread: it must neither wait for it nor trust its index copies
         code = 1
         try:
             signal.alarm(30)
+            mid_add = started.is_set() and not finished.is_set()  # the fork happened inside the add
             s.engine.dispose(close=False)  # SQLAlchemy's advice for a forked child
             _, ids = s.stored_vectors(s.space("siglip", "view"))
             index = s.index("siglip", "view")  # settles: the pending add's indexes are rebuilt
-            code = 0 if sorted(index.ids()) == sorted(ids) and len(ids) == 7 * 2 else 2
+            ok = sorted(index.ids()) == sorted(ids) and len(ids) == 7 * 2
+            code = 0 if mid_add and ok else 2
         finally:
             os._exit(code)
+    release.set()
     _, status = os.waitpid(pid, 0)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    assert finished.wait(30)
     assert len(s.index("siglip", "instance").ids()) == 7
     with s.lock:
         s.flush()

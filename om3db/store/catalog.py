@@ -17,7 +17,6 @@ record (a crash mid-append) is ignored, so the same holds.
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -25,8 +24,9 @@ import numpy as np
 
 from ..errors import ConfigError, EncoderMismatchError, NotFoundError, StoreError
 from ..records import EncoderIdentity, IngestResult
-from .indexlog import Step, append_steps, log_path, read_steps
+from .indexlog import Step
 from .lock import WriterLock
+from .spaceindex import AddWorker, SpaceIndex, apply_step
 from .vectors import DEFAULT_IVF_THRESHOLD, VectorIndex
 from .writer import pack_indices, pack_scan, unpack_indices, view_owner, write_rows_core, write_rows_sqlite
 
@@ -41,12 +41,6 @@ crash tests stop a real process at a precise point. Empty in normal use."""
 def _checkpoint(stage: str) -> None:
     for hook in CHECKPOINT_HOOKS:
         hook(stage)
-
-
-def _faiss_threads(n: int) -> None:
-    import faiss
-
-    faiss.omp_set_num_threads(n)
 
 
 @functools.cache
@@ -107,7 +101,19 @@ class Store:
         lock_timeout: float = 10.0,
         ivf_threshold: int = DEFAULT_IVF_THRESHOLD,
         use_gpu: bool | None = None,
+        log_fraction: float = 0.25,
+        raw_sqlite: bool = True,
     ) -> None:
+        """root: the database folder; url: a SQLAlchemy URL for the metadata (default: SQLite in root).
+        create: make the folder and schema when missing (False: NotFoundError).
+        lock_timeout: seconds a writer waits for another writer before DatabaseBusyError.
+        ivf_threshold: vectors per space past which IVF replaces exact search.
+        use_gpu: FAISS on GPU (None: when one is present).
+        log_fraction: a write is appended to an index's change log while the log stays under this
+        fraction of the index file's size; past it the file is rewritten and the log dropped.
+        raw_sqlite: on SQLite, insert rows through the DBAPI cursor (False: the portable SQLAlchemy Core
+        path, what other databases use; kept selectable so tests compare the two).
+        """
         from .schema import check_schema, make_engine
 
         self.root = Path(root)
@@ -125,25 +131,11 @@ class Store:
         self.lock = WriterLock(self.root / "write.lock", timeout=lock_timeout)
         self.ivf_threshold = ivf_threshold
         self.use_gpu = use_gpu
-        self._indexes: dict[tuple[str, str], tuple[VectorIndex, int]] = {}
-        self._dirty: set[tuple[str, str]] = set()
-        self._reshape: set[tuple[str, str]] = set()
-        """Spaces whose index kind or IVF training is due for a rebuild at the next ``flush()``."""
-        self._steps: dict[tuple[str, str], list[Step] | None] = {}
-        """Per space, the generation steps not persisted yet (None: the whole index must be saved)."""
-        self._disk: dict[tuple[str, str], tuple[int, int, int]] = {}
-        """Per space, what this process knows is on disk: (index file generation, end of the log's
-        complete records, generation the file + log reach)."""
-        self.log_fraction = 0.25
-        """A write is appended to the index's change log while the log stays under this fraction of the
-        index file's size; past it the file is rewritten and the log dropped."""
-        self.raw_sqlite = True
-        """SQLite: insert rows through the DBAPI cursor (False: the portable SQLAlchemy Core path)."""
-        self._pending = None
-        """(pid, spaces, Future) of the background FAISS add of the last ``save=False`` write, settled
-        before any use of an index."""
-        self._worker = None
-        """(pid, one-thread executor) that runs those adds; made on first use (again in a forked child)."""
+        self.log_fraction = log_fraction
+        self.raw_sqlite = raw_sqlite
+        self._spaces: dict[tuple[str, str], SpaceIndex] = {}
+        """This process's view of each space's FAISS index (made on first use)."""
+        self._worker = AddWorker()
         self.rebuilt: list[str] = []
         """Spaces whose index was rebuilt from SQLite on open (missing, stale or damaged files)."""
         if not self.lock.try_acquire():  # another process writes: open read-only, indexes load lazily
@@ -162,14 +154,11 @@ class Store:
 
     def close(self) -> None:
         self._settle()
-        if self._worker is not None:
-            if self._worker[0] == os.getpid():
-                self._worker[1].shutdown()
-            self._worker = None
-        if self._dirty:
+        self._worker.shutdown()
+        if any(sp.dirty or sp.reshape for sp in self._spaces.values()):
             with self.lock:
                 self.flush()
-        self._indexes.clear()
+        self._spaces.clear()
         self.lock.release()
         self.engine.dispose()
 
@@ -251,168 +240,39 @@ class Store:
             row.index_kind = index.choice.kind
             row.index_params = index.choice.params()
 
-    def _save(self, space_row, index: VectorIndex, *, now: bool = True) -> None:
-        key = (space_row.name, space_row.level)
-        self._indexes[key] = (index, space_row.generation)
-        self._dirty.add(key)
-        if now:
-            self._persist(key)
-
-    def _persist(self, key: tuple[str, str]) -> None:
-        """Bring the space's index file + log to the in-memory index: append its pending steps to the log
-        when they continue what is on disk and keep the log small, else rewrite the file."""
-        index, generation = self._indexes[key]
-        steps = self._steps.pop(key, None)
-        path = self.index_path(*key)
-        disk = self._disk.get(key)
-        self._dirty.discard(key)
-        if steps is not None and disk is not None and disk[2] == generation and not steps:
-            return  # nothing changed since the disk state
-        head = VectorIndex.read_header(path)
-        if steps and disk is not None and steps[0].from_generation == disk[2] and steps[-1].to_generation == generation:
-            base_gen, end, _ = disk
-            log = log_path(path)
-            size = log.stat().st_size if log.exists() else 0
-            grow = sum(s.nbytes() for s in steps)
-            if (
-                head is not None
-                and head.get("generation") == base_gen
-                and size >= end
-                and end + grow <= self.log_fraction * path.stat().st_size
-            ):
-                end = append_steps(log, steps, index.dim, at=end)
-                self._disk[key] = (base_gen, end, generation)
-                return
-        if head is not None and head.get("generation", -1) > generation:
-            # another writer has saved a newer state since this process's writes: keep it, drop ours
-            self._disk.pop(key, None)
-            self._indexes.pop(key, None)
-            return
-        index.save(path, {"generation": generation})
-        log_path(path).unlink(missing_ok=True)
-        self._disk[key] = (generation, 0, generation)
-
-    def _note_step(self, key: tuple[str, str], step: Step) -> None:
-        if key in self._steps and self._steps[key] is None:
-            return  # a full save is due anyway
-        self._steps.setdefault(key, []).append(step)
+    def _space_index(self, name: str, level: str) -> SpaceIndex:
+        key = (name, level)
+        if key not in self._spaces:
+            self._spaces[key] = SpaceIndex(name, level, self.index_path(name, level), use_gpu=self.use_gpu)
+        return self._spaces[key]
 
     def _settle(self) -> None:
-        """Wait for the background FAISS add of the last deferred write. If it failed (or this is a
-        forked child, whose copy of the indexes the add may or may not have reached), forget the
-        indexes it touched: SQLite holds the rows, so their next use rebuilds them."""
-        pending, self._pending = self._pending, None
-        if pending is None:
-            return
-        pid, keys, future = pending
-        error = None
-        if pid == os.getpid():
-            try:
-                future.result()
-                return
-            except Exception as exc:  # noqa: BLE001 - reported below, as a StoreError
-                error = exc
-        for key in keys:
-            self._indexes.pop(key, None)
-            self._dirty.discard(key)
-            self._steps.pop(key, None)
-            self._disk.pop(key, None)
-        if error is not None:
+        """Settle every space's background add; a failure is raised (after forgetting the indexes it
+        touched, so their next use rebuilds them from SQLite)."""
+        failed = [(sp.label, err) for sp in self._spaces.values() if (err := sp.settle()) is not None]
+        if failed:
+            names = sorted(label for label, _ in failed)
             raise StoreError(
-                f"{self.root}: adding vectors to the in-memory indexes of {sorted(keys)} failed ({error}); "
+                f"{self.root}: adding vectors to the in-memory indexes of {names} failed ({failed[0][1]}); "
                 "the rows are committed and the indexes will be rebuilt from SQLite"
-            ) from error
+            ) from failed[0][1]
 
-    def _add_later(self, work: list[tuple[tuple[str, str], VectorIndex, np.ndarray, np.ndarray]]) -> None:
-        """Run these index adds on the worker thread: FAISS releases the GIL, so the list assignment of
-        an IVF overlaps the next scan's encoding and SQLite transaction (docs/benchmarks.md)."""
-        if not work:
-            return
-        if self._worker is None or self._worker[0] != os.getpid():  # (a forked child has no worker thread)
-            from concurrent.futures import ThreadPoolExecutor
-
-            # one OpenMP thread on the worker (a per-thread setting): the other core runs the writer
-            self._worker = (
-                os.getpid(),
-                ThreadPoolExecutor(
-                    max_workers=1, thread_name_prefix="om3db-faiss-add", initializer=_faiss_threads, initargs=(1,)
-                ),
-            )
-
-        def run() -> None:
-            for _, index, vectors, ids in work:
-                index.add(vectors, ids)
-
-        self._pending = (os.getpid(), {key for key, *_ in work}, self._worker[1].submit(run))
-
-    @staticmethod
-    def _apply_step(index: VectorIndex, step: Step) -> None:
-        index.remove(step.removed)
-        if len(step.added_ids):
-            index.add(step.added, step.added_ids)
-
-    @classmethod
-    def _replay(cls, index: VectorIndex, steps: list[Step], generation: int, target: int) -> int:
-        """Apply the steps that continue ``generation`` up to ``target``; returns the generation reached."""
-        for step in steps:
-            if generation >= target:
-                break
-            if step.from_generation == generation:
-                cls._apply_step(index, step)
-                generation = step.to_generation
-            elif step.to_generation > generation:
-                break  # a gap: the log does not continue this generation
-        return generation
+    def _save(self, space_row, index: VectorIndex, *, now: bool = True) -> None:
+        sp = self._space_index(space_row.name, space_row.level)
+        sp.hold(index, space_row.generation)
+        sp.dirty = True
+        if now:
+            sp.persist(self.log_fraction)
 
     def _load(self, space_row, target: int | None = None) -> VectorIndex | None:
         """The space's index at generation ``target`` (default: the row's) from its file + log, or None."""
-        key = (space_row.name, space_row.level)
-        target = space_row.generation if target is None else target
-        path = self.index_path(*key)
-        head = VectorIndex.read_header(path)
-        if head is None or head.get("generation", -1) > target:
-            return None
-        try:
-            index, _ = VectorIndex.load(path, use_gpu=self.use_gpu)
-        except StoreError:
-            return None
-        steps, end = read_steps(log_path(path), index.dim)
-        reached = self._replay(index, steps, int(head["generation"]), target)
-        if reached != target:
-            return None
-        self._know_disk(key, int(head["generation"]), steps, end, reached)
-        return index
-
-    def _know_disk(self, key, base_generation: int, steps: list[Step], end: int, reached: int) -> None:
-        """Record the disk state when file + log end exactly at ``reached`` (else forget it: the next
-        persist rewrites the file rather than append after records this process has not applied)."""
-        last = steps[-1].to_generation if steps else base_generation
-        if last == reached:
-            self._disk[key] = (base_generation, end, reached)
-        else:
-            self._disk.pop(key, None)
+        sp = self._space_index(space_row.name, space_row.level)
+        return sp.load(space_row.generation if target is None else target)
 
     def _catch_up(self, space_row, target: int) -> VectorIndex | None:
-        """This process's cached index of the space brought to ``target`` through the log, or None."""
+        """This process's held index of the space brought to ``target`` through the log, or None."""
         self._settle()
-        key = (space_row.name, space_row.level)
-        cached = self._indexes.get(key)
-        if cached is None or cached[1] > target:
-            return None
-        index, generation = cached
-        if generation == target:
-            return index
-        path = self.index_path(*key)
-        steps, end = read_steps(log_path(path), index.dim)
-        if self._replay(index, steps, generation, target) != target:
-            self._indexes.pop(key, None)  # partly replayed: no longer at any known generation
-            return None
-        head = VectorIndex.read_header(path)
-        if head is None:
-            self._disk.pop(key, None)
-        else:
-            self._know_disk(key, int(head.get("generation", -1)), steps, end, target)
-        return index
+        return self._space_index(space_row.name, space_row.level).catch_up(target)
 
     def flush(self) -> None:
         """Save the indexes changed by writes made with ``save=False`` (needs the writer lock).
@@ -421,34 +281,34 @@ class Store:
         are rebuilt from SQLite here, once, instead of in the middle of a batch of writes.
         """
         self._settle()
-        for key in sorted(self._reshape):
+        for key in sorted(k for k, sp in self._spaces.items() if sp.reshape):
+            sp = self._spaces[key]
             row = self.space(*key)
             index = self._build(row)
             self._record_choice(row, index)
-            self._indexes[key] = (index, row.generation)
-            self._steps[key] = None
-            self._dirty.add(key)
-        self._reshape.clear()
-        for key in sorted(self._dirty):
-            self._persist(key)
+            sp.hold(index, row.generation)
+            sp.reshape = False
+            sp.mark_full_save()
+            sp.dirty = True
+        for key in sorted(k for k, sp in self._spaces.items() if sp.dirty):
+            self._spaces[key].persist(self.log_fraction)
 
     def repair(self, *, force: bool = False) -> list[str]:
         """Rebuild every index whose file is missing, damaged or behind SQLite (needs the writer lock)."""
         self._settle()
         rebuilt = []
         for row in self.spaces():
-            key = (row.name, row.level)
             index = None if force else self._load(row)
             if index is not None and index.ntotal != self._count(row):
                 index = None
             if index is None:
                 index = self._build(row)
                 self._record_choice(row, index)
-                self._steps[key] = None
+                self._space_index(row.name, row.level).mark_full_save()
                 self._save(row, index)
                 rebuilt.append(f"{row.name}.{row.level}")
             else:
-                self._indexes[key] = (index, row.generation)
+                self._space_index(row.name, row.level).hold(index, row.generation)
         return rebuilt
 
     def _count(self, space_row) -> int:
@@ -467,7 +327,7 @@ class Store:
         index = self._catch_up(row, row.generation) or self._load(row)
         if index is None:  # the writer has committed but not saved yet (or crashed): rebuild in memory
             index = self._build(row)
-        self._indexes[(name, level)] = (index, row.generation)
+        self._space_index(name, level).hold(index, row.generation)
         return index
 
     # -- writes -----------------------------------------------------------------------------
@@ -607,40 +467,42 @@ class Store:
     def _apply(self, touched: list, gone: dict, added: dict, *, save: bool = True) -> None:
         """After a commit: bring the touched spaces' indexes (rows as committed) up to date and save them.
 
-        With ``save=False`` the adds run on a worker thread (``_add_later``) and are settled before the
-        next use of any index; removals and everything else happen here."""
+        With ``save=False`` the adds run on the worker thread (submitted after every space is handled, so
+        they overlap what the caller does next) and are settled before the next use of any index;
+        removals and everything else happen here."""
         self._settle()
         later = []
         for row in touched:
-            key = (row.name, row.level)
-            # the index as it was before this write: cached, or caught up through the log with another
+            sp = self._space_index(row.name, row.level)
+            # the index as it was before this write: held, or caught up through the log with another
             # writer's changes, or loaded from file + log
             index = self._catch_up(row, row.generation - 1) or self._load(row, row.generation - 1)
             if index is None:
                 index = self._build(row)  # nothing on disk continues to this write: rebuild from SQLite
-                self._steps[key] = None
+                sp.mark_full_save()
             else:
                 removed = np.asarray(gone.get(row.id, ()), dtype=np.int64)
                 none_added = (np.zeros(0, np.int64), np.zeros((0, index.dim), np.float16))
                 added_ids, added_vecs = added.get(row.id, none_added)
                 step = Step(row.generation - 1, row.generation, removed, added_ids, added_vecs)
                 if save:
-                    self._apply_step(index, step)
+                    apply_step(index, step)
                 else:  # the add goes to the worker thread
                     index.remove(step.removed)
                     if len(added_ids):
-                        later.append((key, index, added_vecs, added_ids))
-                self._note_step(key, step)
+                        later.append((sp, added_vecs, added_ids))
+                sp.note_step(step)
                 if self._needs_new_kind(index, index.ntotal + (0 if save else len(added_ids))):
                     if save:
                         index = self._build(row)
-                        self._steps[key] = None
+                        sp.mark_full_save()
                     else:  # deferred writes: rebuild once, at flush()
-                        self._reshape.add(key)
+                        sp.reshape = True
             if index.choice.kind != row.index_kind or index.choice.params() != (row.index_params or {}):
                 self._record_choice(row, index)
             self._save(row, index, now=save)
-        self._add_later(later)
+        for sp, vectors, ids in later:
+            sp.add_later(self._worker, vectors, ids)
 
     def _needs_new_kind(self, index: VectorIndex, n: int) -> bool:
         if index.choice.kind == "flat":

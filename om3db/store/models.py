@@ -1,4 +1,4 @@
-"""SQLAlchemy 2 ORM models: the source of truth (FAISS indexes are derived from the ``vectors`` table).
+"""SQLAlchemy 2 ORM models: the source of truth (FAISS indexes are derived from the ``vector_blocks`` table).
 
 Portable types only (no SQLite-specific columns), so the same metadata works on PostgreSQL.
 """
@@ -46,7 +46,8 @@ class ScanRow(Base):
     settings: Mapped[dict] = mapped_column(JSON)
     """{"key": what decides a re-ingest (config + encoders), "ingest": IngestResult.settings, "report": ...}."""
     status: Mapped[str] = mapped_column(String(16), default="ready")
-    """'ingesting' | 'ready'."""
+    """Always 'ready' as written by this version (a scan's rows appear in the one transaction that writes
+    them); queries only see 'ready' rows, so any other value a future version writes stays hidden."""
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=_now)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=_now, onupdate=_now)
 
@@ -74,7 +75,8 @@ class InstanceRow(Base):
     centroid_y: Mapped[float] = mapped_column(Float)
     centroid_z: Mapped[float] = mapped_column(Float)
     point_indices: Mapped[bytes] = mapped_column(LargeBinary)
-    """zlib-compressed little-endian int32 indices into the scan's PLY vertices."""
+    """Indices into the scan's PLY vertices, packed by ``writer.pack_indices`` (a codec byte, the first
+    index, zlib of the gaps)."""
     score: Mapped[float] = mapped_column(Float)
     """Proposal confidence."""
     views: Mapped[bytes] = mapped_column(LargeBinary)

@@ -19,12 +19,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import StoreError
-from ..records import IngestResult
+from ..records import IngestResult, View
 
 __all__ = [
     "SpaceBatch",
     "ScanBatch",
-    "StoredView",
     "pack_scan",
     "write_rows_core",
     "write_rows_sqlite",
@@ -147,19 +146,6 @@ def unpack_indices(blob: bytes) -> np.ndarray:
 _VIEWS_FORMAT = 1
 
 
-@dataclass(frozen=True)
-class StoredView:
-    """One chosen view of a stored instance, as unpacked from ``instances.views``."""
-
-    rank: int
-    """0 = best view."""
-    frame_id: int
-    visible_pixels: int
-    crop_boxes: list
-    """[[x0, y0, x1, y1], ...] per crop level, colour pixels, x1/y1 exclusive."""
-    inlier: bool
-
-
 def _view_table(views) -> tuple[np.ndarray, int]:
     """(V, 4 + 4L) int32 rows: frame id, visible pixels, inlier, levels, then L crop boxes (zero padded)."""
     n = len(views)
@@ -192,7 +178,7 @@ def _views_header(levels: int) -> bytes:
 
 
 def pack_views(views) -> bytes:
-    """An instance's views (``ViewRecord``-like, best first) as stored in ``instances.views``.
+    """An instance's views (:class:`om3db.records.View`, best first) as stored in ``instances.views``.
 
     Format 1: a format byte, a byte L (crop levels per view slot), then per view 4 + 4L little-endian
     int32: frame id, visible pixels, inlier (0/1), crop levels used, then L boxes x0, y0, x1, y1.
@@ -201,15 +187,15 @@ def pack_views(views) -> bytes:
     return _views_header(levels) + table.tobytes()
 
 
-def unpack_views(blob: bytes) -> list[StoredView]:
+def unpack_views(blob: bytes) -> list[View]:
     """The views of :func:`pack_views`, best first."""
     if len(blob) < 2 or blob[0] != _VIEWS_FORMAT:
         raise StoreError(f"instance views blob has unknown format {blob[:1]!r}; upgrade om3db")
     levels = blob[1]
     table = np.frombuffer(blob, dtype="<i4", offset=2).reshape(-1, 4 + 4 * levels).tolist()
     return [
-        StoredView(rank, row[0], row[1], [row[4 + 4 * j : 8 + 4 * j] for j in range(row[3])], bool(row[2]))
-        for rank, row in enumerate(table)
+        View(row[0], row[1], tuple(tuple(row[4 + 4 * j : 8 + 4 * j]) for j in range(row[3])), bool(row[2]))
+        for row in table
     ]
 
 
