@@ -47,6 +47,12 @@ class Frame:
     """Raw uint16 depth units per metre."""
     depth_renderer: Callable[[Frame], np.ndarray] | None = field(default=None, repr=False, compare=False)
     """When set (``read_scan(depth="rendered"|"auto")``), :meth:`depth` renders from the scan's PLY."""
+    color_loader: Callable[[], np.ndarray] | None = field(default=None, repr=False, compare=False)
+    """Capture formats whose colour is not a plain image file (a member of a ``.r3d`` zip): returns
+    (H, W, 3) uint8 RGB. ``color_path`` then only names the image in messages."""
+    depth_loader: Callable[[], np.ndarray] | None = field(default=None, repr=False, compare=False)
+    """Capture formats whose depth is not a 16-bit PNG (LZFSE float32, ``.npy``) or is masked by a
+    confidence map: returns (h, w) float32 metres, 0 = no measurement."""
 
     @property
     def rendered_depth(self) -> bool:
@@ -60,6 +66,8 @@ class Frame:
 
     def color(self) -> np.ndarray:
         """(H, W, 3) uint8 RGB at colour resolution."""
+        if self.color_loader is not None:
+            return self.color_loader()
         img = _open_image(self.color_path)
         try:
             return np.asarray(img.convert("RGB"))
@@ -70,6 +78,8 @@ class Frame:
         """(h, w) float32 depth in metres at depth resolution; 0 means no measurement."""
         if self.depth_renderer is not None:
             return self.depth_renderer(self)
+        if self.depth_loader is not None:
+            return self.depth_loader()
         img = _open_image(self.depth_path)
         try:
             raw = np.asarray(img)
@@ -119,6 +129,18 @@ class Scan:
     """Frames found on disk before the frame step."""
     depth_source: str = "sensor"
     """"sensor" (depth/ images) or "rendered" (depth rendered from the PLY per frame)."""
+    source_format: str = "scannet"
+    """Capture format the scan was read from: "scannet" (this layout), "nerfstudio", "record3d",
+    "arkitscenes", "replica", "scannetpp" or "scanner3d" (docs/data-conventions.md)."""
+    fused_ply: Path | None = None
+    """Set when the scene points were fused from the RGB-D frames (the capture had no point cloud): the
+    fused PLY, equal to :attr:`ply_path`. Mask indices refer to its vertices, so it must be kept."""
+    fusion: dict | None = field(default=None, repr=False)
+    """JSON-able facts about the fusion (settings, frames fused, points, seconds, ``cached``), or None."""
+    capture_digest: str | None = field(default=None, repr=False)
+    """Content digest of a non-ScanNet capture's metadata and frame sizes (part of :meth:`fingerprint`)."""
+    capture_info: dict = field(default_factory=dict, repr=False)
+    """JSON-able facts about the capture: pose convention, depth units, intrinsics source."""
 
     @property
     def num_points(self) -> int:
@@ -142,6 +164,8 @@ class Scan:
         Changes when any input that ingest reads changes; cheap enough to compute on every ingest.
         """
         h = hashlib.sha256()
+        if self.capture_digest is not None:  # another capture format: its own digest replaces intrinsic/ and sizes
+            return self._capture_fingerprint(h)
         for p in (self.ply_path, self.mask_path):
             if p is not None:
                 h.update(p.name.encode())
@@ -155,6 +179,19 @@ class Scan:
         for f in self.frames:
             depth_size = f.depth_path.stat().st_size if f.depth_path is not None else "rendered"
             h.update(f"{f.frame_id}:{f.color_path.stat().st_size}:{depth_size}".encode())
+            h.update(np.ascontiguousarray(f.pose).tobytes())
+        return h.hexdigest()
+
+    def _capture_fingerprint(self, h) -> str:
+        h.update(f"{self.source_format}:{self.capture_digest}:depth:{self.depth_source}".encode())
+        for p in (self.ply_path, self.mask_path):
+            if p is not None:
+                h.update(p.name.encode())
+                with open(p, "rb") as fh:
+                    for chunk in iter(lambda: fh.read(1 << 20), b""):
+                        h.update(chunk)
+        for f in self.frames:
+            h.update(f"{f.frame_id}".encode())
             h.update(np.ascontiguousarray(f.pose).tobytes())
         return h.hexdigest()
 
@@ -215,7 +252,8 @@ def _pose_problem(pose: np.ndarray) -> str | None:
     return None
 
 
-def _find_ply(root: Path, name: str) -> Path:
+def _find_ply(root: Path, name: str, *, can_fuse: bool = False) -> Path | None:
+    """The scene PLY; None when there is none and the scan's sensor depth can be fused into one."""
     candidates = [root / f"{name}.ply", *sorted(root.glob("*_vh_clean_2.ply"))]
     for c in candidates:
         if c.is_file():
@@ -223,6 +261,8 @@ def _find_ply(root: Path, name: str) -> Path:
     plys = sorted(root.glob("*.ply"))
     if len(plys) == 1:
         return plys[0]
+    if not plys and can_fuse:
+        return None
     if not plys:
         raise ScanError(root, "no scene point cloud (.ply) found", f"Put the scene points in {root / (name + '.ply')}")
     raise ScanError(
@@ -264,22 +304,39 @@ def read_scan(
     ply: str | Path | None = None,
     check_all_images: bool = True,
     depth: DepthSource = "sensor",
+    format: str = "auto",  # noqa: A002 - the user-facing name (CLI --format)
+    fused_dir: str | Path | None = None,
+    fusion=None,
+    min_confidence: int = 1,
 ) -> Scan:
-    """Read and validate a scan folder.
+    """Read and validate a scan folder or capture.
 
     frame_step: keep every n-th frame in sorted id order (OpenMask3D's ``frequency``).
-    depth_scale: raw depth units per metre (1000 for ScanNet / 7-Scenes, 6553.5 for Replica).
-    pose_convention: camera axes of the pose files; "opengl" (also ARKit, PolyCam) is converted.
+    depth_scale: raw depth units per metre of a ScanNet-layout scan (1000 for ScanNet / 7-Scenes,
+        6553.5 for Replica). Other formats define their own units; passing another value with them
+        is an error.
+    pose_convention: camera axes of a ScanNet-layout scan's pose files; "opengl" (also ARKit, PolyCam)
+        is converted. Other formats define their own convention (passing "opengl" with them is an error).
     masks: True to load ``<scan>_masks.pt`` / ``.npy`` / ``.npz`` when present, a path to load that
         file, False/None to ignore masks.
-    ply: the scene point cloud; default ``<name>.ply``, ``*_vh_clean_2.ply`` or the only ``.ply``.
+    ply: the scene point cloud; default ``<name>.ply``, ``*_vh_clean_2.ply`` or the only ``.ply``
+        (captures: their own cloud or mesh when they ship one, else the fused cloud).
     check_all_images: read every image header (size, bit depth); False checks only the first frame.
-    depth: "sensor" reads depth/ (missing depth/ is an error); "rendered" renders every frame's depth
-        from the PLY (its faces with open3d RaycastingScene, else its points as splats); "auto"
-        renders only when the scan has no depth/ folder (or it holds no PNG). Rendered depth has the
-        sensor depth size when depth/ exists, else half the colour size, with the colour intrinsics
-        rescaled to it (intrinsic_depth.txt is then ignored: its image size is unknown).
+    depth: "sensor" reads the sensor depth (missing depth is an error); "rendered" renders every frame's
+        depth from the PLY (its faces with open3d RaycastingScene, else its points as splats); "auto"
+        renders only when the scan has no sensor depth. Rendered depth has the sensor depth size when
+        there is one, else half the colour size, with the colour intrinsics rescaled to it.
+    format: "auto" detects the layout from the folder's (or file's) contents; or one of
+        :data:`om3db.captures.FORMATS` to force it.
+    fused_dir: where a scene point cloud fused from the frames is kept (captures without a point cloud):
+        ``<fused_dir>/<name>.<key>.ply``, reused while the capture and fusion settings are unchanged.
+        None: :func:`om3db.fusion.default_fused_dir` (``$OM3DB_FUSED_DIR``, else ``~/.cache/om3db/fused``).
+    fusion: a :class:`om3db.fusion.FusionConfig` (voxel size, depth range, frame step); None: defaults.
+    min_confidence: formats with a per-pixel depth confidence (Record3D, ARKitScenes ``confidence/``):
+        depth pixels below this ARKit level (0 low, 1 medium, 2 high) are dropped; 0 keeps all.
     """
+    from .captures import FORMATS, detect_format
+
     root = Path(path)
     if frame_step < 1:
         raise ConfigError(f"frame_step must be >= 1, got {frame_step}")
@@ -289,14 +346,65 @@ def read_scan(
         raise ConfigError(f"pose_convention must be 'opencv' or 'opengl', got {pose_convention!r}")
     if depth not in ("sensor", "rendered", "auto"):
         raise ConfigError(f"depth must be 'sensor', 'rendered' or 'auto', got {depth!r}")
-    if not root.is_dir():
-        raise ScanError(
-            root, "scan folder not found", "Pass the folder that holds color/, depth/, pose/ and intrinsic/"
+    if format != "auto" and format not in FORMATS:
+        raise ConfigError(f"format must be 'auto' or one of {', '.join(FORMATS)}; got {format!r}")
+    if not isinstance(min_confidence, int) or not 0 <= min_confidence <= 2:
+        raise ConfigError(f"min_confidence must be 0, 1 or 2 (ARKit low, medium, high), got {min_confidence!r}")
+    fusion = _fusion_config(fusion)
+    fmt = detect_format(root) if format == "auto" else format
+    opts = dict(
+        frame_step=frame_step,
+        masks=masks,
+        ply=ply,
+        depth=depth,
+        fused_dir=fused_dir,
+        fusion=fusion,
+    )
+    if fmt == "scannet":
+        return _read_scannet(
+            root, depth_scale=depth_scale, pose_convention=pose_convention, check_all_images=check_all_images, **opts
         )
-    if not any(root.iterdir()):
-        raise ScanError(root, "scan folder is empty", "A scan needs color/, depth/, pose/, intrinsic/ and a .ply")
-    name = root.name
+    from .captures import read_capture
+    from .captures.base import ReadOptions
 
+    capture = read_capture(root, fmt, ReadOptions(check_all_images=check_all_images, min_confidence=min_confidence))
+    if depth_scale != 1000.0 and depth_scale != capture.depth_scale:
+        raise ConfigError(
+            f"depth_scale={depth_scale} applies to the ScanNet layout; the {fmt} format defines its own depth "
+            f"units ({capture.info.get('depth_units', 'see docs/data-conventions.md')}): leave depth_scale at 1000"
+        )
+    if pose_convention != "opencv":
+        raise ConfigError(
+            f"pose_convention={pose_convention!r} applies to the ScanNet layout; the {fmt} format defines its "
+            f"own ({capture.info.get('pose_convention', 'see docs/data-conventions.md')}) and om3db converts it"
+        )
+    return _scan_from_capture(capture, **opts)
+
+
+def _fusion_config(fusion):
+    from .fusion import FusionConfig
+
+    if fusion is None:
+        return FusionConfig()
+    if not isinstance(fusion, FusionConfig):
+        raise ConfigError(f"fusion must be an om3db.fusion.FusionConfig or None, got {type(fusion).__name__}")
+    return fusion
+
+
+def _read_scannet(
+    root: Path,
+    *,
+    frame_step: int,
+    depth_scale: float,
+    pose_convention: PoseConvention,
+    masks,
+    ply,
+    check_all_images: bool,
+    depth: DepthSource,
+    fused_dir,
+    fusion,
+) -> Scan:
+    name = root.name
     intr_path = root / "intrinsic" / "intrinsic_color.txt"
     if not intr_path.is_file():
         raise ScanError(
@@ -319,9 +427,9 @@ def read_scan(
         )
     _check_same_ids(root, colors, depths if not render or depths else dict.fromkeys(colors), poses)
 
-    ids = sorted(colors)
-    on_disk = len(ids)
-    ids = ids[::frame_step]
+    all_ids = sorted(colors)
+    on_disk = len(all_ids)
+    ids = all_ids[::frame_step]
 
     # Image sizes: every header (cheap) so a bad frame is caught before any work.
     check_ids = ids if check_all_images else ids[:1]
@@ -355,23 +463,40 @@ def read_scan(
     else:
         depth_intr = color_intr.scaled_to(*d_size)
 
-    frames: list[Frame] = []
-    skipped: list[SkippedFrame] = []
-    for fid in ids:
-        pose = _read_matrix(poses[fid], "pose")
-        problem = _pose_problem(pose)
-        if problem is not None:
-            skipped.append(SkippedFrame(fid, poses[fid], problem))
-            continue
-        if pose_convention == "opengl":
-            pose = pose @ _GL_TO_CV
-        frames.append(Frame(fid, colors[fid], depths.get(fid), poses[fid], pose, depth_scale))
+    def make_frames(wanted: list[int]) -> tuple[list[Frame], list[SkippedFrame]]:
+        kept: list[Frame] = []
+        dropped: list[SkippedFrame] = []
+        for fid in wanted:
+            pose = _read_matrix(poses[fid], "pose")
+            problem = _pose_problem(pose)
+            if problem is not None:
+                dropped.append(SkippedFrame(fid, poses[fid], problem))
+                continue
+            if pose_convention == "opengl":
+                pose = pose @ _GL_TO_CV
+            kept.append(Frame(fid, colors[fid], depths.get(fid), poses[fid], pose, depth_scale))
+        return kept, dropped
+
+    frames, skipped = make_frames(ids)
     if not frames:
         raise ScanError(
             root / "pose", f"no usable frame: all {len(ids)} poses are non-finite or non-rigid", "Check the pose export"
         )
 
-    ply_path = Path(ply) if ply is not None else _find_ply(root, name)
+    fused = None
+    if ply is not None:
+        ply_path = Path(ply)
+    else:
+        ply_path = _find_ply(root, name, can_fuse=bool(depths) and not render)
+    if ply_path is None:  # no scene cloud: fuse one from the sensor depth (kept fixed in fused_dir)
+        from .fusion import fused_scene_ply, scannet_digest
+
+        fuse_ids = fusion.pick_ids(all_ids)
+        fuse_frames, _ = make_frames(fuse_ids)
+        digest = scannet_digest(root, [poses[i] for i in fuse_ids], k_color, k_depth, depth_scale, pose_convention)
+        ply_path, fused = fused_scene_ply(
+            fuse_frames, depth_intr, color_intr, config=fusion, fused_dir=fused_dir, name=name, digest=digest
+        )
     if not ply_path.is_file():
         raise ScanError(ply_path, "point cloud file not found", "Pass an existing .ply")
     points, point_colors = _read_ply(ply_path)
@@ -381,13 +506,7 @@ def read_scan(
         renderer = FrameDepthRenderer(ply_path, points, depth_intr)
         frames = [replace(f, depth_renderer=renderer) for f in frames]
 
-    mask_path = None
-    mask_arr = mask_scores = None
-    if masks is not None and masks is not False:
-        mask_path = find_mask_file(root) if masks is True else Path(masks)
-        if mask_path is not None:
-            mask_arr, mask_scores = load_masks(mask_path, num_points=points.shape[0])
-
+    mask_arr, mask_scores, mask_path = _masks(root, masks, points.shape[0])
     return Scan(
         name=name,
         path=root,
@@ -405,6 +524,116 @@ def read_scan(
         mask_path=mask_path,
         frames_on_disk=on_disk,
         depth_source="rendered" if render else "sensor",
+        fused_ply=ply_path if fused is not None else None,
+        fusion=fused,
+    )
+
+
+def _masks(root: Path, masks, num_points: int):
+    mask_path = None
+    mask_arr = mask_scores = None
+    if masks is not None and masks is not False:
+        mask_path = (find_mask_file(root) if root.is_dir() else None) if masks is True else Path(masks)
+        if mask_path is not None:
+            mask_arr, mask_scores = load_masks(mask_path, num_points=num_points)
+    return mask_arr, mask_scores, mask_path
+
+
+def _scan_from_capture(capture, *, frame_step: int, masks, ply, depth: DepthSource, fused_dir, fusion) -> Scan:
+    """Frame step, pose checks, scene points (given, converted or fused) and depth mode for a capture."""
+    all_frames = list(capture.frames)
+    stepped = all_frames[::frame_step]
+
+    def usable(wanted) -> tuple[list[Frame], list[SkippedFrame]]:
+        kept, dropped = [], []
+        for f in wanted:
+            problem = capture.skip_reasons.get(f.frame_id) or _pose_problem(f.pose)
+            if problem is None:
+                kept.append(f)
+            else:
+                dropped.append(SkippedFrame(f.frame_id, f.pose_path, problem))
+        return kept, dropped
+
+    frames, skipped = usable(stepped)
+    if not frames:
+        raise ScanError(
+            capture.path,
+            f"no usable frame: none of the {len(stepped)} frames has a finite rigid pose"
+            + (f" ({skipped[0].reason})" if skipped else ""),
+            "Check the capture's trajectory / pose export",
+        )
+    if depth == "sensor" and not capture.has_depth:
+        raise ScanError(
+            capture.path,
+            f"the {capture.source_format} capture has no sensor depth",
+            "Pass depth='rendered' (or 'auto') to render depth from its mesh / point cloud",
+        )
+    render = depth == "rendered" or not capture.has_depth
+    color_intr = capture.color_intrinsics
+    if capture.has_depth:
+        depth_intr = capture.depth_intrinsics
+    else:
+        depth_intr = color_intr.scaled_to(max(color_intr.width // 2, 1), max(color_intr.height // 2, 1))
+
+    fused = None
+    if ply is not None:
+        ply_path = Path(ply)
+    elif capture.ply_path is not None:
+        ply_path = capture.ply_path
+    elif capture.mesh_path is not None:
+        from .fusion import mesh_as_ply
+
+        ply_path, fused = mesh_as_ply(capture.mesh_path, fused_dir=fused_dir, name=capture.name)
+    elif capture.has_depth:
+        from .fusion import fused_scene_ply
+
+        fuse_frames, _ = usable([all_frames[i] for i in fusion.pick_indices(len(all_frames))])
+        ply_path, fused = fused_scene_ply(
+            fuse_frames,
+            depth_intr,
+            color_intr,
+            config=fusion,
+            fused_dir=fused_dir,
+            name=capture.name,
+            digest=capture.digest,
+        )
+    else:
+        raise ScanError(
+            capture.path,
+            f"the {capture.source_format} capture has neither depth maps nor a scene mesh / point cloud",
+            "om3db needs one of them to place the scene points: export the capture with depth or with its mesh",
+        )
+    if not ply_path.is_file():
+        raise ScanError(ply_path, "point cloud file not found", "Pass an existing .ply")
+    points, point_colors = _read_ply(ply_path)
+    if render:
+        from .proposals.render import FrameDepthRenderer
+
+        renderer = FrameDepthRenderer(ply_path, points, depth_intr)
+        frames = [replace(f, depth_renderer=renderer) for f in frames]
+    mask_arr, mask_scores, mask_path = _masks(capture.path, masks, points.shape[0])
+    return Scan(
+        name=capture.name,
+        path=capture.path,
+        ply_path=ply_path,
+        points=points,
+        colors=point_colors,
+        frames=tuple(frames),
+        skipped=tuple(skipped),
+        color_intrinsics=color_intr,
+        depth_intrinsics=depth_intr,
+        depth_scale=float(capture.depth_scale),
+        frame_step=frame_step,
+        masks=mask_arr,
+        mask_scores=mask_scores,
+        mask_path=mask_path,
+        frames_on_disk=len(all_frames),
+        depth_source="rendered" if render else "sensor",
+        source_format=capture.source_format,
+        fused_ply=ply_path if fused is not None and fused.get("kind") == "tsdf" else None,
+        fusion=fused,
+        capture_digest=capture.digest,
+        capture_info=dict(capture.info),
     )
 
 
@@ -433,15 +662,18 @@ def _id_list(ids: list[int], limit: int = 8) -> str:
 
 
 def is_scan_dir(path: Path) -> bool:
-    """True when ``path`` looks like a scan folder (has color/ and intrinsic/)."""
+    """True when ``path`` looks like a ScanNet-layout scan folder (has color/ and intrinsic/)."""
     return (path / "color").is_dir() and (path / "intrinsic").is_dir()
 
 
 def find_scans(root: str | Path) -> list[Path]:
-    """Every scan folder at or below ``root``, sorted by path."""
+    """Every scan at or below ``root``, sorted by path: ScanNet-layout folders and captures of the other
+    formats (folders, and Record3D ``.r3d`` files). A folder recognised as a scan is not searched further."""
+    from .captures import find_captures
+
     root = Path(root)
     if is_scan_dir(root):
         return [root]
-    if not root.is_dir():
+    if not root.exists():
         raise ScanError(root, "folder not found", "Pass a scan folder or a folder of scans")
-    return sorted(p.parent for p in root.rglob("intrinsic") if is_scan_dir(p.parent))
+    return find_captures(root)

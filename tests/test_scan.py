@@ -351,9 +351,9 @@ def test_colour_size_changes_mid_scan(scan_dir: Path) -> None:
 
 
 def test_no_ply(scan_dir: Path) -> None:
-    (scan_dir / "scene0000_00.ply").unlink()
+    (scan_dir / "scene0000_00.ply").unlink()  # with sensor depth a cloud is fused instead (test_captures_fusion)
     with pytest.raises(ScanError) as err:
-        read_scan(scan_dir)
+        read_scan(scan_dir, depth="rendered")
     assert (
         str(err.value)
         == f"{scan_dir}: no scene point cloud (.ply) found. Put the scene points in {scan_dir / 'scene0000_00.ply'}"

@@ -1,0 +1,374 @@
+"""A scene point cloud for captures that have none: TSDF fusion of the RGB-D frames (open3d).
+
+The fused mesh (marching cubes over a truncated signed distance field) is written once as a PLY and
+reused: its vertices are the scan's points, so mask indices keep referring to the same points. The file
+is ``<fused_dir>/<name>.<key>.ply`` where ``key`` hashes the capture's content and the fusion settings;
+a sidecar ``.json`` records how it was made. Vertices are sorted (z, y, x) after extraction so the same
+input always gives the same file, whatever order open3d's parallel extraction produced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .camera import Intrinsics, project
+from .errors import ConfigError, ScanError
+
+__all__ = [
+    "FusionConfig",
+    "FusedCloud",
+    "fuse",
+    "fused_scene_ply",
+    "default_fused_dir",
+    "depth_residuals",
+    "write_ply",
+]
+
+FUSION_VERSION = 1
+"""Bumped when the fusion code changes its output: a new version never reuses an older cached file."""
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    """How a scene point cloud is fused from a capture's RGB-D frames."""
+
+    voxel_size: float = 0.02
+    """TSDF voxel edge in metres (1-2 cm: finer costs memory and time, coarser loses small objects)."""
+    trunc_voxels: float = 4.0
+    """Truncation distance of the signed distance field, in voxels."""
+    depth_min: float = 0.1
+    """Metres: closer depth pixels are ignored."""
+    depth_max: float = 5.0
+    """Metres: farther depth pixels are ignored (phone LiDAR is unreliable beyond ~5 m)."""
+    frame_step: int | None = None
+    """Fuse every n-th frame (in id order, over all frames on disk); None: the smallest step that fuses at
+    most :attr:`max_frames` frames. Independent of ``read_scan``'s frame_step, so the fused points do not
+    change when a scan is re-ingested with another frame step."""
+    max_frames: int = 300
+    """With ``frame_step=None``: at most this many frames are fused."""
+    min_weight: float = 1.0
+    """Voxels observed by fewer than this many frames' (weighted) depth are not surfaced."""
+    block_count: int = 20000
+    """Initial voxel-block capacity of open3d's hash map (it grows when needed)."""
+
+    def __post_init__(self) -> None:
+        for name in ("voxel_size", "trunc_voxels", "depth_max", "min_weight"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"FusionConfig.{name} must be > 0, got {getattr(self, name)}")
+        if not 0 <= self.depth_min < self.depth_max:
+            raise ConfigError(
+                f"FusionConfig.depth_min must be >= 0 and below depth_max ({self.depth_max}), got {self.depth_min}"
+            )
+        if self.frame_step is not None and (not isinstance(self.frame_step, int) or self.frame_step < 1):
+            raise ConfigError(f"FusionConfig.frame_step must be None or an integer >= 1, got {self.frame_step!r}")
+        for name in ("max_frames", "block_count"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ConfigError(f"FusionConfig.{name} must be an integer >= 1, got {getattr(self, name)!r}")
+
+    def step_for(self, num_frames: int) -> int:
+        """The frame step used for a capture of ``num_frames`` frames."""
+        if self.frame_step is not None:
+            return self.frame_step
+        return max(1, math.ceil(num_frames / self.max_frames))
+
+    def pick_indices(self, num_frames: int) -> list[int]:
+        """Positions (in id order) of the frames to fuse."""
+        return list(range(0, num_frames, self.step_for(num_frames)))
+
+    def pick_ids(self, ids: Sequence[int]) -> list[int]:
+        """The frame ids to fuse out of all ``ids`` (sorted)."""
+        return [ids[i] for i in self.pick_indices(len(ids))]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class FusedCloud:
+    """A fused scene surface: a triangle mesh whose vertices are the scene points."""
+
+    vertices: np.ndarray = field(repr=False)
+    """(N, 3) float32 world metres, sorted by (z, y, x)."""
+    colors: np.ndarray = field(repr=False)
+    """(N, 3) uint8 RGB (the TSDF-averaged frame colours)."""
+    faces: np.ndarray = field(repr=False)
+    """(F, 3) int32 vertex indices."""
+    info: dict = field(default_factory=dict)
+    """Settings, frames fused, counts, seconds."""
+
+
+def default_fused_dir() -> Path:
+    """Where fused clouds go when ``read_scan`` gets no ``fused_dir``: ``$OM3DB_FUSED_DIR``, else
+    ``$XDG_CACHE_HOME/om3db/fused``, else ``~/.cache/om3db/fused``."""
+    env = os.environ.get("OM3DB_FUSED_DIR")
+    if env:
+        return Path(env)
+    cache = os.environ.get("XDG_CACHE_HOME")
+    return (Path(cache) if cache else Path.home() / ".cache") / "om3db" / "fused"
+
+
+def _clean_depth(d: np.ndarray, config: FusionConfig) -> np.ndarray:
+    d = np.asarray(d, dtype=np.float32)
+    bad = ~np.isfinite(d) | (d < config.depth_min) | (d > config.depth_max)
+    if bad.any():
+        d = d.copy()
+        d[bad] = 0.0
+    return np.ascontiguousarray(d)
+
+
+def fuse(
+    frames: Sequence,
+    depth_intr: Intrinsics,
+    color_intr: Intrinsics,
+    *,
+    config: FusionConfig = FusionConfig(),
+    progress: Progress | None = None,
+) -> FusedCloud:
+    """TSDF-integrate ``frames`` (their ``depth()``, ``color()`` and camera-to-world ``pose``) and extract
+    the surface. Colour may have another resolution than depth (each has its own camera)."""
+    from ._o3d import open3d
+
+    if not frames:
+        raise ConfigError("fuse: no frames to fuse")
+    o3d = open3d()
+    t0 = time.perf_counter()
+    f32 = o3d.core.float32
+    vbg = o3d.t.geometry.VoxelBlockGrid(
+        attr_names=("tsdf", "weight", "color"),
+        attr_dtypes=(f32, f32, f32),
+        attr_channels=((1), (1), (3)),
+        voxel_size=float(config.voxel_size),
+        block_resolution=8,
+        block_count=int(config.block_count),
+        device=o3d.core.Device("CPU:0"),
+    )
+    k_depth = o3d.core.Tensor(depth_intr.matrix)
+    k_color = o3d.core.Tensor(color_intr.matrix)
+    trunc = float(config.trunc_voxels)
+    empty = 0
+    for i, f in enumerate(frames):
+        d = _clean_depth(f.depth(), config)
+        if d.shape != (depth_intr.height, depth_intr.width):
+            raise ScanError(
+                f.depth_path or f.color_path,
+                f"depth is {d.shape[1]}x{d.shape[0]}, the depth camera is {depth_intr.width}x{depth_intr.height}",
+                "All depth maps of a capture must share one resolution",
+            )
+        if not d.any():
+            empty += 1
+            continue
+        c = np.ascontiguousarray(f.color(), dtype=np.float32) / np.float32(255.0)
+        extrinsic = o3d.core.Tensor(np.linalg.inv(f.pose))
+        dimg = o3d.t.geometry.Image(o3d.core.Tensor(d))
+        cimg = o3d.t.geometry.Image(o3d.core.Tensor(c))
+        blocks = vbg.compute_unique_block_coordinates(dimg, k_depth, extrinsic, 1.0, config.depth_max, trunc)
+        vbg.integrate(blocks, dimg, cimg, k_depth, k_color, extrinsic, 1.0, config.depth_max, trunc)
+        if progress is not None:
+            progress("fuse", i + 1, len(frames))
+    t1 = time.perf_counter()
+    mesh = vbg.extract_triangle_mesh(weight_threshold=float(config.min_weight))
+    verts = mesh.vertex.positions.numpy().astype(np.float32) if "positions" in mesh.vertex else np.zeros((0, 3))
+    if len(verts) == 0:
+        raise ScanError(
+            getattr(frames[0], "color_path", "."),
+            f"fusing {len(frames)} frames gave no surface ({empty} had no depth in "
+            f"[{config.depth_min}, {config.depth_max}] m)",
+            "Check the depth units and poses, or widen FusionConfig.depth_min / depth_max",
+        )
+    cols = mesh.vertex.colors.numpy() if "colors" in mesh.vertex else np.zeros_like(verts)
+    faces = mesh.triangle.indices.numpy().astype(np.int64)
+    order = np.lexsort((verts[:, 0], verts[:, 1], verts[:, 2]))
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    verts, cols, faces = verts[order], cols[order], rank[faces]
+    colors = np.clip(np.rint(cols * 255.0), 0, 255).astype(np.uint8)
+    info = {
+        "kind": "tsdf",
+        "version": FUSION_VERSION,
+        "settings": config.to_dict(),
+        "frames_fused": len(frames) - empty,
+        "frames_without_depth": empty,
+        "frame_ids": [int(f.frame_id) for f in frames],
+        "points": int(len(verts)),
+        "faces": int(len(faces)),
+        "seconds": {"integrate": round(t1 - t0, 3), "extract": round(time.perf_counter() - t1, 3)},
+    }
+    return FusedCloud(verts, colors, faces.astype(np.int32), info)
+
+
+def write_ply(path: str | Path, vertices: np.ndarray, colors: np.ndarray, faces: np.ndarray | None = None) -> None:
+    """Binary little-endian PLY (float xyz, uchar rgb, optional int triangles), vertices in the given order."""
+    path = Path(path)
+    faces = np.zeros((0, 3), np.int32) if faces is None else np.asarray(faces)
+    head = (
+        "ply\nformat binary_little_endian 1.0\ncomment om3db\n"
+        f"element vertex {len(vertices)}\n"
+        "property float x\nproperty float y\nproperty float z\n"
+        "property uchar red\nproperty uchar green\nproperty uchar blue\n"
+    )
+    if len(faces):
+        head += f"element face {len(faces)}\nproperty list uchar int vertex_indices\n"
+    head += "end_header\n"
+    vdt = np.dtype([("p", "<f4", 3), ("c", "u1", 3)])
+    va = np.empty(len(vertices), vdt)
+    va["p"], va["c"] = vertices, colors
+    with open(path, "wb") as fh:
+        fh.write(head.encode("ascii"))
+        fh.write(va.tobytes())
+        if len(faces):
+            fa = np.empty(len(faces), np.dtype([("n", "u1"), ("i", "<i4", 3)]))
+            fa["n"], fa["i"] = 3, faces
+            fh.write(fa.tobytes())
+
+
+def _key(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _publish(path: Path, write: Callable[[Path], None], info: dict) -> None:
+    """Write ``path`` (and its ``.json`` sidecar) atomically: readers never see a half-written cloud."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        path.with_suffix(".json").write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def fused_scene_ply(
+    frames: Sequence,
+    depth_intr: Intrinsics,
+    color_intr: Intrinsics,
+    *,
+    config: FusionConfig,
+    fused_dir: str | Path | None,
+    name: str,
+    digest: str,
+    progress: Progress | None = None,
+) -> tuple[Path, dict]:
+    """The fused PLY of a capture: reused from ``fused_dir`` when the same capture content (``digest``)
+    was fused with the same settings, else fused now and written there. Returns (path, info)."""
+    folder = Path(fused_dir) if fused_dir is not None else default_fused_dir()
+    key = _key(
+        FUSION_VERSION,
+        digest,
+        config.to_dict(),
+        [int(f.frame_id) for f in frames],
+        asdict(depth_intr),
+        asdict(color_intr),
+    )
+    path = folder / f"{name}.{key}.ply"
+    if path.is_file():
+        info = {"kind": "tsdf", "cached": True, "key": key}
+        side = path.with_suffix(".json")
+        if side.is_file():
+            try:
+                info = {**json.loads(side.read_text()), "cached": True}
+            except (OSError, json.JSONDecodeError):
+                pass
+        return path, info
+    if not frames:
+        raise ScanError(name, "no usable frame to fuse", "Check the capture's poses")
+    cloud = fuse(frames, depth_intr, color_intr, config=config, progress=progress)
+    info = {**cloud.info, "key": key, "digest": digest, "cached": False}
+    _publish(path, lambda p: write_ply(p, cloud.vertices, cloud.colors, cloud.faces), info)
+    return path, info
+
+
+def scannet_digest(
+    root: Path, pose_paths: Sequence[Path], k_color, k_depth, depth_scale: float, pose_convention: str
+) -> str:
+    """Content digest of a ScanNet-layout scan for the fusion cache (poses, intrinsics, depth sizes)."""
+    h = hashlib.sha256(b"om3db-capture:scannet")
+    h.update(f"{depth_scale}:{pose_convention}".encode())
+    for m in (k_color, k_depth):
+        if m is not None:
+            h.update(np.ascontiguousarray(m).tobytes())
+    for p in pose_paths:
+        h.update(p.name.encode() + p.read_bytes())
+        for sub in ("depth",):
+            d = root / sub / (p.stem + ".png")
+            if d.is_file():
+                h.update(f"{d.name}:{d.stat().st_size}".encode())
+    return h.hexdigest()
+
+
+def read_obj(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Vertices (file order), per-vertex colours (``v x y z r g b``; else zeros) and fan-triangulated faces
+    of a Wavefront OBJ."""
+    verts, cols, faces = [], [], []
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError as exc:
+        raise ScanError(path, f"cannot be read ({exc})", "Re-export the mesh") from exc
+    for n, line in enumerate(lines, 1):
+        parts = line.split()
+        if not parts:
+            continue
+        try:
+            if parts[0] == "v":
+                verts.append([float(x) for x in parts[1:4]])
+                rgb = [float(x) for x in parts[4:7]]
+                cols.append(rgb if len(rgb) == 3 else [0.0, 0.0, 0.0])
+            elif parts[0] == "f":
+                idx = [int(p.split("/")[0]) for p in parts[1:]]
+                idx = [i - 1 if i > 0 else len(verts) + i for i in idx]
+                faces.extend([idx[0], idx[k], idx[k + 1]] for k in range(1, len(idx) - 1))
+        except (ValueError, IndexError) as exc:
+            raise ScanError(path, f"line {n} is not a valid OBJ record ({line[:60]!r})", "Re-export the mesh") from exc
+    if not verts:
+        raise ScanError(path, "mesh has no vertices", "Re-export the mesh")
+    v = np.asarray(verts, dtype=np.float32)
+    c = np.asarray(cols, dtype=np.float64)
+    c = c * 255.0 if c.size and c.max() <= 1.0 else c
+    f = np.asarray(faces, dtype=np.int64).reshape(-1, 3)
+    if len(f) and (f.min() < 0 or f.max() >= len(v)):
+        raise ScanError(path, "a face refers to a vertex that does not exist", "Re-export the mesh")
+    return v, np.clip(np.rint(c), 0, 255).astype(np.uint8), f.astype(np.int32)
+
+
+def mesh_as_ply(mesh_path: Path, *, fused_dir: str | Path | None, name: str) -> tuple[Path, dict]:
+    """A capture's OBJ mesh written once as a PLY (same vertex order) in ``fused_dir``; returns (path, info)."""
+    folder = Path(fused_dir) if fused_dir is not None else default_fused_dir()
+    key = _key(FUSION_VERSION, "obj", hashlib.sha256(mesh_path.read_bytes()).hexdigest())
+    path = folder / f"{name}.mesh-{key}.ply"
+    info = {"kind": "mesh", "source": str(mesh_path), "key": key}
+    if path.is_file():
+        return path, {**info, "cached": True}
+    v, c, f = read_obj(mesh_path)
+    info = {**info, "points": int(len(v)), "faces": int(len(f)), "cached": False}
+    _publish(path, lambda p: write_ply(p, v, c, f), info)
+    return path, info
+
+
+def depth_residuals(
+    points: np.ndarray, frames: Sequence, depth_intr: Intrinsics, *, max_residual: float = 0.05
+) -> np.ndarray:
+    """|sensor depth - point depth| in metres for every point visible in every frame (z > 0, inside the
+    image, depth measured, residual <= ``max_residual``): how well fused points reproject into the frames."""
+    out = []
+    w, h = depth_intr.width, depth_intr.height
+    for f in frames:
+        d = f.depth()
+        u, v, z = project(points, f.world_to_camera, depth_intr)
+        ok = z > 0
+        ui = np.rint(u[ok]).astype(np.int64)
+        vi = np.rint(v[ok]).astype(np.int64)
+        zz = z[ok]
+        inside = (ui >= 0) & (ui < w) & (vi >= 0) & (vi < h)
+        dd = d[vi[inside], ui[inside]]
+        r = np.abs(dd - zz[inside])[dd > 0]
+        out.append(r[r <= max_residual])
+    return np.concatenate(out) if out else np.zeros(0)
