@@ -8,7 +8,7 @@ import typer
 
 from om3db.errors import Om3dbError
 
-from . import db_cmds, demo_cmd, eval_cmd, synth_cmd
+from . import convert_cmd, db_cmds, demo_cmd, eval_cmd, synth_cmd
 
 app = typer.Typer(
     name="om3db",
@@ -25,7 +25,7 @@ def _root() -> None:
 
 
 # Each module adds its commands to `app`; they stay import-light (no torch at import).
-for _module in (synth_cmd, db_cmds, eval_cmd, demo_cmd):
+for _module in (synth_cmd, db_cmds, eval_cmd, demo_cmd, convert_cmd):
     _module.register(app)
 
 

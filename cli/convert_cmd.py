@@ -1,0 +1,69 @@
+"""``om3db convert``: write any supported capture as a ScanNet / OpenMask3D scan folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+_FORMATS = "auto, scannet, nerfstudio, record3d, arkitscenes, replica, scannetpp, scanner3d"
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def convert(
+        src: Annotated[Path, typer.Argument(help="Capture folder, or a Record3D .r3d file.")],
+        dst: Annotated[Path, typer.Argument(help="ScanNet-layout folder to write (new or empty).")],
+        format: Annotated[  # noqa: A002 - the option's name
+            str, typer.Option("--format", help=f"Capture format: {_FORMATS}.")
+        ] = "auto",
+        depth_scale: Annotated[
+            float, typer.Option("--depth-scale", help="Units per metre of the written depth PNGs.")
+        ] = 1000.0,
+        voxel_size: Annotated[
+            float, typer.Option("--voxel-size", help="TSDF voxel (m) when the capture has no point cloud.")
+        ] = 0.02,
+        depth_max: Annotated[float, typer.Option("--depth-max", help="Fusion ignores depth beyond this (m).")] = 5.0,
+        min_confidence: Annotated[
+            int, typer.Option("--min-confidence", help="Drop depth below this ARKit confidence (0 low .. 2 high).")
+        ] = 1,
+        fused_dir: Annotated[
+            Optional[Path], typer.Option("--fused-dir", help="Cache folder for fused clouds (default: user cache).")
+        ] = None,
+        json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    ) -> None:
+        """Write a capture (nerfstudio, Record3D, ARKitScenes, Replica, ScanNet++, 3D Scanner App) as a ScanNet folder."""
+        import json
+
+        from om3db.captures.convert import convert_capture
+        from om3db.fusion import FusionConfig
+
+        fusion = FusionConfig(voxel_size=voxel_size, depth_max=depth_max)
+        kwargs = dict(
+            format=format, depth_scale=depth_scale, fused_dir=fused_dir, fusion=fusion, min_confidence=min_confidence
+        )
+        if json_out:
+            result = convert_capture(src, dst, **kwargs)
+            typer.echo(json.dumps(result.to_dict(), indent=1))
+            return
+        from rich.console import Console
+        from rich.progress import Progress
+
+        with Progress(console=Console(stderr=True), transient=True) as bar:
+            task = bar.add_task("reading (and fusing)", total=None)
+            result = convert_capture(
+                src,
+                dst,
+                **kwargs,
+                progress=lambda stage, done, total: bar.update(task, description=stage, completed=done, total=total),
+            )
+        typer.echo(f"wrote {result.path} ({result.source_format}, {result.frames_written} frames)")
+        if result.frames_skipped:
+            typer.echo(f"  {len(result.frames_skipped)} frames without a usable pose were not written")
+        if result.fused_ply is not None:
+            typer.echo(f"  scene points fused from the depth maps ({result.fused_ply})")
+        if result.depth == "none":
+            typer.echo("  no sensor depth: om3db renders depth from the PLY")
+        if result.depth_out_of_range:
+            typer.echo(f"  {result.depth_out_of_range} depth pixels beyond the 16-bit range were written as 0")
