@@ -6,50 +6,17 @@ Heavy packages load inside the commands so ``om3db --help`` stays fast.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-DbOpt = Annotated[
-    Optional[Path],
-    typer.Option(
-        "--db",
-        envvar="OM3DB_DB",
-        show_envvar=True,
-        help="Database folder (created on first ingest). Default: ./om3db-data",
-    ),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")]
+from om3db.query import DEFAULT_TEMPLATE
 
+from .options import DbOpt, JsonOpt, table
+from .options import echo_json as _echo_json
 
-def _echo_json(obj) -> None:
-    typer.echo(json.dumps(obj, indent=1, default=_jsonable))
-
-
-def _jsonable(o):
-    import numpy as np
-
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, (np.integer, np.floating)):
-        return o.item()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
-def _table(title: str, columns: list[str], rows: list[list]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=title)
-    for c in columns:
-        table.add_column(c)
-    for r in rows:
-        table.add_row(*[str(x) for x in r])
-    Console(width=160).print(table)
+_table = table
 
 
 def _connect(db: Path | None, *, create: bool = False):
@@ -81,41 +48,42 @@ def _hits_table(title: str, hits) -> None:
     )
 
 
-def _search(
+def _query(
     db,
     text,
     image,
+    *,
     k,
     aggregation,
-    scan,
-    min_points,
-    region,
-    region_mode,
-    min_score,
-    template,
-    model,
-    space,
+    scan=None,
+    min_points=0,
+    region=None,
+    region_mode="intersects",
+    min_score=None,
+    template=DEFAULT_TEMPLATE,
+    model=None,
+    space=None,
     with_points=False,
 ):
+    """The CLI's search options as one om3db.Query."""
     from om3db.errors import ConfigError
     from om3db.query import parse_region
 
     if (text is None) == (image is None):
         raise ConfigError("give a TEXT query or --image FILE (one of them)")
-    return db.search(
-        text=text,
-        image=image,
-        k=k,
-        aggregation=aggregation,
-        scans=scan or None,
-        min_points=min_points,
-        region=parse_region(region) if region else None,
-        region_mode=region_mode,
-        min_score=min_score,
-        with_points=with_points,
-        encoder=model,
-        space=space,
-        template=template,
+    return (
+        db.query(text=text, image=image)
+        .where(
+            scans=scan or None,
+            min_points=min_points,
+            region=parse_region(region) if region else None,
+            region_mode=region_mode,
+            min_score=min_score,
+        )
+        .limit(k)
+        .aggregate(aggregation)
+        .with_points(with_points)
+        .using(model, space=space, template=template)
     )
 
 
@@ -209,7 +177,7 @@ def register(app: typer.Typer) -> None:
         ] = None,
         template: Annotated[
             str, typer.Option("--template", help="Prompt template for text queries.")
-        ] = "a {} in a scene",
+        ] = DEFAULT_TEMPLATE,
         model: Annotated[
             Optional[str],
             typer.Option(
@@ -225,22 +193,22 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Find instances by text (SigLIP) or by an example image (DINOv2) across all scans."""
         with _connect(db) as database:
-            hits = _search(
+            hits = _query(
                 database,
                 text,
                 image,
-                k,
-                aggregation,
-                scan,
-                min_points,
-                region,
-                region_mode,
-                min_score,
-                template,
-                model,
-                space,
-                with_points,
-            )
+                k=k,
+                aggregation=aggregation,
+                scan=scan,
+                min_points=min_points,
+                region=region,
+                region_mode=region_mode,
+                min_score=min_score,
+                template=template,
+                model=model,
+                space=space,
+                with_points=with_points,
+            ).to_list()
         if json_out:
             _echo_json([h.to_dict() for h in hits])
             return
@@ -296,9 +264,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Search, then write each scan's points as PLY with the hits highlighted and each hit's best crop as PNG."""
         with _connect(db) as database:
-            hits = _search(
-                database, text, image, k, aggregation, scan, 0, None, "intersects", None, "a {} in a scene", None, None
-            )
+            hits = _query(database, text, image, k=k, aggregation=aggregation, scan=scan).to_list()
             files = database.export(hits, out)
         if json_out:
             _echo_json({"hits": [h.to_dict() for h in hits], "files": [str(f) for f in files]})
@@ -325,7 +291,7 @@ def register(app: typer.Typer) -> None:
         """Rebuild every vector index from the database (re-choosing exact or IVF search)."""
         with _connect(db) as database:
             spaces = database.reindex()
-            kinds = {f"{s.name}.{s.level}": s.index_kind for s in database.store.spaces()}
+            kinds = database.index_kinds()
         if json_out:
             _echo_json({"rebuilt": spaces, "index": kinds})
         else:
@@ -342,8 +308,11 @@ def register(app: typer.Typer) -> None:
         _table("om3db", ["key", "value"], [[k, v] for k, v in data.items() if k != "spaces"])
         _table(
             "vector spaces",
-            ["space", "level", "model", "dim", "vectors", "index"],
-            [[s["name"], s["level"], s["model_id"], s["dim"], s["vectors"], s["index"]] for s in data["spaces"]],
+            ["space", "level", "model", "dim", "vectors", "index", "queries use"],
+            [
+                [s["name"], s["level"], s["model_id"], s["dim"], s["vectors"], s["index"], s["query_encoder"]]
+                for s in data["spaces"]
+            ],
         )
 
     @db_app.command("upgrade")

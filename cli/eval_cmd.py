@@ -8,14 +8,14 @@ from typing import Annotated
 
 import typer
 
+from om3db.query import DEFAULT_TEMPLATE
+
+from .options import DbOpt
+
 GT_HELP = (
     "Ground truth: a folder of <scene>.txt (one id label*1000+instance+1 per point) or of scans with gt/instances.txt."
 )
 VOCAB_HELP = "'scannet200', a classes.json ([{id, name}]), a scan folder with gt/classes.json, or a text file of names."
-DbOpt = Annotated[
-    Path | None,
-    typer.Option("--db", envvar="OM3DB_DB", show_envvar=True, help="Database folder. Default: ./om3db-data"),
-]
 EXCLUDE_HELP = "Class prompted but not evaluated (its GT points are void); repeat. Default: wall, floor."
 
 
@@ -66,7 +66,7 @@ def register(app: typer.Typer) -> None:
         exclude: Annotated[list[str] | None, typer.Option("--exclude", help=EXCLUDE_HELP)] = None,
         template: Annotated[
             str, typer.Option("--template", help="Prompt template; {} is the class name.")
-        ] = "a {} in a scene",
+        ] = DEFAULT_TEMPLATE,
         protocol: Annotated[
             list[str] | None, typer.Option("--protocol", help="constant | similarity; repeat. Default: both.")
         ] = None,
@@ -144,7 +144,7 @@ def register(app: typer.Typer) -> None:
         ] = None,
         template: Annotated[
             str, typer.Option("--template", help="Prompt template; {} is the class name.")
-        ] = "a {} in a scene",
+        ] = DEFAULT_TEMPLATE,
         aggregation: Annotated[str, typer.Option("--aggregation", help="mean | max.")] = "mean",
         fill: Annotated[
             str,

@@ -36,10 +36,19 @@ _LAZY = {
     "IngestConfig": "om3db.ingest",
     "ingest_scan": "om3db.ingest",
     "connect": "om3db.database",
+    "upgrade_database": "om3db.database",
     "Database": "om3db.database",
-    "Hit": "om3db.database",
-    "ScanInfo": "om3db.database",
-    "Instance": "om3db.database",
+    "Query": "om3db.query",
+    "Filters": "om3db.query",
+    "DEFAULT_TEMPLATE": "om3db.query",
+    "View": "om3db.records",
+    "Geometry": "om3db.records",
+    "Hit": "om3db.results",
+    "ScanInfo": "om3db.results",
+    "Instance": "om3db.results",
+    "Label": "om3db.results",
+    "IngestOutcome": "om3db.results",
+    "IngestPlan": "om3db.ingest",
 }
 
 __all__ = [

@@ -1,26 +1,25 @@
 """The public API: ``om3db.connect(path)`` -> ``Database``.
 
 A database is a directory: ``om3db.sqlite`` (the source of truth), ``indexes/*.faiss`` (derived, each with
-its change log ``*.faiss.log``) and
-``write.lock``. ``connect(None)`` uses ``$OM3DB_DB`` or ``./om3db-data``.
+its change log ``*.faiss.log``) and ``write.lock``. ``connect(None)`` uses ``$OM3DB_DB`` or ``./om3db-data``.
+
+This module orchestrates; it runs no SQL and no FAISS call itself: the store (``om3db.store``) does.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .errors import ConfigError, NotFoundError
-from .query import Filters, check_encoder, label_vectors, search_space
-from .records import IngestReport
+from .query import DEFAULT_TEMPLATE, Filters, Query, check_encoder, label_vectors, search_space
+from .results import Hit, IngestOutcome, Instance, Label, ScanInfo
 
 __all__ = [
     "connect",
@@ -33,140 +32,21 @@ __all__ = [
     "IngestOutcome",
     "DEFAULT_DB",
     "DEFAULT_TEMPLATE",
+    "DEFAULT_MODELS",
 ]
 
 DEFAULT_DB = "om3db-data"
 """Database folder used when neither a path nor ``$OM3DB_DB`` is given (relative to the cwd)."""
-DEFAULT_TEMPLATE = "a {} in a scene"
 DEFAULT_MODELS = {"siglip": "google/siglip-so400m-patch14-384", "dinov2": "facebook/dinov2-large"}
+"""Encoders of a new database's spaces when an ingest names none."""
 _SAVE_EVERY_S = 60.0
 """During a long ingest, index files are saved at most this often (and always at the end)."""
 Progress = Callable[[str, str, int, int], None]
 """progress(scan name, stage, done, total): stage "scans" counts scans; others come from ingest."""
 
 
-@dataclass(frozen=True)
-class Hit:
-    """One search result."""
-
-    instance_id: int
-    scan: str
-    score: float
-    """Cosine similarity to the query (mean: instance vector; max: best view)."""
-    point_count: int
-    bbox_min: tuple[float, float, float]
-    """World metres."""
-    bbox_max: tuple[float, float, float]
-    centroid: tuple[float, float, float]
-    frame_id: int | None
-    """Best view: the best-matching view (max aggregation) or the most visible one (mean)."""
-    crop_box: tuple[int, int, int, int] | None
-    """Level-0 crop box of that view, colour pixels (x0, y0, x1, y1), x1/y1 exclusive."""
-    point_indices: np.ndarray | None = field(default=None, repr=False)
-    """(P,) int32 indices into the scan's PLY vertices, when asked for (``with_points=True``)."""
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["point_indices"] = None if self.point_indices is None else self.point_indices.tolist()
-        return d
-
-
-@dataclass(frozen=True)
-class ScanInfo:
-    name: str
-    path: str
-    fingerprint: str
-    status: str
-    """'ingesting' | 'ready'."""
-    instances: int
-    frame_count: int
-    num_points: int
-    settings: dict = field(repr=False)
-    updated_at: str = ""
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-@dataclass(frozen=True)
-class View:
-    frame_id: int
-    visible_pixels: int
-    crop_boxes: list
-    """[[x0, y0, x1, y1], ...] per crop level."""
-    inlier: bool
-
-
-@dataclass(frozen=True)
-class Instance:
-    """One stored instance with its geometry."""
-
-    id: int
-    scan: str
-    scan_path: str
-    mask_index: int
-    point_count: int
-    score: float
-    """Proposal confidence."""
-    bbox_min: tuple[float, float, float]
-    bbox_max: tuple[float, float, float]
-    centroid: tuple[float, float, float]
-    views: tuple[View, ...]
-    point_indices: np.ndarray = field(repr=False)
-    """(P,) int32 indices into the scan's PLY vertices (file order)."""
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["point_indices"] = self.point_indices.tolist()
-        return d
-
-
-@dataclass(frozen=True)
-class Label:
-    """An instance's best class from a vocabulary."""
-
-    instance_id: int
-    label: str
-    label_index: int
-    score: float
-    point_indices: np.ndarray = field(repr=False)
-
-
-@dataclass(frozen=True)
-class IngestOutcome:
-    """What ``Database.ingest`` did with one scan."""
-
-    scan: str
-    path: str
-    status: str
-    """'ingested' | 'skipped' (fingerprint and settings unchanged)."""
-    instances: int
-    seconds: float
-    report: IngestReport | None = None
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        return d
-
-
-def _instance(r) -> Instance:
-    from .store import unpack_indices
-    from .store.writer import unpack_views
-
-    views = tuple(View(v.frame_id, v.visible_pixels, v.crop_boxes, v.inlier) for v in unpack_views(r.views))
-    return Instance(
-        r.id,
-        r.scan.name,
-        r.scan.path,
-        r.mask_index,
-        r.point_count,
-        r.score,
-        _bmin(r),
-        _bmax(r),
-        _cen(r),
-        views,
-        unpack_indices(r.point_indices),
-    )
+def _root(path) -> Path:
+    return Path(path if path is not None else os.environ.get("OM3DB_DB") or DEFAULT_DB)
 
 
 def connect(
@@ -193,11 +73,9 @@ def connect(
     if ephemeral:
         root = Path(tempfile.mkdtemp(prefix="om3db-"))
     else:
-        root = Path(path if path is not None else os.environ.get("OM3DB_DB") or DEFAULT_DB)
+        root = _root(path)
         if not create and url is None and not (root / "om3db.sqlite").is_file():
-            raise NotFoundError(
-                f"{root}: no om3db database here. Ingest scans first: om3db ingest SCANS_DIR --db {root}"
-            )
+            raise NotFoundError(f"{root}: no om3db database here. Create one by ingesting scans into it")
     store = Store(
         root,
         url=url,
@@ -212,21 +90,9 @@ def upgrade_database(
     path: str | Path | None = None, *, url: str | None = None, lock_timeout: float = 10.0
 ) -> tuple[str | None, str]:
     """Run the shipped migrations on a database folder; returns (revision before, revision after)."""
-    from .store.lock import WriterLock
-    from .store.schema import current_revision, head_revision, make_engine, upgrade
+    from .store import upgrade_database as upgrade
 
-    root = Path(path if path is not None else os.environ.get("OM3DB_DB") or DEFAULT_DB)
-    sqlite = root / "om3db.sqlite"
-    if url is None and not sqlite.exists():
-        raise NotFoundError(f"{root}: no om3db database here (no om3db.sqlite). Check --db / OM3DB_DB")
-    engine = make_engine(url or f"sqlite:///{sqlite.resolve()}")
-    try:
-        with WriterLock(root / "write.lock", timeout=lock_timeout):
-            before = current_revision(engine)
-            upgrade(engine)
-        return before, head_revision()
-    finally:
-        engine.dispose()
+    return upgrade(_root(path), url=url, lock_timeout=lock_timeout)
 
 
 def _sam_key(sam) -> str | None:
@@ -236,14 +102,20 @@ def _sam_key(sam) -> str | None:
 
 
 class Database:
-    """A catalogue of object instances across scans. Use ``om3db.connect`` to make one."""
+    """A catalogue of object instances across scans. Use ``om3db.connect`` to make one.
+
+    Query encoders: a search without ``encoder=`` uses, per space, the encoder object given to this
+    Database for it (by :meth:`ingest` or :meth:`use_encoder`), else the model the space was built with,
+    loaded from the hub id / directory stored with the space. :meth:`query_encoder` says which.
+    """
 
     def __init__(self, store, *, ephemeral: bool = False) -> None:
-        self.store = store
+        self._store = store
         self.path = store.root
         self._ephemeral = ephemeral
         self._models: dict[tuple[str, str], object] = {}
-        self._last: dict[str, object] = {}
+        self._given: dict[str, object] = {}
+        """Space -> the encoder object given to this Database (ingest / use_encoder): the query default."""
 
     def __enter__(self) -> Database:
         return self
@@ -255,22 +127,35 @@ class Database:
         return f"Database({str(self.path)!r})"
 
     def close(self) -> None:
-        self.store.close()
+        self._store.close()
         if self._ephemeral:
             shutil.rmtree(self.path, ignore_errors=True)
 
     # -- encoders ---------------------------------------------------------------------------
 
+    def use_encoder(self, space: str, encoder) -> None:
+        """Make ``encoder`` (an object, hub id or directory) this Database's query default for ``space``."""
+        self._given[space] = self._encoder(space, encoder)
+
+    def query_encoder(self, space: str) -> str:
+        """Which encoder a query of ``space`` without ``encoder=`` uses, and why (one line)."""
+        if space in self._given:
+            return f"{self._given[space].identity.describe()} (given to this Database)"
+        try:
+            row = self._store.space(space, "instance")
+        except NotFoundError:
+            return f"{DEFAULT_MODELS.get(space, '?')} (default; the space holds nothing yet)"
+        return f"{row.model_id}@{row.revision} (the model the space was built with)"
+
     def _encoder(self, space: str, spec=None):
-        """An encoder object for a space: given, cached, or loaded from a hub id / directory."""
+        """An encoder object for a space: given, the session's, or loaded from a hub id / directory."""
         if spec is not None and not isinstance(spec, (str, Path)):
-            self._last[space] = spec
             return spec
         if spec is None:
-            if space in self._last:
-                return self._last[space]
+            if space in self._given:
+                return self._given[space]
             try:
-                spec = self.store.space(space, "instance").model_id
+                spec = self._store.space(space, "instance").model_id
             except NotFoundError:
                 spec = DEFAULT_MODELS[space]
         key = (space, str(spec))
@@ -278,7 +163,6 @@ class Database:
             from .embed import load_encoder
 
             self._models[key] = load_encoder(space, spec)
-        self._last[space] = self._models[key]
         return self._models[key]
 
     # -- writes -----------------------------------------------------------------------------
@@ -294,6 +178,7 @@ class Database:
         force: bool = False,
         depth_scale: float = 1000.0,
         pose_convention: str = "opencv",
+        format: str = "auto",  # noqa: A002 - the user-facing name (CLI --format)
         progress: Progress | None = None,
     ) -> list[IngestOutcome]:
         """Ingest every scan at or below the given folder(s); one atomic commit per scan.
@@ -301,19 +186,15 @@ class Database:
         siglip / dinov2: encoder objects, hub ids or local directories (None: the model the space was
         built with, else the default hub id; ``dinov2=False`` skips the image-image space).
         sam: a SAM predictor or checkpoint path (None: box crops).
+        format: the capture format of the scans, or "auto" (recognised from each folder's contents).
         Scans whose fingerprint and settings are unchanged are skipped unless ``force``.
         Holds the writer lock for the whole call; index files are saved at the end (and every minute).
         """
-        from .ingest import IngestConfig
-        from .scan import find_scans
+        from .ingest import IngestConfig, ReadOptions, plan_ingest, run_plan
 
         config = config or IngestConfig()
-        roots = [paths_or_root] if isinstance(paths_or_root, (str, Path)) else list(paths_or_root)
-        folders = [p for r in roots for p in find_scans(r)]
-        if not folders:
-            raise ConfigError(f"no scan folders (with color/ and intrinsic/) found under {', '.join(map(str, roots))}")
-        with self.store.lock:
-            self.store.check_view_vectors(config.view_vectors)  # before any model loads or scan work
+        with self._store.lock:
+            self._store.check_view_vectors(config.view_vectors)  # before any model loads or scan work
             encoders = {
                 space: self._encoder(space, spec)
                 for space, spec in (("siglip", siglip), ("dinov2", dinov2))
@@ -325,99 +206,55 @@ class Database:
                 sam_key, sam = str(sam), load_sam(sam)
             else:
                 sam_key = _sam_key(sam)
-            key = {
-                "config": config.to_dict(has_sam=sam is not None),
-                "encoders": {k: dataclasses.asdict(e.identity) for k, e in encoders.items()},
-                "sam": sam_key,
-                "read": {"depth_scale": depth_scale, "pose_convention": pose_convention},
-            }
-            existing = {s.name: s for s in self.scans(include_incomplete=True)}
-            out: list[IngestOutcome] = []
+            plan = plan_ingest(
+                paths_or_root,
+                config=config,
+                encoders=encoders,
+                sam=sam,
+                sam_key=sam_key,
+                read=ReadOptions(depth_scale=depth_scale, pose_convention=pose_convention, format=format),
+                force=force,
+                fused_dir=self.path / "fused",
+            )
+            self._given.update(encoders)
+            last_save = [time.monotonic()]
+
+            def write(result, settings: dict) -> None:
+                save = time.monotonic() - last_save[0] > _SAVE_EVERY_S
+                self._store.write_scan(result, settings=settings, save=save)
+                if save:
+                    last_save[0] = time.monotonic()
+
+            stored = {s.name: s for s in self._store.scan_infos(include_incomplete=True)}
             try:
-                self._ingest_all(
-                    folders, out, existing, key, config, encoders, sam, force, depth_scale, pose_convention, progress
-                )
+                out = run_plan(plan, stored=stored, write=write, progress=progress)
             finally:
-                self.store.flush()  # index files once per call, not per scan (a crash only costs a rebuild)
+                self._store.flush()  # index files once per call, not per scan (a crash only costs a rebuild)
             if progress is not None:
-                progress("", "scans", len(folders), len(folders))
+                progress("", "scans", len(plan.folders), len(plan.folders))
             return out
-
-    def _ingest_all(
-        self, folders, out, existing, key, config, encoders, sam, force, depth_scale, pose_convention, progress
-    ) -> None:
-        from .ingest import ingest_scan
-        from .scan import read_scan
-
-        last_save = time.monotonic()
-        for i, folder in enumerate(folders):
-            t0 = time.perf_counter()
-            scan = read_scan(
-                folder,
-                frame_step=config.frame_step,
-                depth_scale=depth_scale,
-                depth="auto",
-                pose_convention=pose_convention,
-            )
-            if progress is not None:
-                progress(scan.name, "scans", i, len(folders))
-            fingerprint = scan.fingerprint()
-            old = existing.get(scan.name)
-            if (
-                not force
-                and old is not None
-                and old.status == "ready"
-                and old.fingerprint == fingerprint
-                and old.settings.get("key") == key
-            ):
-                out.append(IngestOutcome(scan.name, str(folder), "skipped", old.instances, 0.0))
-                continue
-            cb = (
-                None
-                if progress is None
-                else (lambda stage, done, total, _n=scan.name: progress(_n, stage, done, total))
-            )
-            result = ingest_scan(scan, config=config, encoders=encoders, sam=sam, progress=cb)
-            settings = {"key": key, "ingest": result.settings, "report": dataclasses.asdict(result.report)}
-            save = time.monotonic() - last_save > _SAVE_EVERY_S
-            self.store.write_scan(result, settings=settings, save=save)
-            if save:
-                last_save = time.monotonic()
-            out.append(
-                IngestOutcome(
-                    scan.name, str(folder), "ingested", len(result.instances), time.perf_counter() - t0, result.report
-                )
-            )
 
     def write(self, result, *, settings: dict | None = None) -> int:
         """Store an already computed ``IngestResult`` (replacing a scan of that name); returns its scan id."""
-        return self.store.write_scan(result, settings={"key": None, "ingest": result.settings, **(settings or {})})
+        return self._store.write_scan(result, settings={"key": None, "ingest": result.settings, **(settings or {})})
 
     def remove(self, scan: str) -> int:
         """Delete a scan with its instances and vectors; returns how many instances were removed."""
-        return self.store.remove_scan(scan)
+        return self._store.remove_scan(scan)
 
     def reindex(self) -> list[str]:
         """Rebuild every FAISS index from SQLite (re-choosing exact / IVF); returns the spaces rebuilt."""
-        return self.store.reindex()
+        return self._store.reindex()
+
+    def index_kinds(self) -> dict[str, str]:
+        """'space.level' -> the kind of its index ('flat' exact search or 'ivf')."""
+        return self._store.index_kinds()
 
     # -- reads ------------------------------------------------------------------------------
 
-    def _query_vector(self, space: str, text, image, template: str, encoder) -> np.ndarray:
-        enc = self._encoder(space, encoder)
-        check_encoder(self.store, space, enc.identity)
-        if text is not None:
-            if not hasattr(enc, "encode_texts"):
-                raise ConfigError(f"the {space!r} encoder has no text tower; text queries use the 'siglip' space")
-            return np.asarray(enc.encode_texts([template.format(text)]), dtype=np.float32)[0]
-        if isinstance(image, (str, Path)):
-            from PIL import Image, UnidentifiedImageError
-
-            try:
-                image = np.asarray(Image.open(image).convert("RGB"))
-            except (OSError, UnidentifiedImageError) as exc:
-                raise ConfigError(f"{image}: cannot read the query image ({exc}). Pass a PNG or JPEG file") from exc
-        return np.asarray(enc.encode_images([np.asarray(image, dtype=np.uint8)]), dtype=np.float32)[0]
+    def query(self, text: str | None = None, image=None) -> Query:
+        """A query to refine and run: ``db.query(text="a mug").where(scans=["kitchen"]).limit(5).to_list()``."""
+        return Query(self, text=text, image=image)
 
     def search(
         self,
@@ -431,6 +268,7 @@ class Database:
         region=None,
         region_mode: str = "intersects",
         min_score: float | None = None,
+        filters: Filters | None = None,
         with_points: bool = False,
         encoder=None,
         space: str | None = None,
@@ -440,60 +278,87 @@ class Database:
 
         region: ((xmin, ymin, zmin), (xmax, ymax, zmax)) world metres; region_mode "intersects" (bbox
         overlaps) or "centroid" (centroid inside). min_score: drop hits with a lower similarity.
-        encoder: the query encoder (object, hub id or directory); default: the space's own model.
+        filters: a :class:`Filters` value instead of the separate filter arguments.
+        encoder: the query encoder (object, hub id or directory); default: see :meth:`query_encoder`.
         """
-        if (text is None) == (image is None):
-            raise ConfigError("search needs exactly one of text= or image=")
-        space = space or ("siglip" if text is not None else "dinov2")
-        if text is not None and "{}" not in template:
-            raise ConfigError(f"template must contain '{{}}' where the text goes, got {template!r}")
-        filters = Filters(
-            scans=(scans,) if isinstance(scans, str) else (tuple(scans) if scans is not None else None),
-            min_points=min_points,
-            region=region,
-            region_mode=region_mode,
+        if filters is None:
+            filters = Filters(
+                scans=scans, min_points=min_points, region=region, region_mode=region_mode, min_score=min_score
+            )
+        q = Query(
+            self,
+            text=text,
+            image=image,
+            k=k,
+            aggregation=aggregation,
+            filters=filters,
+            points=with_points,
+            encoder=encoder,
+            space=space,
+            template=template,
         )
-        self.store.space(space, "instance")  # a clear error on an empty database before loading a model
-        q = self._query_vector(space, text, image, template, encoder)
-        raw = search_space(self.store, space, q, k=k, aggregation=aggregation, filters=filters, min_score=min_score)
-        return self._hits(raw, with_points)
+        return q.to_list()
+
+    def _run_query(self, q: Query) -> list[Hit]:
+        space = q.space_name
+        self._store.space(space, "instance")  # a clear error on an empty database before loading a model
+        if q.filters.scans is not None:
+            known = {s.name for s in self._store.scan_infos(names=q.filters.scans)}
+            unknown = [s for s in q.filters.scans if s not in known]
+            if unknown:
+                raise NotFoundError(f"{self.path}: no scan named {', '.join(map(repr, unknown))}")
+        vector = self._query_vector(space, q)
+        allowed = None
+        if q.filters.restricts_ids:
+            f = q.filters
+            allowed = self._store.filter_ids(
+                scans=f.scans, min_points=f.min_points, region=f.region, region_mode=f.region_mode
+            )
+        raw = search_space(
+            self._store, space, vector, k=q.k, aggregation=q.aggregation, allowed=allowed, min_score=q.filters.min_score
+        )
+        return self._hits(raw, q.points)
+
+    def _query_vector(self, space: str, q: Query) -> np.ndarray:
+        enc = self._encoder(space, q.encoder)
+        check_encoder(self._store, space, enc.identity)
+        if q.text is not None:
+            if not hasattr(enc, "encode_texts"):
+                raise ConfigError(f"the {space!r} encoder has no text tower; text queries use the 'siglip' space")
+            return np.asarray(enc.encode_texts([q.template.format(q.text)]), dtype=np.float32)[0]
+        image = q.image
+        if isinstance(image, (str, Path)):
+            from PIL import Image, UnidentifiedImageError
+
+            try:
+                image = np.asarray(Image.open(image).convert("RGB"))
+            except (OSError, UnidentifiedImageError) as exc:
+                raise ConfigError(f"{q.image}: cannot read the query image ({exc}). Pass a PNG or JPEG file") from exc
+        return np.asarray(enc.encode_images([np.asarray(image, dtype=np.uint8)]), dtype=np.float32)[0]
 
     def _hits(self, raw, with_points: bool) -> list[Hit]:
-        from sqlalchemy import select
+        from .store.writer import view_rank
 
-        from .store import unpack_indices
-        from .store.models import InstanceRow, ScanRow
-        from .store.writer import unpack_views, view_rank
-
-        ids = [h.instance_id for h in raw]
-        with self.store.session() as s:
-            rows = {
-                r.id: r
-                for r in s.scalars(
-                    select(InstanceRow).join(ScanRow).where(InstanceRow.id.in_(ids), ScanRow.status == "ready")
-                )
-            }
-            names = dict(s.execute(select(ScanRow.id, ScanRow.name)).all())
+        found = {i.id: i for i in self._store.instances(ids=[h.instance_id for h in raw], with_points=with_points)}
         hits = []
         for h in raw:
-            r = rows.get(h.instance_id)
-            if r is None:  # removed between the index search and now
+            inst = found.get(h.instance_id)
+            if inst is None:  # removed between the index search and now
                 continue
-            views = unpack_views(r.views)
             rank = int(view_rank(h.view_id)) if h.view_id is not None else 0  # mean: the best view
-            v = views[rank] if rank < len(views) else None
+            v = inst.views[rank] if rank < len(inst.views) else None
             hits.append(
                 Hit(
-                    r.id,
-                    names[r.scan_id],
+                    inst.id,
+                    inst.scan,
                     h.score,
-                    r.point_count,
-                    _bmin(r),
-                    _bmax(r),
-                    _cen(r),
                     None if v is None else v.frame_id,
                     None if v is None or not v.crop_boxes else tuple(v.crop_boxes[0]),
-                    unpack_indices(r.point_indices) if with_points else None,
+                    inst.point_indices,
+                    point_count=inst.point_count,
+                    bbox_min=inst.bbox_min,
+                    bbox_max=inst.bbox_max,
+                    centroid=inst.centroid,
                 )
             )
         return hits
@@ -508,91 +373,45 @@ class Database:
         encoder=None,
     ) -> list[Label]:
         """Each instance of a scan gets its best class from ``vocabulary`` (SigLIP text vs instance)."""
-        from sqlalchemy import select
-
-        from .store import unpack_indices
-        from .store.models import InstanceRow, ScanRow
-
         if not vocabulary:
             raise ConfigError("vocabulary is empty: pass at least one class name")
         enc = self._encoder("siglip", encoder)
-        check_encoder(self.store, "siglip", enc.identity)
-        with self.store.session() as s:
-            row = s.scalars(select(ScanRow).where(ScanRow.name == scan, ScanRow.status == "ready")).first()
-            if row is None:
-                raise NotFoundError(
-                    f"{self.path}: no scan named {scan!r}. List scans with: om3db scans --db {self.path}"
-                )
-            insts = {i.id: i for i in s.scalars(select(InstanceRow).where(InstanceRow.scan_id == row.id))}
+        check_encoder(self._store, "siglip", enc.identity)
+        insts = {i.id: i for i in self.instances(scan)}
         classes = np.asarray(enc.encode_texts([template.format(c) for c in vocabulary]), dtype=np.float32)
         ids, best, score = label_vectors(
-            self.store, "siglip", np.array(sorted(insts), dtype=np.int64), classes, aggregation=aggregation
+            self._store, "siglip", np.array(sorted(insts), dtype=np.int64), classes, aggregation=aggregation
         )
         return [
-            Label(int(i), vocabulary[int(b)], int(b), float(sc), unpack_indices(insts[int(i)].point_indices))
+            Label(int(i), vocabulary[int(b)], int(b), float(sc), insts[int(i)].point_indices)
             for i, b, sc in zip(ids, best, score, strict=True)
         ]
 
     def scans(self, *, include_incomplete: bool = False) -> list[ScanInfo]:
         """Scans in the database, by name (only complete ones unless ``include_incomplete``)."""
-        from sqlalchemy import func, select
-
-        from .store.models import InstanceRow, ScanRow
-
-        q = (
-            select(ScanRow, func.count(InstanceRow.id))
-            .outerjoin(InstanceRow, InstanceRow.scan_id == ScanRow.id)
-            .group_by(ScanRow.id)
-            .order_by(ScanRow.name)
-        )
-        if not include_incomplete:
-            q = q.where(ScanRow.status == "ready")
-        with self.store.session() as s:
-            return [
-                ScanInfo(
-                    r.name,
-                    r.path,
-                    r.fingerprint,
-                    r.status,
-                    int(n),
-                    r.frame_count,
-                    r.num_points,
-                    r.settings or {},
-                    r.updated_at.isoformat(timespec="seconds") if r.updated_at else "",
-                )
-                for r, n in s.execute(q)
-            ]
+        return self._store.scan_infos(include_incomplete=include_incomplete)
 
     def instance(self, instance_id: int) -> Instance:
         """One instance with its views and point indices."""
-        from .store.models import InstanceRow
-
-        with self.store.session() as s:
-            r = s.get(InstanceRow, int(instance_id))
-            if r is None or r.scan.status != "ready":
-                raise NotFoundError(f"{self.path}: no instance {instance_id}. Search first to get instance ids")
-            return _instance(r)
+        found = self._store.instances(ids=[int(instance_id)])
+        if not found:
+            raise NotFoundError(f"{self.path}: no instance {instance_id}. Search first to get instance ids")
+        return found[0]
 
     def instances(self, scan: str) -> list[Instance]:
         """Every instance of a (complete) scan, by id, with views and point indices."""
-        from sqlalchemy import select
-
-        from .store.models import InstanceRow, ScanRow
-
-        with self.store.session() as s:
-            row = s.scalars(select(ScanRow).where(ScanRow.name == scan, ScanRow.status == "ready")).first()
-            if row is None:
-                raise NotFoundError(f"{self.path}: no scan {scan!r}. See `om3db scans` for the scans it holds")
-            return [
-                _instance(r)
-                for r in s.scalars(select(InstanceRow).where(InstanceRow.scan_id == row.id).order_by(InstanceRow.id))
-            ]
+        if not self._store.scan_infos(names=[scan]):
+            raise NotFoundError(
+                f"{self.path}: no scan named {scan!r}. The scans it holds: {self._store.scan_list_text()}"
+            )
+        return self._store.instances(scan=scan)
 
     def export(self, hits: Sequence[Hit], out: str | Path) -> list[Path]:
         """Write, per scan with hits, ``<scan>_hits.ply`` (its points, hits in distinct colours, the rest
         grey) and per hit ``hit<rank>_<instance>.png`` (the level-0 crop of its best view)."""
         from PIL import Image
 
+        from .ply import write_ply
         from .scan import read_scan
 
         out = Path(out)
@@ -602,10 +421,10 @@ class Database:
         for rank, h in enumerate(hits, 1):
             by_scan.setdefault(h.scan, []).append((rank, h))
         for scan_name, ranked in by_scan.items():
-            info = next((s for s in self.scans() if s.name == scan_name), None)
-            if info is None:
+            info = self._store.scan_infos(names=[scan_name])
+            if not info:
                 raise NotFoundError(f"{self.path}: no scan named {scan_name!r}")
-            scan = read_scan(info.path, masks=False, check_all_images=False)
+            scan = read_scan(info[0].path, masks=False, check_all_images=False)
             colors = (scan.colors.astype(np.float32) * 0.3 + 60).astype(np.uint8)
             for rank, h in ranked:
                 colors[self.instance(h.instance_id).point_indices] = _HIGHLIGHT[(rank - 1) % len(_HIGHLIGHT)]
@@ -616,59 +435,29 @@ class Database:
                     Image.fromarray(crop).save(path)
                     written.append(path)
             path = out / f"{scan_name}_hits.ply"
-            _write_ply(path, scan.points, colors)
+            write_ply(path, scan.points, colors)
             written.append(path)
         return sorted(written)
 
     def info(self) -> dict:
-        """Versions, faiss build and GPUs, and database counts."""
-        import faiss
-        import sqlalchemy
-
+        """Versions, faiss build and GPUs, database counts, and per vector space its encoder, the
+        encoder queries use, and its index."""
         from . import __version__
-        from .store import gpu_count
-        from .store.schema import current_revision
+        from .store import versions
 
-        spaces = []
-        for row in self.store.spaces():
-            index = self.store.index(row.name, row.level)
-            spaces.append(
-                {
-                    "name": row.name,
-                    "level": row.level,
-                    "model_id": row.model_id,
-                    "revision": row.revision,
-                    "dim": row.dim,
-                    "vectors": index.ntotal,
-                    "index": row.index_kind,
-                    "index_params": row.index_params,
-                }
-            )
+        spaces = self._store.space_summaries()
+        for s in spaces:
+            s["query_encoder"] = self.query_encoder(s["name"])
         scans = self.scans()
         return {
             "database": str(self.path),
-            "schema_revision": current_revision(self.store.engine),
+            "schema_revision": self._store.schema_revision(),
             "om3db": __version__,
-            "faiss": faiss.__version__,
-            "sqlalchemy": sqlalchemy.__version__,
-            "faiss_gpu_build": hasattr(faiss, "StandardGpuResources"),
-            "gpus": gpu_count(),
+            **versions(),
             "scans": len(scans),
             "instances": sum(s.instances for s in scans),
             "spaces": spaces,
         }
-
-
-def _bmin(r) -> tuple[float, float, float]:
-    return (r.bbox_min_x, r.bbox_min_y, r.bbox_min_z)
-
-
-def _bmax(r) -> tuple[float, float, float]:
-    return (r.bbox_max_x, r.bbox_max_y, r.bbox_max_z)
-
-
-def _cen(r) -> tuple[float, float, float]:
-    return (r.centroid_x, r.centroid_y, r.centroid_z)
 
 
 _HIGHLIGHT = [
@@ -683,20 +472,3 @@ _HIGHLIGHT = [
     (210, 245, 60),
     (250, 190, 212),
 ]
-
-
-def _write_ply(path: Path, points: np.ndarray, colors: np.ndarray) -> None:
-    """Binary little-endian PLY with float xyz and uchar rgb per vertex (file order kept)."""
-    rec = np.empty(len(points), dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("r", "u1"), ("g", "u1"), ("b", "u1")])
-    for i, a in enumerate("xyz"):
-        rec[a] = points[:, i]
-    for i, a in enumerate("rgb"):
-        rec[a] = colors[:, i]
-    header = (
-        "ply\nformat binary_little_endian 1.0\n"
-        f"element vertex {len(points)}\nproperty float x\nproperty float y\nproperty float z\n"
-        "property uchar red\nproperty uchar green\nproperty uchar blue\nend_header\n"
-    )
-    with open(path, "wb") as fh:
-        fh.write(header.encode())
-        fh.write(rec.tobytes())

@@ -18,6 +18,7 @@ import dataclasses
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -27,7 +28,7 @@ from .errors import ConfigError, MaskFileError
 from .records import IngestReport, IngestResult, InstanceRecord, View
 from .views import select_views
 
-__all__ = ["IngestConfig", "ingest_scan"]
+__all__ = ["IngestConfig", "IngestPlan", "ReadOptions", "ingest_scan", "plan_ingest", "run_plan"]
 
 Progress = Callable[[str, int, int], None]
 SKIP_FRAME_STEP = "frame step"
@@ -239,34 +240,15 @@ def _check_encoders(encoders: Mapping[str, object]) -> None:
             )
 
 
-def ingest_scan(
-    scan,
-    *,
-    config: IngestConfig = IngestConfig(),
-    encoders: Mapping[str, object],
-    sam=None,
-    masks: np.ndarray | None = None,
-    progress: Progress | None = None,
-) -> IngestResult:
-    """Turn one scan (and its class-agnostic masks) into instance records with per-view and
-    per-instance vectors for every encoder (space name -> encoder, e.g. "siglip", "dinov2").
-
-    masks: (N, M) bool, overriding ``scan.masks``; without either, the proposer is asked.
-    sam: a SAM predictor (om3db.sam.load_sam) for crop mode "sam".
-    """
-    _check_encoders(encoders)
-    crop_cfg = config.resolved_crop(sam is not None)
-    if crop_cfg.mode == "sam" and sam is None:
-        raise ConfigError(
-            "crop mode 'sam' needs a SAM predictor: pass sam=om3db.sam.load_sam(checkpoint) or use CropConfig(mode='box')"
-        )
-    timer = _Timer()
-    t = time.perf_counter()
+def _masks_for(scan, config: IngestConfig, sam, masks: np.ndarray | None):
+    """Stage "masks": the scan's class-agnostic masks, from the argument, the scan's mask file or the
+    proposer (then MOSS-refined when asked). Returns (masks (N, M) bool, scores (M,) or None, source,
+    JSON-able record of the proposer / refiner)."""
     source = "argument" if masks is not None else "scan" if scan.masks is not None else "proposer"
     scores = scan.mask_scores if source == "scan" else None
-    mask_record: dict = {}
+    record: dict = {}
     if source == "proposer":
-        masks, scores, mask_record = _proposals_for(scan, config, sam)
+        masks, scores, record = _proposals_for(scan, config, sam)
     elif masks is None:
         masks = scan.masks
     masks = np.asarray(masks)
@@ -278,36 +260,25 @@ def ingest_scan(
         )
     masks = masks.astype(bool, copy=False)
     if config.refine_masks and source != "proposer":
-        masks, mask_record = _refined(scan, masks, config, sam)
-    stepped, skipped = _apply_frame_step(scan, config.frame_step)
-    sizes = masks.sum(axis=0)
-    active = np.flatnonzero(sizes >= config.min_points)
-    too_small = np.flatnonzero(sizes < config.min_points).tolist()
-    sub = masks[:, active]
-    t = timer.add("load", t)
+        masks, record = _refined(scan, masks, config, sam)
+    return masks, scores, source, record
 
-    sel = select_views(
-        stepped,
-        sub,
-        top_k=config.top_k,
-        diverse=config.diverse,
-        diverse_pool=config.diverse_pool,
-        min_visibility_fraction=config.min_visibility_fraction,
-        vis_threshold=config.vis_threshold,
-        seed=config.seed,
-        progress=progress,
-    )
-    t = timer.add("views", t)
 
+def _crops_and_vectors(stepped, sel, active, *, encoders, crop_cfg, config, sam, timer, progress):
+    """Stages "crops" and "embed": each frame decoded once, every mask chosen in it cropped from it, crops
+    buffered across masks and frames and encoded ``embed_batch`` at a time by every encoder.
+
+    Returns (boxes: (mask j, rank) -> (L, 4) boxes, vectors: space -> (j, rank) -> (L, D), crops made)."""
     levels = crop_cfg.levels
     boxes: dict[tuple[int, int], np.ndarray] = {}
-    level_vecs = {name: {} for name in encoders}  # name -> (local mask, rank) -> (L, D)
+    level_vecs = {name: {} for name in encoders}
     buffer: list[tuple[tuple[int, int], list[np.ndarray]]] = []
     total_crops = sum(len(mv.views) for mv in sel.masks) * levels
-    done = {"embedded": 0}
+    done = 0
+    t = time.perf_counter()
 
     def flush() -> None:
-        nonlocal t
+        nonlocal t, done
         t = timer.add("crops", t)
         images = [im for _, ims in buffer for im in ims]
         for name, enc in encoders.items():
@@ -319,11 +290,11 @@ def ingest_scan(
                 )
             for k, (key, _) in enumerate(buffer):
                 level_vecs[name][key] = vecs[k * levels : (k + 1) * levels]
-        done["embedded"] += len(images)
+        done += len(images)
         buffer.clear()
         t = timer.add("embed", t)
         if progress is not None:
-            progress("embed", done["embedded"], total_crops)
+            progress("embed", done, total_crops)
 
     by_frame = sel.by_frame()
     for n, (f, items) in enumerate(by_frame.items()):
@@ -348,8 +319,13 @@ def ingest_scan(
             flush()
     if buffer:
         flush()
-    t = timer.add("crops", t)
+    timer.add("crops", t)
+    return boxes, level_vecs, total_crops
 
+
+def _aggregate(scan, masks, active, sel, boxes, level_vecs, *, encoders, config, scores, progress):
+    """Stage "aggregate": per-view mean over levels, DBSCAN outlier views, per-instance mean, geometry.
+    Returns (instances, mask columns no usable frame sees)."""
     outlier_space = config.outlier_space or ("siglip" if "siglip" in encoders else next(iter(encoders)))
     if outlier_space not in encoders:
         raise ConfigError(f"IngestConfig.outlier_space {outlier_space!r} is not one of the encoders {sorted(encoders)}")
@@ -386,6 +362,75 @@ def ingest_scan(
         )
         if progress is not None:
             progress("aggregate", j + 1, len(sel.masks))
+    return instances, without_view
+
+
+def ingest_scan(
+    scan,
+    *,
+    config: IngestConfig = IngestConfig(),
+    encoders: Mapping[str, object],
+    sam=None,
+    masks: np.ndarray | None = None,
+    progress: Progress | None = None,
+) -> IngestResult:
+    """Turn one scan (and its class-agnostic masks) into instance records with per-view and
+    per-instance vectors for every encoder (space name -> encoder, e.g. "siglip", "dinov2").
+
+    masks: (N, M) bool, overriding ``scan.masks``; without either, the proposer is asked.
+    sam: a SAM predictor (om3db.sam.load_sam) for crop mode "sam".
+    """
+    _check_encoders(encoders)
+    crop_cfg = config.resolved_crop(sam is not None)
+    if crop_cfg.mode == "sam" and sam is None:
+        raise ConfigError(
+            "crop mode 'sam' needs a SAM predictor: pass sam=om3db.sam.load_sam(checkpoint) or use CropConfig(mode='box')"
+        )
+    timer = _Timer()
+    t = time.perf_counter()
+    masks, scores, source, mask_record = _masks_for(scan, config, sam, masks)
+    stepped, skipped = _apply_frame_step(scan, config.frame_step)
+    sizes = masks.sum(axis=0)
+    active = np.flatnonzero(sizes >= config.min_points)
+    too_small = np.flatnonzero(sizes < config.min_points).tolist()
+    t = timer.add("load", t)
+
+    sel = select_views(
+        stepped,
+        masks[:, active],
+        top_k=config.top_k,
+        diverse=config.diverse,
+        diverse_pool=config.diverse_pool,
+        min_visibility_fraction=config.min_visibility_fraction,
+        vis_threshold=config.vis_threshold,
+        seed=config.seed,
+        progress=progress,
+    )
+    timer.add("views", t)
+    boxes, level_vecs, total_crops = _crops_and_vectors(
+        stepped,
+        sel,
+        active,
+        encoders=encoders,
+        crop_cfg=crop_cfg,
+        config=config,
+        sam=sam,
+        timer=timer,
+        progress=progress,
+    )
+    t = time.perf_counter()
+    instances, without_view = _aggregate(
+        scan,
+        masks,
+        active,
+        sel,
+        boxes,
+        level_vecs,
+        encoders=encoders,
+        config=config,
+        scores=scores,
+        progress=progress,
+    )
     timer.add("aggregate", t)
 
     report = IngestReport(
@@ -411,3 +456,120 @@ def ingest_scan(
         num_points=scan.num_points,
         frame_count=scan.frames_on_disk,
     )
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """How scan folders are read (``om3db.scan.read_scan``); recorded with each scan."""
+
+    depth_scale: float = 1000.0
+    """Raw uint16 depth units per metre (ScanNet layout)."""
+    pose_convention: str = "opencv"
+    """Camera axes of the pose files: 'opencv' or 'opengl'."""
+    format: str = "auto"
+    """Capture format, or 'auto' to recognise it from the folder's contents."""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class IngestPlan:
+    """Everything one ingest call decides before any scan work: the scan folders, the settings, the
+    loaded encoders and SAM, and the key that says whether a stored scan is up to date."""
+
+    folders: tuple[Path, ...]
+    config: IngestConfig
+    encoders: Mapping[str, object]
+    """Space name -> encoder object (loaded)."""
+    sam: object | None
+    """A SAM predictor, or None for box crops."""
+    key: dict
+    """JSON-able: config, encoder identities, SAM and read options. A scan whose fingerprint and key
+    are unchanged is skipped."""
+    read: ReadOptions = ReadOptions()
+    force: bool = False
+    """Re-ingest scans even when unchanged."""
+    fused_dir: Path | None = None
+    """Where point clouds fused for captures without a scene PLY are kept (the database's folder)."""
+
+
+def plan_ingest(
+    roots,
+    *,
+    config: IngestConfig,
+    encoders: Mapping[str, object],
+    sam=None,
+    sam_key: str | None = None,
+    read: ReadOptions = ReadOptions(),
+    force: bool = False,
+    fused_dir: Path | None = None,
+) -> IngestPlan:
+    """Find the scans at or below ``roots`` (a path or several) and fix the settings of their ingest."""
+    from .scan import find_scans
+
+    roots = [roots] if isinstance(roots, (str, Path)) else list(roots)
+    folders = tuple(p for r in roots for p in find_scans(r))
+    if not folders:
+        raise ConfigError(
+            f"no scans (folders with color/ and intrinsic/, or captures) under {', '.join(map(str, roots))}"
+        )
+    _check_encoders(encoders)
+    key = {
+        "config": config.to_dict(has_sam=sam is not None),
+        "encoders": {k: dataclasses.asdict(e.identity) for k, e in encoders.items()},
+        "sam": sam_key,
+        "read": {"depth_scale": read.depth_scale, "pose_convention": read.pose_convention},
+    }
+    if read.format != "auto":
+        key["read"]["format"] = read.format
+    return IngestPlan(folders, config, dict(encoders), sam, key, read, force, fused_dir)
+
+
+def run_plan(
+    plan: IngestPlan,
+    *,
+    stored: Mapping[str, object],
+    write: Callable[[IngestResult, dict], None],
+    progress: Callable[[str, str, int, int], None] | None = None,
+) -> list:
+    """Read each folder of the plan, skip the scans ``stored`` (name -> ``ScanInfo``) already holds
+    unchanged, ingest the others and hand each result to ``write(result, settings)`` (one atomic commit
+    per scan). Returns one ``IngestOutcome`` per folder, in order."""
+    from .results import IngestOutcome
+    from .scan import read_scan
+
+    out = []
+    for i, folder in enumerate(plan.folders):
+        t0 = time.perf_counter()
+        scan = read_scan(
+            folder,
+            frame_step=plan.config.frame_step,
+            depth_scale=plan.read.depth_scale,
+            depth="auto",
+            pose_convention=plan.read.pose_convention,
+            format=plan.read.format,
+            fused_dir=plan.fused_dir,
+        )
+        if progress is not None:
+            progress(scan.name, "scans", i, len(plan.folders))
+        fingerprint = scan.fingerprint()
+        old = stored.get(scan.name)
+        if (
+            not plan.force
+            and old is not None
+            and old.status == "ready"
+            and old.fingerprint == fingerprint
+            and old.settings.get("key") == plan.key
+        ):
+            out.append(IngestOutcome(scan.name, str(folder), "skipped", old.instances, 0.0))
+            continue
+        cb = None if progress is None else (lambda stage, done, total, _n=scan.name: progress(_n, stage, done, total))
+        result = ingest_scan(scan, config=plan.config, encoders=plan.encoders, sam=plan.sam, progress=cb)
+        write(result, {"key": plan.key, "ingest": result.settings, "report": dataclasses.asdict(result.report)})
+        out.append(
+            IngestOutcome(
+                scan.name, str(folder), "ingested", len(result.instances), time.perf_counter() - t0, result.report
+            )
+        )
+    return out

@@ -1,34 +1,66 @@
-"""Query engine: nearest instances to a query vector, with filters and mean / max aggregation,
-and per-scan labelling against a vocabulary.
+"""Queries: the ``Query`` a search is built as, its ``Filters``, and the vector search behind it.
 
-Works on vectors: encoding the text / image is the caller's job (``om3db.database``), after
-``check_encoder`` has confirmed the encoder is the one the space was built with.
+``db.query(text="a mug")`` returns a :class:`Query`; ``where(...)``, ``limit(k)``, ``aggregate("max")``,
+``with_points()`` and ``using(...)`` each return a new one; ``to_list()`` (or iterating) runs it.
+``db.search(text=..., k=..., ...)`` is the same in one call.
 
-Filters (all optional, combined with AND): scan names, minimum point count, a 3D box region and a
-minimum similarity score. The region is an axis-aligned box in world metres; ``region_mode``
-"intersects" keeps instances whose bbox overlaps it, "centroid" those whose centroid lies inside it.
-Filtered searches restrict FAISS to the allowed ids (an id selector), so they return k results
-whenever k matching instances exist.
+This module works on vectors and ids: encoding the text / image is ``om3db.database``'s job (after
+:func:`check_encoder` has confirmed the encoder is the one the space was built with), and the ids
+passing the filters come from the store (``Store.filter_ids``). Filtered searches restrict FAISS to the
+allowed ids (an id selector), so they return k results whenever k matching instances exist.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import numbers
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from .errors import ConfigError, EncoderMismatchError
 from .records import EncoderIdentity
 
-__all__ = ["Filters", "RawHit", "check_encoder", "allowed_instances", "search_space", "label_vectors", "parse_region"]
+if TYPE_CHECKING:
+    from .results import Hit
+
+__all__ = [
+    "DEFAULT_TEMPLATE",
+    "Filters",
+    "Query",
+    "RawHit",
+    "check_encoder",
+    "search_space",
+    "label_vectors",
+    "parse_region",
+]
 
 Aggregation = Literal["mean", "max"]
+DEFAULT_TEMPLATE = "a {} in a scene"
+"""Prompt template of text queries (and of labelling): the text goes where ``{}`` is."""
+_REGION_MODES = ("intersects", "centroid")
+
+
+def _region(value) -> tuple[tuple[float, float, float], tuple[float, float, float]] | None:
+    if value is None:
+        return None
+    try:
+        lo, hi = (np.asarray(a, dtype=float) for a in value)
+    except (TypeError, ValueError):
+        lo = hi = np.zeros(0)
+    if lo.shape != (3,) or hi.shape != (3,) or not (np.isfinite(lo).all() and np.isfinite(hi).all()) or (lo > hi).any():
+        raise ConfigError(
+            f"region must be ((xmin, ymin, zmin), (xmax, ymax, zmax)) in metres, finite, min <= max; got {value!r}"
+        )
+    return tuple(map(float, lo)), tuple(map(float, hi))
 
 
 @dataclass(frozen=True)
 class Filters:
-    """Which instances a search may return."""
+    """Which instances a search may return (all combined with AND)."""
 
     scans: tuple[str, ...] | None = None
     """Scan names to search (None: all)."""
@@ -38,22 +70,127 @@ class Filters:
     """((xmin, ymin, zmin), (xmax, ymax, zmax)) world metres."""
     region_mode: Literal["intersects", "centroid"] = "intersects"
     """'intersects': bbox overlaps the region; 'centroid': centroid inside it."""
+    min_score: float | None = None
+    """Drop hits with a lower similarity."""
 
     def __post_init__(self) -> None:
-        if self.min_points < 0:
-            raise ConfigError(f"min_points must be >= 0, got {self.min_points}")
-        if self.region_mode not in ("intersects", "centroid"):
+        scans = self.scans
+        if isinstance(scans, str):
+            scans = (scans,)
+        if scans is not None:
+            scans = tuple(scans)
+            if not scans or not all(isinstance(s, str) and s for s in scans):
+                raise ConfigError(f"scans must be None or non-empty scan names, got {self.scans!r}")
+            object.__setattr__(self, "scans", scans)
+        if (
+            isinstance(self.min_points, bool)
+            or not isinstance(self.min_points, numbers.Integral)
+            or self.min_points < 0
+        ):
+            raise ConfigError(f"min_points must be an integer >= 0, got {self.min_points!r}")
+        if self.region_mode not in _REGION_MODES:
             raise ConfigError(f"region_mode must be 'intersects' or 'centroid', got {self.region_mode!r}")
-        if self.region is not None:
-            lo, hi = (np.asarray(a, dtype=float) for a in self.region)
-            if lo.shape != (3,) or hi.shape != (3,) or (lo > hi).any():
-                raise ConfigError(
-                    f"region must be ((xmin, ymin, zmin), (xmax, ymax, zmax)) with min <= max, got {self.region}"
-                )
+        object.__setattr__(self, "region", _region(self.region))
+        if self.min_score is not None:
+            if isinstance(self.min_score, bool) or not isinstance(self.min_score, numbers.Real):
+                raise ConfigError(f"min_score must be a number, got {self.min_score!r}")
+            if not math.isfinite(self.min_score):
+                raise ConfigError(f"min_score must be a finite number, got {self.min_score!r}")
 
     @property
-    def active(self) -> bool:
+    def restricts_ids(self) -> bool:
+        """True when the filters limit which ids FAISS may return (min_score is applied to the hits)."""
         return self.scans is not None or self.min_points > 0 or self.region is not None
+
+
+@dataclass(frozen=True)
+class Query:
+    """A search, built step by step; each method returns a new Query. ``to_list()`` runs it.
+
+    >>> hits = db.query(text="a mug").where(scans=["kitchen"], min_points=500).limit(5).to_list()
+    """
+
+    database: object = dataclasses.field(repr=False)
+    """The :class:`om3db.Database` it runs against."""
+    text: str | None = None
+    image: object = dataclasses.field(default=None, repr=False)
+    """A path, or an (H, W, 3) uint8 array."""
+    k: int = 10
+    """How many hits at most."""
+    aggregation: Aggregation = "mean"
+    """'mean' (instance vector) or 'max' (best view: OpenMask3D++)."""
+    filters: Filters = Filters()
+    points: bool = False
+    """Return each hit's point indices."""
+    encoder: object = None
+    """The query encoder (object, hub id or directory); None: see ``Database.query_encoder``."""
+    space: str | None = None
+    """Vector space: 'siglip' (text default) or 'dinov2' (image default)."""
+    template: str = DEFAULT_TEMPLATE
+
+    def __post_init__(self) -> None:
+        if (self.text is None) == (self.image is None):
+            raise ConfigError("a query needs exactly one of text= or image=")
+        if self.text is not None:
+            if not isinstance(self.text, str):
+                raise ConfigError(f"text must be a string, got {type(self.text).__name__}")
+            if not self.text.strip():
+                raise ConfigError("the text query is empty: say what to look for, e.g. 'a mug'")
+        if isinstance(self.k, bool) or not isinstance(self.k, numbers.Integral) or self.k < 1:
+            raise ConfigError(f"k must be an integer >= 1, got {self.k!r}")
+        if self.aggregation not in ("mean", "max"):
+            raise ConfigError(f"aggregation must be 'mean' or 'max', got {self.aggregation!r}")
+        if not isinstance(self.filters, Filters):
+            raise ConfigError(f"filters must be an om3db.Filters, got {type(self.filters).__name__}")
+        if self.text is not None and (not isinstance(self.template, str) or "{}" not in self.template):
+            raise ConfigError(f"template must contain '{{}}' where the text goes, got {self.template!r}")
+
+    def where(
+        self,
+        *,
+        scans: Sequence[str] | str | None = None,
+        min_points: int | None = None,
+        region=None,
+        region_mode: str | None = None,
+        min_score: float | None = None,
+    ) -> Query:
+        """Add filters (given ones replace the current values)."""
+        changes = {
+            "scans": scans,
+            "min_points": min_points,
+            "region": region,
+            "region_mode": region_mode,
+            "min_score": min_score,
+        }
+        return dataclasses.replace(
+            self,
+            filters=dataclasses.replace(self.filters, **{k: v for k, v in changes.items() if v is not None}),
+        )
+
+    def limit(self, k: int) -> Query:
+        return dataclasses.replace(self, k=k)
+
+    def aggregate(self, mode: Aggregation) -> Query:
+        return dataclasses.replace(self, aggregation=mode)
+
+    def with_points(self, on: bool = True) -> Query:
+        return dataclasses.replace(self, points=bool(on))
+
+    def using(self, encoder=None, *, space: str | None = None, template: str | None = None) -> Query:
+        """Query encoder, vector space and prompt template (None keeps the current value)."""
+        changes = {"encoder": encoder, "space": space, "template": template}
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    @property
+    def space_name(self) -> str:
+        return self.space or ("siglip" if self.text is not None else "dinov2")
+
+    def to_list(self) -> list[Hit]:
+        """Run the query: hits, best first."""
+        return self.database._run_query(self)
+
+    def __iter__(self) -> Iterator[Hit]:
+        return iter(self.to_list())
 
 
 @dataclass(frozen=True)
@@ -88,37 +225,6 @@ def check_encoder(store, space: str, identity: EncoderIdentity) -> None:
         )
 
 
-def allowed_instances(store, filters: Filters) -> np.ndarray | None:
-    """(n,) int64 instance ids passing the filters (ready scans only); None when nothing is filtered."""
-    if not filters.active:
-        return None
-    from sqlalchemy import select
-
-    from .store.models import InstanceRow as I  # noqa: N817
-    from .store.models import ScanRow
-
-    q = select(I.id).join(ScanRow, ScanRow.id == I.scan_id).where(ScanRow.status == "ready")
-    if filters.scans is not None:
-        q = q.where(ScanRow.name.in_(list(filters.scans)))
-    if filters.min_points:
-        q = q.where(I.point_count >= filters.min_points)
-    if filters.region is not None:
-        (x0, y0, z0), (x1, y1, z1) = filters.region
-        if filters.region_mode == "centroid":
-            q = q.where(I.centroid_x.between(x0, x1), I.centroid_y.between(y0, y1), I.centroid_z.between(z0, z1))
-        else:
-            q = q.where(
-                I.bbox_min_x <= x1,
-                I.bbox_max_x >= x0,
-                I.bbox_min_y <= y1,
-                I.bbox_max_y >= y0,
-                I.bbox_min_z <= z1,
-                I.bbox_max_z >= z0,
-            )
-    with store.engine.connect() as conn:
-        return np.fromiter(conn.execute(q).scalars(), dtype=np.int64)
-
-
 def search_space(
     store,
     space: str,
@@ -126,24 +232,27 @@ def search_space(
     *,
     k: int = 10,
     aggregation: Aggregation = "mean",
-    filters: Filters = Filters(),
+    allowed: np.ndarray | None = None,
     min_score: float | None = None,
 ) -> list[RawHit]:
-    """The k instances most similar to ``query`` ((D,) float32 unit vector), best first."""
-    if k < 1:
-        raise ConfigError(f"k must be >= 1, got {k}")
+    """The k instances most similar to ``query`` ((D,) float32 unit vector), best first.
+
+    allowed: (n,) int64 instance ids the search may return (None: any). k is clamped to what the space
+    holds, so an absurd k costs nothing."""
     if aggregation not in ("mean", "max"):
         raise ConfigError(f"aggregation must be 'mean' or 'max', got {aggregation!r}")
-    allowed = allowed_instances(store, filters)
     if allowed is not None and not len(allowed):
         return []
     q = np.asarray(query, dtype=np.float32).reshape(1, -1)
     if aggregation == "mean":
         index = store.index(space, "instance")
+        k = min(int(k), index.ntotal if allowed is None else len(allowed))
+        if k < 1:
+            return []
         scores, ids = index.search(q, k, allowed_ids=allowed)
         hits = [RawHit(int(i), float(s), None) for s, i in zip(scores[0], ids[0], strict=True) if i >= 0]
     else:
-        hits = _search_max(store, space, q, k, allowed)
+        hits = _search_max(store, space, q, int(k), allowed)
     if min_score is not None:
         hits = [h for h in hits if h.score >= min_score]
     return hits
@@ -159,7 +268,9 @@ def _search_max(store, space: str, q: np.ndarray, k: int, allowed: np.ndarray | 
         held = index.ids()
         allowed_views = held[np.isin(view_owner(held), allowed)]
     total = index.ntotal if allowed_views is None else len(allowed_views)
-    fetch = min(max(4 * k, 16), max(total, 1))
+    if total < 1:
+        return []
+    fetch = min(max(4 * k, 16), total)
     while True:
         scores, ids = index.search(q, fetch, allowed_ids=allowed_views)
         found = ids[0] >= 0

@@ -130,7 +130,7 @@ def test_rm_and_errors(tmp_path, capsys):
     assert run(capsys, "rm", "a", "--db", db) == (
         1,
         "",
-        f"Error: {db}: no scan named 'a'. List scans with: om3db scans --db {db}\n",
+        f"Error: {db}: no scan named 'a'. The scans it holds: none\n",
     )
     assert run(capsys, "show", "12345", "--db", db) == (
         1,
@@ -144,7 +144,7 @@ def test_rm_and_errors(tmp_path, capsys):
     assert run(capsys, "db", "upgrade", "--db", tmp_path / "none") == (
         1,
         "",
-        f"Error: {tmp_path / 'none'}: no om3db database here (no om3db.sqlite). Check --db / OM3DB_DB\n",
+        f"Error: {tmp_path / 'none'}: no om3db database here (no om3db.sqlite)\n",
     )
 
 
@@ -159,7 +159,7 @@ def test_out_of_date_schema_refused_then_upgraded(tmp_path, capsys, monkeypatch)
         1,
         "",
         f"Error: {db}: database schema is out of date (revision 0001, this om3db "
-        f"needs 0003). Run: om3db db upgrade --db {db}\n",
+        f"needs 0003). Upgrade it with om3db.upgrade_database('{db}') (the CLI's `om3db db upgrade`)\n",
     )
     assert run(capsys, "db", "upgrade") == (0, "upgraded database schema from revision 0001 to 0003\n", "")
     assert run(capsys, "db", "upgrade") == (0, "database schema already at revision 0003\n", "")
@@ -210,6 +210,6 @@ def test_read_commands_do_not_create_a_database(tmp_path, capsys):
         assert code == 1
         assert (
             err.strip()
-            == f"Error: {missing}: no om3db database here. Ingest scans first: om3db ingest SCANS_DIR --db {missing}"
+            == f"Error: {missing}: no om3db database here. Create one by ingesting scans into it"
         )
     assert not missing.exists()

@@ -89,7 +89,7 @@ def test_reader_queries_during_a_write_then_sees_it(paused_writer):
         assert proc.stdout.readline().strip() == "DONE" and proc.wait(timeout=60) == 0
         hits = reader.search(text="x", k=20, encoder=enc)  # the reader reloads the changed index
         assert sorted({h.scan for h in hits}) == ["a", "b"] and len(hits) == 11
-        vecs, ids = reader.store.stored_vectors(reader.store.space("siglip", "instance"))
+        vecs, ids = reader._store.stored_vectors(reader._store.space("siglip", "instance"))
         assert [h.instance_id for h in hits] == ids[np.argsort(-(vecs @ enc.vector))].tolist()
 
 
@@ -114,6 +114,6 @@ def test_second_writer_waits_then_writes(paused_writer):
         assert time.monotonic() - t0 >= 0.5  # it waited for the other writer
         assert proc.wait(timeout=60) == 0
         assert [(s.name, s.instances) for s in db.scans()] == [("a", 5), ("b", 6), ("c", 2)]
-        index = db.store.index("siglip", "instance")
-        assert index.ntotal == 13 == len(db.store.stored_vectors(db.store.space("siglip", "instance"))[1])
+        index = db._store.index("siglip", "instance")
+        assert index.ntotal == 13 == len(db._store.stored_vectors(db._store.space("siglip", "instance"))[1])
     assert not os.path.exists(path / "indexes" / "siglip.instance.faiss.tmp")

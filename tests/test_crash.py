@@ -34,7 +34,7 @@ def pause(stage):
 
 CHECKPOINT_HOOKS.append(pause)
 with om3db.connect({db!r}) as db:
-    db.store.log_fraction = {fraction!r}
+    db._store.log_fraction = {fraction!r}
     db.write(make_result({scan!r}, 6, seed=7))
 print("DONE", flush=True)
 """
@@ -112,9 +112,9 @@ def test_kill_when_paused_reports_a_crashed_child():
 def assert_consistent(db) -> None:
     """No incomplete scan; every FAISS index holds exactly the vectors SQLite holds for ready scans."""
     assert [s.name for s in db.scans(include_incomplete=True)] == [s.name for s in db.scans()]
-    for row in db.store.spaces():
-        index = db.store.index(row.name, row.level)
-        _, ids = db.store.stored_vectors(row)
+    for row in db._store.spaces():
+        index = db._store.index(row.name, row.level)
+        _, ids = db._store.stored_vectors(row)
         assert sorted(index.ids().tolist()) == sorted(ids.tolist()), (row.name, row.level)
 
 
@@ -132,9 +132,9 @@ def test_kill_during_scan_write(tmp_path, stage, visible, fraction):
     with om3db.connect(path) as db:
         assert [s.name for s in db.scans()] == (["a", "b"] if visible else ["a"])
         if stage == "committed":  # SQLite has b, the index files do not: detected and rebuilt on open
-            assert sorted(db.store.rebuilt) == ["dinov2.instance", "dinov2.view", "siglip.instance", "siglip.view"]
+            assert sorted(db._store.rebuilt) == ["dinov2.instance", "dinov2.view", "siglip.instance", "siglip.view"]
         else:
-            assert db.store.rebuilt == []
+            assert db._store.rebuilt == []
         assert_consistent(db)
         db.write(make_result("b", 6, seed=7))  # resume
         assert [s.instances for s in db.scans()] == [5, 6]
@@ -145,11 +145,11 @@ def test_kill_during_reingest_keeps_the_old_scan(tmp_path):
     path = tmp_path / "db"
     with om3db.connect(path) as db:
         db.write(make_result("a", 5))
-        before = db.store.stored_vectors(db.store.space("siglip", "instance"))[0]
+        before = db._store.stored_vectors(db._store.space("siglip", "instance"))[0]
     kill_when_paused(WRITER.format(repo=str(REPO), stage="rows_written", db=str(path), scan="a", fraction=0.25))
     with om3db.connect(path) as db:
         assert [(s.name, s.instances) for s in db.scans()] == [("a", 5)]
-        np.testing.assert_array_equal(db.store.stored_vectors(db.store.space("siglip", "instance"))[0], before)
+        np.testing.assert_array_equal(db._store.stored_vectors(db._store.space("siglip", "instance"))[0], before)
         assert_consistent(db)
 
 

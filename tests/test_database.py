@@ -102,10 +102,10 @@ def test_remove_then_scans_and_errors(synth_root, tmp_path):
         n = db.scans()[0].instances
         assert db.remove("synth_0_0") == n
         assert db.scans() == []
-        assert db.store.index("siglip", "instance").ntotal == 0
+        assert db._store.index("siglip", "instance").ntotal == 0
         with pytest.raises(NotFoundError, match="no scan named 'synth_0_0'"):
             db.remove("synth_0_0")
-        with pytest.raises(ConfigError, match="no scan folders"):
+        with pytest.raises(ConfigError, match="no scans"):
             db.ingest(tmp_path, config=_config(), siglip=enc, dinov2=False)
 
 
@@ -131,7 +131,7 @@ def test_connect_to_a_file_is_refused(tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(StoreError) as err:
         om3db.connect(tmp_path / "f")
-    assert str(err.value) == f"{tmp_path / 'f'}: is a file, not a database folder. Pass a folder to --db"
+    assert str(err.value) == f"{tmp_path / 'f'}: is a file, not a database folder. Give the database's folder"
     (tmp_path / "d").mkdir()
     import sqlite3
 

@@ -36,7 +36,7 @@ def db(tmp_path):
 
 
 def brute_mean(db, q, allowed=None):
-    vecs, ids = db.store.stored_vectors(db.store.space("siglip", "instance"))
+    vecs, ids = db._store.stored_vectors(db._store.space("siglip", "instance"))
     sims = vecs @ q
     keep = np.ones(len(ids), bool) if allowed is None else np.isin(ids, list(allowed))
     order = np.argsort(-sims[keep], kind="stable")
@@ -98,7 +98,8 @@ def test_filters_return_k_when_they_exist(db):
     top = db.search(text="x", k=50, encoder=enc)
     hits = db.search(text="x", k=50, min_score=top[3].score, encoder=enc)
     assert [h.instance_id for h in hits] == [h.instance_id for h in top[:4]]
-    assert db.search(text="x", k=5, scans="nope", encoder=enc) == []
+    with pytest.raises(NotFoundError, match="no scan named 'nope'"):  # named, not an empty answer
+        db.search(text="x", k=5, scans="nope", encoder=enc)
 
 
 def test_with_points_and_instance(db):
@@ -113,7 +114,7 @@ def test_with_points_and_instance(db):
 
 
 def test_label_picks_best_class_per_instance(db):
-    vecs, ids = db.store.stored_vectors(db.store.space("siglip", "instance"))
+    vecs, ids = db._store.stored_vectors(db._store.space("siglip", "instance"))
     scan0 = [i.id for i in [db.instance(int(x)) for x in ids] if i.scan == "scan0"]
     v = {int(i): vv for i, vv in zip(ids, vecs, strict=True)}
     table = {"a c0 in a scene": v[scan0[0]], "a c1 in a scene": v[scan0[1]], "a c2 in a scene": unit(np.ones(DIM))}
@@ -146,7 +147,7 @@ def test_bad_inputs(db):
     enc = FakeTableEncoder({"a x in a scene": unit(np.ones(DIM))})
     with pytest.raises(ConfigError, match="exactly one of text= or image="):
         db.search()
-    with pytest.raises(ConfigError, match="k must be >= 1, got 0"):
+    with pytest.raises(ConfigError, match="k must be an integer >= 1, got 0"):
         db.search(text="x", k=0, encoder=enc)
     with pytest.raises(ConfigError, match="aggregation must be 'mean' or 'max', got 'median'"):
         db.search(text="x", aggregation="median", encoder=enc)

@@ -87,7 +87,7 @@ def test_old_revision_refused_with_upgrade_command(tmp_path):
     with pytest.raises(SchemaOutOfDateError) as err:
         Store(db)
     assert str(err.value) == (
-        f"{db}: database schema is out of date (revision 0001, this om3db needs 0003). Run: om3db db upgrade --db {db}"
+        f"{db}: database schema is out of date (revision 0001, this om3db needs 0003). Upgrade it with om3db.upgrade_database('{db}') (the CLI's `om3db db upgrade`)"
     )
 
 

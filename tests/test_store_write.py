@@ -198,7 +198,7 @@ def test_compact_database_stores_instance_vectors_only(tmp_path, raw):
         search_space(s, "siglip", q, k=1, aggregation="max")
     assert str(err.value) == (
         f"{s.root}: stores instance vectors only (ingested with IngestConfig.view_vectors=False), so the 'siglip' "
-        "space cannot serve aggregation='max'. Use aggregation='mean', or ingest into another --db with view_vectors=True"
+        "space cannot serve aggregation='max'. Use aggregation='mean', or ingest into another database with view_vectors=True"
     )
     s.close()
 
@@ -210,7 +210,7 @@ def test_view_vectors_choice_is_per_database(tmp_path):
         full.write_scan(compact(make_result("b", 2)), settings={})
     assert str(err.value) == (
         f"{full.root}: this database keeps per-view vectors (IngestConfig.view_vectors=True), this ingest uses "
-        "view_vectors=False. The choice is per database: ingest with view_vectors=True, or use another --db"
+        "view_vectors=False. The choice is per database: ingest with view_vectors=True, or into another database"
     )
     full.check_view_vectors(True)
     assert [r[1] for r in dump(full)["scans"]] == ["a"]
@@ -222,7 +222,7 @@ def test_view_vectors_choice_is_per_database(tmp_path):
         small.check_view_vectors(True)
     assert str(err.value) == (
         f"{small.root}: this database stores instance vectors only (IngestConfig.view_vectors=False), this ingest "
-        "uses view_vectors=True. The choice is per database: ingest with view_vectors=False, or use another --db"
+        "uses view_vectors=True. The choice is per database: ingest with view_vectors=False, or into another database"
     )
     with pytest.raises(ConfigError):
         small.write_scan(make_result("b", 2), settings={})

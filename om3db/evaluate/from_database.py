@@ -16,6 +16,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ..errors import EvaluationError
+from ..query import DEFAULT_TEMPLATE
 from .instance import InstanceAPResult, ScenePredictions, instance_ap
 from .vocabulary import Vocabulary, load_gt, load_gt_file, load_vocabulary
 
@@ -125,7 +126,7 @@ def evaluate_database(
     gt: Mapping[str, Any] | str | Path,
     vocabulary: Vocabulary | str | Path = "scannet200",
     *,
-    template: str = "a {} in a scene",
+    template: str = DEFAULT_TEMPLATE,
     protocols: tuple[str, ...] = PROTOCOLS,
     aggregations: tuple[str, ...] = AGGREGATIONS,
     min_region_size: int = 100,
@@ -186,7 +187,7 @@ def semantic_from_database(
     gt: Mapping[str, Any] | str | Path,
     vocabulary: Vocabulary | str | Path = "scannet200",
     *,
-    template: str = "a {} in a scene",
+    template: str = DEFAULT_TEMPLATE,
     aggregation: str = "mean",
     fill: str = "none",
     novel: Iterable[str] | str | Path | None = None,

@@ -14,6 +14,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ..errors import EvaluationError
+from ..ply import write_ply
 from .vocabulary import Vocabulary
 
 __all__ = [
@@ -140,31 +141,7 @@ def save_semantic(
     colors = np.zeros((len(labels), 3), dtype=np.uint8)
     ok = labels >= 0
     colors[ok] = class_colors(max(n_cls, 1))[labels[ok] % max(n_cls, 1)]
-    vertex = np.empty(
-        len(labels),
-        dtype=[
-            ("x", "<f4"),
-            ("y", "<f4"),
-            ("z", "<f4"),
-            ("red", "u1"),
-            ("green", "u1"),
-            ("blue", "u1"),
-            ("label", "<i4"),
-        ],
-    )
-    pts = np.asarray(points, dtype=np.float32)
-    vertex["x"], vertex["y"], vertex["z"] = pts[:, 0], pts[:, 1], pts[:, 2]
-    vertex["red"], vertex["green"], vertex["blue"] = colors[:, 0], colors[:, 1], colors[:, 2]
-    vertex["label"] = labels
-    header = (
-        "ply\nformat binary_little_endian 1.0\n"
-        f"element vertex {len(labels)}\n"
-        "property float x\nproperty float y\nproperty float z\n"
-        "property uchar red\nproperty uchar green\nproperty uchar blue\nproperty int label\nend_header\n"
-    )
-    with open(path, "wb") as fh:
-        fh.write(header.encode("ascii"))
-        fh.write(vertex.tobytes())
+    write_ply(path, points, colors, extra={"label": np.asarray(labels, dtype=np.int32)})
     return path
 
 

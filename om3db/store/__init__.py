@@ -6,11 +6,14 @@ index is derived from the ``vector_blocks`` table and can be rebuilt from it at 
 
 from __future__ import annotations
 
-from .catalog import CHECKPOINT_HOOKS, LEVELS, Store, pack_indices, unpack_indices
+from .catalog import CHECKPOINT_HOOKS, LEVELS, Store, pack_indices, unpack_indices, upgrade_database
+from .reads import versions
 from .vectors import DEFAULT_IVF_THRESHOLD, IndexChoice, VectorIndex, gpu_count, recall_at_k
 
 __all__ = [
     "Store",
+    "upgrade_database",
+    "versions",
     "VectorIndex",
     "IndexChoice",
     "LEVELS",

@@ -26,6 +26,7 @@ from ..errors import ConfigError, EncoderMismatchError, NotFoundError, StoreErro
 from ..records import EncoderIdentity, IngestResult
 from .indexlog import Step
 from .lock import WriterLock
+from .reads import StoreReads
 from .spaceindex import AddWorker, SpaceIndex, apply_step
 from .vectors import DEFAULT_IVF_THRESHOLD, VectorIndex
 from .writer import pack_indices, pack_scan, unpack_indices, view_owner, write_rows_core, write_rows_sqlite
@@ -72,7 +73,7 @@ def _mode_message(root, kept: bool, keep: bool) -> str:
     have = "keeps per-view vectors" if kept else "stores instance vectors only"
     return (
         f"{root}: this database {have} (IngestConfig.view_vectors={kept}), this ingest uses "
-        f"view_vectors={keep}. The choice is per database: ingest with view_vectors={kept}, or use another --db"
+        f"view_vectors={keep}. The choice is per database: ingest with view_vectors={kept}, or into another database"
     )
 
 
@@ -89,7 +90,7 @@ def identity_matches(stored: EncoderIdentity, other: EncoderIdentity) -> bool:
     return same
 
 
-class Store:
+class Store(StoreReads):
     """A database directory: ``om3db.sqlite`` (or ``url``), ``indexes/*.faiss`` and ``write.lock``."""
 
     def __init__(
@@ -119,12 +120,10 @@ class Store:
         self.root = Path(root)
         if not self.root.exists():
             if not create:
-                raise NotFoundError(
-                    f"{self.root}: no om3db database here. Create one with om3db ingest --db {self.root}"
-                )
+                raise NotFoundError(f"{self.root}: no om3db database here. Create one by ingesting scans into it")
             self.root.mkdir(parents=True)
         elif not self.root.is_dir():
-            raise StoreError(f"{self.root}: is a file, not a database folder. Pass a folder to --db")
+            raise StoreError(f"{self.root}: is a file, not a database folder. Give the database's folder")
         (self.root / "indexes").mkdir(exist_ok=True)
         self.url = url or f"sqlite:///{(self.root / 'om3db.sqlite').resolve()}"
         self.engine = make_engine(self.url)
@@ -184,7 +183,7 @@ class Store:
             raise ConfigError(
                 f"{self.root}: stores instance vectors only (ingested with IngestConfig.view_vectors=False), so "
                 f"the {name!r} space cannot serve aggregation='max'. Use aggregation='mean', or ingest into another "
-                "--db with view_vectors=True"
+                "database with view_vectors=True"
             )
         known = sorted({r.name for r in rows})
         raise NotFoundError(
@@ -387,7 +386,7 @@ class Store:
                 if used:
                     raise EncoderMismatchError(
                         f"{self.root}: the {name!r} space was built with {self.identity_of(row).describe()}, "
-                        f"this ingest uses {ident.describe()}. Ingest with the same encoder, or use another --db"
+                        f"this ingest uses {ident.describe()}. Ingest with the same encoder, or into another database"
                     )
                 row.model_id, row.revision, row.dim = ident.model_id, ident.revision, ident.dim
                 row.normalization, row.preprocessing = ident.normalization, ident.preprocessing
@@ -520,7 +519,7 @@ class Store:
                 row = s.scalars(select(ScanRow).where(ScanRow.name == name)).first()
                 if row is None:
                     raise NotFoundError(
-                        f"{self.root}: no scan named {name!r}. List scans with: om3db scans --db {self.root}"
+                        f"{self.root}: no scan named {name!r}. The scans it holds: {self.scan_list_text()}"
                     )
                 count = s.scalar(select(func.count(InstanceRow.id)).where(InstanceRow.scan_id == row.id))
                 gone = self._delete_scan_rows(s, row.id)
@@ -532,3 +531,22 @@ class Store:
         """Rebuild every FAISS index from SQLite (and re-choose flat / IVF); returns the spaces rebuilt."""
         with self.lock:
             return self.repair(force=True)
+
+
+def upgrade_database(root: str | Path, *, url: str | None = None, lock_timeout: float = 10.0) -> tuple[str | None, str]:
+    """Run the shipped migrations on a database folder (under the writer lock); returns (revision
+    before, revision after)."""
+    from .schema import current_revision, head_revision, make_engine, upgrade
+
+    root = Path(root)
+    sqlite = root / "om3db.sqlite"
+    if url is None and not sqlite.exists():
+        raise NotFoundError(f"{root}: no om3db database here (no om3db.sqlite)")
+    engine = make_engine(url or f"sqlite:///{sqlite.resolve()}")
+    try:
+        with WriterLock(root / "write.lock", timeout=lock_timeout):
+            before = current_revision(engine)
+            upgrade(engine)
+        return before, head_revision()
+    finally:
+        engine.dispose()

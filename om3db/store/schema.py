@@ -122,7 +122,7 @@ def _has_tables(engine) -> bool:
 def check_schema(engine, where: str, *, create: bool) -> None:
     """Create an empty database's schema; refuse a database at another revision.
 
-    ``where`` names the database in messages (the ``--db`` value).
+    ``where`` names the database in messages (its folder or URL).
     """
     current = current_revision(engine)
     head = head_revision()
@@ -130,9 +130,9 @@ def check_schema(engine, where: str, *, create: bool) -> None:
         return
     if current is None:
         if _has_tables(engine):
-            raise StoreError(f"{where}: holds tables that are not an om3db database. Use another --db folder")
+            raise StoreError(f"{where}: holds tables that are not an om3db database. Use another folder")
         if not create:
-            raise StoreError(f"{where}: no om3db database here. Create one with om3db ingest --db {where}")
+            raise StoreError(f"{where}: no om3db database here. Create one by ingesting scans into it")
         upgrade(engine)
         return
     from alembic.script import ScriptDirectory
@@ -144,5 +144,5 @@ def check_schema(engine, where: str, *, create: bool) -> None:
         )
     raise SchemaOutOfDateError(
         f"{where}: database schema is out of date (revision {current}, this om3db needs {head}). "
-        f"Run: om3db db upgrade --db {where}"
+        f"Upgrade it with om3db.upgrade_database({where!r}) (the CLI's `om3db db upgrade`)"
     )

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, ScanError
+from ..ply import write_ply
 from .render import _color_intrinsics, _depth_intrinsics, _raycaster, _render, camera_poses
 from .scene import CLASSES, GENERATOR_VERSION, SynthScene, SynthSize, _config, _SizeConfig, build_scene
 
@@ -21,21 +22,7 @@ def _fmt_matrix(m: np.ndarray) -> str:
 
 def _write_ply(path: Path, verts: np.ndarray, colors: np.ndarray, faces: np.ndarray) -> None:
     """Binary little-endian PLY like ScanNet's ``_vh_clean_2.ply`` (float xyz, uchar rgb, int faces)."""
-    head = (
-        f"ply\nformat binary_little_endian 1.0\ncomment om3db synthetic scan\nelement vertex {len(verts)}\n"
-        "property float x\nproperty float y\nproperty float z\nproperty uchar red\nproperty uchar green\nproperty uchar blue\n"
-        f"element face {len(faces)}\nproperty list uchar int vertex_indices\nend_header\n"
-    )
-    vdt = np.dtype([("p", "<f4", 3), ("c", "u1", 3)])
-    va = np.empty(len(verts), vdt)
-    va["p"], va["c"] = verts, colors
-    fdt = np.dtype([("n", "u1"), ("i", "<i4", 3)])
-    fa = np.empty(len(faces), fdt)
-    fa["n"], fa["i"] = 3, faces
-    with open(path, "wb") as fh:
-        fh.write(head.encode("ascii"))
-        fh.write(va.tobytes())
-        fh.write(fa.tobytes())
+    write_ply(path, verts, colors, faces=faces, comment="om3db synthetic scan")
 
 
 def _save_png(path: Path, arr: np.ndarray, **kw) -> None:
