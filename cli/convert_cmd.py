@@ -43,21 +43,27 @@ def register(app: typer.Typer) -> None:
         kwargs = dict(
             format=format, depth_scale=depth_scale, fused_dir=fused_dir, fusion=fusion, min_confidence=min_confidence
         )
-        if json_out:
+        from rich.console import Console
+
+        console = Console(stderr=True)
+        if json_out or not console.is_terminal:  # no bar (nor its stray newline) when stderr is not a terminal
             result = convert_capture(src, dst, **kwargs)
+        else:
+            from rich.progress import Progress
+
+            with Progress(console=console, transient=True) as bar:
+                task = bar.add_task("reading (and fusing)", total=None)
+                result = convert_capture(
+                    src,
+                    dst,
+                    **kwargs,
+                    progress=lambda stage, done, total: bar.update(
+                        task, description=stage, completed=done, total=total
+                    ),
+                )
+        if json_out:
             typer.echo(json.dumps(result.to_dict(), indent=1))
             return
-        from rich.console import Console
-        from rich.progress import Progress
-
-        with Progress(console=Console(stderr=True), transient=True) as bar:
-            task = bar.add_task("reading (and fusing)", total=None)
-            result = convert_capture(
-                src,
-                dst,
-                **kwargs,
-                progress=lambda stage, done, total: bar.update(task, description=stage, completed=done, total=total),
-            )
         typer.echo(f"wrote {result.path} ({result.source_format}, {result.frames_written} frames)")
         if result.frames_skipped:
             typer.echo(f"  {len(result.frames_skipped)} frames without a usable pose were not written")

@@ -68,8 +68,9 @@ def _jpg(arr: np.ndarray) -> bytes:
 # ---------------------------------------------------------------- writers, one per format
 
 
-def write_nerfstudio(src: Path, out: Path, *, depth_unit: float = 1e-4) -> Path:
-    """transforms.json: shared fl_x.. at colour size, OpenGL c2w, 16-bit depth in ``depth_unit`` metres."""
+def write_nerfstudio(src: Path, out: Path, *, depth_unit: float = 1e-4, ply: bool = False) -> Path:
+    """transforms.json: shared fl_x.. at colour size, OpenGL c2w, 16-bit depth in ``depth_unit`` metres
+    (``ply``: the original's PLY as ply_file_path)."""
     o = Original(src)
     (out / "images").mkdir(parents=True)
     (out / "depth").mkdir()
@@ -96,6 +97,9 @@ def write_nerfstudio(src: Path, out: Path, *, depth_unit: float = 1e-4) -> Path:
         "applied_transform": np.eye(4)[:3].tolist(),
         "frames": frames[::-1],  # order in the file is not frame order
     }  # fmt: skip
+    if ply:
+        shutil.copyfile(next(src.glob("*.ply")), out / "sparse_pc.ply")
+        meta["ply_file_path"] = "sparse_pc.ply"
     (out / "transforms.json").write_text(json.dumps(meta))
     if (src / "masks2d").is_dir():
         shutil.copytree(src / "masks2d", out / "masks2d")
