@@ -41,14 +41,14 @@ def _camera(src: dict, jpath: Path, where: str) -> tuple[float, float, float, fl
     if missing:
         raise ScanError(
             jpath,
-            f"{where} has no intrinsics ({', '.join(missing)} missing)",
+            f"{where}has no intrinsics ({', '.join(missing)} missing)",
             "Write fl_x, fl_y, cx, cy (pixels) at the top level or in every frame",
         )
     model = str(src.get("camera_model", "OPENCV")).upper()
     if model not in _PINHOLE:
         raise ScanError(
             jpath,
-            f"{where}: camera_model {model} is not a pinhole camera (fisheye and equirectangular are not supported)",
+            f"{where}camera_model {model} is not a pinhole camera (fisheye and equirectangular are not supported)",
             "Undistort the images to a pinhole camera (e.g. colmap image_undistorter) and write camera_model OPENCV "
             "with zero distortion",
         )
@@ -57,12 +57,12 @@ def _camera(src: dict, jpath: Path, where: str) -> tuple[float, float, float, fl
         nonzero = ", ".join(f"{k}={v:g}" for k, v in dist.items() if v)
         raise ScanError(
             jpath,
-            f"{where}: lens distortion ({nonzero}) is not supported",
+            f"{where}lens distortion ({nonzero}) is not supported",
             "Undistort the images first (e.g. colmap image_undistorter or ns-process-data) and write zero distortion",
         )
-    vals = [number(src[k], jpath, f"{where} {k}", _FIX) for k in ("fl_x", "fl_y", "cx", "cy")]
-    w = int(number(src["w"], jpath, f"{where} w", _FIX)) if "w" in src else None
-    h = int(number(src["h"], jpath, f"{where} h", _FIX)) if "h" in src else None
+    vals = [number(src[k], jpath, f"{where}{k}", _FIX) for k in ("fl_x", "fl_y", "cx", "cy")]
+    w = int(number(src["w"], jpath, f"{where}w", _FIX)) if "w" in src else None
+    h = int(number(src["h"], jpath, f"{where}h", _FIX)) if "h" in src else None
     return (*vals, w, h)
 
 
@@ -79,7 +79,7 @@ def read(path: Path, options: ReadOptions) -> Capture:
     for i, fm in enumerate(frames_meta):
         if not isinstance(fm, dict) or "file_path" not in fm or "transform_matrix" not in fm:
             raise ScanError(jpath, f"frames[{i}] lacks file_path or transform_matrix", _FIX)
-        cams.append(_camera({**meta, **fm}, jpath, f"frames[{i}]" if "fl_x" in fm else "transforms.json"))
+        cams.append(_camera({**meta, **fm}, jpath, f"frames[{i}]: " if "fl_x" in fm else ""))
     if len(set(cams)) > 1:
         raise ScanError(
             jpath,
