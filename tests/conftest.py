@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 LABELFUSION = REPO / "tests" / "data" / "labelfusion_apc_shelf"
 
 # Shared fixtures live in their own modules (one per area) so they can grow independently.
-pytest_plugins = ["tests.fixtures_scans", "tests.fixtures_models"]
+pytest_plugins = ["tests.fixtures_scans", "tests.fixtures_models", "tests.fixtures_postgres"]
 
 
 @pytest.fixture(scope="session")

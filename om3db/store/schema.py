@@ -1,4 +1,5 @@
-"""Engine creation (SQLite: WAL + foreign keys per connection) and the Alembic runner used on open."""
+"""Engine creation (SQLite: WAL + foreign keys per connection; PostgreSQL through psycopg 3) and the Alembic
+runner used on open."""
 
 from __future__ import annotations
 
@@ -6,13 +7,58 @@ from pathlib import Path
 
 from ..errors import SchemaOutOfDateError, StoreError
 
-__all__ = ["make_engine", "current_revision", "head_revision", "upgrade", "downgrade", "check_schema"]
+__all__ = [
+    "make_engine",
+    "current_revision",
+    "head_revision",
+    "upgrade",
+    "downgrade",
+    "check_schema",
+    "is_postgres_url",
+    "redact_url",
+    "probe",
+]
+
+_PG_SCHEMES = ("postgresql://", "postgres://", "postgresql+psycopg://")
+MIGRATION_LOCK_KEY = 0x6F6D3364_0002
+"""PostgreSQL advisory lock key taken by migrations (two processes creating one new database)."""
 
 
-def make_engine(url: str):
-    """A SQLAlchemy engine; SQLite connections get WAL, foreign keys and a busy timeout."""
+def is_postgres_url(url) -> bool:
+    """Whether ``url`` names a PostgreSQL database (``postgresql://`` / ``postgres://``, psycopg driver)."""
+    return isinstance(url, str) and url.startswith(_PG_SCHEMES)
+
+
+def _driver_url(url: str) -> str:
+    """PostgreSQL URLs go through psycopg 3 (SQLAlchemy's default driver for postgresql:// is psycopg2)."""
+    for scheme in ("postgresql://", "postgres://"):
+        if url.startswith(scheme):
+            return "postgresql+psycopg://" + url[len(scheme) :]
+    return url
+
+
+def redact_url(url: str) -> str:
+    """The URL as messages show it: the password replaced by ``***``."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<unparseable database URL>"
+
+
+def make_engine(url: str, *, read_only: bool = False):
+    """A SQLAlchemy engine; SQLite connections get WAL, foreign keys and a busy timeout; PostgreSQL goes
+    through psycopg 3 with a connect timeout and pings pooled connections before use.
+
+    read_only: SQLite on a folder that cannot be written (a read-only mount): opened ``immutable``, so
+    SQLite creates no ``-shm`` / ``-wal`` files and sets nothing."""
     from sqlalchemy import create_engine, event
 
+    if url.startswith("sqlite") and read_only:
+        path = url.split("sqlite:///", 1)[1]
+        return create_engine(f"sqlite:///file:{path}?mode=ro&immutable=1&uri=true")
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 60})
 
@@ -28,7 +74,46 @@ def make_engine(url: str):
             cur.close()
 
         return engine
+    if is_postgres_url(url):
+        from .pglock import application_name
+
+        args = {"connect_timeout": 10, "application_name": application_name()}
+        return create_engine(_driver_url(url), connect_args=args, pool_pre_ping=True)
     return create_engine(url)
+
+
+def _connect_problem(exc, password: str | None) -> tuple[str, str]:
+    """(what went wrong, the fix) for a failed connection, without the password."""
+    text = " ".join(str(getattr(exc, "orig", None) or exc).split())
+    if password:
+        text = text.replace(password, "***")
+    low = text.lower()
+    if (
+        "password authentication failed" in low
+        or "no password supplied" in low
+        or "role" in low
+        and "does not exist" in low
+    ):
+        return f"the server refused the login ({text})", "Check the user name and password in the URL"
+    if "database" in low and "does not exist" in low:
+        return f"no such database ({text})", "Create it (createdb NAME, or CREATE DATABASE) or fix the URL"
+    return (
+        f"cannot connect to the database server ({text})",
+        "Check that the server is running and that the host and port are right",
+    )
+
+
+def probe(engine, where: str) -> None:
+    """Open one connection; a server that does not answer or refuses the login raises StoreError naming
+    ``where`` (the URL without its password) and the fix."""
+    from sqlalchemy.exc import DBAPIError
+
+    try:
+        with engine.connect():
+            pass
+    except DBAPIError as exc:
+        what, fix = _connect_problem(exc, engine.url.password)
+        raise StoreError(f"{where}: {what}. {fix}") from None
 
 
 def _config(connection):
@@ -90,6 +175,8 @@ class _migrating:  # noqa: N801 - used as a context manager
             self.conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
             self.conn.commit()
         self.tx = self.conn.begin()
+        if self.engine.dialect.name == "postgresql":  # one migrator at a time; released with the transaction
+            self.conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})")
         return self.conn
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -122,8 +209,10 @@ def _has_tables(engine) -> bool:
 def check_schema(engine, where: str, *, create: bool) -> None:
     """Create an empty database's schema; refuse a database at another revision.
 
-    ``where`` names the database in messages (its folder or URL).
+    ``where`` names the database in messages (its folder or URL without the password). A server that
+    does not answer or refuses the login raises StoreError before anything is written.
     """
+    probe(engine, where)
     current = current_revision(engine)
     head = head_revision()
     if current == head:
