@@ -228,7 +228,7 @@ def register(app: typer.Typer) -> None:
             [[s.name, s.instances, s.frame_count, s.num_points, s.updated_at, s.path] for s in rows],
         )
 
-    @app.command()
+    @app.command(context_settings={"ignore_unknown_options": True})  # so "-1" reaches the id check
     def show(
         instance: Annotated[int, typer.Argument(help="Instance id (from search).")],
         db: DbOpt = None,
@@ -296,6 +296,24 @@ def register(app: typer.Typer) -> None:
             _echo_json({"rebuilt": spaces, "index": kinds})
         else:
             typer.echo(f"rebuilt {len(spaces)} indexes: " + ", ".join(f"{s} ({kinds[s]})" for s in spaces))
+
+    @app.command()
+    def check(db: DbOpt = None, json_out: JsonOpt = False) -> None:
+        """Check the database without changing it: SQLite integrity, every stored blob, every vector index.
+        Exit status 1 when something is damaged (each problem is printed with its repair)."""
+        with _connect(db) as database:
+            report = database.check()
+        if json_out:
+            _echo_json(report.to_dict())
+        else:
+            typer.echo(
+                f"checked {report.scans} scans, {report.instances} instances, {report.vectors} vectors, "
+                f"{report.indexes} indexes: " + ("ok" if report.ok else f"{len(report.problems)} problems")
+            )
+            for p in report.problems:
+                typer.echo(str(p))
+        if not report.ok:
+            raise typer.Exit(1)
 
     @app.command()
     def info(db: DbOpt = None, json_out: JsonOpt = False) -> None:

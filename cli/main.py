@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
+import threading
 
 import typer
+import typer.main
 
-from om3db.errors import Om3dbError
+from om3db.errors import Interrupted, Om3dbError
 
 from . import convert_cmd, db_cmds, demo_cmd, eval_cmd, synth_cmd
 
@@ -29,26 +33,78 @@ for _module in (synth_cmd, db_cmds, eval_cmd, demo_cmd, convert_cmd):
     _module.register(app)
 
 
+_BUG_HINT = (
+    "This is a bug in om3db: please report it with the command you ran and this message "
+    "(OM3DB_DEBUG=1 shows the traceback)"
+)
+
+
+def _raise_interrupted(signum, _frame) -> None:
+    raise Interrupted(signum)
+
+
+def _interrupted_message(exc: KeyboardInterrupt) -> tuple[str, int]:
+    signum = getattr(exc, "signum", signal.SIGINT)
+    name = signal.Signals(signum).name
+    message = f"Interrupted ({name})."
+    committed = getattr(exc, "committed", None)
+    if committed is not None and committed:
+        message += (
+            f" Committed before stopping: {', '.join(committed)} (each scan commits whole; the scan in progress"
+            " was rolled back). Run the same command again to resume: committed scans are skipped."
+        )
+    elif committed is not None:
+        message += " No scan was committed; the scan in progress was rolled back. Run the same command again."
+    return message, 128 + int(signum)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: run the app, turning om3db errors into ``Error: ...`` and exit status 1."""
+    """Entry point: run the app. Every om3db error becomes one ``Error: ...`` line and exit status 1;
+    usage errors exit 2; SIGINT / SIGTERM exit 130 / 143 saying what was committed; anything unexpected
+    is one line with a bug-report hint (``OM3DB_DEBUG=1`` re-raises it with its traceback)."""
+    previous = {}
+    if threading.current_thread() is threading.main_thread():  # (signal handlers: main thread only)
+        previous = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGINT, signal.SIGTERM)}
+    # typer's own runner turns KeyboardInterrupt into a silent exit 130 (and SIGTERM would look the same):
+    # the click command runs here, so an interrupt reaches the handler below with what it knows
+    command = typer.main.get_command(app)
+    args = list(sys.argv[1:] if argv is None else argv)
     try:
-        app(args=argv, standalone_mode=False)
+        with command.make_context("om3db", [str(a) for a in args]) as ctx:
+            command.invoke(ctx)
+    except typer.Exit as exc:
+        return int(exc.exit_code or 0)
     except Om3dbError as exc:
         typer.echo(f"Error: {exc}", err=True)
         return 1
-    except typer.Abort:
+    except KeyboardInterrupt as exc:
+        message, code = _interrupted_message(exc)
+        typer.echo(message, err=True)
+        return code
+    except typer.Abort as exc:
         typer.echo("Aborted.", err=True)
-        return 1
+        return _unexpected(exc.__cause__) if exc.__cause__ is not None else 1
     except SystemExit as exc:
-        return int(exc.code or 0)
-    except Exception as exc:
+        return int(exc.code or 0) if not isinstance(exc.code, str) else 1
+    except Exception as exc:  # noqa: BLE001 - the last resort: one line, never a traceback
         # usage errors (typer vendors its own click): print "Usage: ... Error: ..." and exit 2
         show, code = getattr(exc, "show", None), getattr(exc, "exit_code", None)
         if callable(show) and isinstance(code, int):
             show()
             return code
-        raise
+        return _unexpected(exc)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     return 0
+
+
+def _unexpected(exc: BaseException) -> int:
+    if os.environ.get("OM3DB_DEBUG"):
+        raise exc
+    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    typer.echo(f"Error: unexpected {type(exc).__name__}{': ' + detail if detail else ''}. {_BUG_HINT}", err=True)
+    return 1
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from .errors import (
     DatabaseBusyError,
     EncoderMismatchError,
     EvaluationError,
+    Interrupted,
     MaskFileError,
     ModelLoadError,
     NotFoundError,
@@ -49,6 +50,7 @@ _LAZY = {
     "Label": "om3db.results",
     "IngestOutcome": "om3db.results",
     "IngestPlan": "om3db.ingest",
+    "CheckReport": "om3db.store.check",
 }
 
 __all__ = [
@@ -64,6 +66,7 @@ __all__ = [
     "ScanError",
     "SchemaOutOfDateError",
     "StoreError",
+    "Interrupted",
     *_LAZY,
 ]
 

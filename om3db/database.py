@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ConfigError, NotFoundError
+from .errors import ConfigError, Interrupted, NotFoundError
 from .query import DEFAULT_TEMPLATE, Filters, Query, check_encoder, label_vectors, search_space
 from .results import Hit, IngestOutcome, Instance, Label, ScanInfo
 
@@ -49,9 +49,37 @@ def _root(path) -> Path:
     return Path(path if path is not None else os.environ.get("OM3DB_DB") or DEFAULT_DB)
 
 
+_PG_SCHEMES = ("postgresql://", "postgres://", "postgresql+psycopg://")
+
+
+def _pg_url(path) -> str | None:
+    """``path`` (or ``$OM3DB_DB`` when None) when it is a PostgreSQL URL, else None."""
+    target = path if path is not None else os.environ.get("OM3DB_DB")
+    return target if isinstance(target, str) and target.startswith(_PG_SCHEMES) else None
+
+
+def _vectors_dir(url: str, vectors) -> Path:
+    """The local folder of a PostgreSQL database's FAISS files: ``vectors``, ``$OM3DB_VECTORS``, else
+    ``~/.cache/om3db/<host>-<port>-<database>`` (``$XDG_CACHE_HOME`` honoured)."""
+    import re
+    from urllib.parse import urlsplit
+
+    if vectors is not None or os.environ.get("OM3DB_VECTORS"):
+        return Path(vectors if vectors is not None else os.environ["OM3DB_VECTORS"])
+    parts = urlsplit(url)
+    try:
+        host, port = parts.hostname or "localhost", parts.port or 5432
+    except ValueError:  # a malformed port: Store names the URL in its error
+        host, port = "localhost", 5432
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{host}-{port}-{parts.path.lstrip('/') or 'postgres'}")
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "om3db" / slug
+
+
 def connect(
     path: str | Path | None = None,
     *,
+    vectors: str | Path | None = None,
     ephemeral: bool = False,
     url: str | None = None,
     lock_timeout: float = 10.0,
@@ -59,9 +87,13 @@ def connect(
     use_gpu: bool | None = None,
     create: bool = True,
 ) -> Database:
-    """Open (or create) a database directory.
+    """Open (or create) a database directory, or a PostgreSQL database.
 
-    path: the folder; None uses ``$OM3DB_DB`` or ``./om3db-data``.
+    path: the folder; None uses ``$OM3DB_DB`` or ``./om3db-data``. A PostgreSQL URL
+    (``postgresql://user:password@host:port/dbname``, also as ``$OM3DB_DB``) keeps all metadata and vectors
+    on that server (psycopg 3); several processes and machines may read and write it at once.
+    vectors: with a PostgreSQL URL, this machine's folder for the FAISS index files: a cache, rebuilt or
+    caught up from the server on open. Default ``$OM3DB_VECTORS``, else ``~/.cache/om3db/<host>-<port>-<db>``.
     create: False refuses a folder that holds no database (NotFoundError) instead of creating one.
     ephemeral: a fresh temporary folder, deleted on ``close()`` (tests, notebooks).
     url: a SQLAlchemy URL for the metadata (e.g. PostgreSQL); the folder still holds the indexes.
@@ -70,7 +102,10 @@ def connect(
     """
     from .store import DEFAULT_IVF_THRESHOLD, Store
 
-    if ephemeral:
+    if not ephemeral and url is None and _pg_url(path) is not None:
+        url = _pg_url(path)
+        root = _vectors_dir(url, vectors)
+    elif ephemeral:
         root = Path(tempfile.mkdtemp(prefix="om3db-"))
     else:
         root = _root(path)
@@ -89,9 +124,13 @@ def connect(
 def upgrade_database(
     path: str | Path | None = None, *, url: str | None = None, lock_timeout: float = 10.0
 ) -> tuple[str | None, str]:
-    """Run the shipped migrations on a database folder; returns (revision before, revision after)."""
+    """Run the shipped migrations on a database folder (or a PostgreSQL URL); returns (revision before,
+    revision after)."""
     from .store import upgrade_database as upgrade
 
+    if url is None and _pg_url(path) is not None:
+        url = _pg_url(path)
+        return upgrade(_vectors_dir(url, None), url=url, lock_timeout=lock_timeout)
     return upgrade(_root(path), url=url, lock_timeout=lock_timeout)
 
 
@@ -190,49 +229,73 @@ class Database:
         Scans whose fingerprint and settings are unchanged are skipped unless ``force``.
         Holds the writer lock for the whole call; index files are saved at the end (and every minute).
         """
-        from .ingest import IngestConfig, ReadOptions, plan_ingest, run_plan
+        from .ingest import IngestConfig, ReadOptions
 
         config = config or IngestConfig()
         with self._store.lock:
             self._store.check_view_vectors(config.view_vectors)  # before any model loads or scan work
-            encoders = {
-                space: self._encoder(space, spec)
-                for space, spec in (("siglip", siglip), ("dinov2", dinov2))
-                if spec is not False
-            }
-            if isinstance(sam, (str, Path)):
-                from .sam import load_sam
-
-                sam_key, sam = str(sam), load_sam(sam)
-            else:
-                sam_key = _sam_key(sam)
-            plan = plan_ingest(
-                paths_or_root,
-                config=config,
-                encoders=encoders,
-                sam=sam,
-                sam_key=sam_key,
-                read=ReadOptions(depth_scale=depth_scale, pose_convention=pose_convention, format=format),
-                force=force,
-                fused_dir=self.path / "fused",
-            )
-            self._given.update(encoders)
-            last_save = [time.monotonic()]
-
-            def write(result, settings: dict) -> None:
-                save = time.monotonic() - last_save[0] > _SAVE_EVERY_S
-                self._store.write_scan(result, settings=settings, save=save)
-                if save:
-                    last_save[0] = time.monotonic()
-
             stored = {s.name: s for s in self._store.scan_infos(include_incomplete=True)}
             try:
-                out = run_plan(plan, stored=stored, write=write, progress=progress)
-            finally:
-                self._store.flush()  # index files once per call, not per scan (a crash only costs a rebuild)
+                out, plan = self._ingest_locked(
+                    paths_or_root,
+                    config=config,
+                    stored=stored,
+                    progress=progress,
+                    models={"siglip": siglip, "dinov2": dinov2},
+                    sam=sam,
+                    force=force,
+                    read=ReadOptions(depth_scale=depth_scale, pose_convention=pose_convention, format=format),
+                )
+            except KeyboardInterrupt as exc:
+                # an index may have been mid-update in memory: forget them all (SQLite and the files on
+                # disk are consistent; what the files lack is rebuilt from SQLite on the next open)
+                self._store.forget_indexes()
+                raise Interrupted(getattr(exc, "signum", 2), self._committed_since(stored)) from exc
+            self._store.flush()  # index files once per call, not per scan (a crash only costs a rebuild)
             if progress is not None:
                 progress("", "scans", len(plan.folders), len(plan.folders))
             return out
+
+    def _ingest_locked(self, paths_or_root, *, config, stored, progress, models, sam, force, read):
+        """The part of :meth:`ingest` under the writer lock: load the models, plan, run."""
+        from .ingest import plan_ingest, run_plan
+
+        encoders = {space: self._encoder(space, spec) for space, spec in models.items() if spec is not False}
+        if isinstance(sam, (str, Path)):
+            from .sam import load_sam
+
+            sam_key, sam = str(sam), load_sam(sam)
+        else:
+            sam_key = _sam_key(sam)
+        plan = plan_ingest(
+            paths_or_root,
+            config=config,
+            encoders=encoders,
+            sam=sam,
+            sam_key=sam_key,
+            read=read,
+            force=force,
+            fused_dir=self.path / "fused",
+        )
+        self._given.update(encoders)
+        last_save = [time.monotonic()]
+
+        def write(result, settings: dict) -> None:
+            save = time.monotonic() - last_save[0] > _SAVE_EVERY_S
+            self._store.write_scan(result, settings=settings, save=save)
+            if save:
+                last_save[0] = time.monotonic()
+
+        return run_plan(plan, stored=stored, write=write, progress=progress), plan
+
+    def _committed_since(self, before: dict) -> tuple[str, ...]:
+        """Names of the scans written since ``before`` (name -> ScanInfo) was read."""
+
+        def state(s):
+            return (s.fingerprint, s.updated_at, s.instances, s.settings)
+
+        now = self._store.scan_infos(include_incomplete=True)
+        return tuple(s.name for s in now if s.name not in before or state(s) != state(before[s.name]))
 
     def write(self, result, *, settings: dict | None = None) -> int:
         """Store an already computed ``IngestResult`` (replacing a scan of that name); returns its scan id."""
@@ -245,6 +308,13 @@ class Database:
     def reindex(self) -> list[str]:
         """Rebuild every FAISS index from SQLite (re-choosing exact / IVF); returns the spaces rebuilt."""
         return self._store.reindex()
+
+    def check(self):
+        """Check every part of the database without changing it: SQLite integrity, every stored blob
+        decodes, every FAISS index agrees with SQLite. Returns a ``CheckReport`` whose problems name the
+        scan / instance / index and the repair (``reindex`` for index files, re-ingesting a scan for
+        damaged rows)."""
+        return self._store.check()
 
     def index_kinds(self) -> dict[str, str]:
         """'space.level' -> the kind of its index ('flat' exact search or 'ivf')."""
@@ -393,6 +463,8 @@ class Database:
 
     def instance(self, instance_id: int) -> Instance:
         """One instance with its views and point indices."""
+        if isinstance(instance_id, bool) or not isinstance(instance_id, (int, np.integer)) or instance_id < 1:
+            raise ConfigError(f"instance ids are integers >= 1 (as search returns them), got {instance_id!r}")
         found = self._store.instances(ids=[int(instance_id)])
         if not found:
             raise NotFoundError(f"{self.path}: no instance {instance_id}. Search first to get instance ids")

@@ -16,6 +16,7 @@ __all__ = [
     "NotFoundError",
     "DatabaseBusyError",
     "EvaluationError",
+    "Interrupted",
 ]
 
 
@@ -76,3 +77,20 @@ class DatabaseBusyError(StoreError):
 
 class EvaluationError(Om3dbError):
     """Predictions and ground truth cannot be evaluated together."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived (a ``KeyboardInterrupt``, so generic ``except Exception`` handlers do not
+    swallow it). ``Database.ingest`` re-raises a Ctrl-C as this, with ``committed`` set to the scans it
+    had committed (each scan commits atomically; the one in progress was rolled back). The CLI's signal
+    handlers raise it for SIGINT and SIGTERM."""
+    def __init__(self, signum: int = 2, committed: tuple[str, ...] | None = None) -> None:
+        super().__init__(signum)
+        self.signum = signum
+        self.committed = None if committed is None else tuple(committed)
+        """Scans committed by the interrupted ingest (None: not an ingest, or not known)."""
+
+    @property
+    def exit_code(self) -> int:
+        """128 + the signal number (130 for SIGINT, 143 for SIGTERM), the shell's convention."""
+        return 128 + self.signum

@@ -24,8 +24,10 @@ import numpy as np
 
 from ..errors import ConfigError, EncoderMismatchError, NotFoundError, StoreError
 from ..records import EncoderIdentity, IngestResult
+from .check import StoreCheck
 from .indexlog import Step
-from .lock import WriterLock
+from .lock import ReadOnlyError, WriterLock
+from .pglock import PgWriterLock, lock_writes
 from .reads import StoreReads
 from .spaceindex import AddWorker, SpaceIndex, apply_step
 from .vectors import DEFAULT_IVF_THRESHOLD, VectorIndex
@@ -77,6 +79,21 @@ def _mode_message(root, kept: bool, keep: bool) -> str:
     )
 
 
+def _database_error(exc: Exception, where) -> Exception:
+    """SQLAlchemy's errors on open as one StoreError naming the database (om3db errors pass through)."""
+    from sqlalchemy.exc import DatabaseError, OperationalError
+
+    if not isinstance(exc, (DatabaseError, OperationalError)):
+        return exc
+    detail = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+    if "readonly" in detail or "unable to open" in detail:
+        return StoreError(f"{where}: cannot open the database ({detail}). Check the folder's permissions")
+    return StoreError(
+        f"{where}: not a readable om3db database ({detail}): the file is damaged or not a database. "
+        "Restore it from a backup, or move it away and re-ingest the scans into a new one"
+    )
+
+
 def identity_matches(stored: EncoderIdentity, other: EncoderIdentity) -> bool:
     """Same weights and recipe. A content hash revision is authoritative over the path it was loaded from."""
     same = (stored.revision, stored.dim, stored.normalization, stored.preprocessing) == (
@@ -90,7 +107,7 @@ def identity_matches(stored: EncoderIdentity, other: EncoderIdentity) -> bool:
     return same
 
 
-class Store(StoreReads):
+class Store(StoreReads, StoreCheck):
     """A database directory: ``om3db.sqlite`` (or ``url``), ``indexes/*.faiss`` and ``write.lock``."""
 
     def __init__(
@@ -121,13 +138,44 @@ class Store(StoreReads):
         if not self.root.exists():
             if not create:
                 raise NotFoundError(f"{self.root}: no om3db database here. Create one by ingesting scans into it")
-            self.root.mkdir(parents=True)
+            try:
+                self.root.mkdir(parents=True)
+            except OSError as exc:
+                raise StoreError(f"{self.root}: cannot create the database folder ({exc.strerror})") from exc
         elif not self.root.is_dir():
             raise StoreError(f"{self.root}: is a file, not a database folder. Give the database's folder")
-        (self.root / "indexes").mkdir(exist_ok=True)
-        self.url = url or f"sqlite:///{(self.root / 'om3db.sqlite').resolve()}"
-        self.engine = make_engine(self.url)
-        self.lock = WriterLock(self.root / "write.lock", timeout=lock_timeout)
+        from .schema import is_postgres_url, redact_url
+
+        self.postgres = is_postgres_url(url)
+        """PostgreSQL metadata: writers take the server's advisory lock per transaction (``pglock``), the
+        folder is this machine's FAISS cache and its file lock is held only while index files are written."""
+        self.where = redact_url(url) if self.postgres else str(self.root)
+        """How messages name the database: its folder, or (PostgreSQL) its URL without the password."""
+        self.lock = (
+            PgWriterLock(self.root / "write.lock", self.where, timeout=lock_timeout)
+            if self.postgres
+            else WriterLock(self.root / "write.lock", timeout=lock_timeout)
+        )
+        try:
+            writer = self.lock.try_acquire()
+            self.read_only = False
+        except ReadOnlyError:  # a read-only folder or mount: a normal deployment for readers
+            writer, self.read_only = False, True
+        sqlite = self.root / "om3db.sqlite"
+        if url is None and sqlite.is_file() and sqlite.stat().st_size == 0:
+            self.lock.release()
+            raise StoreError(
+                f"{sqlite}: the database file is empty (0 bytes), so it holds no scans: damaged or truncated? "
+                "Restore it from a backup, or move it away to start a new database"
+            )
+        if not self.read_only:
+            try:
+                (self.root / "indexes").mkdir(exist_ok=True)
+            except OSError as exc:
+                self.lock.release()
+                raise StoreError(f"{self.root / 'indexes'}: cannot create the index folder ({exc.strerror})") from exc
+        self.url = url or f"sqlite:///{sqlite.resolve()}"
+        self.engine = make_engine(self.url, read_only=self.read_only)
         self.ivf_threshold = ivf_threshold
         self.use_gpu = use_gpu
         self.log_fraction = log_fraction
@@ -137,14 +185,18 @@ class Store(StoreReads):
         self._worker = AddWorker()
         self.rebuilt: list[str] = []
         """Spaces whose index was rebuilt from SQLite on open (missing, stale or damaged files)."""
-        if not self.lock.try_acquire():  # another process writes: open read-only, indexes load lazily
-            check_schema(self.engine, str(self.root), create=False)
-        else:
-            try:
-                check_schema(self.engine, str(self.root), create=create)
-                self.rebuilt = self.repair()
-            finally:
-                self.lock.release()
+        try:
+            if not writer:  # another process writes (or the folder is read-only): indexes load lazily
+                check_schema(self.engine, self.where, create=False)
+            else:
+                try:
+                    check_schema(self.engine, self.where, create=create)
+                    self.rebuilt = self.repair()
+                finally:
+                    self.lock.release()
+        except Exception as exc:
+            self.engine.dispose()
+            raise _database_error(exc, sqlite if url is None else self.where) from exc
 
     def session(self):
         from sqlalchemy.orm import Session
@@ -208,7 +260,7 @@ class Store(StoreReads):
         from .models import InstanceRow, ScanRow, VectorBlock
 
         q = (
-            select(VectorBlock.ids, VectorBlock.data)
+            select(VectorBlock.ids, VectorBlock.data, VectorBlock.count, ScanRow.name)
             .join(ScanRow, ScanRow.id == VectorBlock.scan_id)
             .where(VectorBlock.space_id == space_row.id, ScanRow.status == "ready")
             .order_by(VectorBlock.id)
@@ -220,6 +272,13 @@ class Store(StoreReads):
             q = q.where(VectorBlock.scan_id.in_(scans))
         with self.engine.connect() as conn:
             rows = conn.execute(q).all()
+        for r in rows:
+            if len(r[0]) != 8 * r[2] or len(r[1]) != 2 * r[2] * space_row.dim:
+                raise StoreError(
+                    f"{self.root}: the {space_row.name}.{space_row.level} vectors of scan {r[3]!r} are damaged "
+                    f"({len(r[0])} id bytes and {len(r[1])} vector bytes for {r[2]} vectors of dim {space_row.dim}). "
+                    f"Re-ingest that scan (or remove it); `om3db check` lists all damage"
+                )
         ids = np.frombuffer(b"".join(r[0] for r in rows), dtype="<i8").astype(np.int64)
         vecs = np.frombuffer(bytearray().join(r[1] for r in rows), dtype="<f2").reshape(len(ids), space_row.dim)
         if wanted is not None:
@@ -227,17 +286,53 @@ class Store(StoreReads):
             ids, vecs = ids[keep], vecs[keep]
         return vecs.astype(dtype, copy=False), ids
 
-    def _build(self, space_row) -> VectorIndex:
-        vecs, ids = self.stored_vectors(space_row, dtype=np.float16)
-        return VectorIndex.build(vecs, ids, ivf_threshold=self.ivf_threshold, use_gpu=self.use_gpu, dim=space_row.dim)
+    def _build(self, space_row) -> tuple[VectorIndex, int]:
+        """The space's index built from the database, and the generation it reflects (read before and
+        after the vectors until they agree: another writer may commit meanwhile, PostgreSQL writers do
+        not wait for a reader)."""
+        from sqlalchemy import select
+
+        from .models import SpaceRow
+
+        def generation() -> int:
+            with self.engine.connect() as conn:
+                return int(conn.execute(select(SpaceRow.generation).where(SpaceRow.id == space_row.id)).scalar_one())
+
+        while True:
+            before = generation()
+            vecs, ids = self.stored_vectors(space_row, dtype=np.float16)
+            if generation() == before:
+                break
+        index = VectorIndex.build(vecs, ids, ivf_threshold=self.ivf_threshold, use_gpu=self.use_gpu, dim=space_row.dim)
+        return index, before
+
+    def _writing_files(self):
+        """Held while index files are written: on PostgreSQL the cache folder's file lock (other processes
+        may share the folder); on SQLite the writer lock already is."""
+        import contextlib
+
+        return self.lock.cache if self.postgres else contextlib.nullcontext()
+
+    def _lock_writes(self, s) -> None:
+        """PostgreSQL: the writers' transaction-level advisory lock, first thing in a write transaction."""
+        if self.postgres:
+            lock_writes(s.connection(), timeout=self.lock.timeout, where=self.where)
 
     def _record_choice(self, space_row, index: VectorIndex) -> None:
         from .models import SpaceRow
 
+        if index.choice.kind == space_row.index_kind and index.choice.params() == (space_row.index_params or {}):
+            return  # unchanged: no write (a PostgreSQL reader must not wait on a writer's row lock)
         with self.session() as s, s.begin():
             row = s.get(SpaceRow, space_row.id)
             row.index_kind = index.choice.kind
             row.index_params = index.choice.params()
+
+    def forget_indexes(self) -> None:
+        """Drop every in-memory index (after an interrupted write): their next use reloads or rebuilds."""
+        for sp in self._spaces.values():
+            sp.settle()
+            sp.forget()
 
     def _space_index(self, name: str, level: str) -> SpaceIndex:
         key = (name, level)
@@ -256,12 +351,13 @@ class Store(StoreReads):
                 "the rows are committed and the indexes will be rebuilt from SQLite"
             ) from failed[0][1]
 
-    def _save(self, space_row, index: VectorIndex, *, now: bool = True) -> None:
+    def _save(self, space_row, index: VectorIndex, *, now: bool = True, generation: int | None = None) -> None:
         sp = self._space_index(space_row.name, space_row.level)
-        sp.hold(index, space_row.generation)
+        sp.hold(index, space_row.generation if generation is None else generation)
         sp.dirty = True
         if now:
-            sp.persist(self.log_fraction)
+            with self._writing_files():
+                sp.persist(self.log_fraction)
 
     def _load(self, space_row, target: int | None = None) -> VectorIndex | None:
         """The space's index at generation ``target`` (default: the row's) from its file + log, or None."""
@@ -283,14 +379,15 @@ class Store(StoreReads):
         for key in sorted(k for k, sp in self._spaces.items() if sp.reshape):
             sp = self._spaces[key]
             row = self.space(*key)
-            index = self._build(row)
+            index, generation = self._build(row)
             self._record_choice(row, index)
-            sp.hold(index, row.generation)
+            sp.hold(index, generation)
             sp.reshape = False
             sp.mark_full_save()
             sp.dirty = True
         for key in sorted(k for k, sp in self._spaces.items() if sp.dirty):
-            self._spaces[key].persist(self.log_fraction)
+            with self._writing_files():
+                self._spaces[key].persist(self.log_fraction)
 
     def repair(self, *, force: bool = False) -> list[str]:
         """Rebuild every index whose file is missing, damaged or behind SQLite (needs the writer lock)."""
@@ -301,10 +398,10 @@ class Store(StoreReads):
             if index is not None and index.ntotal != self._count(row):
                 index = None
             if index is None:
-                index = self._build(row)
+                index, generation = self._build(row)
                 self._record_choice(row, index)
                 self._space_index(row.name, row.level).mark_full_save()
-                self._save(row, index)
+                self._save(row, index, generation=generation)
                 rebuilt.append(f"{row.name}.{row.level}")
             else:
                 self._space_index(row.name, row.level).hold(index, row.generation)
@@ -323,10 +420,10 @@ class Store(StoreReads):
     def index(self, name: str, level: str) -> VectorIndex:
         """The current index of a space; reloaded (or rebuilt in memory) when another process changed it."""
         row = self.space(name, level)
-        index = self._catch_up(row, row.generation) or self._load(row)
+        index, generation = self._catch_up(row, row.generation) or self._load(row), row.generation
         if index is None:  # the writer has committed but not saved yet (or crashed): rebuild in memory
-            index = self._build(row)
-        self._space_index(name, level).hold(index, row.generation)
+            index, generation = self._build(row)
+        self._space_index(name, level).hold(index, generation)
         return index
 
     # -- writes -----------------------------------------------------------------------------
@@ -435,6 +532,7 @@ class Store(StoreReads):
         batch = pack_scan(result, keep_views)  # validated and encoded before any transaction
         with self.lock:
             with self.session() as s, s.begin():
+                self._lock_writes(s)
                 spaces = self._ensure_spaces(s, result.encoders, keep_views)
                 find_scan, insert_scan = _scan_statements()
                 old = s.execute(find_scan, {"name": result.scan}).scalar()
@@ -473,11 +571,12 @@ class Store(StoreReads):
         later = []
         for row in touched:
             sp = self._space_index(row.name, row.level)
+            generation = row.generation  # a rebuild may see later commits (PostgreSQL writers)
             # the index as it was before this write: held, or caught up through the log with another
             # writer's changes, or loaded from file + log
             index = self._catch_up(row, row.generation - 1) or self._load(row, row.generation - 1)
             if index is None:
-                index = self._build(row)  # nothing on disk continues to this write: rebuild from SQLite
+                index, generation = self._build(row)  # nothing on disk continues to this write: rebuild
                 sp.mark_full_save()
             else:
                 removed = np.asarray(gone.get(row.id, ()), dtype=np.int64)
@@ -493,13 +592,13 @@ class Store(StoreReads):
                 sp.note_step(step)
                 if self._needs_new_kind(index, index.ntotal + (0 if save else len(added_ids))):
                     if save:
-                        index = self._build(row)
+                        index, generation = self._build(row)
                         sp.mark_full_save()
                     else:  # deferred writes: rebuild once, at flush()
                         sp.reshape = True
             if index.choice.kind != row.index_kind or index.choice.params() != (row.index_params or {}):
                 self._record_choice(row, index)
-            self._save(row, index, now=save)
+            self._save(row, index, now=save, generation=generation)
         for sp, vectors, ids in later:
             sp.add_later(self._worker, vectors, ids)
 
@@ -516,6 +615,7 @@ class Store(StoreReads):
 
         with self.lock:
             with self.session() as s, s.begin():
+                self._lock_writes(s)
                 row = s.scalars(select(ScanRow).where(ScanRow.name == name)).first()
                 if row is None:
                     raise NotFoundError(
@@ -544,7 +644,13 @@ def upgrade_database(root: str | Path, *, url: str | None = None, lock_timeout: 
         raise NotFoundError(f"{root}: no om3db database here (no om3db.sqlite)")
     engine = make_engine(url or f"sqlite:///{sqlite.resolve()}")
     try:
-        with WriterLock(root / "write.lock", timeout=lock_timeout):
+        import contextlib
+
+        from .schema import is_postgres_url
+
+        # PostgreSQL: migrations take the server's advisory lock (schema.MIGRATION_LOCK_KEY) instead
+        pg = url is not None and is_postgres_url(url)
+        with contextlib.nullcontext() if pg else WriterLock(root / "write.lock", timeout=lock_timeout):
             before = current_revision(engine)
             upgrade(engine)
         return before, head_revision()

@@ -6,15 +6,20 @@ command into the file so a waiting writer can name it.
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import sys
 import time
 from pathlib import Path
 
-from ..errors import DatabaseBusyError
+from ..errors import DatabaseBusyError, StoreError
 
-__all__ = ["WriterLock"]
+__all__ = ["WriterLock", "ReadOnlyError"]
+
+
+class ReadOnlyError(StoreError):
+    """The database folder cannot be written (permissions or a read-only mount): readers still work."""
 
 
 class WriterLock:
@@ -43,7 +48,19 @@ class WriterLock:
         if self._fd is not None:
             self._depth += 1
             return True
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        if self.path.exists() and not self.path.is_file():
+            raise StoreError(
+                f"{self.path}: is not a file. om3db keeps its writer lock there: remove it (nothing is lost)"
+            )
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise ReadOnlyError(
+                    f"{self.path.parent}: the database is read-only here ({exc.strerror}): it can be searched but "
+                    "not written. Write into a copy, or make the folder writable"
+                ) from exc
+            raise StoreError(f"{self.path}: cannot open the writer lock ({exc.strerror})") from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

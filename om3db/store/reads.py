@@ -10,6 +10,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from ..errors import StoreError
 from ..results import Instance, ScanInfo
 from .writer import unpack_indices, unpack_views
 
@@ -81,19 +82,18 @@ class StoreReads:
         if scan is not None:
             q = q.where(ScanRow.name == scan)
         with self.session() as s:
-            return [
-                Instance(
-                    r.id,
-                    name,
-                    path,
-                    r.mask_index,
-                    r.score,
-                    tuple(unpack_views(r.views)),
-                    unpack_indices(r.point_indices) if with_points else None,
-                    **_geometry(r),
-                )
-                for r, name, path in s.execute(q)
-            ]
+            return [self._instance(r, name, path, with_points) for r, name, path in s.execute(q)]
+
+    def _instance(self, r, scan: str, path: str, with_points: bool) -> Instance:
+        try:
+            views = tuple(unpack_views(r.views))
+            points = unpack_indices(r.point_indices) if with_points else None
+        except Exception as exc:  # noqa: BLE001 - any decoding failure is damage, named below
+            raise StoreError(
+                f"{self.root}: instance {r.id} of scan {scan!r} is damaged ({type(exc).__name__}: {exc}). "
+                "Re-ingest that scan (or remove it); `om3db check` lists all damage"
+            ) from exc
+        return Instance(r.id, scan, path, r.mask_index, r.score, views, points, **_geometry(r))
 
     def filter_ids(
         self,

@@ -1,0 +1,190 @@
+"""``Store.check()``: is every part of the database readable and consistent, and what repairs it.
+
+Checks, without changing anything: SQLite's own integrity check; every instance's packed point
+indices (decode, within the scan's point count) and views; every vector block (sizes match its count
+and the space's dimension, ids are this scan's instances); every FAISS index (file + change log load,
+reach SQLite's generation, hold exactly SQLite's ids). Each problem names the scan / instance / space
+and the repair: ``om3db reindex`` for index files (derived data), re-ingesting (or removing) a scan
+for damaged rows, a backup for a damaged SQLite file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .writer import unpack_indices, unpack_views, view_owner
+
+__all__ = ["CheckReport", "Problem", "StoreCheck"]
+
+REINDEX = "run `om3db reindex` (index files are rebuilt from SQLite; nothing is lost)"
+REINGEST = "re-ingest that scan with --force (or remove it with `om3db rm`)"
+RESTORE = "restore om3db.sqlite from a backup, or move it away and re-ingest the scans into a new database"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing found wrong."""
+
+    where: str
+    """'database', 'scan NAME', 'instance ID (scan NAME)' or 'index SPACE.LEVEL'."""
+    problem: str
+    repair: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.problem}. Repair: {self.repair}"
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    """What ``check`` looked at and found."""
+
+    scans: int
+    instances: int
+    vectors: int
+    indexes: int
+    problems: tuple[Problem, ...] = field(default=())
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict:
+        return {
+            "ok": self.ok,
+            "scans": self.scans,
+            "instances": self.instances,
+            "vectors": self.vectors,
+            "indexes": self.indexes,
+            "problems": [{"where": p.where, "problem": p.problem, "repair": p.repair} for p in self.problems],
+        }
+
+
+class StoreCheck:
+    """``check()`` of :class:`om3db.store.Store` (mixed in)."""
+
+    def check(self) -> CheckReport:
+        problems: list[Problem] = []
+        problems += self._check_sqlite()
+        if problems:  # a damaged file: reading rows would only add noise
+            return CheckReport(0, 0, 0, 0, tuple(problems))
+        n_scans, n_inst, owners, found = self._check_rows()
+        problems += found
+        n_vec, n_idx, found = self._check_vectors(owners)
+        problems += found
+        return CheckReport(n_scans, n_inst, n_vec, n_idx, tuple(problems))
+
+    def _check_sqlite(self) -> list[Problem]:
+        from sqlalchemy import text
+
+        if self.engine.dialect.name != "sqlite":
+            return []
+        try:
+            with self.engine.connect() as conn:
+                rows = [r[0] for r in conn.execute(text("PRAGMA integrity_check"))]
+        except Exception as exc:  # noqa: BLE001 - any failure here is the finding
+            return [Problem("database", f"SQLite cannot read the file ({exc})", RESTORE)]
+        if rows != ["ok"]:
+            return [Problem("database", f"SQLite integrity check: {'; '.join(rows[:5])}", RESTORE)]
+        return []
+
+    def _check_rows(self):
+        from sqlalchemy import select
+
+        from .models import InstanceRow, ScanRow
+
+        problems = []
+        owners: dict[int, str] = {}
+        with self.engine.connect() as conn:
+            scans = {
+                r.id: (r.name, r.num_points) for r in conn.execute(select(ScanRow).where(ScanRow.status == "ready"))
+            }
+            cols = (InstanceRow.id, InstanceRow.scan_id, InstanceRow.point_indices, InstanceRow.views)
+            for iid, scan_id, packed, views in conn.execute(select(*cols)):
+                if scan_id not in scans:
+                    continue
+                name, num_points = scans[scan_id]
+                owners[iid] = name
+                where = f"instance {iid} (scan {name})"
+                try:
+                    idx = unpack_indices(packed)
+                    if len(idx) and (idx.min() < 0 or idx.max() >= num_points):
+                        problems.append(
+                            Problem(where, f"point indices outside the scan's {num_points} points", REINGEST)
+                        )
+                except Exception as exc:  # noqa: BLE001 - any decoding failure is the finding
+                    problems.append(Problem(where, f"point indices do not decode ({type(exc).__name__})", REINGEST))
+                try:
+                    unpack_views(views)
+                except Exception as exc:  # noqa: BLE001
+                    problems.append(Problem(where, f"views do not decode ({type(exc).__name__})", REINGEST))
+        return len(scans), len(owners), owners, problems
+
+    def _check_vectors(self, owners: dict[int, str]):
+        from sqlalchemy import select
+
+        from .models import ScanRow, VectorBlock
+        from .spaceindex import SpaceIndex
+
+        problems = []
+        total = 0
+        spaces = self.spaces()
+        for row in spaces:
+            label = f"{row.name}.{row.level}"
+            q = (
+                select(VectorBlock.ids, VectorBlock.data, VectorBlock.count, ScanRow.name)
+                .join(ScanRow, ScanRow.id == VectorBlock.scan_id)
+                .where(VectorBlock.space_id == row.id, ScanRow.status == "ready")
+            )
+            ids_parts = []
+            damaged = False
+            with self.engine.connect() as conn:
+                for ids, data, count, scan in conn.execute(q):
+                    if len(ids) != 8 * count or len(data) != 2 * count * row.dim:
+                        problems.append(
+                            Problem(
+                                f"scan {scan}",
+                                f"its {label} vector block is damaged ({len(ids)} id bytes, {len(data)} vector "
+                                f"bytes for {count} vectors of dim {row.dim})",
+                                REINGEST,
+                            )
+                        )
+                        damaged = True
+                        continue
+                    part = np.frombuffer(ids, dtype="<i8").astype(np.int64)
+                    inst = part if row.level == "instance" else view_owner(part)
+                    strangers = [int(i) for i in np.unique(inst) if owners.get(int(i)) != scan]
+                    if strangers:
+                        problems.append(
+                            Problem(
+                                f"scan {scan}",
+                                f"its {label} vectors name instances it does not hold ({strangers[:5]})",
+                                REINGEST,
+                            )
+                        )
+                    ids_parts.append(part)
+            held = np.sort(np.concatenate(ids_parts)) if ids_parts else np.zeros(0, np.int64)
+            total += len(held)
+            if damaged:
+                continue  # the index cannot be compared with rows that do not decode
+            sp = SpaceIndex(row.name, row.level, self.index_path(row.name, row.level), use_gpu=False)
+            index = sp.load(row.generation)
+            if index is None:
+                problems.append(
+                    Problem(
+                        f"index {label}",
+                        "its file is missing, damaged or behind the database (searches rebuild it in memory "
+                        "each time the database is opened)",
+                        REINDEX,
+                    )
+                )
+            elif not np.array_equal(np.sort(index.ids()), held):
+                problems.append(
+                    Problem(
+                        f"index {label}",
+                        f"holds {index.ntotal} vectors, the database {len(held)}, or other ids",
+                        REINDEX,
+                    )
+                )
+        return total, len(spaces), problems
