@@ -84,6 +84,7 @@ class Interrupted(KeyboardInterrupt):
     swallow it). ``Database.ingest`` re-raises a Ctrl-C as this, with ``committed`` set to the scans it
     had committed (each scan commits atomically; the one in progress was rolled back). The CLI's signal
     handlers raise it for SIGINT and SIGTERM."""
+
     def __init__(self, signum: int = 2, committed: tuple[str, ...] | None = None) -> None:
         super().__init__(signum)
         self.signum = signum
