@@ -1,4 +1,5 @@
-"""Concurrency with real processes: readers keep working during a write; a second writer waits or fails."""
+"""Concurrency with real processes: readers keep working during a write; a second writer waits or fails.
+On SQLite and on PostgreSQL (``db_target``; tests/test_postgres.py has two PostgreSQL writers at once)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import om3db
 from om3db.errors import DatabaseBusyError
 from tests.test_store import DIM, make_result, unit
 
@@ -33,7 +33,7 @@ def wait(stage):
             time.sleep(0.02)
 
 CHECKPOINT_HOOKS.append(wait)
-with om3db.connect({db!r}) as db:
+with om3db.connect({db}) as db:
     db.write(make_result("b", 6, seed=7))
 print("DONE", flush=True)
 """
@@ -53,13 +53,12 @@ class FakeQueryEncoder:
 
 
 @pytest.fixture
-def paused_writer(tmp_path):
-    path = tmp_path / "db"
-    with om3db.connect(path) as db:
+def paused_writer(tmp_path, db_target):
+    with db_target.connect() as db:
         db.write(make_result("a", 5))
     go = tmp_path / "go"
     proc = subprocess.Popen(
-        [sys.executable, "-c", WRITER.format(repo=str(REPO), go=str(go), db=str(path))],
+        [sys.executable, "-c", WRITER.format(repo=str(REPO), go=str(go), db=db_target.code())],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -67,7 +66,7 @@ def paused_writer(tmp_path):
     )
     line = proc.stdout.readline()
     assert line.strip() == "PAUSED", proc.stderr.read() if proc.poll() is not None else line
-    yield path, go, proc
+    yield db_target, go, proc
     go.touch()
     if proc.poll() is None:
         try:
@@ -78,10 +77,10 @@ def paused_writer(tmp_path):
 
 
 def test_reader_queries_during_a_write_then_sees_it(paused_writer):
-    path, go, proc = paused_writer
+    target, go, proc = paused_writer
     enc = FakeQueryEncoder()
     t0 = time.monotonic()
-    with om3db.connect(path) as reader:  # opens while another process holds the write lock and a transaction
+    with target.connect() as reader:  # opens while another process holds the write lock and a transaction
         hits = reader.search(text="x", k=20, encoder=enc)
         assert {h.scan for h in hits} == {"a"} and len(hits) == 5
         assert time.monotonic() - t0 < 10
@@ -94,11 +93,19 @@ def test_reader_queries_during_a_write_then_sees_it(paused_writer):
 
 
 def test_second_writer_fails_naming_the_holder(paused_writer):
-    path, go, proc = paused_writer
-    with om3db.connect(path, lock_timeout=0.3) as db:
+    target, go, proc = paused_writer
+    with target.connect(lock_timeout=0.3) as db:
         with pytest.raises(DatabaseBusyError) as err:
             db.write(make_result("c", 2))
-        assert str(err.value).startswith(f"{path}: another process is writing to this database (pid {proc.pid} on ")
+        if target.backend == "sqlite":
+            assert str(err.value).startswith(
+                f"{target.root}: another process is writing to this database (pid {proc.pid} on "
+            )
+        else:  # the URL without its password, the holder's session as the server knows it
+            where = target.connect_arg.replace(":s3cret-pw@", ":***@")
+            assert str(err.value).startswith(
+                f"{where}: another process is writing to this database (om3db pid {proc.pid} on "
+            )
         assert str(err.value).endswith("Wait for it to finish, or stop it, then retry")
         with pytest.raises(DatabaseBusyError):
             db.remove("a")
@@ -106,9 +113,9 @@ def test_second_writer_fails_naming_the_holder(paused_writer):
 
 
 def test_second_writer_waits_then_writes(paused_writer):
-    path, go, proc = paused_writer
+    target, go, proc = paused_writer
     threading.Timer(1.0, go.touch).start()
-    with om3db.connect(path, lock_timeout=60) as db:
+    with target.connect(lock_timeout=60) as db:
         t0 = time.monotonic()
         db.write(make_result("c", 2, seed=9))
         assert time.monotonic() - t0 >= 0.5  # it waited for the other writer
@@ -116,4 +123,4 @@ def test_second_writer_waits_then_writes(paused_writer):
         assert [(s.name, s.instances) for s in db.scans()] == [("a", 5), ("b", 6), ("c", 2)]
         index = db._store.index("siglip", "instance")
         assert index.ntotal == 13 == len(db._store.stored_vectors(db._store.space("siglip", "instance"))[1])
-    assert not os.path.exists(path / "indexes" / "siglip.instance.faiss.tmp")
+    assert not os.path.exists(target.root / "indexes" / "siglip.instance.faiss.tmp")

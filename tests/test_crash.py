@@ -1,4 +1,5 @@
-"""Crash safety: a real ``kill -9`` of a writing process at several points, then reopen and resume."""
+"""Crash safety: a real ``kill -9`` of a writing process at several points, then reopen and resume (on SQLite
+and on PostgreSQL: ``db_target``)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import om3db
 from tests.test_store import make_result
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,7 +33,7 @@ def pause(stage):
         time.sleep(120)
 
 CHECKPOINT_HOOKS.append(pause)
-with om3db.connect({db!r}) as db:
+with om3db.connect({db}) as db:
     db._store.log_fraction = {fraction!r}
     db.write(make_result({scan!r}, 6, seed=7))
 print("DONE", flush=True)
@@ -53,7 +53,7 @@ def progress(scan, stage, done, total):
         time.sleep(120)
 
 enc = FakeColorEncoder()
-with om3db.connect({db!r}) as db:
+with om3db.connect({db}) as db:
     db.ingest({root!r}, config=IngestConfig(frame_step=5, crop=CropConfig(mode="box")), siglip=enc, dinov2=False,
               progress=progress)
 """
@@ -122,14 +122,13 @@ def assert_consistent(db) -> None:
     "fraction", [0.25, 100.0], ids=["file", "log"]
 )  # the write rewrites the index file / appends to its log
 @pytest.mark.parametrize("stage,visible", [("rows_written", False), ("committed", True), ("index_saved", True)])
-def test_kill_during_scan_write(tmp_path, stage, visible, fraction):
-    path = tmp_path / "db"
-    with om3db.connect(path) as db:
+def test_kill_during_scan_write(db_target, stage, visible, fraction):
+    with db_target.connect() as db:
         db.write(make_result("a", 5))
-    kill_when_paused(WRITER.format(repo=str(REPO), stage=stage, db=str(path), scan="b", fraction=fraction))
-    log = path / "indexes" / "siglip.instance.faiss.log"
+    kill_when_paused(WRITER.format(repo=str(REPO), stage=stage, db=db_target.code(), scan="b", fraction=fraction))
+    log = db_target.root / "indexes" / "siglip.instance.faiss.log"
     assert log.exists() == (fraction == 100.0 and stage == "index_saved")
-    with om3db.connect(path) as db:
+    with db_target.connect() as db:
         assert [s.name for s in db.scans()] == (["a", "b"] if visible else ["a"])
         if stage == "committed":  # SQLite has b, the index files do not: detected and rebuilt on open
             assert sorted(db._store.rebuilt) == ["dinov2.instance", "dinov2.view", "siglip.instance", "siglip.view"]
@@ -141,26 +140,24 @@ def test_kill_during_scan_write(tmp_path, stage, visible, fraction):
         assert_consistent(db)
 
 
-def test_kill_during_reingest_keeps_the_old_scan(tmp_path):
-    path = tmp_path / "db"
-    with om3db.connect(path) as db:
+def test_kill_during_reingest_keeps_the_old_scan(db_target):
+    with db_target.connect() as db:
         db.write(make_result("a", 5))
         before = db._store.stored_vectors(db._store.space("siglip", "instance"))[0]
-    kill_when_paused(WRITER.format(repo=str(REPO), stage="rows_written", db=str(path), scan="a", fraction=0.25))
-    with om3db.connect(path) as db:
+    kill_when_paused(WRITER.format(repo=str(REPO), stage="rows_written", db=db_target.code(), scan="a", fraction=0.25))
+    with db_target.connect() as db:
         assert [(s.name, s.instances) for s in db.scans()] == [("a", 5)]
         np.testing.assert_array_equal(db._store.stored_vectors(db._store.space("siglip", "instance"))[0], before)
         assert_consistent(db)
 
 
-def test_kill_during_ingest_then_resume(tmp_path, synth_root):
+def test_kill_during_ingest_then_resume(db_target, synth_root):
     from om3db.crops import CropConfig
     from om3db.ingest import IngestConfig
     from tests.fakes import FakeColorEncoder
 
-    path = tmp_path / "db"
-    kill_when_paused(INGEST.format(repo=str(REPO), db=str(path), root=str(synth_root)))
-    with om3db.connect(path) as db:
+    kill_when_paused(INGEST.format(repo=str(REPO), db=db_target.code(), root=str(synth_root)))
+    with db_target.connect() as db:
         assert [s.name for s in db.scans()] == ["synth_0_0"]  # the scan being embedded is not visible
         assert_consistent(db)
         enc = FakeColorEncoder()

@@ -55,39 +55,45 @@ def make_result(
 
 
 @pytest.fixture
-def store(tmp_path):
-    from om3db.store import Store
-
-    s = Store(tmp_path / "db")
+def store(db_target):
+    """A Store on a fresh database of each backend (SQLite, PostgreSQL: tests/fixtures_postgres.py)."""
+    s = db_target.store()
     yield s
     s.close()
 
 
-def test_migrated_schema_equals_orm_metadata(tmp_path):
+def _metadata_url(db_target) -> str:
+    return db_target.connect_arg if db_target.backend == "postgresql" else f"sqlite:///{db_target.root}.sqlite"
+
+
+def test_migrated_schema_equals_orm_metadata(db_target):
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.migration import MigrationContext
 
     from om3db.store.models import Base
     from om3db.store.schema import current_revision, head_revision, make_engine, upgrade
 
-    engine = make_engine(f"sqlite:///{tmp_path / 'x.sqlite'}")
+    engine = make_engine(_metadata_url(db_target))
     upgrade(engine)
     assert current_revision(engine) == head_revision()
     with engine.connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata) == []
 
 
-def test_old_revision_refused_with_upgrade_command(tmp_path):
-    from om3db.store import Store
-    from om3db.store.schema import make_engine, upgrade
+def test_old_revision_refused_with_upgrade_command(db_target):
+    from om3db.store.schema import make_engine, redact_url, upgrade
 
-    db = tmp_path / "db"
+    db = db_target.root
     db.mkdir()
-    upgrade(make_engine(f"sqlite:///{(db / 'om3db.sqlite').resolve()}"), "0001")
+    url = db_target.connect_arg if db_target.backend == "postgresql" else f"sqlite:///{(db / 'om3db.sqlite').resolve()}"
+    engine = make_engine(url)
+    upgrade(engine, "0001")
+    engine.dispose()
     with pytest.raises(SchemaOutOfDateError) as err:
-        Store(db)
+        db_target.store()
+    where = redact_url(url) if db_target.backend == "postgresql" else str(db)
     assert str(err.value) == (
-        f"{db}: database schema is out of date (revision 0001, this om3db needs 0003). Upgrade it with om3db.upgrade_database('{db}') (the CLI's `om3db db upgrade`)"
+        f"{where}: database schema is out of date (revision 0001, this om3db needs 0003). Upgrade it with om3db.upgrade_database('{where}') (the CLI's `om3db db upgrade`)"
     )
 
 
@@ -138,16 +144,16 @@ def test_reingest_replaces_and_remove_deletes(store):
         store.remove_scan("a")
 
 
-def test_stale_index_file_rebuilt_on_open(tmp_path):
-    from om3db.store import Store, VectorIndex
+def test_stale_index_file_rebuilt_on_open(db_target):
+    from om3db.store import VectorIndex
 
-    s = Store(tmp_path / "db")
+    s = db_target.store()
     s.write_scan(make_result("a", 5), settings={})
     s.close()
-    path = tmp_path / "db" / "indexes" / "siglip.instance.faiss"
+    path = db_target.root / "indexes" / "siglip.instance.faiss"
     VectorIndex(DIM).save(path, {"generation": 0})  # an index from before the last commit
-    (tmp_path / "db" / "indexes" / "dinov2.view.faiss").write_bytes(b"garbage")
-    s = Store(tmp_path / "db")
+    (db_target.root / "indexes" / "dinov2.view.faiss").write_bytes(b"garbage")
+    s = db_target.store()
     assert sorted(s.rebuilt) == ["dinov2.view", "siglip.instance"]
     assert s.index("siglip", "instance").ntotal == 5
     s.close()
@@ -182,10 +188,8 @@ def test_ivf_recall_vs_exact_on_clustered_vectors():
     assert ((got >= 0).sum(1) == 10).all() and set(got.ravel()) <= set(allowed)
 
 
-def test_store_switches_to_ivf_past_threshold(tmp_path):
-    from om3db.store import Store
-
-    s = Store(tmp_path / "db", ivf_threshold=40)
+def test_store_switches_to_ivf_past_threshold(db_target):
+    s = db_target.store(ivf_threshold=40)
     s.write_scan(make_result("a", 30, views=1), settings={})
     assert s.space("siglip", "instance").index_kind == "flat"
     s.write_scan(make_result("b", 30, views=1, seed=1), settings={})
@@ -203,10 +207,8 @@ def test_store_switches_to_ivf_past_threshold(tmp_path):
     s.close()
 
 
-def test_deferred_writes_switch_to_ivf_once_at_flush(tmp_path):
-    from om3db.store import Store
-
-    s = Store(tmp_path / "db", ivf_threshold=40)
+def test_deferred_writes_switch_to_ivf_once_at_flush(db_target):
+    s = db_target.store(ivf_threshold=40)
     built = []
     real = s._build
     s._build = lambda row: built.append((row.name, row.level)) or real(row)
@@ -227,20 +229,20 @@ def test_deferred_writes_switch_to_ivf_once_at_flush(tmp_path):
     assert row.index_kind == "ivf" and index.choice.kind == "ivf" and index.choice.trained_on == 120
     assert sorted(index.ids()) == sorted(s.stored_vectors(row)[1])
     s.close()
-    again = Store(tmp_path / "db")  # the saved file is the IVF one, current: nothing to rebuild
+    again = db_target.store()  # the saved file is the IVF one, current: nothing to rebuild
     assert again.rebuilt == [] and again.index("siglip", "instance").choice.kind == "ivf"
     again.close()
 
 
-def test_deferred_save_then_flush(tmp_path):
-    from om3db.store import Store, VectorIndex
+def test_deferred_save_then_flush(db_target):
+    from om3db.store import VectorIndex
 
-    s = Store(tmp_path / "db")
+    s = db_target.store()
     s.write_scan(make_result("a", 3), settings={})
     s.write_scan(make_result("b", 4, seed=1), settings={}, save=False)
-    path = tmp_path / "db" / "indexes" / "siglip.instance.faiss"
+    path = db_target.root / "indexes" / "siglip.instance.faiss"
     assert VectorIndex.read_header(path)["count"] == 3  # file still at the previous generation
-    other = Store(tmp_path / "db", lock_timeout=0)  # a reader: sees SQLite's state, rebuilt in memory
+    other = db_target.sibling("reader").store(lock_timeout=0)  # a reader: sees the database's state
     assert other.index("siglip", "instance").ntotal == 7
     s.flush()
     assert VectorIndex.read_header(path)["count"] == 7
