@@ -9,12 +9,13 @@ from typing import Annotated, Optional
 import typer
 
 DbOpt = Annotated[
-    Optional[Path],
+    Optional[str],  # a folder or a PostgreSQL URL: om3db.connect() tells them apart (a Path would mangle a URL)
     typer.Option(
         "--db",
         envvar="OM3DB_DB",
         show_envvar=True,
-        help="Database folder (created on first ingest). Default: ./om3db-data",
+        help="Database folder (created on first ingest), or a PostgreSQL URL postgresql://USER:PASSWORD@HOST:PORT/DB "
+        "(index files then in $OM3DB_VECTORS, else ~/.cache/om3db/HOST-PORT-DB). Default: ./om3db-data",
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")]

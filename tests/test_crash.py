@@ -59,8 +59,9 @@ with om3db.connect({db}) as db:
 """
 
 
-def kill_when_paused(code: str, timeout: float = 120.0) -> None:
-    """Run ``code`` in a child, wait (at most ``timeout`` s) for it to print PAUSED, then SIGKILL it."""
+def kill_when_paused(code: str, timeout: float = 120.0, before_kill=None) -> None:
+    """Run ``code`` in a child, wait (at most ``timeout`` s) for it to print PAUSED, call ``before_kill()``
+    when given, then SIGKILL it."""
     with tempfile.TemporaryFile() as err:  # a file, not a pipe: a chatty child cannot block on a full stderr pipe
         proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=err, cwd=REPO)
         try:
@@ -71,6 +72,8 @@ def kill_when_paused(code: str, timeout: float = 120.0) -> None:
                 err.seek(0)
                 stderr = err.read().decode(errors="replace")
                 pytest.fail(f"child {why} (exit status {rc}); stdout: {line!r}; stderr:\n{stderr}", pytrace=False)
+            if before_kill is not None:
+                before_kill()
             os.kill(proc.pid, signal.SIGKILL)
             assert proc.wait(timeout=30) == -signal.SIGKILL
         finally:

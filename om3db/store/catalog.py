@@ -132,8 +132,9 @@ class Store(StoreReads, StoreCheck):
         raw_sqlite: on SQLite, insert rows through the DBAPI cursor (False: the portable SQLAlchemy Core
         path, what other databases use; kept selectable so tests compare the two).
         """
-        from .schema import check_schema, make_engine
+        from .schema import check_schema, make_engine, probe_url
 
+        probe_url(url)  # PostgreSQL: a server that does not answer, or refuses the login, before any folder is made
         self.root = Path(root)
         if not self.root.exists():
             if not create:
@@ -636,8 +637,9 @@ class Store(StoreReads, StoreCheck):
 def upgrade_database(root: str | Path, *, url: str | None = None, lock_timeout: float = 10.0) -> tuple[str | None, str]:
     """Run the shipped migrations on a database folder (under the writer lock); returns (revision
     before, revision after)."""
-    from .schema import current_revision, head_revision, make_engine, upgrade
+    from .schema import current_revision, head_revision, make_engine, probe_url, upgrade
 
+    probe_url(url)
     root = Path(root)
     sqlite = root / "om3db.sqlite"
     if url is None and not sqlite.exists():

@@ -17,6 +17,7 @@ __all__ = [
     "is_postgres_url",
     "redact_url",
     "probe",
+    "probe_url",
 ]
 
 _PG_SCHEMES = ("postgresql://", "postgres://", "postgresql+psycopg://")
@@ -114,6 +115,17 @@ def probe(engine, where: str) -> None:
     except DBAPIError as exc:
         what, fix = _connect_problem(exc, engine.url.password)
         raise StoreError(f"{where}: {what}. {fix}") from None
+
+
+def probe_url(url: str | None) -> None:
+    """:func:`probe` a PostgreSQL URL with a throwaway engine (nothing for SQLite or None)."""
+    if url is None or not is_postgres_url(url):
+        return
+    engine = make_engine(url)
+    try:
+        probe(engine, redact_url(url))
+    finally:
+        engine.dispose()
 
 
 def _config(connection):
