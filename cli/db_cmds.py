@@ -224,8 +224,8 @@ def register(app: typer.Typer) -> None:
             return
         _table(
             f"{len(rows)} scans in {database.path}",
-            ["scan", "instances", "frames", "points", "updated", "path"],
-            [[s.name, s.instances, s.frame_count, s.num_points, s.updated_at, s.path] for s in rows],
+            ["scan", "instances", "frames", "points", "masks", "updated", "path"],
+            [[s.name, s.instances, s.frame_count, s.num_points, s.masks, s.updated_at, s.path] for s in rows],
         )
 
     @app.command(context_settings={"ignore_unknown_options": True})  # so "-1" reaches the id check

@@ -25,6 +25,22 @@ class Intrinsics:
         """From a 3x3 or 4x4 camera matrix (only ``[:3, :3]`` is used)."""
         return cls(float(k[0, 0]), float(k[1, 1]), float(k[0, 2]), float(k[1, 2]), int(width), int(height))
 
+    def problem(self, margin: float = 0.5) -> str | None:
+        """What makes these intrinsics implausible (None when they are fine): non-finite values, a focal
+        length <= 0 (a degenerate or mirrored camera), an empty image, or a principal point more than
+        ``margin`` of the image size outside it."""
+        values = (self.fx, self.fy, self.cx, self.cy)
+        if not all(np.isfinite(v) for v in values):
+            return f"intrinsics are not finite (fx={self.fx}, fy={self.fy}, cx={self.cx}, cy={self.cy})"
+        if self.fx <= 0 or self.fy <= 0:
+            return f"focal lengths must be positive, got fx={self.fx}, fy={self.fy} (a degenerate or mirrored camera)"
+        if self.width < 1 or self.height < 1:
+            return f"image size {self.width}x{self.height} is empty"
+        w, h = self.width, self.height
+        if not (-margin * w <= self.cx <= (1 + margin) * w and -margin * h <= self.cy <= (1 + margin) * h):
+            return f"principal point ({self.cx}, {self.cy}) is far outside the {w}x{h} image"
+        return None
+
     @property
     def matrix(self) -> np.ndarray:
         """(3, 3) float64 K."""

@@ -9,6 +9,7 @@ This module orchestrates; it runs no SQL and no FAISS call itself: the store (``
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -43,6 +44,10 @@ _SAVE_EVERY_S = 60.0
 """During a long ingest, index files are saved at most this often (and always at the end)."""
 Progress = Callable[[str, str, int, int], None]
 """progress(scan name, stage, done, total): stage "scans" counts scans; others come from ingest."""
+
+
+_URL_LIKE = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]+:/")
+"""A URL scheme (two letters or more, so a Windows drive letter is not one), also after Path() folded '//'."""
 
 
 def _root(path) -> Path:
@@ -109,6 +114,11 @@ def connect(
         root = Path(tempfile.mkdtemp(prefix="om3db-"))
     else:
         root = _root(path)
+        if _URL_LIKE.match(str(path if path is not None else root)):
+            raise ConfigError(
+                f"{path if path is not None else root}: looks like a URL, but a database is a folder here "
+                "(or a postgresql:// URL). Give a folder path"
+            )
         if not create and url is None and not (root / "om3db.sqlite").is_file():
             raise NotFoundError(f"{root}: no om3db database here. Create one by ingesting scans into it")
     store = Store(
@@ -219,6 +229,8 @@ class Database:
         pose_convention: str = "opencv",
         format: str = "auto",  # noqa: A002 - the user-facing name (CLI --format)
         progress: Progress | None = None,
+        ray: str | None = None,
+        ray_workers: int | None = None,
     ) -> list[IngestOutcome]:
         """Ingest every scan at or below the given folder(s); one atomic commit per scan.
 
@@ -228,9 +240,17 @@ class Database:
         format: the capture format of the scans, or "auto" (recognised from each folder's contents).
         Scans whose fingerprint and settings are unchanged are skipped unless ``force``.
         Holds the writer lock for the whole call; index files are saved at the end (and every minute).
+        ray: run the per-scan work on Ray actors (``om3db.distributed``): "local" starts Ray on this
+        machine, else the address of a cluster to join; this process still commits scan by scan, in
+        order. A scan that fails there after retries is returned with status "failed", the others commit.
+        ray_workers: how many actors (default: one per GPU of the cluster, else one per CPU).
         """
         from .ingest import IngestConfig, ReadOptions
 
+        if ray is not None:
+            from .distributed import check_ray_address
+
+            check_ray_address(ray)  # an address nobody answers at: refused before any work
         config = config or IngestConfig()
         with self._store.lock:
             self._store.check_view_vectors(config.view_vectors)  # before any model loads or scan work
@@ -245,6 +265,8 @@ class Database:
                     sam=sam,
                     force=force,
                     read=ReadOptions(depth_scale=depth_scale, pose_convention=pose_convention, format=format),
+                    ray=ray,
+                    ray_workers=ray_workers,
                 )
             except KeyboardInterrupt as exc:
                 # an index may have been mid-update in memory: forget them all (SQLite and the files on
@@ -256,7 +278,9 @@ class Database:
                 progress("", "scans", len(plan.folders), len(plan.folders))
             return out
 
-    def _ingest_locked(self, paths_or_root, *, config, stored, progress, models, sam, force, read):
+    def _ingest_locked(
+        self, paths_or_root, *, config, stored, progress, models, sam, force, read, ray=None, ray_workers=None
+    ):
         """The part of :meth:`ingest` under the writer lock: load the models, plan, run."""
         from .ingest import plan_ingest, run_plan
 
@@ -286,6 +310,11 @@ class Database:
             if save:
                 last_save[0] = time.monotonic()
 
+        if ray is not None:
+            from .distributed import run_plan_ray
+
+            out = run_plan_ray(plan, stored=stored, write=write, progress=progress, address=ray, workers=ray_workers)
+            return out, plan
         return run_plan(plan, stored=stored, write=write, progress=progress), plan
 
     def _committed_since(self, before: dict) -> tuple[str, ...]:
@@ -398,12 +427,20 @@ class Database:
             return np.asarray(enc.encode_texts([q.template.format(q.text)]), dtype=np.float32)[0]
         image = q.image
         if isinstance(image, (str, Path)):
-            from PIL import Image, UnidentifiedImageError
+            from .images import open_image
 
-            try:
-                image = np.asarray(Image.open(image).convert("RGB"))
-            except (OSError, UnidentifiedImageError) as exc:
-                raise ConfigError(f"{q.image}: cannot read the query image ({exc}). Pass a PNG or JPEG file") from exc
+            def error(path, problem, fix):
+                return ConfigError(f"{path}: the query image: {problem}. {fix or 'Pass a PNG or JPEG file'}")
+
+            with open_image(image, error=error) as img:
+                try:
+                    image = np.asarray(img.convert("RGB"))
+                except (OSError, ValueError) as exc:
+                    raise error(q.image, f"cannot be decoded ({exc})", "") from exc
+        else:
+            image = np.asarray(image)
+            if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or min(image.shape[:2]) < 1:
+                raise ConfigError(f"image must be a path or an (H, W, 3) uint8 array, got {image.dtype} {image.shape}")
         return np.asarray(enc.encode_images([np.asarray(image, dtype=np.uint8)]), dtype=np.float32)[0]
 
     def _hits(self, raw, with_points: bool) -> list[Hit]:
@@ -487,7 +524,12 @@ class Database:
         from .scan import read_scan
 
         out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"{out}: exists and is not a folder. Export into a new or existing folder")
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"{out}: cannot create the export folder ({exc.strerror})") from exc
         written: list[Path] = []
         by_scan: dict[str, list[tuple[int, Hit]]] = {}
         for rank, h in enumerate(hits, 1):

@@ -25,6 +25,7 @@ import numpy as np
 from .aggregate import dbscan_inliers, instance_vector, view_vectors
 from .crops import CropConfig, crop_frame
 from .errors import ConfigError, MaskFileError
+from .masks import mask_files
 from .records import IngestReport, IngestResult, InstanceRecord, View
 from .views import select_views
 
@@ -443,6 +444,9 @@ def ingest_scan(
         seconds_per_stage=timer.seconds,
         crops=total_crops,
         masks_too_small=too_small,
+        mask_source=source,
+        mask_file=str(scan.mask_path) if source == "scan" and scan.mask_path is not None else None,
+        mask_files_ignored=[str(p) for p in mask_files(Path(scan.path)) if p != scan.mask_path],
     )
     settings = {**config.to_dict(sam is not None), "mask_source": source, "masks": mask_record}
     return IngestResult(
@@ -494,6 +498,13 @@ class IngestPlan:
     """Where point clouds fused for captures without a scene PLY are kept (the database's folder)."""
 
 
+def _same_name(name: str, first: Path, second: Path) -> str:
+    return (
+        f"two scans are named {name!r}: {first} and {second}. A database holds one scan per name, so the "
+        "second would replace the first: rename one folder, or ingest them into separate databases"
+    )
+
+
 def plan_ingest(
     roots,
     *,
@@ -514,6 +525,12 @@ def plan_ingest(
         raise ConfigError(
             f"no scans (folders with color/ and intrinsic/, or captures) under {', '.join(map(str, roots))}"
         )
+    by_name: dict[str, Path] = {}
+    for folder in folders:  # a scan is named by its folder (a capture file: its stem); names are unique keys
+        name = folder.stem if folder.is_file() else folder.name
+        if name in by_name:
+            raise ConfigError(_same_name(name, by_name[name], folder))
+        by_name[name] = folder
     _check_encoders(encoders)
     key = {
         "config": config.to_dict(has_sam=sam is not None),
@@ -540,6 +557,7 @@ def run_plan(
     from .scan import read_scan
 
     out = []
+    seen: dict[str, Path] = {}
     for i, folder in enumerate(plan.folders):
         t0 = time.perf_counter()
         scan = read_scan(
@@ -551,6 +569,9 @@ def run_plan(
             format=plan.read.format,
             fused_dir=plan.fused_dir,
         )
+        if scan.name in seen:  # (names the folder scan could not foresee: refused before writing)
+            raise ConfigError(_same_name(scan.name, seen[scan.name], folder))
+        seen[scan.name] = folder
         if progress is not None:
             progress(scan.name, "scans", i, len(plan.folders))
         fingerprint = scan.fingerprint()

@@ -3,6 +3,7 @@ points x masks), ``.npy`` or ``.npz``. Pickles are loaded without executing code
 
 from __future__ import annotations
 
+import threading
 import zipfile
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import numpy as np
 
 from .errors import MaskFileError
 
-__all__ = ["find_mask_file", "load_masks", "save_masks"]
+__all__ = ["find_mask_file", "load_masks", "save_masks", "mask_files"]
 
 _SAVE_FIX = "Save the masks as a points x masks 0/1 array with numpy.save (.npy)"
 
@@ -27,6 +28,16 @@ def find_mask_file(root: Path) -> Path | None:
     return found[0] if found else None
 
 
+def mask_files(root: Path) -> list[Path]:
+    """Every ``*_masks.pt|.npy|.npz`` in a scan folder, sorted (to report the ones not used)."""
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.glob("*_masks.*") if p.suffix in (".pt", ".npy", ".npz") and p.is_file())
+
+
+_TORCH_LOAD_LOCK = threading.Lock()
+
+
 def _load_torch(path: Path) -> object:
     import pickle
 
@@ -40,7 +51,9 @@ def _load_torch(path: Path) -> object:
     allowed = [np.ndarray, np.dtype, _reconstruct]
     allowed += [type(np.dtype(t)) for t in ("float16", "float32", "float64", "bool", "uint8", "int32", "int64")]
     try:
-        with torch.serialization.safe_globals(allowed):
+        # safe_globals edits one process-wide list: two threads loading at once could each remove the other's
+        # entries and refuse a valid file as malicious; one load at a time keeps the list intact
+        with _TORCH_LOAD_LOCK, torch.serialization.safe_globals(allowed):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         # torch's message suggests weights_only=False; name only the blocked global instead.
@@ -59,6 +72,8 @@ def load_masks(path: str | Path, *, num_points: int) -> tuple[np.ndarray, np.nda
     path = Path(path)
     if not path.is_file():
         raise MaskFileError(path, "mask file not found", _SAVE_FIX)
+    if path.stat().st_size == 0:
+        raise MaskFileError(path, "mask file is empty (0 bytes)", _SAVE_FIX)
     scores = None
     try:
         if path.suffix == ".pt":
@@ -82,6 +97,10 @@ def load_masks(path: str | Path, *, num_points: int) -> tuple[np.ndarray, np.nda
             raise MaskFileError(path, f"unknown mask file type {path.suffix!r}", "Use .pt, .npy or .npz")
     except ValueError as exc:  # allow_pickle=False refusing an object array, or a corrupt header
         raise MaskFileError(path, f"cannot be read as a plain array ({exc})", _SAVE_FIX) from exc
+    except (EOFError, OSError, zipfile.BadZipFile) as exc:  # empty or truncated
+        raise MaskFileError(
+            path, f"mask file is truncated or damaged ({exc or type(exc).__name__})", _SAVE_FIX
+        ) from exc
     if not isinstance(arr, np.ndarray):
         raise MaskFileError(path, f"holds a {type(arr).__name__}, not an array", _SAVE_FIX)
     if arr.ndim == 1:

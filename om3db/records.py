@@ -119,6 +119,12 @@ class IngestReport:
     crops: int = 0
     masks_too_small: list[int] = field(default_factory=list)
     """Mask indices with fewer points than the ingest's ``min_points``; they are not stored."""
+    mask_source: str = "scan"
+    """Where the masks came from: 'scan' (its mask file), 'argument' or 'proposer'."""
+    mask_file: str | None = None
+    """The mask file used (source 'scan')."""
+    mask_files_ignored: list[str] = field(default_factory=list)
+    """Other ``*_masks.*`` files in the scan folder, not used (the one used is ``mask_file``)."""
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -98,8 +99,18 @@ class ScanInfo:
     """{"key": what decides a re-ingest, "ingest": the ingest settings, "report": the ingest report}."""
     updated_at: str = ""
 
+    @property
+    def masks(self) -> str:
+        """Where its masks came from: the mask file's name (and how many others were ignored), or the
+        proposer."""
+        report = (self.settings or {}).get("report") or {}
+        if report.get("mask_file"):
+            ignored = report.get("mask_files_ignored") or []
+            return Path(report["mask_file"]).name + (f" (ignored: {len(ignored)} other)" if ignored else "")
+        return report.get("mask_source") or (self.settings or {}).get("ingest", {}).get("mask_source", "?")
+
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self), "masks": self.masks}
 
 
 @dataclass(frozen=True)
@@ -120,10 +131,13 @@ class IngestOutcome:
     scan: str
     path: str
     status: str
-    """'ingested' | 'skipped' (fingerprint and settings unchanged)."""
+    """'ingested' | 'skipped' (fingerprint and settings unchanged) | 'failed' (Ray ingest: the scan's task
+    failed after its retries; ``error`` says why, nothing of it was written)."""
     instances: int
     seconds: float
     report: IngestReport | None = None
+    error: str | None = None
+    """Why a 'failed' scan failed (exception type and message)."""
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

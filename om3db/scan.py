@@ -201,14 +201,15 @@ _DEPTH_FIX = "Depth must be a single-channel 16-bit PNG (mode I;16) holding dept
 
 
 def _open_image(path: Path):
-    from PIL import Image, UnidentifiedImageError
+    from .images import open_image
 
-    try:
-        return Image.open(path)
-    except FileNotFoundError as exc:
-        raise ScanError(path, "file not found", _REEXPORT) from exc
-    except (UnidentifiedImageError, OSError) as exc:
-        raise ScanError(path, f"not a readable image ({exc})", _REEXPORT) from exc
+    return open_image(path, fix=_REEXPORT)
+
+
+def _check_intrinsics(intr: Intrinsics, path: Path, which: str) -> None:
+    problem = intr.problem()
+    if problem is not None:
+        raise ScanError(path, f"implausible {which} camera: {problem}", "Fix the camera intrinsics")
 
 
 def _index_frames(folder: Path, exts: tuple[str, ...]) -> dict[int, Path]:
@@ -270,9 +271,68 @@ def _find_ply(root: Path, name: str, *, can_fuse: bool = False) -> Path | None:
     )
 
 
+_PLY_SIZES = {
+    "char": 1,
+    "uchar": 1,
+    "int8": 1,
+    "uint8": 1,
+    "short": 2,
+    "ushort": 2,
+    "int16": 2,
+    "uint16": 2,
+    "int": 4,
+    "uint": 4,
+    "int32": 4,
+    "uint32": 4,
+    "float": 4,
+    "float32": 4,
+    "double": 8,
+    "float64": 8,
+}
+
+
+def _check_ply_header(path: Path) -> None:
+    """Refuse a PLY whose header promises more vertices than the file holds (open3d would read garbage)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(65536)
+    except OSError as exc:
+        raise ScanError(path, f"cannot read the PLY ({exc.strerror})", "Check the file") from exc
+    end = head.find(b"end_header\n")
+    if not head.startswith(b"ply") or end < 0:
+        raise ScanError(path, "not a PLY file (no 'ply' magic or no end_header)", "Export the scene as a PLY")
+    lines = head[:end].decode("ascii", errors="replace").splitlines()
+    fmt = next((ln.split()[1] for ln in lines if ln.startswith("format ")), "")
+    count, stride, element = None, 0, None
+    for ln in lines:
+        parts = ln.split()
+        if parts[:1] == ["element"]:
+            element = parts[1] if len(parts) > 1 else None
+            if element == "vertex":
+                try:
+                    count = int(parts[2])
+                except (IndexError, ValueError):
+                    raise ScanError(path, f"PLY header line {ln!r} has no vertex count", "Fix the header") from None
+        elif parts[:1] == ["property"] and element == "vertex":
+            if parts[1] == "list" or parts[1] not in _PLY_SIZES:
+                return  # a layout this check does not size: open3d decides
+            stride += _PLY_SIZES[parts[1]]
+    if count is None or not fmt.startswith("binary"):
+        return
+    body = path.stat().st_size - (end + len(b"end_header\n"))
+    if body < count * stride:
+        raise ScanError(
+            path,
+            f"the PLY header declares {count} vertices ({count * stride} bytes) but the file holds only {body} "
+            "bytes after the header: truncated or a wrong header",
+            "Re-export the point cloud",
+        )
+
+
 def _read_ply(path: Path) -> tuple[np.ndarray, np.ndarray]:
     from ._o3d import open3d
 
+    _check_ply_header(path)
     o3d = open3d()
     pcd = o3d.io.read_point_cloud(str(path), format="ply")
     pts = np.asarray(pcd.points, dtype=np.float32)
@@ -458,8 +518,10 @@ def _read_scannet(
             )
 
     color_intr = Intrinsics.from_matrix(k_color, *c_size)
+    _check_intrinsics(color_intr, intr_path, "colour")
     if k_depth is not None and depths:
         depth_intr = Intrinsics.from_matrix(k_depth, *d_size)
+        _check_intrinsics(depth_intr, k_depth_path, "depth")
     else:
         depth_intr = color_intr.scaled_to(*d_size)
 
@@ -570,6 +632,9 @@ def _scan_from_capture(capture, *, frame_step: int, masks, ply, depth: DepthSour
         )
     render = depth == "rendered" or not capture.has_depth
     color_intr = capture.color_intrinsics
+    _check_intrinsics(color_intr, capture.path, "colour")
+    if capture.has_depth:
+        _check_intrinsics(capture.depth_intrinsics, capture.path, "depth")
     if capture.has_depth:
         depth_intr = capture.depth_intrinsics
     else:

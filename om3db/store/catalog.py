@@ -79,6 +79,17 @@ def _mode_message(root, kept: bool, keep: bool) -> str:
     )
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _sql_failures() -> tuple:
+    from sqlalchemy.exc import DBAPIError
+
+    return (DBAPIError, OSError)
+
+
 def _database_error(exc: Exception, where) -> Exception:
     """SQLAlchemy's errors on open as one StoreError naming the database (om3db errors pass through)."""
     from sqlalchemy.exc import DatabaseError, OperationalError
@@ -532,32 +543,49 @@ class Store(StoreReads, StoreCheck):
         keep_views = bool(result.settings.get("view_vectors", True))
         batch = pack_scan(result, keep_views)  # validated and encoded before any transaction
         with self.lock:
-            with self.session() as s, s.begin():
-                self._lock_writes(s)
-                spaces = self._ensure_spaces(s, result.encoders, keep_views)
-                find_scan, insert_scan = _scan_statements()
-                old = s.execute(find_scan, {"name": result.scan}).scalar()
-                gone = self._delete_scan_rows(s, old) if old is not None else {}
-                # written 'ready': the scan's rows become visible to readers only with the commit
-                scan_id = s.execute(
-                    insert_scan,
-                    {
-                        "name": result.scan,
-                        "path": str(result.scan_path),
-                        "fingerprint": result.fingerprint,
-                        "frame_count": int(result.frame_count),
-                        "num_points": int(result.num_points),
-                        "settings": settings,
-                        "status": "ready",
-                    },
-                ).inserted_primary_key[0]
-                conn = s.connection()
-                raw = self.raw_sqlite and conn.dialect.name == "sqlite"
-                added = (write_rows_sqlite if raw else write_rows_core)(conn, scan_id, batch, spaces)
-                touched = self._bump(s, {r.id for r in spaces} | set(gone))
-                _checkpoint("rows_written")
+            try:
+                with self.session() as s, s.begin():
+                    self._lock_writes(s)
+                    spaces = self._ensure_spaces(s, result.encoders, keep_views)
+                    find_scan, insert_scan = _scan_statements()
+                    old = s.execute(find_scan, {"name": result.scan}).scalar()
+                    gone = self._delete_scan_rows(s, old) if old is not None else {}
+                    # written 'ready': the scan's rows become visible to readers only with the commit
+                    scan_id = s.execute(
+                        insert_scan,
+                        {
+                            "name": result.scan,
+                            "path": str(result.scan_path),
+                            "fingerprint": result.fingerprint,
+                            "frame_count": int(result.frame_count),
+                            "num_points": int(result.num_points),
+                            "settings": settings,
+                            "status": "ready",
+                        },
+                    ).inserted_primary_key[0]
+                    conn = s.connection()
+                    raw = self.raw_sqlite and conn.dialect.name == "sqlite"
+                    added = (write_rows_sqlite if raw else write_rows_core)(conn, scan_id, batch, spaces)
+                    touched = self._bump(s, {r.id for r in spaces} | set(gone))
+                    _checkpoint("rows_written")
+            except Exception as exc:  # disk full, I/O error, lost server: nothing of this scan is committed
+                if not isinstance(exc, _sql_failures()):
+                    raise
+                raise StoreError(
+                    f"{self.where}: writing scan {result.scan!r} failed ({_first_line(exc)}). Nothing of it was "
+                    "committed (scans written before it are); fix the cause (e.g. free disk space) and run the "
+                    "same ingest again to resume"
+                ) from exc
             _checkpoint("committed")
-            self._apply(touched, gone, added, save=save)
+            try:
+                self._apply(touched, gone, added, save=save)
+            except OSError as exc:  # e.g. disk full while saving an index file: SQLite holds the scan
+                self.forget_indexes()
+                raise StoreError(
+                    f"{self.where}: scan {result.scan!r} is committed, but saving its vector index failed "
+                    f"({exc.strerror or exc}). The index is rebuilt from the database on the next open; free disk "
+                    "space first"
+                ) from exc
             if save:
                 _checkpoint("index_saved")
             return int(scan_id)
