@@ -312,7 +312,7 @@ def test_arkitscenes_frame_without_trajectory_sample_is_skipped(original, truth,
     cap = write_arkitscenes(original, tmp_path / "47333462", drop_pose_of=3)
     scan = read_scan(cap, fused_dir=fused_dir, masks=False)
     assert [s.frame_id for s in scan.skipped] == [3]
-    assert scan.skipped[0].reason.startswith("no trajectory sample within 5 ms of timestamp 100.300")
+    assert scan.skipped[0].reason == "no trajectory sample within 5 ms of the frame's timestamp"
     assert len(scan.frames) == len(truth.frames) - 1
 
 

@@ -104,7 +104,8 @@ def read(path: Path, options: ReadOptions) -> Capture:
             pose = traj[best]
         else:
             pose = np.full((4, 4), np.nan)
-            skip[fid] = f"no trajectory sample within {MATCH_TOL * 1000:g} ms of timestamp {ts}"
+            # one fixed text per cause: ingest reports count frames per reason
+            skip[fid] = f"no trajectory sample within {MATCH_TOL * 1000:g} ms of the frame's timestamp"
         cpath_conf = conf_dir / cpath.name
         entries.append((fid, cpath, dpath, pose, cpath_conf if cpath_conf.is_file() else None))
     first_path, first = cams[0]
