@@ -18,9 +18,39 @@ from typing import Literal
 import numpy as np
 
 from om3db.errors import ConfigError, ModelLoadError
+from om3db.hardware import CpuInfo, detect_cpu, resolve_device, resolve_dtype
 from om3db.records import EncoderIdentity
 
-__all__ = ["SiglipEncoder", "Dinov2Encoder", "load_siglip", "load_dinov2", "load_encoder", "ENCODERS", "weights_hash"]
+__all__ = [
+    "SiglipEncoder",
+    "Dinov2Encoder",
+    "load_siglip",
+    "load_dinov2",
+    "load_encoder",
+    "ENCODERS",
+    "MODEL_PRESETS",
+    "model_preset",
+    "weights_hash",
+    "resolve_dtype",
+    "detect_cpu",
+    "CpuInfo",
+]
+
+MODEL_PRESETS: dict[str, dict[str, str | None]] = {
+    "full": {
+        "siglip": "google/siglip-so400m-patch14-384",
+        "dinov2": "facebook/dinov2-large",
+        "sam": "facebook/sam-vit-huge",
+    },
+    "cpu": {
+        "siglip": "google/siglip-base-patch16-224",
+        "dinov2": "facebook/dinov2-small",
+        "sam": None,
+    },
+}
+"""Model sets by name. "full": OpenMask3D++'s models (SigLIP-SO400M/14@384, DINOv2-L/14, SAM ViT-H);
+"cpu": what a CPU can afford on every crop (SigLIP-B/16@224, DINOv2-S/14, box crops without SAM),
+measured ~25x cheaper per crop (docs/models.md, "Presets"). ``sam`` None means box crops."""
 
 _RANDOM_HINT = "or write a random demo checkpoint with `om3db models random DIR`"
 
@@ -65,26 +95,13 @@ def _resolve_source(model: str | Path) -> tuple[str, bool]:
     return text, False
 
 
-def _device_dtype(device: str, dtype):
+def _device_dtype(device, dtype):
+    """(torch device, torch dtype, dtype name, reason) from the hardware policy (om3db.hardware)."""
     import torch
 
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ConfigError(f"unknown device {device!r}: use 'auto', 'cpu' or 'cuda[:N]'") from exc
-    if dtype is None:
-        dtype = (
-            torch.bfloat16
-            if dev.type == "cuda" and torch.cuda.is_bf16_supported()
-            else (torch.float16 if dev.type == "cuda" else torch.float32)
-        )
-    elif isinstance(dtype, str):
-        if dtype not in ("float32", "bfloat16", "float16"):
-            raise ConfigError(f"unknown dtype {dtype!r}: use 'float32', 'bfloat16' or 'float16'")
-        dtype = getattr(torch, dtype)
-    return dev, dtype
+    dev = resolve_device(device)
+    name, reason = resolve_dtype(dtype, dev)
+    return dev, getattr(torch, name), name, reason
 
 
 @contextlib.contextmanager
@@ -189,12 +206,27 @@ class _ImageEncoder:
     identity: EncoderIdentity
     """Model id, revision (hub) or weights hash (local dir), dim, "l2", preprocessing recipe."""
 
-    def __init__(self, model, processor, *, device, dtype, batch_size: int) -> None:
+    dtype_reason: str = ""
+    """Why the model runs in its dtype (om3db.hardware.resolve_dtype), e.g. "auto: bfloat16, the CPU ..."."""
+    fused_linears: int = 0
+    """Linear layers running through the fused oneDNN path (om3db.fused; 0 on GPU or when disabled)."""
+
+    def __init__(self, model, processor, *, device, dtype, batch_size: int, dtype_reason: str = "", fuse=True) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         self.model = model.to(device=device, dtype=dtype).eval()
         self.processor = processor
         self.device, self.dtype, self.batch_size = device, dtype, batch_size
+        self.dtype_reason = dtype_reason
+        if fuse and self.device.type == "cpu":
+            from om3db.fused import fuse_linears
+
+            self.fused_linears = fuse_linears(self.model)
+
+    @property
+    def dtype_name(self) -> str:
+        """ "float32" | "bfloat16" | "float16": the compute dtype (vectors are float32 whatever it is)."""
+        return str(self.dtype).removeprefix("torch.")
 
     @property
     def dim(self) -> int:
@@ -218,10 +250,8 @@ class _ImageEncoder:
 class SiglipEncoder(_ImageEncoder):
     """SigLIP image tower (``get_image_features``) and text tower (``get_text_features``), unit vectors."""
 
-    def __init__(
-        self, model, processor, tokenizer, *, model_id: str, revision: str, device, dtype, batch_size: int
-    ) -> None:
-        super().__init__(model, processor, device=device, dtype=dtype, batch_size=batch_size)
+    def __init__(self, model, processor, tokenizer, *, model_id: str, revision: str, **kw) -> None:
+        super().__init__(model, processor, **kw)
         self.tokenizer = tokenizer
         self.max_length = int(model.config.text_config.max_position_embeddings)
         self.identity = EncoderIdentity(
@@ -241,6 +271,13 @@ class SiglipEncoder(_ImageEncoder):
 
         if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
             raise ConfigError("encode_texts takes a sequence of strings (wrap a single text in a list)")
+        for t in texts:  # the model reads max_length tokens: a longer text would be cut without a word
+            n = len(self.tokenizer(t, truncation=False)["input_ids"])
+            if n > self.max_length:
+                raise ConfigError(
+                    f"the text {t[:60]!r}{'...' if len(t) > 60 else ''} is {n} tokens; the "
+                    f"{self.identity.model_id} text encoder reads at most {self.max_length}. Shorten it"
+                )
         out = [np.zeros((0, self.dim), np.float32)]
         for s in range(0, len(texts), self.batch_size):
             tokens = self.tokenizer(
@@ -258,8 +295,8 @@ class SiglipEncoder(_ImageEncoder):
 class Dinov2Encoder(_ImageEncoder):
     """DINOv2 image features: concat(CLS token, mean of patch tokens) of the final layer norm, 2 x hidden."""
 
-    def __init__(self, model, processor, *, model_id: str, revision: str, device, dtype, batch_size: int) -> None:
-        super().__init__(model, processor, device=device, dtype=dtype, batch_size=batch_size)
+    def __init__(self, model, processor, *, model_id: str, revision: str, **kw) -> None:
+        super().__init__(model, processor, **kw)
         self.identity = EncoderIdentity(
             model_id=model_id,
             revision=revision,
@@ -287,9 +324,15 @@ def load_siglip(
     device: str = "auto",
     dtype=None,
     batch_size: int = 32,
+    fuse: bool = True,
 ) -> SiglipEncoder:
-    """SigLIP from a hub id or a local ``save_pretrained`` directory (model, image processor, tokenizer)."""
-    dev, dt = _device_dtype(device, dtype)
+    """SigLIP from a hub id or a local ``save_pretrained`` directory (model, image processor, tokenizer).
+
+    ``dtype``: None / "auto" picks it from the hardware (`resolve_dtype`: bfloat16 on CUDA and on CPUs
+    with AMX / AVX512-BF16, float32 elsewhere); "float32" | "bfloat16" | "float16" force it (refused
+    on a CPU that would only emulate it). ``fuse``: run linear layers through oneDNN on CPU (om3db.fused).
+    """
+    dev, dt, _, reason = _device_dtype(device, dtype)
 
     def loader(source, kw):
         from transformers import AutoImageProcessor, AutoTokenizer, SiglipModel
@@ -309,6 +352,8 @@ def load_siglip(
         model_id=str(model),
         device=dev,
         dtype=dt,
+        dtype_reason=reason,
+        fuse=fuse,
         batch_size=batch_size,
         revision=_identity_revision(source, local, revision, net.config),
     )
@@ -321,9 +366,13 @@ def load_dinov2(
     device: str = "auto",
     dtype=None,
     batch_size: int = 32,
+    fuse: bool = True,
 ) -> Dinov2Encoder:
-    """DINOv2 from a hub id or a local ``save_pretrained`` directory (model and image processor)."""
-    dev, dt = _device_dtype(device, dtype)
+    """DINOv2 from a hub id or a local ``save_pretrained`` directory (model and image processor).
+
+    ``dtype`` and ``fuse`` as in `load_siglip`.
+    """
+    dev, dt, _, reason = _device_dtype(device, dtype)
 
     def loader(source, kw):
         from transformers import AutoImageProcessor, Dinov2Model
@@ -339,6 +388,8 @@ def load_dinov2(
         model_id=str(model),
         device=dev,
         dtype=dt,
+        dtype_reason=reason,
+        fuse=fuse,
         batch_size=batch_size,
         revision=_identity_revision(source, local, revision, net.config),
     )
@@ -348,8 +399,23 @@ ENCODERS = {"siglip": load_siglip, "dinov2": load_dinov2}
 """Encoder kind -> loader."""
 
 
-def load_encoder(kind: Literal["siglip", "dinov2"], model: str | Path | None = None, **kw):
-    """Load an encoder by kind ("siglip" | "dinov2"); ``model`` defaults to the kind's hub id."""
+def model_preset(name: str) -> dict[str, str | None]:
+    """The model ids of a preset in `MODEL_PRESETS` ("full" | "cpu"): {"siglip": id, "dinov2": id, "sam": id or None}."""
+    if name not in MODEL_PRESETS:
+        raise ConfigError(f"unknown model preset {name!r}; choose one of {sorted(MODEL_PRESETS)}")
+    return dict(MODEL_PRESETS[name])
+
+
+def load_encoder(
+    kind: Literal["siglip", "dinov2"], model: str | Path | None = None, *, preset: str | None = None, **kw
+):
+    """Load an encoder by kind ("siglip" | "dinov2").
+
+    ``model`` defaults to the kind's model in ``preset`` (`MODEL_PRESETS`) when one is named, else to
+    the kind's default hub id. Other keywords (device, dtype, batch_size, revision, fuse) go to the loader.
+    """
     if kind not in ENCODERS:
         raise ConfigError(f"unknown encoder kind {kind!r}; choose one of {sorted(ENCODERS)}")
+    if model is None and preset is not None:
+        model = model_preset(preset)[kind]
     return ENCODERS[kind](model, **kw) if model is not None else ENCODERS[kind](**kw)

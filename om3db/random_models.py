@@ -17,6 +17,7 @@ __all__ = [
     "write_random_siglip",
     "write_random_dinov2",
     "write_random_sam",
+    "write_random_sam_hf",
     "write_random_models",
     "siglip_config",
     "dinov2_config",
@@ -34,10 +35,13 @@ TINY_VOCAB = (
 _SIGLIP_SIZES = {
     # vision / text towers: hidden, intermediate, layers, heads; vision image size and patch
     "tiny": dict(hidden=32, inter=64, layers=2, heads=2, image=32, patch=8, max_pos=16, vocab=len(TINY_VOCAB) + 3),
+    "base": dict(hidden=768, inter=3072, layers=12, heads=12, image=224, patch=16, max_pos=64, vocab=32000),
     "so400m": dict(hidden=1152, inter=4304, layers=27, heads=16, image=384, patch=14, max_pos=64, vocab=32000),
 }
 _DINOV2_SIZES = {
     "tiny": dict(hidden=32, layers=2, heads=2, patch=14, image=56, resize=64, crop=56),
+    "small": dict(hidden=384, layers=12, heads=6, patch=14, image=518, resize=256, crop=224),
+    "base": dict(hidden=768, layers=12, heads=12, patch=14, image=518, resize=256, crop=224),
     "large": dict(hidden=1024, layers=24, heads=16, patch=14, image=518, resize=256, crop=224),
 }
 
@@ -65,8 +69,9 @@ def _tiny_tokenizer(max_length: int):
     )
 
 
-def siglip_config(size: Literal["tiny", "so400m"] = "tiny"):
-    """The transformers SiglipConfig of a size ("so400m" = google/siglip-so400m-patch14-384's architecture)."""
+def siglip_config(size: Literal["tiny", "base", "so400m"] = "tiny"):
+    """The transformers SiglipConfig of a size ("so400m" = google/siglip-so400m-patch14-384's architecture,
+    "base" = google/siglip-base-patch16-224's)."""
     _check_size(size, _SIGLIP_SIZES, "SigLIP")
     from transformers import SiglipConfig, SiglipTextConfig, SiglipVisionConfig
 
@@ -90,8 +95,8 @@ def siglip_config(size: Literal["tiny", "so400m"] = "tiny"):
     )
 
 
-def dinov2_config(size: Literal["tiny", "large"] = "tiny"):
-    """The transformers Dinov2Config of a size ("large" = facebook/dinov2-large's architecture)."""
+def dinov2_config(size: Literal["tiny", "small", "base", "large"] = "tiny"):
+    """The transformers Dinov2Config of a size ("small" / "base" / "large" = facebook/dinov2-*'s architectures)."""
     _check_size(size, _DINOV2_SIZES, "DINOv2")
     from transformers import Dinov2Config
 
@@ -106,7 +111,7 @@ def dinov2_config(size: Literal["tiny", "large"] = "tiny"):
     )
 
 
-def write_random_siglip(out_dir: str | Path, size: Literal["tiny", "so400m"] = "tiny", seed: int = 0) -> Path:
+def write_random_siglip(out_dir: str | Path, size: Literal["tiny", "base", "so400m"] = "tiny", seed: int = 0) -> Path:
     """Write a random SigLIP (model + image processor + tokenizer) into ``out_dir``; return it.
 
     "so400m" has the architecture of google/siglip-so400m-patch14-384 (1152-d) with a word-level
@@ -131,7 +136,9 @@ def write_random_siglip(out_dir: str | Path, size: Literal["tiny", "so400m"] = "
     return out
 
 
-def write_random_dinov2(out_dir: str | Path, size: Literal["tiny", "large"] = "tiny", seed: int = 0) -> Path:
+def write_random_dinov2(
+    out_dir: str | Path, size: Literal["tiny", "small", "base", "large"] = "tiny", seed: int = 0
+) -> Path:
     """Write a random DINOv2 (model + BiT image processor as facebook/dinov2-*) into ``out_dir``; return it."""
     import torch
     from transformers import BitImageProcessorPil, Dinov2Model
@@ -177,18 +184,83 @@ def write_random_sam(
     return out
 
 
-def write_random_models(out_dir: str | Path, size: Literal["tiny", "full"] = "tiny", seed: int = 0) -> dict[str, Path]:
+_SAM_HF_SIZES = {
+    # vision: hidden, layers, heads, global attention blocks, input side, window; prompt / decoder width
+    "tiny": dict(hidden=32, layers=2, heads=2, glob=(1,), image=128, window=4, out=32, mlp=64),
+    "vit_b": dict(hidden=768, layers=12, heads=12, glob=(2, 5, 8, 11), image=1024, window=14, out=256, mlp=2048),
+    "vit_h": dict(hidden=1280, layers=32, heads=16, glob=(7, 15, 23, 31), image=1024, window=14, out=256, mlp=2048),
+}
+
+
+def sam_hf_config(size: Literal["tiny", "vit_b", "vit_h"] = "tiny"):
+    """The transformers SamConfig of a size ("vit_b" / "vit_h" = facebook/sam-vit-base / -huge's architectures)."""
+    _check_size(size, _SAM_HF_SIZES, "transformers SAM")
+    from transformers import SamConfig, SamMaskDecoderConfig, SamPromptEncoderConfig, SamVisionConfig
+
+    s = _SAM_HF_SIZES[size]
+    return SamConfig(
+        vision_config=SamVisionConfig(
+            hidden_size=s["hidden"],
+            num_hidden_layers=s["layers"],
+            num_attention_heads=s["heads"],
+            global_attn_indexes=list(s["glob"]),
+            image_size=s["image"],
+            window_size=s["window"],
+            output_channels=s["out"],
+            mlp_dim=4 * s["hidden"],
+            num_pos_feats=s["out"] // 2,
+        ),
+        prompt_encoder_config=SamPromptEncoderConfig(
+            hidden_size=s["out"], image_size=s["image"], mask_input_channels=16 if s["out"] == 256 else 8
+        ),
+        mask_decoder_config=SamMaskDecoderConfig(hidden_size=s["out"], mlp_dim=s["mlp"], iou_head_hidden_dim=s["out"]),
+    )
+
+
+def write_random_sam_hf(out_dir: str | Path, size: Literal["tiny", "vit_b", "vit_h"] = "tiny", seed: int = 0) -> Path:
+    """Write a random transformers ``SamModel`` (model + image processor, as facebook/sam-vit-*) into ``out_dir``."""
+    import torch
+    from transformers import SamImageProcessorPil, SamModel
+
+    from .embed import quiet_transformers
+
+    config = sam_hf_config(size)  # validates size first
+    side = _SAM_HF_SIZES[size]["image"]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with quiet_transformers():
+        torch.manual_seed(seed)
+        model = SamModel(config).eval()
+        with torch.no_grad():  # SAM's config initialises the vision encoder with std 1e-10: give it signal
+            for name, p in model.named_parameters():
+                if (p.dim() > 1 or "rel_pos" in name) and float(p.std()) < 1e-6:
+                    p.normal_(std=0.02)
+        model.save_pretrained(out)
+        SamImageProcessorPil(
+            size={"longest_edge": side},
+            pad_size={"height": side, "width": side},
+            mask_size={"longest_edge": side // 4},
+            mask_pad_size={"height": side // 4, "width": side // 4},
+        ).save_pretrained(out)
+    return out
+
+
+def write_random_models(
+    out_dir: str | Path, size: Literal["tiny", "full", "cpu"] = "tiny", seed: int = 0
+) -> dict[str, Path]:
     """All three demo checkpoints under ``out_dir``: ``siglip/``, ``dinov2/``, ``sam.pth``.
 
-    "full" = SigLIP-SO400M/14@384, DINOv2-L/14 and SAM ViT-H architectures (~4.5 GB on disk).
+    "full" = SigLIP-SO400M/14@384, DINOv2-L/14 and SAM ViT-H architectures (~4.5 GB on disk);
+    "cpu" = the "cpu" preset's SigLIP-B/16@224 and DINOv2-S/14, with SAM ViT-B.
     Returns {"siglip": dir, "dinov2": dir, "sam": file}.
     """
-    if size not in ("tiny", "full"):
-        raise ConfigError(f"unknown random model size {size!r}; choose 'tiny' or 'full'")
+    sizes = {"tiny": ("tiny", "tiny", "tiny"), "full": ("so400m", "large", "vit_h"), "cpu": ("base", "small", "vit_b")}
+    if size not in sizes:
+        raise ConfigError(f"unknown random model size {size!r}; choose one of {sorted(sizes)}")
     out = Path(out_dir)
-    full = size == "full"
+    siglip, dinov2, sam = sizes[size]
     return {
-        "siglip": write_random_siglip(out / "siglip", "so400m" if full else "tiny", seed),
-        "dinov2": write_random_dinov2(out / "dinov2", "large" if full else "tiny", seed),
-        "sam": write_random_sam(out / "sam.pth", "vit_h" if full else "tiny", seed),
+        "siglip": write_random_siglip(out / "siglip", siglip, seed),
+        "dinov2": write_random_dinov2(out / "dinov2", dinov2, seed),
+        "sam": write_random_sam(out / "sam.pth", sam, seed),
     }

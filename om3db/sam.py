@@ -1,4 +1,8 @@
-"""SAM from original segment-anything checkpoints, without torchvision; one image encoding, many prompts.
+"""SAM without torchvision; one image encoding, many prompts.
+
+Two checkpoint formats give the same `SamPredictor` interface (`load_sam`): original
+segment-anything state dicts (``sam_vit_h_4b8939.pth``, here) and transformers ``SamModel``
+directories / hub ids (``facebook/sam-vit-base``, SlimSAM; om3db.sam_hf).
 
 segment-anything's package ``__init__`` imports torchvision (only for its image resize and the
 automatic mask generator's NMS); its ``modeling`` subpackage is pure torch. We load that subpackage
@@ -196,15 +200,8 @@ def _config_name(config: SamConfig) -> str:
     return next((name for name, c in SAM_CONFIGS.items() if c == config), "custom")
 
 
-def _resolve_device(device: str):
-    import torch
-
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ConfigError(f"unknown device {device!r}: use 'auto', 'cpu' or 'cuda[:N]'") from exc
+def _looks_like_path(text: str) -> bool:
+    return text.startswith((".", "/", "~")) or text.count("/") > 1 or text.lower().endswith((".pth", ".pt", ".bin"))
 
 
 def load_sam(
@@ -214,30 +211,55 @@ def load_sam(
     config: SamConfig | None = None,
     device: str = "auto",
     dtype: str | None = None,
+    revision: str | None = None,
+    fuse: bool = True,
 ) -> SamPredictor:
-    """Load an original segment-anything checkpoint (e.g. ``sam_vit_h_4b8939.pth``) into a `SamPredictor`.
+    """Load SAM into a `SamPredictor` (one image encoding, many batched point prompts).
 
-    ``model_type="auto"`` reads the architecture off the tensor shapes; a named type must match them.
-    ``config`` overrides both for custom architectures. ``device="auto"``: CUDA when available, else CPU.
-    ``dtype`` is the compute dtype under autocast (weights stay float32): None = "bfloat16" on CUDA,
-    "float32" on CPU.
+    ``checkpoint`` is either an original segment-anything state dict (``sam_vit_h_4b8939.pth``), or a
+    transformers ``SamModel``: a local ``save_pretrained`` directory or a Hugging Face hub id
+    (``facebook/sam-vit-base``, a SlimSAM checkpoint); both give the same predictor interface.
+
+    ``model_type`` / ``config`` (.pth only): "auto" reads the architecture off the tensor shapes; a
+    named type must match them; ``config`` sets a custom one. ``device="auto"``: CUDA when available,
+    else CPU. ``dtype``: None / "auto" from the hardware (om3db.hardware.resolve_dtype: bfloat16 on
+    CUDA and on CPUs with AMX / AVX512-BF16, else float32); the image encoder's weights are cast to it,
+    the prompt encoder and mask decoder keep float32 weights and run under autocast. ``fuse``: on CPU,
+    run the image encoder's linear layers and attention through the fused paths (om3db.fused).
     """
-    import torch
+    from om3db.hardware import resolve_device, resolve_dtype
 
-    path = Path(checkpoint)
     if model_type not in (*SAM_CONFIGS, "auto"):
         raise ConfigError(f"unknown SAM model_type {model_type!r}; choose one of 'auto', 'vit_b', 'vit_h', 'vit_l'")
+    dev = resolve_device(device)
+    dtype, reason = resolve_dtype(dtype, dev)  # before any weights are read
+    text = str(checkpoint)
+    path = Path(text).expanduser()
     if not path.is_file():
+        if path.is_dir() or not (isinstance(checkpoint, Path) or _looks_like_path(text) or path.exists()):
+            from om3db.sam_hf import load_hf_sam
+
+            return load_hf_sam(text, device=dev, dtype=dtype, dtype_reason=reason, revision=revision, fuse=fuse)
         raise ModelLoadError(
-            f"{path}: SAM checkpoint not found. Download an original checkpoint "
-            "(sam_vit_h_4b8939.pth) or write a random one with `om3db models random DIR`"
+            f"{path}: SAM checkpoint not found. Pass an original checkpoint (sam_vit_h_4b8939.pth), a "
+            "transformers SAM directory or hub id (facebook/sam-vit-base), or write a random one with "
+            "`om3db models random DIR`"
         )
+    model, config = _load_pth(path, model_type, config)
+    return SamPredictor(
+        model.to(dev), model_type=_config_name(config), checkpoint=str(path), dtype=dtype, dtype_reason=reason
+    ).prepare(fuse=fuse)
+
+
+def _load_pth(path: Path, model_type: str, config: SamConfig | None):
+    import torch
+
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt / non-torch files
         raise ModelLoadError(
             f"{path}: not a readable torch checkpoint ({type(exc).__name__}). "
-            "Pass an original segment-anything .pth state dict"
+            "Pass an original segment-anything .pth state dict, or a transformers SAM directory"
         ) from exc
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
@@ -267,12 +289,7 @@ def load_sam(
             f"{path}: weights do not fit the SAM architecture {asdict(config)} ({exc}). "
             "Pass model_type='auto' or the matching config"
         ) from exc
-    dev = _resolve_device(device)
-    if dtype is None:
-        dtype = "bfloat16" if dev.type == "cuda" else "float32"
-    if dtype not in ("float32", "bfloat16", "float16"):
-        raise ConfigError(f"unknown SAM dtype {dtype!r}: use 'float32', 'bfloat16' or 'float16'")
-    return SamPredictor(model.to(dev), model_type=_config_name(config), checkpoint=str(path), dtype=dtype)
+    return model, config
 
 
 def _resize_shape(h: int, w: int, long_side: int) -> tuple[int, int]:
@@ -289,20 +306,30 @@ class SamPredictor:
     """
 
     model: object
-    """segment-anything ``Sam`` module (eval mode, on its device)."""
+    """segment-anything ``Sam`` module (eval mode, on its device); `HfSamPredictor`: transformers ``SamModel``."""
     model_type: str = "custom"
-    """"vit_h" / "vit_l" / "vit_b" / "custom"."""
+    """"vit_h" / "vit_l" / "vit_b" / "custom" (.pth); "transformers" for a transformers SamModel."""
     checkpoint: str = ""
-    """Path the weights were read from."""
+    """Path (or hub id) the weights were read from."""
     dtype: str = "float32"
-    """Compute dtype: "float32", or "bfloat16" / "float16" under torch.autocast (weights stay float32)."""
+    """Compute dtype of the image encoder (its weights are cast to it); the prompt encoder and mask
+    decoder keep float32 weights and run under autocast in this dtype."""
+    dtype_reason: str = ""
+    """Why this dtype (om3db.hardware.resolve_dtype)."""
     encoder_calls: int = 0
     """How many times the image encoder ran (once per `set_image`)."""
     decoder_calls: int = 0
     """How many batched mask-decoder calls ran."""
+    fused: int = 0
+    """Image-encoder linear layers and attention blocks on the fused CPU paths (om3db.fused)."""
     _features: object = field(default=None, repr=False)
     _original_size: tuple[int, int] = (0, 0)
     _input_size: tuple[int, int] = (0, 0)
+
+    @property
+    def encoder(self):
+        """The image encoder module (ViT)."""
+        return self.model.image_encoder
 
     @property
     def image_size(self) -> int:
@@ -312,6 +339,18 @@ class SamPredictor:
     def device(self):
         return self.model.pixel_mean.device
 
+    def prepare(self, *, fuse: bool = True) -> SamPredictor:
+        """Cast the image encoder to ``dtype`` and, on CPU, swap in the fused paths; returns self."""
+        import torch
+
+        self.model.eval()
+        self.encoder.to(getattr(torch, self.dtype))
+        if fuse and self.device.type == "cpu":
+            from om3db.fused import fuse_linears, fuse_sam_attention
+
+            self.fused = fuse_linears(self.encoder) + fuse_sam_attention(self.encoder)
+        return self
+
     def _autocast(self):
         import contextlib
 
@@ -320,6 +359,13 @@ class SamPredictor:
         if self.dtype == "float32":
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=getattr(torch, self.dtype))
+
+    def _embed(self, x):
+        """Image embedding (1, C, h, w) float32 of a resized (1, 3, nh, nw) float 0..255 image tensor."""
+        import torch
+
+        dt = getattr(torch, self.dtype)
+        return self.model.image_encoder(self.model.preprocess(x).to(dt)).float()
 
     def set_image(self, image: np.ndarray) -> None:
         """Encode an (H, W, 3) uint8 RGB image; later prompts are in its pixel coordinates (x, y)."""
@@ -335,8 +381,8 @@ class SamPredictor:
         nh, nw = _resize_shape(h, w, self.image_size)
         resized = np.array(Image.fromarray(image).resize((nw, nh), Image.BILINEAR))
         x = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).contiguous()[None].float()
-        with torch.inference_mode(), self._autocast():
-            self._features = self.model.image_encoder(self.model.preprocess(x))
+        with torch.inference_mode():
+            self._features = self._embed(x)
         self._original_size, self._input_size = (h, w), (nh, nw)
         self.encoder_calls += 1
 
@@ -360,15 +406,20 @@ class SamPredictor:
         pc = torch.as_tensor(scaled, dtype=torch.float32, device=self.device)
         pl = torch.as_tensor(labels, dtype=torch.int64, device=self.device)
         with torch.inference_mode(), self._autocast():
-            sparse, dense = self.model.prompt_encoder(points=(pc, pl), boxes=None, masks=None)
-            low, iou = self.model.mask_decoder(
-                image_embeddings=self._features,
-                image_pe=self.model.prompt_encoder.get_dense_pe(),
-                sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense,
-                multimask_output=False,
-            )
+            low, iou = self._run_decoder(pc, pl)
         self.decoder_calls += 1
+        return low, iou
+
+    def _run_decoder(self, pc, pl):
+        """(B, 1, h, w) low-res logits and (B,) IoU for prompts (B, P, 2) in resized-image px, labels (B, P)."""
+        sparse, dense = self.model.prompt_encoder(points=(pc, pl), boxes=None, masks=None)
+        low, iou = self.model.mask_decoder(
+            image_embeddings=self._features,
+            image_pe=self.model.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=False,
+        )
         return low, iou[:, 0]
 
     def _upscale(self, low):

@@ -32,14 +32,14 @@ def tiny_sam_path(tmp_path_factory) -> Path:
 def tiny_siglip(tiny_siglip_dir):
     from om3db.embed import load_siglip
 
-    return load_siglip(tiny_siglip_dir, device="cpu", batch_size=4)
+    return load_siglip(tiny_siglip_dir, device="cpu", dtype="float32", batch_size=4)
 
 
 @pytest.fixture(scope="session")
 def tiny_dinov2(tiny_dinov2_dir):
     from om3db.embed import load_dinov2
 
-    return load_dinov2(tiny_dinov2_dir, device="cpu", batch_size=4)
+    return load_dinov2(tiny_dinov2_dir, device="cpu", dtype="float32", batch_size=4)
 
 
 @pytest.fixture(scope="session")
@@ -47,4 +47,29 @@ def tiny_sam(tiny_sam_path):
     """A SamPredictor over the tiny checkpoint; tests that count calls should read deltas or load their own."""
     from om3db.sam import load_sam
 
-    return load_sam(tiny_sam_path, device="cpu")
+    return load_sam(tiny_sam_path, device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def tiny_sam_hf_dir(tmp_path_factory) -> Path:
+    """A tiny random transformers SamModel (save_pretrained directory with its image processor)."""
+    from om3db.random_models import write_random_sam_hf
+
+    return write_random_sam_hf(tmp_path_factory.mktemp("models") / "tiny-sam-hf", size="tiny", seed=0)
+
+
+@pytest.fixture
+def fake_cpu(monkeypatch):
+    """``fake_cpu(bf16=True)``: om3db.hardware sees an AMX / AVX512-BF16 Xeon; ``bf16=False``: an AVX2-only EPYC."""
+    from om3db import hardware
+
+    def fake(bf16: bool):
+        info = hardware.CpuInfo(
+            name="Fake Xeon with AMX" if bf16 else "Fake AMD EPYC",
+            capability="AVX512" if bf16 else "AVX2",
+            flags=frozenset({"amx_bf16", "avx512_bf16", "amx_tile", "avx512f", "avx2"} if bf16 else {"avx2"}),
+        )
+        monkeypatch.setattr(hardware, "detect_cpu", lambda: info)
+        return info
+
+    return fake

@@ -112,8 +112,10 @@ def test_revision_hash_follows_weights(tmp_path, tiny_dinov2_dir):
     assert not np.allclose(enc.encode_images(_images(1)), load_dinov2(same, device="cpu").encode_images(_images(1)))
 
 
-def test_registry_and_dtype(tiny_siglip_dir, tiny_dinov2_dir):
+def test_registry_and_dtype(tiny_siglip_dir, tiny_dinov2_dir, fake_cpu):
     import torch
+
+    fake_cpu(bf16=True)
 
     enc = load_encoder("dinov2", tiny_dinov2_dir, device="cpu", dtype="bfloat16")
     assert enc.model.dtype == torch.bfloat16
@@ -123,7 +125,7 @@ def test_registry_and_dtype(tiny_siglip_dir, tiny_dinov2_dir):
     assert load_encoder("siglip", tiny_siglip_dir, device="cpu").identity.dim == 32
     with pytest.raises(ConfigError, match=r"^unknown encoder kind 'clip'; choose one of \['dinov2', 'siglip'\]$"):
         load_encoder("clip", tiny_siglip_dir)
-    with pytest.raises(ConfigError, match=r"^unknown dtype 'int8': use 'float32', 'bfloat16' or 'float16'$"):
+    with pytest.raises(ConfigError, match=r"^unknown dtype 'int8': use 'auto', 'float32', 'bfloat16' or 'float16'$"):
         load_dinov2(tiny_dinov2_dir, dtype="int8")
     with pytest.raises(ConfigError, match=r"^batch_size must be >= 1, got 0$"):
         load_dinov2(tiny_dinov2_dir, device="cpu", batch_size=0)
@@ -184,12 +186,14 @@ def test_write_random_models_round_trip(tmp_path):
     }
     assert load_siglip(paths["siglip"], device="cpu").encode_texts(["red"]).shape == (1, 32)
     assert load_sam(paths["sam"], device="cpu").model_type == "custom"
-    with pytest.raises(ConfigError, match=r"^unknown random model size 'huge'; choose 'tiny' or 'full'$"):
+    with pytest.raises(
+        ConfigError, match=r"^unknown random model size 'huge'; choose one of \['cpu', 'full', 'tiny'\]$"
+    ):
         write_random_models(tmp_path, size="huge")
-    with pytest.raises(ConfigError, match=r"^unknown SigLIP size 'base'; choose one of \['so400m', 'tiny'\]$"):
+    with pytest.raises(ConfigError, match=r"^unknown SigLIP size 'huge'; choose one of \['base', 'so400m', 'tiny'\]$"):
         from om3db.random_models import write_random_siglip
 
-        write_random_siglip(tmp_path / "x", size="base")
+        write_random_siglip(tmp_path / "x", size="huge")
 
 
 def test_full_size_configs_match_the_hub_models():
@@ -228,3 +232,123 @@ def test_corrupt_weights_file(tmp_path, tiny_dinov2_dir):
     ) as err:
         load_dinov2(broken, device="cpu")
     assert str(err.value).endswith("or write a random demo checkpoint with `om3db models random DIR`")
+
+
+def _object_views(objects: int, views: int) -> list[np.ndarray]:
+    """``views`` crops (shifted, resized windows plus noise) of each of ``objects`` textured objects, object-major."""
+    out = []
+    for o in range(objects):
+        rng = np.random.default_rng(o)
+        texture = np.clip(rng.integers(0, 256, 3) + rng.normal(0, 50, (120, 120, 3)), 0, 255)
+        for v in range(views):
+            r = np.random.default_rng([o, v])
+            (y, x), (h, w) = r.integers(0, 30, 2), r.integers(60, 90, 2)
+            out.append(np.clip(texture[y : y + h, x : x + w] + r.normal(0, 5, (h, w, 3)), 0, 255).astype(np.uint8))
+    return out
+
+
+@pytest.mark.parametrize("kind", ["siglip", "dinov2"])
+def test_bfloat16_vectors_agree_with_float32(kind, tiny_siglip_dir, tiny_dinov2_dir, fake_cpu):
+    """Cosine >= 0.99 per vector; same top-5 on a synthetic database of 16 objects x 5 views, queried with a
+    6th view of each, for every query whose float32 ranks 5 and 6 are further apart than twice the largest
+    score change bfloat16 made in that query's row (closer ones are ties that any rounding may swap)."""
+    fake_cpu(bf16=True)
+    path = tiny_siglip_dir if kind == "siglip" else tiny_dinov2_dir
+    images = _object_views(16, 6)
+    enc16 = load_encoder(kind, path, device="cpu")  # auto on a native-bf16 CPU
+    assert enc16.dtype_name == "bfloat16" and enc16.dtype_reason.startswith("auto: bfloat16")
+    v32 = load_encoder(kind, path, device="cpu", dtype="float32").encode_images(images)
+    v16 = enc16.encode_images(images)
+    assert v16.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(v16, axis=1), 1.0, atol=1e-5)
+    assert (v32 * v16).sum(axis=1).min() >= 0.99
+    index = np.arange(96).reshape(16, 6)
+    queries, database = v32[index[:, 0]], index[:, 1:].ravel()
+    s32, s16 = queries @ v32[database].T, queries @ v16[database].T
+    top32, top16 = np.argsort(-s32, axis=1)[:, :5], np.argsort(-s16, axis=1)[:, :5]
+    ranked = np.sort(s32, axis=1)
+    decided = ranked[:, -5] - ranked[:, -6] > 2 * np.abs(s32 - s16).max(axis=1)
+    assert decided.sum() >= 10, "the synthetic database should separate most neighbourhoods"
+    assert [set(r) for r in top32[decided]] == [set(r) for r in top16[decided]]
+    if kind == "siglip":  # the same for text queries against the bfloat16 database
+        t32 = load_encoder(kind, path, device="cpu", dtype="float32").encode_texts(["red chair", "a blue mug"])
+        assert [set(r) for r in np.argsort(-(t32 @ v32.T), axis=1)[:, :5]] == [
+            set(r) for r in np.argsort(-(t32 @ v16.T), axis=1)[:, :5]
+        ]
+
+
+def test_dtype_policy_branches_in_the_loaders(tiny_dinov2_dir, tiny_siglip_dir, fake_cpu, tmp_path):
+    fake_cpu(bf16=False)
+    enc = load_dinov2(tiny_dinov2_dir, device="cpu")
+    assert enc.dtype_name == "float32" and "no native bfloat16" in enc.dtype_reason
+    with pytest.raises(ConfigError, match=r"^dtype 'bfloat16' refused: this CPU, Fake AMD EPYC"):
+        load_siglip(tiny_siglip_dir, device="cpu", dtype="bfloat16")
+    with pytest.raises(ConfigError, match=r"^dtype 'bfloat16' refused"):  # before the (missing) model is looked at
+        load_siglip(tmp_path / "missing", device="cpu", dtype="bfloat16")
+    fake_cpu(bf16=True)
+    assert load_siglip(tiny_siglip_dir, device="cpu").dtype_name == "bfloat16"
+    assert load_siglip(tiny_siglip_dir, device="cpu", dtype="float32").dtype_reason == "float32 requested"
+
+
+@pytest.mark.parametrize("kind", ["siglip", "dinov2"])
+def test_fused_linears_equal_the_plain_model(kind, tiny_siglip_dir, tiny_dinov2_dir):
+    from om3db.fused import FusedLinear, fused_linear_available
+
+    path = tiny_siglip_dir if kind == "siglip" else tiny_dinov2_dir
+    fused = load_encoder(kind, path, device="cpu", dtype="float32")
+    plain = load_encoder(kind, path, device="cpu", dtype="float32", fuse=False)
+    assert plain.fused_linears == 0
+    if not fused_linear_available():
+        pytest.skip("this torch build has no oneDNN linear_pointwise: nothing is fused")
+    layers = 2 * (4 + 2) + (1 if kind == "siglip" else 0)  # per vision layer q, k, v, o, fc1, fc2 (+ SigLIP head)
+    assert fused.fused_linears >= layers
+    assert fused.model.state_dict().keys() == plain.model.state_dict().keys()
+    acts = [m for m in fused.model.modules() if isinstance(m, FusedLinear) and m.attr == "gelu"]
+    assert acts and {m.algorithm for m in acts} == ({"tanh"} if kind == "siglip" else {"none"})
+    images = _images(5)
+    np.testing.assert_allclose(fused.encode_images(images), plain.encode_images(images), atol=2e-6)
+    if kind == "siglip":
+        np.testing.assert_allclose(fused.encode_texts(["red mug"]), plain.encode_texts(["red mug"]), atol=2e-6)
+
+
+def test_model_presets():
+    from om3db.embed import MODEL_PRESETS, model_preset
+
+    assert model_preset("full") == {
+        "siglip": "google/siglip-so400m-patch14-384",
+        "dinov2": "facebook/dinov2-large",
+        "sam": "facebook/sam-vit-huge",
+    }
+    assert model_preset("cpu") == {
+        "siglip": "google/siglip-base-patch16-224",
+        "dinov2": "facebook/dinov2-small",
+        "sam": None,
+    }
+    model_preset("cpu")["siglip"] = "changed"  # a copy
+    assert MODEL_PRESETS["cpu"]["siglip"] == "google/siglip-base-patch16-224"
+    with pytest.raises(ConfigError, match=r"^unknown model preset 'gpu'; choose one of \['cpu', 'full'\]$"):
+        model_preset("gpu")
+    with pytest.raises(ModelLoadError, match=r"^google/siglip-base-patch16-224: weights cannot be downloaded"):
+        load_encoder("siglip", preset="cpu", device="cpu", dtype="float32")
+
+
+def test_light_random_architectures():
+    """The "cpu" preset's architectures (google/siglip-base-patch16-224, facebook/dinov2-small / -base)."""
+    from om3db.random_models import dinov2_config, sam_hf_config, siglip_config
+
+    v = siglip_config("base").vision_config
+    assert (v.hidden_size, v.intermediate_size, v.num_hidden_layers, v.num_attention_heads) == (768, 3072, 12, 12)
+    assert (v.image_size, v.patch_size) == (224, 16)
+    assert [
+        (c.hidden_size, c.num_hidden_layers, c.num_attention_heads) for c in map(dinov2_config, ("small", "base"))
+    ] == [
+        (384, 12, 6),
+        (768, 12, 12),
+    ]
+    h = sam_hf_config("vit_h").vision_config
+    assert (h.hidden_size, h.num_hidden_layers, h.num_attention_heads, list(h.global_attn_indexes)) == (
+        1280,
+        32,
+        16,
+        [7, 15, 23, 31],
+    )

@@ -1,0 +1,179 @@
+"""CPU inference fast path: every ``nn.Linear`` through oneDNN with the bias (and an MLP's GELU) fused.
+
+Profiled on SigLIP-SO400M / DINOv2-L / SAM ViT-H (2-core Xeon with AMX, bfloat16; docs/benchmarks.md):
+
+- ``F.linear`` on CPU is ``addmm``, which first copies the broadcast bias into the output: for the
+  4304-wide MLP of SigLIP that copy cost as much as the matrix product itself;
+- the MLP's GELU (tanh form in SigLIP) ran as a separate pass over the widest activation, at ~2/3
+  of the cost of the product before it.
+
+``torch.ops.mkldnn._linear_pointwise`` (the op torch.compile's CPU backend emits) computes
+``act(x @ W.T + b)`` in one oneDNN call. `fuse_linears` swaps the modules in place; parameters keep
+their names, so ``state_dict`` and ``.to(dtype)`` work as before. Outputs equal the unfused model's
+to rounding (tested); the op is checked once per process and nothing is swapped where it is
+missing or fails (another torch build, no oneDNN).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch.nn import functional as F  # noqa: N812 - the usual name
+
+__all__ = ["fuse_linears", "fuse_sam_attention", "fused_linear_available", "FusedLinear"]
+
+# (module class name, first linear, activation attribute) of the MLPs whose forward is fc1 -> act -> fc2
+_MLPS = {
+    "SiglipMLP": ("fc1", "activation_fn"),
+    "Dinov2MLP": ("fc1", "activation_fn"),
+    "MLPBlock": ("lin1", "act"),  # segment-anything image encoder
+    "SamMLPBlock": ("lin1", "act"),  # transformers SAM
+}
+
+
+@functools.lru_cache(maxsize=1)
+def fused_linear_available() -> bool:
+    """True when this torch build runs ``mkldnn._linear_pointwise`` correctly (float32 and, if it can, bfloat16)."""
+    op = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
+    if op is None or not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        g = torch.Generator().manual_seed(0)
+        x, w, b = (torch.randn(*s, generator=g) for s in ((3, 5, 16), (24, 16), (24,)))
+        with torch.inference_mode():
+            out = op(x, w, b, "gelu", [], "tanh")
+            ref = torch.nn.functional.gelu(torch.nn.functional.linear(x, w, b), approximate="tanh")
+        return bool(torch.allclose(out, ref, atol=1e-4, rtol=1e-4))
+    except Exception:  # noqa: BLE001 - any failure means "do not use it"
+        return False
+
+
+def _activation(act) -> tuple[str, str] | None:
+    """oneDNN (attr, algorithm) computing the same function as ``act``, found by evaluating it; None if no match."""
+    if isinstance(act, torch.nn.Identity):
+        return None
+    t = torch.linspace(-6, 6, 97)
+    try:
+        with torch.inference_mode():
+            y = act(t)
+    except Exception:  # noqa: BLE001 - an activation that cannot run on a plain tensor is not fused
+        return None
+    for attr, algorithm, ref in (
+        ("gelu", "tanh", F.gelu(t, approximate="tanh")),
+        ("gelu", "none", F.gelu(t)),
+        ("relu", "", F.relu(t)),
+    ):
+        if y.shape == ref.shape and torch.allclose(y, ref, atol=1e-6, rtol=0):
+            return attr, algorithm
+    return None
+
+
+class FusedLinear(torch.nn.Module):
+    """``act(x @ weight.T + bias)`` in one oneDNN call; same parameters as the ``nn.Linear`` it replaces."""
+
+    def __init__(self, linear: torch.nn.Linear, attr: str = "none", algorithm: str = "") -> None:
+        super().__init__()
+        self.weight = linear.weight
+        self.bias = linear.bias
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.attr, self.algorithm = attr, algorithm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu" or x.dtype != self.weight.dtype or torch.is_grad_enabled():
+            y = F.linear(x, self.weight, self.bias)
+            return (
+                F.gelu(y, approximate=self.algorithm)
+                if self.attr == "gelu"
+                else F.relu(y)
+                if self.attr == "relu"
+                else y
+            )
+        return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, self.attr, [], self.algorithm)
+
+    def extra_repr(self) -> str:
+        act = "" if self.attr == "none" else f", fused {self.attr}" + (f" ({self.algorithm})" if self.algorithm else "")
+        return f"in_features={self.in_features}, out_features={self.out_features}{act}"
+
+
+def fuse_linears(model) -> int:
+    """Swap ``model``'s ``nn.Linear`` modules for `FusedLinear` in place (MLP GELU / ReLU folded in).
+
+    Returns how many linears now run fused (0 when the op is unavailable: the model is untouched).
+    The swapped model computes on CPU through oneDNN and falls back to ``F.linear`` elsewhere or
+    when gradients are enabled.
+    """
+    if not fused_linear_available():
+        return 0
+    count = 0
+    for module in list(model.modules()):
+        spec = _MLPS.get(type(module).__name__)
+        if spec is not None:
+            lin_name, act_name = spec
+            lin, act = getattr(module, lin_name, None), getattr(module, act_name, None)
+            found = _activation(act) if isinstance(lin, torch.nn.Linear) and act is not None else None
+            if found is not None:
+                setattr(module, lin_name, FusedLinear(lin, *found))
+                setattr(module, act_name, torch.nn.Identity())
+                count += 1
+        for name, child in list(module.named_children()):
+            if type(child) is torch.nn.Linear:
+                setattr(module, name, FusedLinear(child))
+                count += 1
+    return count
+
+
+def _rel_pos(size: int, rel_pos: torch.Tensor) -> torch.Tensor:
+    """(size, size, C) relative position embeddings for query x key positions (segment-anything's get_rel_pos)."""
+    length = 2 * size - 1
+    if rel_pos.shape[0] != length:
+        rel_pos = (
+            F.interpolate(rel_pos.reshape(1, rel_pos.shape[0], -1).permute(0, 2, 1), size=length, mode="linear")
+            .reshape(-1, length)
+            .permute(1, 0)
+        )
+    coords = torch.arange(size)[:, None] - torch.arange(size)[None, :] + (size - 1)
+    return rel_pos[coords.to(rel_pos.device)]
+
+
+def _sam_attention(self, *args, **kwargs):
+    """SAM ViT attention with decomposed relative positions, as one SDPA call without a bias matrix.
+
+    The bias ``q·Rh[qh, kh] + q·Rw[qw, kw]`` is a dot product of the per-query vector
+    ``[q·Rh[qh, :], q·Rw[qw, :]]`` with the key's one-hot ``[e(kh), e(kw)]``, so it is appended to
+    the head dimension of q and k and flash attention never builds the (heads, HW, HW) matrices.
+    """
+    x = args[0] if args else kwargs.get("hidden_states", kwargs.get("x"))  # transformers passes hidden_states=
+    b, h, w, _ = x.shape
+    heads = self.num_heads if hasattr(self, "num_heads") else self.num_attention_heads
+    q, k, v = self.qkv(x).reshape(b, h * w, 3, heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+    dim = q.shape[-1]
+    scale = self.scale
+    if self.use_rel_pos:
+        rq = q.reshape(b, heads, h, w, dim)
+        rel_h = torch.einsum("bnhwc,hkc->bnhwk", rq, _rel_pos(h, self.rel_pos_h).to(q.dtype))
+        rel_w = torch.einsum("bnhwc,wkc->bnhwk", rq, _rel_pos(w, self.rel_pos_w).to(q.dtype))
+        key_h = torch.eye(h, dtype=q.dtype, device=q.device).repeat_interleave(w, 0)  # key j -> e(j // w)
+        key_w = torch.eye(w, dtype=q.dtype, device=q.device).repeat(h, 1)  # key j -> e(j % w)
+        q = torch.cat([q * scale, rel_h.reshape(b, heads, h * w, h), rel_w.reshape(b, heads, h * w, w)], dim=-1)
+        k = torch.cat([k, key_h.expand(b, heads, -1, -1), key_w.expand(b, heads, -1, -1)], dim=-1)
+        scale = 1.0
+        v = F.pad(v, (0, q.shape[-1] - dim))  # CPU flash attention wants one head size for q, k and v
+    out = F.scaled_dot_product_attention(q, k, v, scale=scale)[..., :dim]
+    out = self.proj(out.reshape(b, heads, h, w, dim).permute(0, 2, 3, 1, 4).reshape(b, h, w, -1))
+    return (out, None) if type(self).__name__.startswith("SamVision") else out
+
+
+def fuse_sam_attention(encoder) -> int:
+    """Swap the attention of a SAM image encoder (segment-anything ``Attention`` or transformers
+    ``SamVisionAttention``) for `_sam_attention`, in place; returns how many blocks were swapped."""
+    import types
+
+    count = 0
+    for module in encoder.modules():
+        if type(module).__name__ in ("Attention", "SamVisionAttention", "SamVisionSdpaAttention") and all(
+            hasattr(module, a) for a in ("qkv", "proj", "scale", "use_rel_pos")
+        ):
+            module.forward = types.MethodType(_sam_attention, module)
+            count += 1
+    return count
