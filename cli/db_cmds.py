@@ -301,7 +301,9 @@ def register(app: typer.Typer) -> None:
     def check(db: DbOpt = None, json_out: JsonOpt = False) -> None:
         """Check the database without changing it: SQLite integrity, every stored blob, every vector index.
         Exit status 1 when something is damaged (each problem is printed with its repair)."""
-        with _connect(db) as database:
+        import om3db
+
+        with om3db.connect(db, create=False, repair=False) as database:  # look, change nothing
             report = database.check()
         if json_out:
             _echo_json(report.to_dict())
@@ -348,10 +350,13 @@ def register(app: typer.Typer) -> None:
 
 
 class _Bars:
-    """Rich progress bars on stderr fed by the library's progress(scan, stage, done, total) callback."""
+    """Rich progress bars on stderr fed by the library's progress(scan, stage, done, total) callback;
+    none when stderr is not a terminal (logs, pipes, tests) or JSON is asked for."""
 
     def __init__(self, *, enabled: bool) -> None:
-        self.enabled = enabled
+        import sys
+
+        self.enabled = enabled and sys.stderr.isatty()
         self._tasks: dict[str, int] = {}
         self._progress = None
 

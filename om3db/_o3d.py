@@ -16,7 +16,7 @@ def open3d():
     try:
         import open3d as o3d
 
-        return o3d
+        return _quiet(o3d)
     except ImportError as exc:
         if "libusb" not in str(exc):
             raise Om3dbError(f"open3d cannot be imported: {exc}. Install it with `pip install open3d-cpu`.") from exc
@@ -31,4 +31,10 @@ def open3d():
     ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
     import open3d as o3d
 
+    return _quiet(o3d)
+
+
+def _quiet(o3d):
+    """open3d logs warnings (e.g. "Read PLY failed") to stdout itself; om3db reports problems as errors."""
+    o3d.utility.set_verbosity_level(o3d.utility.VerbosityLevel.Error)
     return o3d

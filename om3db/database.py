@@ -91,6 +91,7 @@ def connect(
     ivf_threshold: int | None = None,
     use_gpu: bool | None = None,
     create: bool = True,
+    repair: bool = True,
 ) -> Database:
     """Open (or create) a database directory, or a PostgreSQL database.
 
@@ -104,6 +105,7 @@ def connect(
     url: a SQLAlchemy URL for the metadata (e.g. PostgreSQL); the folder still holds the indexes.
     lock_timeout: seconds a writer waits for another writer before DatabaseBusyError.
     ivf_threshold: vectors per space past which IVF replaces exact search.
+    repair: rebuild damaged or stale index files on open (False leaves every file as it is: ``check``).
     """
     from .store import DEFAULT_IVF_THRESHOLD, Store
 
@@ -127,6 +129,7 @@ def connect(
         lock_timeout=lock_timeout,
         use_gpu=use_gpu,
         ivf_threshold=DEFAULT_IVF_THRESHOLD if ivf_threshold is None else ivf_threshold,
+        repair=repair,
     )
     return Database(store, ephemeral=ephemeral)
 

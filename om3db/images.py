@@ -34,7 +34,7 @@ def open_image(source, *, name: str | Path | None = None, error=_default_error, 
     except FileNotFoundError as exc:
         raise error(label, "file not found", fix) from exc
     except Image.DecompressionBombError as exc:
-        raise error(label, f"image is larger than om3db's limit of {MAX_IMAGE_PIXELS} pixels ({exc})", _BIG) from exc
+        raise error(label, f"image is more than om3db's limit of {MAX_IMAGE_PIXELS} pixels ({exc})", _BIG) from exc
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise error(label, f"not a readable image ({exc})", fix) from exc
     w, h = img.size

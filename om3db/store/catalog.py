@@ -132,6 +132,7 @@ class Store(StoreReads, StoreCheck):
         use_gpu: bool | None = None,
         log_fraction: float = 0.25,
         raw_sqlite: bool = True,
+        repair: bool = True,
     ) -> None:
         """root: the database folder; url: a SQLAlchemy URL for the metadata (default: SQLite in root).
         create: make the folder and schema when missing (False: NotFoundError).
@@ -142,6 +143,8 @@ class Store(StoreReads, StoreCheck):
         fraction of the index file's size; past it the file is rewritten and the log dropped.
         raw_sqlite: on SQLite, insert rows through the DBAPI cursor (False: the portable SQLAlchemy Core
         path, what other databases use; kept selectable so tests compare the two).
+        repair: on open, rebuild index files that are missing, damaged or behind SQLite (False: leave
+        them, e.g. to report them with ``check()``; searches then rebuild them in memory).
         """
         from .schema import check_schema, make_engine, probe_url
 
@@ -203,7 +206,7 @@ class Store(StoreReads, StoreCheck):
             else:
                 try:
                     check_schema(self.engine, self.where, create=create)
-                    self.rebuilt = self.repair()
+                    self.rebuilt = self.repair() if repair else []
                 finally:
                     self.lock.release()
         except Exception as exc:

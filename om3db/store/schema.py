@@ -113,6 +113,8 @@ def probe(engine, where: str) -> None:
         with engine.connect():
             pass
     except DBAPIError as exc:
+        if engine.dialect.name == "sqlite":  # a damaged or unreadable file, not a server: the store names it
+            raise
         what, fix = _connect_problem(exc, engine.url.password)
         raise StoreError(f"{where}: {what}. {fix}") from None
 
