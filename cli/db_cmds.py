@@ -124,6 +124,17 @@ def register(app: typer.Typer) -> None:
         diverse: Annotated[
             bool, typer.Option("--diverse", help="OpenMask3D++ diverse views instead of the top-k most visible.")
         ] = False,
+        ray: Annotated[
+            Optional[str],
+            typer.Option(
+                "--ray",
+                help="Run the per-scan work on Ray: 'local' starts Ray on this machine; else the address of a cluster (auto, HOST:PORT, ray://HOST:PORT). This process still commits scan by scan.",
+            ),
+        ] = None,
+        ray_workers: Annotated[
+            Optional[int],
+            typer.Option("--ray-workers", help="Ray actors holding the models. Default: one per GPU, else per CPU."),
+        ] = None,
         json_out: JsonOpt = False,
     ) -> None:
         """Ingest every scan below SCANS_DIR (unchanged scans are skipped; each scan commits atomically).
@@ -134,6 +145,10 @@ def register(app: typer.Typer) -> None:
 
         config = IngestConfig(frame_step=frame_step, refine_masks=refine_masks, diverse=diverse)
         sam_spec = None if sam.lower() == "none" else Path(sam)
+        if ray is not None:
+            from om3db.distributed import check_ray_address
+
+            check_ray_address(ray)  # before the database is created
         with _connect(db, create=True) as database, _Bars(enabled=not json_out) as bars:
             out = database.ingest(
                 scans_dir,
@@ -143,15 +158,23 @@ def register(app: typer.Typer) -> None:
                 sam=sam_spec,
                 force=force,
                 progress=bars.update,
+                ray=ray,
+                ray_workers=ray_workers,
             )
         if json_out:
             _echo_json([o.to_dict() for o in out])
-            return
-        _table(
-            f"ingest into {database.path}",
-            ["scan", "status", "instances", "seconds"],
-            [[o.scan, o.status, o.instances, f"{o.seconds:.1f}"] for o in out],
-        )
+        else:
+            _table(
+                f"ingest into {database.path}",
+                ["scan", "status", "instances", "seconds"],
+                [[o.scan, o.status, o.instances, f"{o.seconds:.1f}"] for o in out],
+            )
+        failed = [o for o in out if o.status == "failed"]
+        if failed:  # the other scans are committed; these are not
+            typer.echo(
+                f"Error: {len(failed)} scan(s) failed: " + "; ".join(f"{o.scan}: {o.error}" for o in failed), err=True
+            )
+            raise typer.Exit(1)
 
     @app.command()
     def search(
