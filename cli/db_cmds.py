@@ -113,6 +113,14 @@ def register(app: typer.Typer) -> None:
             str, typer.Option("--sam", help="SAM checkpoint (.pth) for SAM-refined crops, or 'none' for box crops.")
         ] = "none",
         frame_step: Annotated[int, typer.Option("--frame-step", help="Use every n-th frame.")] = 10,
+        capture_format: Annotated[
+            str,
+            typer.Option(
+                "--format",
+                help="Capture format: auto (recognised from each folder), scannet, nerfstudio, record3d, "
+                "arkitscenes, replica, scannetpp, scanner3d.",
+            ),
+        ] = "auto",
         force: Annotated[bool, typer.Option("--force", help="Re-ingest scans even when unchanged.")] = False,
         refine_masks: Annotated[
             bool,
@@ -157,6 +165,7 @@ def register(app: typer.Typer) -> None:
                 dinov2=_model(dinov2),
                 sam=sam_spec,
                 force=force,
+                format=capture_format,
                 progress=bars.update,
                 ray=ray,
                 ray_workers=ray_workers,
@@ -247,8 +256,11 @@ def register(app: typer.Typer) -> None:
             return
         _table(
             f"{len(rows)} scans in {database.path}",
-            ["scan", "instances", "frames", "points", "masks", "updated", "path"],
-            [[s.name, s.instances, s.frame_count, s.num_points, s.masks, s.updated_at, s.path] for s in rows],
+            ["scan", "format", "instances", "frames", "points", "masks", "updated", "path"],
+            [
+                [s.name, s.source_format, s.instances, s.frame_count, s.num_points, s.masks, s.updated_at, s.path]
+                for s in rows
+            ],
         )
 
     @app.command(context_settings={"ignore_unknown_options": True})  # so "-1" reaches the id check

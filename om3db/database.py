@@ -541,7 +541,15 @@ class Database:
             info = self._store.scan_infos(names=[scan_name])
             if not info:
                 raise NotFoundError(f"{self.path}: no scan named {scan_name!r}")
-            scan = read_scan(info[0].path, masks=False, check_all_images=False)
+            fmt = info[0].source_format
+            scan = read_scan(
+                info[0].path,
+                masks=False,
+                check_all_images=False,
+                format=fmt,
+                fused_dir=self.path / "fused",
+                ply=info[0].fused_ply if info[0].fused_ply and Path(info[0].fused_ply).is_file() else None,
+            )
             colors = (scan.colors.astype(np.float32) * 0.3 + 60).astype(np.uint8)
             for rank, h in ranked:
                 colors[self.instance(h.instance_id).point_indices] = _HIGHLIGHT[(rank - 1) % len(_HIGHLIGHT)]
@@ -567,7 +575,7 @@ class Database:
             s["query_encoder"] = self.query_encoder(s["name"])
         scans = self.scans()
         return {
-            "database": str(self.path),
+            "database": self._store.where,  # the folder, or the URL without its password
             "schema_revision": self._store.schema_revision(),
             "om3db": __version__,
             **versions(),

@@ -447,6 +447,11 @@ def ingest_scan(
         mask_source=source,
         mask_file=str(scan.mask_path) if source == "scan" and scan.mask_path is not None else None,
         mask_files_ignored=[str(p) for p in mask_files(Path(scan.path)) if p != scan.mask_path],
+        source_format=getattr(scan, "source_format", "scannet"),
+        depth_source=getattr(scan, "depth_source", "sensor"),
+        fused_ply=None if getattr(scan, "fused_ply", None) is None else str(scan.fused_ply),
+        fusion=dict(getattr(scan, "fusion", None) or {}),
+        capture_info=dict(getattr(scan, "capture_info", None) or {}),
     )
     settings = {**config.to_dict(sam is not None), "mask_source": source, "masks": mask_record}
     return IngestResult(

@@ -125,6 +125,16 @@ class IngestReport:
     """The mask file used (source 'scan')."""
     mask_files_ignored: list[str] = field(default_factory=list)
     """Other ``*_masks.*`` files in the scan folder, not used (the one used is ``mask_file``)."""
+    source_format: str = "scannet"
+    """The capture format read (``om3db.captures.FORMATS``)."""
+    depth_source: str = "sensor"
+    """'sensor' (depth images) or 'rendered' (from the scene mesh / points)."""
+    fused_ply: str | None = None
+    """The scene point cloud om3db fused from the RGB-D frames (captures without one), else None."""
+    fusion: dict = field(default_factory=dict)
+    """How it was fused (kind, voxel settings, frames, points, cached or not)."""
+    capture_info: dict = field(default_factory=dict)
+    """The capture's conventions as read: pose convention, depth units, intrinsics source."""
 
 
 @dataclass(frozen=True)

@@ -109,8 +109,19 @@ class ScanInfo:
             return Path(report["mask_file"]).name + (f" (ignored: {len(ignored)} other)" if ignored else "")
         return report.get("mask_source") or (self.settings or {}).get("ingest", {}).get("mask_source", "?")
 
+    @property
+    def source_format(self) -> str:
+        """The capture format it was read as ('scannet', 'nerfstudio', 'record3d', ...)."""
+        report = (self.settings or {}).get("report") or {}
+        return report.get("source_format", "scannet")
+
+    @property
+    def fused_ply(self) -> str | None:
+        """The point cloud om3db fused for it (a capture without one), else None."""
+        return ((self.settings or {}).get("report") or {}).get("fused_ply")
+
     def to_dict(self) -> dict:
-        return {**dataclasses.asdict(self), "masks": self.masks}
+        return {**dataclasses.asdict(self), "masks": self.masks, "format": self.source_format}
 
 
 @dataclass(frozen=True)
