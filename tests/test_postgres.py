@@ -256,3 +256,20 @@ def test_kill_one_writer_mid_scan_while_another_waits(pg_url, tmp_path):
         db.write(make_result("killed", 7, seed=3))
         assert [s.name for s in db.scans()] == ["first", "killed", "second"]
         assert_consistent(db)
+
+
+def test_many_processes_create_one_new_database_at_once(pg_url, tmp_path):
+    """Opening a new (empty) database creates its schema under the migration lock: concurrent first
+    opens all succeed, and the schema is created once."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(4) as pool:
+        futures = [pool.submit(_open_and_count, pg_url, str(tmp_path / f"c{i}")) for i in range(4)]
+        assert [f.result(timeout=120) for f in futures] == [0, 0, 0, 0]
+    with om3db.connect(pg_url, vectors=tmp_path / "after") as db:
+        assert db._store.schema_revision() == "0003"
+
+
+def _open_and_count(url: str, vectors: str) -> int:
+    with om3db.connect(url, vectors=vectors) as db:
+        return len(db.scans())

@@ -220,6 +220,24 @@ def _has_tables(engine) -> bool:
     return bool(inspect(engine).get_table_names())
 
 
+def _create_locked(engine, where: str, *, create: bool) -> bool:
+    """PostgreSQL: create the schema under the migration lock, deciding again once it is held (several
+    processes may open a new database at once). True when another process created it first."""
+    from alembic import command
+    from alembic.runtime.migration import MigrationContext
+    from sqlalchemy import inspect
+
+    with _migrating(engine) as conn:
+        if MigrationContext.configure(conn).get_current_revision() is not None:
+            return True
+        if inspect(conn).get_table_names():
+            raise StoreError(f"{where}: holds tables that are not an om3db database. Use another database")
+        if not create:
+            raise StoreError(f"{where}: no om3db database here. Create one by ingesting scans into it")
+        command.upgrade(_config(conn), "head")
+    return False
+
+
 def check_schema(engine, where: str, *, create: bool) -> None:
     """Create an empty database's schema; refuse a database at another revision.
 
@@ -230,6 +248,10 @@ def check_schema(engine, where: str, *, create: bool) -> None:
     current = current_revision(engine)
     head = head_revision()
     if current == head:
+        return
+    if current is None and engine.dialect.name == "postgresql":
+        if _create_locked(engine, where, create=create):  # another process created it meanwhile: check it
+            check_schema(engine, where, create=create)
         return
     if current is None:
         if _has_tables(engine):
