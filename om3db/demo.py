@@ -59,7 +59,7 @@ def run_demo(
     out = Path(out)
     random_weights = siglip is None and dinov2 is None
     if not random_weights and (siglip is None or dinov2 is None):
-        raise ConfigError("pass both --siglip and --dinov2 (or neither, for random demo weights)")
+        raise ConfigError("give both a SigLIP and a DINOv2 model (or neither, for random demo weights)")
     scan_dirs = write_scans(out / "scans", scans=scans, seed=0, size="tiny", masks=True)
     if random_weights:
         written = write_random_models(out / "models", size="tiny")

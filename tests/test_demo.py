@@ -40,6 +40,6 @@ def test_demo_needs_both_models_or_neither(tmp_path, capsys) -> None:
     assert main(["demo", "--out", str(tmp_path / "d"), "--siglip", "x"]) == 1
     assert (
         capsys.readouterr().err.strip()
-        == "Error: pass both --siglip and --dinov2 (or neither, for random demo weights)"
+        == "Error: give both a SigLIP and a DINOv2 model (or neither, for random demo weights)"
     )
     assert not (tmp_path / "d").exists()  # refused before any work

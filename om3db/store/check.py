@@ -19,7 +19,7 @@ from .writer import unpack_indices, unpack_views, view_owner
 __all__ = ["CheckReport", "Problem", "StoreCheck"]
 
 REINDEX = "run `om3db reindex` (index files are rebuilt from SQLite; nothing is lost)"
-REINGEST = "re-ingest that scan with --force (or remove it with `om3db rm`)"
+REINGEST = "re-ingest that scan (force=True; or remove it)"
 RESTORE = "restore om3db.sqlite from a backup, or move it away and re-ingest the scans into a new database"
 
 
