@@ -87,6 +87,23 @@ def _query(
     )
 
 
+def _scenes_table(scenes) -> None:
+    rows = []
+    for m in scenes:
+        for h in m.hits:
+            ev = h.evidence
+            rows.append([
+                m.scan, f"{h.score:.4f}", h.subject.instance_id, "" if h.object is None else h.object.instance_id,
+                h.relation or "", "" if not ev else f"{ev['distance']:.3f}", "" if not ev else f"{ev['gap']:.3f}",
+                "" if not ev else f"{ev['overlap']:.2f}", h.subject.frame_id,
+            ])  # fmt: skip
+    _table(
+        f"{len(scenes)} scans",
+        ["scan", "score", "subject", "object", "relation", "distance", "gap", "overlap", "frame"],
+        rows,
+    )
+
+
 def register(app: typer.Typer) -> None:
     db_app = typer.Typer(name="db", help="Database maintenance (schema upgrades).", no_args_is_help=True)
     app.add_typer(db_app, name="db")
@@ -221,9 +238,75 @@ def register(app: typer.Typer) -> None:
             typer.Option("--space", help="Vector space: siglip (text default) or dinov2 (image default)."),
         ] = None,
         with_points: Annotated[bool, typer.Option("--with-points", help="Include point indices (JSON).")] = False,
+        on: Annotated[
+            Optional[str], typer.Option("--on", help="Only subjects resting on this (a noun phrase).")
+        ] = None,
+        near: Annotated[Optional[str], typer.Option("--near", help="Only subjects near this (see --within).")] = None,
+        inside: Annotated[Optional[str], typer.Option("--inside", help="Only subjects inside this.")] = None,
+        above: Annotated[Optional[str], typer.Option("--above", help="Only subjects above this.")] = None,
+        below: Annotated[Optional[str], typer.Option("--below", help="Only subjects below this.")] = None,
+        next_to: Annotated[Optional[str], typer.Option("--next-to", help="Only subjects next to this.")] = None,
+        within: Annotated[
+            Optional[float], typer.Option("--within", help="Metres: the relation's distance at most this.")
+        ] = None,
+        without: Annotated[
+            Optional[list[str]], typer.Option("--without", help="Drop scans holding a match for this (repeatable).")
+        ] = None,
+        count_at_least: Annotated[
+            Optional[int], typer.Option("--count-at-least", help="Only scans with at least N matching subjects.")
+        ] = None,
+        match: Annotated[
+            float, typer.Option("--match", help="A noun phrase matches at this fraction of its best similarity.")
+        ] = 0.5,
+        explain: Annotated[
+            bool, typer.Option("--explain", help="Say how the phrase was read (subject, relation, object).")
+        ] = False,
         json_out: JsonOpt = False,
     ) -> None:
-        """Find instances by text (SigLIP) or by an example image (DINOv2) across all scans."""
+        """Find instances by text (SigLIP) or by an example image (DINOv2) across all scans.
+
+        Spatial phrases ("a mug on a table", "a desk but no chair") or --on/--near/... return scans."""
+        from om3db.relations.query import parse_phrase
+
+        reading = parse_phrase(text) if text is not None and image is None else None
+        rel = [(n, t) for n, t in (("on", on), ("near", near), ("in", inside), ("above", above), ("below", below),
+                                   ("next_to", next_to)) if t is not None]  # fmt: skip
+        if reading is not None and reading.relation is not None:
+            rel.append((reading.relation, reading.object))
+        if reading is not None and (reading.relation is not None or reading.without):
+            text = reading.subject
+        excluded = [*(reading.without if reading is not None else ()), *(without or [])]
+        if explain and text is not None:
+            shown = reading or parse_phrase(text)
+            typer.echo(
+                "read as: " + type(shown)(text, *(rel[0] if rel else (None, None)), tuple(excluded)).explain(),
+                err=json_out,
+            )
+        if rel or excluded or count_at_least is not None or within is not None:
+            with _connect(db) as database:
+                q = _query(database, text, image, k=k, aggregation=aggregation, scan=scan, min_points=min_points,
+                           region=region, region_mode=region_mode, min_score=min_score, template=template,
+                           model=model, space=space, with_points=with_points)  # fmt: skip
+                if len(rel) > 1:
+                    from om3db.errors import ConfigError
+
+                    raise ConfigError(f"one relation per query, got {', '.join(n for n, _ in rel)}")
+                if rel:
+                    q = q.related(*rel[0])
+                if within is not None:
+                    q = q.within(within)
+                for t in excluded:
+                    q = q.without(t)
+                if count_at_least is not None:
+                    q = q.count_at_least(count_at_least)
+                import dataclasses
+
+                scenes = dataclasses.replace(q, match=match).to_list()
+            if json_out:
+                _echo_json([m.to_dict() for m in scenes])
+                return
+            _scenes_table(scenes)
+            return
         with _connect(db) as database:
             hits = _query(
                 database,
@@ -272,14 +355,22 @@ def register(app: typer.Typer) -> None:
         """Show one instance: geometry, views and crop boxes."""
         with _connect(db) as database:
             inst = database.instance(instance)
+            geometry = database.instance_geometry(instance)
+            gravity = database.gravity(inst.scan)
         if json_out:
-            _echo_json(inst.to_dict())
+            _echo_json({**inst.to_dict(), "gravity": gravity, "geometry": geometry})
             return
         typer.echo(
             f"instance {inst.id} of scan {inst.scan} (mask {inst.mask_index}, {inst.point_count} points, "
             f"score {inst.score:.3f})"
         )
         typer.echo(f"bbox {_fmt(inst.bbox_min)} - {_fmt(inst.bbox_max)}, centroid {_fmt(inst.centroid)}")
+        if gravity is not None and geometry is not None:
+            typer.echo(
+                f"up axis {_fmt(gravity['up'])} ({gravity['source']}); gravity frame: z {_fmt(geometry['z_range'])}, "
+                f"box {_fmt(geometry['box']['extent'])} yaw {geometry['yaw']:.2f}, footprint "
+                f"{geometry['footprint_area']:.3f} m2, volume {geometry['volume']:.4f} m3"
+            )
         _table(
             "views",
             ["frame", "visible pixels", "crop boxes", "inlier"],
@@ -322,15 +413,49 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"removed scan {scan} ({n} instances)")
 
     @app.command()
+    def relations(
+        scan: Annotated[str, typer.Argument(help="Scan name (see om3db scans).")],
+        db: DbOpt = None,
+        json_out: JsonOpt = False,
+    ) -> None:
+        """List a scan's spatial relations (subject, relation, object, score, evidence) and its up axis."""
+        with _connect(db) as database:
+            rows = database.relations(scan)
+            gravity = database.gravity(scan)
+        if json_out:
+            _echo_json({"scan": scan, "gravity": gravity, "relations": rows})
+            return
+        typer.echo(f"up axis {_fmt(gravity['up'])} ({gravity['source']})")
+        _table(
+            f"{len(rows)} relations in {scan}",
+            ["subject", "relation", "object", "score", "distance", "gap", "overlap"],
+            [
+                [
+                    r["subject_id"],
+                    r["relation"],
+                    r["object_id"],
+                    f"{r['score']:.3f}",
+                    f"{r['distance']:.3f}",
+                    f"{r['gap']:.3f}",
+                    f"{r['overlap']:.2f}",
+                ]
+                for r in rows
+            ],  # fmt: skip
+        )
+
+    @app.command()
     def reindex(db: DbOpt = None, json_out: JsonOpt = False) -> None:
         """Rebuild every vector index from the database (re-choosing exact or IVF search)."""
         with _connect(db) as database:
             spaces = database.reindex()
             kinds = database.index_kinds()
+            built = database.relations_built
         if json_out:
-            _echo_json({"rebuilt": spaces, "index": kinds})
+            _echo_json({"rebuilt": spaces, "index": kinds, "relations_built": built})
         else:
             typer.echo(f"rebuilt {len(spaces)} indexes: " + ", ".join(f"{s} ({kinds[s]})" for s in spaces))
+            if built:
+                typer.echo(f"built spatial relations of {len(built)} scans: {', '.join(built)}")
 
     @app.command()
     def check(db: DbOpt = None, json_out: JsonOpt = False) -> None:

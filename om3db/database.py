@@ -337,9 +337,35 @@ class Database:
         """Delete a scan with its instances and vectors; returns how many instances were removed."""
         return self._store.remove_scan(scan)
 
-    def reindex(self) -> list[str]:
-        """Rebuild every FAISS index from SQLite (re-choosing exact / IVF); returns the spaces rebuilt."""
-        return self._store.reindex()
+    def reindex(self, *, relations: bool = True) -> list[str]:
+        """Rebuild every FAISS index from SQLite (re-choosing exact / IVF); returns the spaces rebuilt.
+
+        relations: also build the spatial relations of scans ingested before they existed (their points are
+        read again from the scan folder); see :meth:`relations_built`."""
+        spaces = self._store.reindex()
+        self.relations_built = self._build_missing_relations() if relations else []
+        return spaces
+
+    relations_built: list[str] = []
+    """Scans whose relations the last :meth:`reindex` built."""
+
+    def _build_missing_relations(self) -> list[str]:
+        from .relations import scan_relations
+        from .scan import read_scan
+
+        done = []
+        for name in self._store.scans_without_relations():
+            info = self._store.scan_infos(names=[name])[0]
+            fused = info.fused_ply if info.fused_ply and Path(info.fused_ply).is_file() else None
+            scan = read_scan(
+                info.path, masks=False, check_all_images=False, format=info.source_format,
+                fused_dir=self.path / "fused", ply=fused,
+            )  # fmt: skip
+            insts = self._store.instances(scan=name)
+            rel = scan_relations(scan.points, [scan.points[i.point_indices] for i in insts])
+            self._store.set_relations(name, rel)
+            done.append(name)
+        return done
 
     def check(self):
         """Check every part of the database without changing it: SQLite integrity, every stored blob
@@ -375,8 +401,25 @@ class Database:
         encoder=None,
         space: str | None = None,
         template: str = DEFAULT_TEMPLATE,
+        on: str | None = None,
+        near: str | None = None,
+        inside: str | None = None,
+        above: str | None = None,
+        below: str | None = None,
+        next_to: str | None = None,
+        relation: tuple[str, str] | None = None,
+        within: float | None = None,
+        without: Sequence[str] | str = (),
+        count_at_least: int | None = None,
+        match: float = 0.5,
+        candidates: int = 1000,
     ) -> list[Hit]:
         """The k instances most similar to a text (SigLIP) or an image (DINOv2, or ``space="siglip"``).
+
+        Spatial relations (docs/python-api.md): ``on=``, ``near=``, ``inside=``, ``above=``, ``below=``,
+        ``next_to=`` (one of them, a noun phrase) or ``relation=(name, text)``; ``within=`` metres;
+        ``without=`` noun phrase(s) a scan must not hold; ``count_at_least=`` subjects per scan. With any of
+        these the result is a list of ``SceneMatch`` (per scan, best first; k scans at most).
 
         region: ((xmin, ymin, zmin), (xmax, ymax, zmax)) world metres; region_mode "intersects" (bbox
         overlaps) or "centroid" (centroid inside). min_score: drop hits with a lower similarity.
@@ -398,10 +441,46 @@ class Database:
             encoder=encoder,
             space=space,
             template=template,
+            **_relation_args(on, near, inside, above, below, next_to, relation),
+            max_distance=within,
+            excluded=(without,) if isinstance(without, str) else tuple(without),
+            min_count=count_at_least,
+            match=match,
+            candidates=candidates,
         )
         return q.to_list()
 
+    def relations(self, scan: str) -> list[dict]:
+        """Every stored spatial relation of a scan: subject and object instance ids, relation, score and
+        evidence (distance, gap, overlap). ``same_scan`` holds for every pair and is not listed."""
+        if not self._store.scan_infos(names=[scan]):
+            raise NotFoundError(
+                f"{self.path}: no scan named {scan!r}. The scans it holds: {self._store.scan_list_text()}"
+            )
+        if scan in self._store.scans_without_relations([scan]):
+            from .relations.query import RelationsMissingError
+
+            raise RelationsMissingError(
+                f"{self.path}: scan {scan!r} has no spatial relations (ingested before om3db computed them). "
+                "Run `om3db reindex` (db.reindex()) to build them"
+            )
+        return self._store.relation_rows(scan)
+
+    def instance_geometry(self, instance_id: int) -> dict | None:
+        """An instance's geometry in its scan's gravity frame (aabb, z range, yaw box, footprint hull, volume),
+        None before its scan's relations were built."""
+        return self._store.instance_geometry(instance_id)
+
+    def gravity(self, scan: str) -> dict | None:
+        """A scan's up axis ({"up", "source", "settings"}), None before its relations were built."""
+        return self._store.gravity(scan)
+
     def _run_query(self, q: Query) -> list[Hit]:
+        if q.is_relational:
+            from .relations.query import run_relational
+
+            self._store.space(q.space_name, "instance")
+            return run_relational(self, q)
         space = q.space_name
         self._store.space(space, "instance")  # a clear error on an empty database before loading a model
         if q.filters.scans is not None:
@@ -583,6 +662,19 @@ class Database:
             "instances": sum(s.instances for s in scans),
             "spaces": spaces,
         }
+
+
+def _relation_args(on, near, inside, above, below, next_to, relation) -> dict:
+    """search()'s relation keywords as Query fields; at most one may be given."""
+    given = [(n, t) for n, t in (("on", on), ("near", near), ("in", inside), ("above", above), ("below", below),
+                                 ("next_to", next_to)) if t is not None]  # fmt: skip
+    if relation is not None:
+        if not (isinstance(relation, (tuple, list)) and len(relation) == 2):
+            raise ConfigError(f"relation must be (name, noun phrase), e.g. ('on', 'a table'), got {relation!r}")
+        given.append(tuple(relation))
+    if len(given) > 1:
+        raise ConfigError(f"one relation per query, got {', '.join(n for n, _ in given)}")
+    return {"relation": given[0][0], "relation_object": given[0][1]} if given else {}
 
 
 _HIGHLIGHT = [

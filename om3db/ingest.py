@@ -366,6 +366,14 @@ def _aggregate(scan, masks, active, sel, boxes, level_vecs, *, encoders, config,
     return instances, without_view
 
 
+def _relations(scan, instances):
+    """Gravity, instance geometry and spatial relations of the stored instances (``om3db.relations``)."""
+    from .relations import scan_relations
+
+    up = (getattr(scan, "capture_info", None) or {}).get("up")
+    return scan_relations(scan.points, [scan.points[i.point_indices] for i in instances], capture_up=up)
+
+
 def ingest_scan(
     scan,
     *,
@@ -433,6 +441,9 @@ def ingest_scan(
         progress=progress,
     )
     timer.add("aggregate", t)
+    t = time.perf_counter()
+    relations = _relations(scan, instances)
+    timer.add("relations", t)
 
     report = IngestReport(
         scan=scan.name,
@@ -464,6 +475,7 @@ def ingest_scan(
         report=report,
         num_points=scan.num_points,
         frame_count=scan.frames_on_disk,
+        relations=relations,
     )
 
 

@@ -127,8 +127,24 @@ class Query:
     space: str | None = None
     """Vector space: 'siglip' (text default) or 'dinov2' (image default)."""
     template: str = DEFAULT_TEMPLATE
+    relation: str | None = None
+    """Spatial relation the subject must stand in to ``relation_object`` (``om3db.relations.RELATIONS``)."""
+    relation_object: str | None = None
+    """The object's noun phrase (a text vector search)."""
+    max_distance: float | None = None
+    """Metres: the relation's stored distance must be at most this (``within``)."""
+    excluded: tuple[str, ...] = ()
+    """Noun phrases that must have no match in a scan for it to be returned (``without``)."""
+    min_count: int | None = None
+    """A scan is returned only with at least this many distinct matching subjects (``count_at_least``)."""
+    candidates: int = 1000
+    """Relational queries: how many best instances each noun phrase's vector search considers."""
+    match: float = 0.5
+    """Relational queries: an instance matches a noun phrase when its similarity is at least this fraction
+    of the phrase's best similarity (and at least ``filters.min_score``)."""
 
     def __post_init__(self) -> None:
+        self._check_relational()
         if (self.text is None) == (self.image is None):
             raise ConfigError("a query needs exactly one of text= or image=")
         if self.text is not None:
@@ -181,12 +197,77 @@ class Query:
         changes = {"encoder": encoder, "space": space, "template": template}
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
+    def _check_relational(self) -> None:
+        from .relations.query import check_distance, check_relation
+
+        if self.relation is not None:
+            check_relation(self.relation)
+            if not isinstance(self.relation_object, str) or not self.relation_object.strip():
+                raise ConfigError(f"relation {self.relation!r} needs an object: what the subject is {self.relation} of")
+        if self.max_distance is not None:
+            check_distance(self.max_distance)
+            if self.relation is None:
+                raise ConfigError("within= needs a relation to measure, e.g. near='a desk', within=0.5")
+        if isinstance(self.excluded, str):
+            object.__setattr__(self, "excluded", (self.excluded,))
+        object.__setattr__(self, "excluded", tuple(self.excluded))
+        if not all(isinstance(t, str) and t.strip() for t in self.excluded):
+            raise ConfigError(f"without= takes noun phrases, got {self.excluded!r}")
+        for name, value in (("count_at_least", self.min_count), ("candidates", self.candidates)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1):
+                raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
+        if isinstance(self.match, bool) or not isinstance(self.match, numbers.Real) or not 0 <= self.match <= 1:
+            raise ConfigError(f"match must be a fraction in [0, 1], got {self.match!r}")
+
+    @property
+    def is_relational(self) -> bool:
+        """True when the query names a relation, ``without`` or ``count_at_least``: it returns scans."""
+        return self.relation is not None or bool(self.excluded) or self.min_count is not None
+
+    def related(self, relation: str, text: str) -> Query:
+        """The subject must stand in ``relation`` (on, in, near, next_to, above, below, same_scan) to ``text``."""
+        return dataclasses.replace(self, relation=relation, relation_object=text)
+
+    def on(self, text: str) -> Query:
+        return self.related("on", text)
+
+    def inside(self, text: str) -> Query:
+        return self.related("in", text)
+
+    def near(self, text: str, within: float | None = None) -> Query:
+        q = self.related("near", text)
+        return q if within is None else q.within(within)
+
+    def next_to(self, text: str) -> Query:
+        return self.related("next_to", text)
+
+    def above(self, text: str) -> Query:
+        return self.related("above", text)
+
+    def below(self, text: str) -> Query:
+        return self.related("below", text)
+
+    def in_same_scan_as(self, text: str) -> Query:
+        return self.related("same_scan", text)
+
+    def within(self, metres: float) -> Query:
+        """The relation's distance (minimum point distance) must be at most ``metres``."""
+        return dataclasses.replace(self, max_distance=metres)
+
+    def without(self, text: str) -> Query:
+        """Drop scans holding a match for ``text`` (repeatable)."""
+        return dataclasses.replace(self, excluded=(*self.excluded, text))
+
+    def count_at_least(self, n: int) -> Query:
+        """Keep scans with at least ``n`` distinct matching subjects."""
+        return dataclasses.replace(self, min_count=n)
+
     @property
     def space_name(self) -> str:
         return self.space or ("siglip" if self.text is not None else "dinov2")
 
     def to_list(self) -> list[Hit]:
-        """Run the query: hits, best first."""
+        """Run the query: hits, best first (relational queries: ``SceneMatch`` per scan, best first)."""
         return self.database._run_query(self)
 
     def __iter__(self) -> Iterator[Hit]:

@@ -152,3 +152,5 @@ class IngestResult:
     report: IngestReport
     num_points: int
     frame_count: int
+    relations: object = field(default=None, repr=False)
+    """``om3db.relations.ScanRelations``: gravity, instance geometry and relations (None: not computed)."""

@@ -159,10 +159,10 @@ def test_out_of_date_schema_refused_then_upgraded(tmp_path, capsys, monkeypatch)
         1,
         "",
         f"Error: {db}: database schema is out of date (revision 0001, this om3db "
-        f"needs 0003). Upgrade it with om3db.upgrade_database('{db}') (the CLI's `om3db db upgrade`)\n",
+        f"needs 0004). Upgrade it with om3db.upgrade_database('{db}') (the CLI's `om3db db upgrade`)\n",
     )
-    assert run(capsys, "db", "upgrade") == (0, "upgraded database schema from revision 0001 to 0003\n", "")
-    assert run(capsys, "db", "upgrade") == (0, "database schema already at revision 0003\n", "")
+    assert run(capsys, "db", "upgrade") == (0, "upgraded database schema from revision 0001 to 0004\n", "")
+    assert run(capsys, "db", "upgrade") == (0, "database schema already at revision 0004\n", "")
     assert run(capsys, "scans", "--json") == (0, "[]\n", "")
 
 
@@ -208,8 +208,5 @@ def test_read_commands_do_not_create_a_database(tmp_path, capsys):
     for argv in (["search", "mug"], ["scans"], ["show", "1"], ["info"]):
         code, _, err = run(capsys, *argv, "--db", missing)
         assert code == 1
-        assert (
-            err.strip()
-            == f"Error: {missing}: no om3db database here. Create one by ingesting scans into it"
-        )
+        assert err.strip() == f"Error: {missing}: no om3db database here. Create one by ingesting scans into it"
     assert not missing.exists()

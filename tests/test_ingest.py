@@ -131,7 +131,7 @@ def test_records_and_report(box_result, synth_path):
     assert rep.frames_skipped == {"frame step": 10, "non-finite pose": 0, "non-rigid pose": 0}
     assert rep.masks_total == gt.num_objects and rep.masks_without_view == [] and rep.masks_too_small == []
     assert rep.crops == 3 * sum(len(i.views) for i in r.instances)
-    assert set(rep.seconds_per_stage) == {"load", "views", "crops", "embed", "aggregate"}
+    assert set(rep.seconds_per_stage) == {"load", "views", "crops", "embed", "aggregate", "relations"}
     assert r.encoders["siglip"].model_id == "fake-color"
     assert r.settings["crop"]["mode"] == "box" and r.settings["mask_source"] == "scan"
     json.dumps(r.settings)

@@ -110,7 +110,7 @@ def test_newer_schema_refused(pg_url, tmp_path):
     with pytest.raises(SchemaOutOfDateError) as err:
         om3db.connect(pg_url, vectors=tmp_path / "v2")
     assert str(err.value) == (
-        f"{_redacted(pg_url)}: database schema revision 9999 is newer than this om3db knows (newest 0003). Upgrade om3db"
+        f"{_redacted(pg_url)}: database schema revision 9999 is newer than this om3db knows (newest 0004). Upgrade om3db"
     )
     assert not (tmp_path / "v2" / "indexes").exists() or not list((tmp_path / "v2" / "indexes").iterdir())
 
@@ -267,7 +267,7 @@ def test_many_processes_create_one_new_database_at_once(pg_url, tmp_path):
         futures = [pool.submit(_open_and_count, pg_url, str(tmp_path / f"c{i}")) for i in range(4)]
         assert [f.result(timeout=120) for f in futures] == [0, 0, 0, 0]
     with om3db.connect(pg_url, vectors=tmp_path / "after") as db:
-        assert db._store.schema_revision() == "0003"
+        assert db._store.schema_revision() == "0004"
 
 
 def _open_and_count(url: str, vectors: str) -> int:

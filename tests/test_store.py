@@ -93,7 +93,7 @@ def test_old_revision_refused_with_upgrade_command(db_target):
         db_target.store()
     where = redact_url(url) if db_target.backend == "postgresql" else str(db)
     assert str(err.value) == (
-        f"{where}: database schema is out of date (revision 0001, this om3db needs 0003). Upgrade it with om3db.upgrade_database('{where}') (the CLI's `om3db db upgrade`)"
+        f"{where}: database schema is out of date (revision 0001, this om3db needs 0004). Upgrade it with om3db.upgrade_database('{where}') (the CLI's `om3db db upgrade`)"
     )
 
 

@@ -29,6 +29,7 @@ from .indexlog import Step
 from .lock import ReadOnlyError, WriterLock
 from .pglock import PgWriterLock, lock_writes
 from .reads import StoreReads
+from .relations import StoreRelations, write_relations
 from .spaceindex import AddWorker, SpaceIndex, apply_step
 from .vectors import DEFAULT_IVF_THRESHOLD, VectorIndex
 from .writer import pack_indices, pack_scan, unpack_indices, view_owner, write_rows_core, write_rows_sqlite
@@ -118,7 +119,7 @@ def identity_matches(stored: EncoderIdentity, other: EncoderIdentity) -> bool:
     return same
 
 
-class Store(StoreReads, StoreCheck):
+class Store(StoreReads, StoreCheck, StoreRelations):
     """A database directory: ``om3db.sqlite`` (or ``url``), ``indexes/*.faiss`` and ``write.lock``."""
 
     def __init__(
@@ -569,6 +570,8 @@ class Store(StoreReads, StoreCheck):
                     conn = s.connection()
                     raw = self.raw_sqlite and conn.dialect.name == "sqlite"
                     added = (write_rows_sqlite if raw else write_rows_core)(conn, scan_id, batch, spaces)
+                    if getattr(result, "relations", None) is not None:  # same transaction as the scan
+                        write_relations(conn, scan_id, result.relations)
                     touched = self._bump(s, {r.id for r in spaces} | set(gone))
                     _checkpoint("rows_written")
             except Exception as exc:  # disk full, I/O error, lost server: nothing of this scan is committed

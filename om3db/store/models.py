@@ -12,6 +12,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     String,
@@ -20,7 +21,16 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-__all__ = ["Base", "ScanRow", "InstanceRow", "SpaceRow", "VectorBlock"]
+__all__ = [
+    "Base",
+    "ScanRow",
+    "InstanceRow",
+    "SpaceRow",
+    "VectorBlock",
+    "ScanGravityRow",
+    "InstanceGeometryRow",
+    "RelationRow",
+]
 
 
 def _now() -> dt.datetime:
@@ -130,3 +140,67 @@ class VectorBlock(Base):
     """(count,) little-endian int64 FAISS ids."""
     data: Mapped[bytes] = mapped_column(LargeBinary)
     """(count, dim) little-endian float16, row i for ids[i]."""
+
+
+class ScanGravityRow(Base):
+    """A scan's up axis and the settings its relations were built with. A ready scan without this row
+    was ingested before relations existed (``om3db reindex`` builds them)."""
+
+    __tablename__ = "scan_gravity"
+
+    scan_id: Mapped[int] = mapped_column(ForeignKey("scans.id", ondelete="CASCADE"), primary_key=True)
+    up_x: Mapped[float] = mapped_column(Float)
+    up_y: Mapped[float] = mapped_column(Float)
+    up_z: Mapped[float] = mapped_column(Float)
+    source: Mapped[str] = mapped_column(String(16))
+    """'capture' | 'floor' (RANSAC floor plane) | 'default' (+z assumed)."""
+    settings: Mapped[dict] = mapped_column(JSON)
+    """The ``RelationConfig`` used, and the seconds relation building took."""
+
+
+class InstanceGeometryRow(Base):
+    """One instance's geometry in its scan's gravity frame (metres)."""
+
+    __tablename__ = "instance_geometry"
+
+    instance_id: Mapped[int] = mapped_column(ForeignKey("instances.id", ondelete="CASCADE"), primary_key=True)
+    scan_id: Mapped[int] = mapped_column(ForeignKey("scans.id", ondelete="CASCADE"), index=True)
+    min_x: Mapped[float] = mapped_column(Float)
+    min_y: Mapped[float] = mapped_column(Float)
+    min_z: Mapped[float] = mapped_column(Float)
+    max_x: Mapped[float] = mapped_column(Float)
+    max_y: Mapped[float] = mapped_column(Float)
+    max_z: Mapped[float] = mapped_column(Float)
+    yaw: Mapped[float] = mapped_column(Float)
+    box: Mapped[dict] = mapped_column(JSON)
+    """The yaw-oriented box: {"center": [x, y, z], "extent": [ex, ey, ez]}."""
+    footprint_area: Mapped[float] = mapped_column(Float)
+    volume: Mapped[float] = mapped_column(Float)
+    footprint: Mapped[bytes] = mapped_column(LargeBinary)
+    """(H, 2) little-endian float32 convex hull in the floor plane."""
+    sample: Mapped[bytes] = mapped_column(LargeBinary)
+    """(S, 3) little-endian float32 voxel sample of the instance's points (gravity frame)."""
+
+
+class RelationRow(Base):
+    """``subject`` stands in ``relation`` to ``object`` (two instances of one scan), with its evidence."""
+
+    __tablename__ = "relations"
+    __table_args__ = (
+        Index("ix_relations_relation_subject", "relation", "subject_id"),
+        Index("ix_relations_relation_object", "relation", "object_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    scan_id: Mapped[int] = mapped_column(ForeignKey("scans.id", ondelete="CASCADE"), index=True)
+    subject_id: Mapped[int] = mapped_column(ForeignKey("instances.id", ondelete="CASCADE"))
+    object_id: Mapped[int] = mapped_column(ForeignKey("instances.id", ondelete="CASCADE"))
+    relation: Mapped[str] = mapped_column(String(16))
+    """on | in | near | next_to | above | below."""
+    score: Mapped[float] = mapped_column(Float)
+    distance: Mapped[float] = mapped_column(Float)
+    """Minimum distance between the two instances' points (metres)."""
+    gap: Mapped[float] = mapped_column(Float)
+    """Subject bottom minus object top along up (metres)."""
+    overlap: Mapped[float] = mapped_column(Float)
+    """Fraction of the subject's footprint over the object's ('in': fraction inside its hull)."""

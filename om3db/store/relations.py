@@ -1,0 +1,256 @@
+"""The store's relation tables: gravity per scan, geometry per instance, relations with evidence.
+
+Written in the same transaction as their scan (``write_relations`` from ``Store.write_scan``), or later
+by ``set_relations`` (``om3db reindex`` for scans ingested before relations existed). The relational
+join of a query runs here (``relation_pairs``), so ``database`` and ``query`` never touch SQL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from ..errors import NotFoundError
+
+__all__ = ["StoreRelations", "write_relations"]
+
+
+def write_relations(conn, scan_id: int, rel) -> int:
+    """Insert a scan's gravity, geometry and relation rows (``rel``: ``ScanRelations``); returns the
+    relation count. Instance ids are the scan's, in insertion order (the order of ``result.instances``)."""
+    from sqlalchemy import insert, select
+
+    from .models import InstanceGeometryRow, InstanceRow, RelationRow, ScanGravityRow
+
+    ids = [
+        r[0]
+        for r in conn.execute(select(InstanceRow.id).where(InstanceRow.scan_id == scan_id).order_by(InstanceRow.id))
+    ]
+    if len(ids) != len(rel.geometry):
+        raise ValueError(f"scan {scan_id}: {len(rel.geometry)} geometries for {len(ids)} instances")
+    g = rel.gravity
+    settings = {
+        "config": rel.config.to_dict(),
+        "seconds": round(float(rel.seconds), 4),
+        "floor_inliers": g.floor_inliers,
+    }
+    conn.execute(
+        insert(ScanGravityRow),
+        [
+            {
+                "scan_id": scan_id,
+                "up_x": g.up[0],
+                "up_y": g.up[1],
+                "up_z": g.up[2],
+                "source": g.source,
+                "settings": settings,
+            }
+        ],
+    )
+    if ids:
+        conn.execute(
+            insert(InstanceGeometryRow),
+            [
+                {
+                    "instance_id": i,
+                    "scan_id": scan_id,
+                    "min_x": m.aabb_min[0],
+                    "min_y": m.aabb_min[1],
+                    "min_z": m.aabb_min[2],
+                    "max_x": m.aabb_max[0],
+                    "max_y": m.aabb_max[1],
+                    "max_z": m.aabb_max[2],
+                    "yaw": m.yaw,
+                    "box": {"center": list(m.obb_center), "extent": list(m.obb_extent)},
+                    "footprint_area": m.footprint_area,
+                    "volume": m.volume,
+                    "footprint": np.ascontiguousarray(m.footprint, dtype="<f4").tobytes(),
+                    "sample": np.ascontiguousarray(m.sample, dtype="<f4").tobytes(),
+                }  # fmt: skip
+                for i, m in zip(ids, rel.geometry, strict=True)
+            ],
+        )
+    rows = [
+        {
+            "scan_id": scan_id,
+            "subject_id": ids[r.subject],
+            "object_id": ids[r.object],
+            "relation": r.relation,
+            "score": float(r.score),
+            "distance": float(r.distance),
+            "gap": float(r.gap),
+            "overlap": float(r.overlap),
+        }  # fmt: skip
+        for r in rel.relations
+    ]
+    if rows:
+        conn.execute(insert(RelationRow), rows)
+    return len(rows)
+
+
+class StoreRelations:
+    """Relation reads and writes of :class:`om3db.store.Store` (mixed in)."""
+
+    def set_relations(self, scan: str, rel) -> int:
+        """Replace one ready scan's gravity, geometry and relations (writer lock taken); returns the count."""
+        from sqlalchemy import delete, select
+
+        from .models import InstanceGeometryRow, RelationRow, ScanGravityRow, ScanRow
+
+        with self.lock:
+            with self.session() as s, s.begin():
+                self._lock_writes(s)
+                scan_id = s.scalar(select(ScanRow.id).where(ScanRow.name == scan, ScanRow.status == "ready"))
+                if scan_id is None:
+                    raise NotFoundError(f"{self.where}: no scan named {scan!r}")
+                for table in (RelationRow, InstanceGeometryRow, ScanGravityRow):
+                    s.execute(delete(table).where(table.scan_id == scan_id))
+                return write_relations(s.connection(), scan_id, rel)
+
+    def scans_without_relations(self, names: Sequence[str] | None = None) -> list[str]:
+        """Ready scans (of ``names``, or all) with no relations built: ingested before they existed."""
+        from sqlalchemy import select
+
+        from .models import ScanGravityRow, ScanRow
+
+        q = (
+            select(ScanRow.name)
+            .outerjoin(ScanGravityRow, ScanGravityRow.scan_id == ScanRow.id)
+            .where(ScanRow.status == "ready", ScanGravityRow.scan_id.is_(None))
+            .order_by(ScanRow.name)
+        )
+        if names is not None:
+            q = q.where(ScanRow.name.in_(list(names)))
+        with self.engine.connect() as conn:
+            return [r[0] for r in conn.execute(q)]
+
+    def gravity(self, scan: str) -> dict | None:
+        """{"up": (x, y, z), "source": ..., "settings": ...} of a ready scan, None before relations were built."""
+        from sqlalchemy import select
+
+        from .models import ScanGravityRow, ScanRow
+
+        q = select(ScanGravityRow).join(ScanRow, ScanRow.id == ScanGravityRow.scan_id).where(ScanRow.name == scan)
+        with self.session() as s:
+            r = s.scalars(q).first()
+            if r is None:
+                return None
+            return {"up": (r.up_x, r.up_y, r.up_z), "source": r.source, "settings": dict(r.settings or {})}
+
+    def instance_geometry(self, instance_id: int) -> dict | None:
+        """An instance's gravity-frame geometry (JSON-able), None when not built."""
+        from .models import InstanceGeometryRow
+
+        with self.session() as s:
+            r = s.get(InstanceGeometryRow, int(instance_id))
+            if r is None:
+                return None
+            sample = np.frombuffer(r.sample, dtype="<f4").reshape(-1, 3)
+            return {
+                "aabb_min": (r.min_x, r.min_y, r.min_z),
+                "aabb_max": (r.max_x, r.max_y, r.max_z),
+                "z_range": (r.min_z, r.max_z),
+                "yaw": r.yaw,
+                "box": dict(r.box),
+                "footprint": np.frombuffer(r.footprint, dtype="<f4").reshape(-1, 2).tolist(),
+                "footprint_area": r.footprint_area,
+                "volume": r.volume,
+                "sample_points": len(sample),
+            }
+
+    def relation_rows(self, scan: str) -> list[dict]:
+        """Every stored relation of a ready scan, by (relation, subject, object)."""
+        from sqlalchemy import select
+
+        from .models import RelationRow, ScanRow
+
+        q = (
+            select(RelationRow)
+            .join(ScanRow, ScanRow.id == RelationRow.scan_id)
+            .where(ScanRow.name == scan, ScanRow.status == "ready")
+            .order_by(RelationRow.relation, RelationRow.subject_id, RelationRow.object_id)
+        )
+        with self.engine.connect() as conn:
+            return [_row(r) for r in conn.execute(q)]
+
+    def relation_pairs(
+        self,
+        relation: str,
+        subjects: Sequence[int],
+        objects: Sequence[int],
+        *,
+        max_distance: float | None = None,
+    ) -> list[dict]:
+        """The join of a relational query: stored ``relation`` rows from any of ``subjects`` to any of
+        ``objects`` (distance at most ``max_distance``). ``same_scan``: every pair of distinct instances of one
+        ready scan (score 1, evidence: centroid distance)."""
+        from sqlalchemy import bindparam, select
+        from sqlalchemy.orm import aliased
+
+        from .models import InstanceRow, RelationRow, ScanRow
+
+        if not len(subjects) or not len(objects):
+            return []
+        subs = bindparam("subs", expanding=True)
+        objs = bindparam("objs", expanding=True)
+        params = {"subs": [int(i) for i in subjects], "objs": [int(i) for i in objects]}
+        if relation == "same_scan":
+            a, b = aliased(InstanceRow), aliased(InstanceRow)
+            q = (
+                select(a.id, b.id, ScanRow.name, a.centroid_x, a.centroid_y, a.centroid_z,
+                       b.centroid_x, b.centroid_y, b.centroid_z)
+                .join(b, (b.scan_id == a.scan_id) & (b.id != a.id))
+                .join(ScanRow, ScanRow.id == a.scan_id)
+                .where(a.id.in_(subs), b.id.in_(objs), ScanRow.status == "ready")
+            )  # fmt: skip
+            with self.engine.connect() as conn:
+                out = []
+                for r in conn.execute(q, params):
+                    d = float(np.linalg.norm(np.subtract(r[3:6], r[6:9])))
+                    if max_distance is None or d <= max_distance:
+                        out.append({"subject_id": r[0], "object_id": r[1], "scan": r[2], "relation": relation,
+                                    "score": 1.0, "distance": d, "gap": float("nan"), "overlap": float("nan")})  # fmt: skip
+                return out
+        q = (
+            select(RelationRow, ScanRow.name)
+            .join(ScanRow, ScanRow.id == RelationRow.scan_id)
+            .where(
+                RelationRow.relation == relation,
+                RelationRow.subject_id.in_(subs),
+                RelationRow.object_id.in_(objs),
+                ScanRow.status == "ready",
+            )
+        )
+        if max_distance is not None:
+            q = q.where(RelationRow.distance <= float(max_distance))
+        with self.engine.connect() as conn:
+            return [{**_row(r), "scan": r.name} for r in conn.execute(q, params)]
+
+    def instance_scans(self, ids: Sequence[int]) -> dict[int, str]:
+        """Instance id -> the name of its (ready) scan."""
+        from sqlalchemy import select
+
+        from .models import InstanceRow, ScanRow
+
+        if not len(ids):
+            return {}
+        q = (
+            select(InstanceRow.id, ScanRow.name)
+            .join(ScanRow, ScanRow.id == InstanceRow.scan_id)
+            .where(InstanceRow.id.in_([int(i) for i in ids]), ScanRow.status == "ready")
+        )
+        with self.engine.connect() as conn:
+            return {int(r[0]): r[1] for r in conn.execute(q)}
+
+
+def _row(r) -> dict:
+    return {
+        "subject_id": int(r.subject_id),
+        "object_id": int(r.object_id),
+        "relation": r.relation,
+        "score": float(r.score),
+        "distance": float(r.distance),
+        "gap": float(r.gap),
+        "overlap": float(r.overlap),
+    }

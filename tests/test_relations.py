@@ -1,0 +1,287 @@
+"""Spatial relations: geometry and relations against exact synthetic truth, the relational join of
+queries, cross-scan and negation scan sets, and the fake colour encoder end to end (issue 22)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import om3db
+from om3db.relations import RelationConfig, gravity_up, scan_relations
+from om3db.synth.arrangement import arrangement_scene, near_truth
+
+from .fakes import FakeColorEncoder
+
+SEEDS = (0, 1, 2)
+
+
+def _pairs(rel, name):
+    return {(int(r.subject), int(r.object)) for r in rel.relations if r.relation == name}
+
+
+def _pr(found: set, truth: set) -> tuple[float, float]:
+    tp = len(found & truth)
+    return (tp / len(found) if found else 1.0), (tp / len(truth) if truth else 1.0)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_relations_match_exact_truth(seed):
+    a = arrangement_scene(seed)
+    rel = scan_relations(a.points, a.instances)
+    assert rel.gravity.source == "floor" and np.dot(rel.gravity.up, (0, 0, 1)) > 1 - 1e-8
+    truth = {"on": a.on, "in": a.inside, "near": near_truth(a.instances, RelationConfig().near), "above": a.above}
+    for name, want in truth.items():
+        assert _pr(_pairs(rel, name), set(want)) == (1.0, 1.0), name
+    assert _pairs(rel, "below") == {(o, s) for s, o in a.above}
+    # the boundary: the sphere hovers 4.9 cm over its box (on), the cone 5.1 cm (above, not on)
+    gaps = {(r.subject, r.object): r.gap for r in rel.relations if r.relation == "above"}
+    assert sorted(round(g, 4) for g in gaps.values()) == [0.0, 0.049, 0.051]
+    on = _pairs(rel, "on")
+    assert not on & {(o, s) for s, o in on}  # antisymmetric
+    near = _pairs(rel, "near")
+    assert near == {(o, s) for s, o in near}  # symmetric
+    assert _pairs(rel, "next_to") == {(o, s) for s, o in _pairs(rel, "next_to")}
+    for r in rel.relations:
+        assert np.isfinite([r.score, r.distance, r.gap, r.overlap]).all() and 0 < r.score <= 1
+
+
+def _rotation(axis, degrees):
+    axis = np.asarray(axis, float) / np.linalg.norm(axis)
+    t = np.radians(degrees)
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    return np.eye(3) + np.sin(t) * k + (1 - np.cos(t)) * k @ k
+
+
+@pytest.mark.parametrize(("axis", "degrees"), [((0, 0, 1), 37.0), ((1, 0.3, 0), 25.0), ((0.2, 1, 0.1), -40.0)])
+def test_invariant_to_rigid_transform_and_tilted_up_axis(axis, degrees):
+    a = arrangement_scene(1)
+    base = scan_relations(a.points, a.instances)
+    rot, shift = _rotation(axis, degrees), np.array([3.0, -1.5, 0.7])
+    moved = scan_relations(a.points @ rot.T + shift, [p @ rot.T + shift for p in a.instances])
+    assert np.degrees(np.arccos(np.clip(np.dot(moved.gravity.up, rot @ [0, 0, 1]), -1, 1))) < 0.01
+    key = {(r.subject, r.object, r.relation): r for r in base.relations}
+    got = {(r.subject, r.object, r.relation): r for r in moved.relations}
+    assert set(got) == set(key)
+    for k, r in got.items():
+        assert abs(r.distance - key[k].distance) < 1e-6 and abs(r.gap - key[k].gap) < 1e-3, k
+        assert abs(r.overlap - key[k].overlap) < 0.05, k
+
+
+def test_gravity_from_the_capture_and_default():
+    a = arrangement_scene(0)
+    assert gravity_up(a.points, capture_up=(0, 0, 2)).source == "capture"
+    assert gravity_up(np.zeros((10, 3))).source == "default"
+    with pytest.raises(om3db.ConfigError, match="capture up axis"):
+        gravity_up(a.points, capture_up=(0, 0, 0))
+
+
+@pytest.mark.parametrize("bad", [{"near": -1.0}, {"on_gap": float("nan")}, {"in_fraction": 2.0}, {"near": 0}])
+def test_bad_relation_config_refused(bad):
+    with pytest.raises(om3db.ConfigError, match="RelationConfig"):
+        RelationConfig(**bad)
+
+
+# ------------------------------------------------------------------ database, fake colour encoder
+
+SEED37 = 37
+"""Tiny scenes of seed 37: scan 0 has red on blue, scan 1 red on orange, scan 2 blue on red (and more)."""
+
+
+@pytest.fixture(scope="module")
+def rel_db(tmp_path_factory):
+    from om3db.crops import CropConfig
+    from om3db.ingest import IngestConfig
+    from om3db.synth import write_scans
+
+    root = tmp_path_factory.mktemp("relsynth")
+    write_scans(root, scans=3, seed=SEED37, size="tiny")
+    path = tmp_path_factory.mktemp("reldb") / "db"
+    enc = FakeColorEncoder()
+    with om3db.connect(path) as db:
+        db.ingest(root, config=IngestConfig(frame_step=4, crop=CropConfig(mode="box")), siglip=enc, dinov2=False)
+    return path, root, enc
+
+
+def _truth(root):
+    from om3db.synth import load_gt
+
+    out = {}
+    for d in sorted(root.iterdir()):
+        gt = load_gt(d)
+        out[d.name] = gt
+    return out
+
+
+def _gt_on(gts) -> set:
+    return {
+        (scan, o["class_name"], gt.objects[o["support"]]["class_name"], i, o["support"])
+        for scan, gt in gts.items()
+        for i, o in enumerate(gt.objects)
+        if o["support"] != "floor"
+    }
+
+
+def _found(db, scenes) -> set:
+    out = set()
+    for m in scenes:
+        for h in m.hits:
+            assert h.scan == m.scan and h.evidence and np.isfinite(list(h.evidence.values())).all()
+            s, o = db.instance(h.subject.instance_id), db.instance(h.object.instance_id)
+            out.add((m.scan, s.mask_index, o.mask_index))
+    return out
+
+
+def test_red_on_blue_returns_exactly_the_ground_truth_pairs(rel_db):
+    path, root, enc = rel_db
+    gts = _truth(root)
+    truth = _gt_on(gts)
+    assert ("synth_37_0", "red", "blue") in {t[:3] for t in truth}
+    with om3db.connect(path) as db:
+        db.use_encoder("siglip", enc)
+        for top, support in sorted({t[1:3] for t in truth}):
+            scenes = db.search(f"a {top} object", on=f"a {support} object")
+            want = {(t[0], t[3], t[4]) for t in truth if t[1:3] == (top, support)}
+            assert _found(db, scenes) == want, (top, support)
+            assert [m.scan for m in scenes] == sorted({w[0] for w in want}, key=[m.scan for m in scenes].index)
+        # antisymmetric through the database: blue on red only where blue stands on red
+        flipped = {(t[0], t[3], t[4]) for t in truth if t[1:3] == ("blue", "red")}
+        assert _found(db, db.search("a blue object", on="a red object")) == flipped
+        # the same through the query object and the phrase's words
+        q = db.query(text="a red object").on("a blue object")
+        assert _found(db, q.to_list()) == {(t[0], t[3], t[4]) for t in truth if t[1:3] == ("red", "blue")}
+
+
+def test_every_stored_relation_matches_the_synthetic_on_truth(rel_db):
+    path, root, _ = rel_db
+    gts = _truth(root)
+    with om3db.connect(path) as db:
+        for scan, gt in gts.items():
+            mask = {i.id: i.mask_index for i in db.instances(scan)}
+            rows = db.relations(scan)
+            on = {(mask[r["subject_id"]], mask[r["object_id"]]) for r in rows if r["relation"] == "on"}
+            assert on == {(i, o["support"]) for i, o in enumerate(gt.objects) if o["support"] != "floor"}
+            for r in rows:
+                assert np.isfinite([r["score"], r["distance"], r["gap"], r["overlap"]]).all()
+            assert db.gravity(scan)["source"] == "floor"
+
+
+def test_cross_scan_negation_and_count_scan_sets(rel_db):
+    path, root, enc = rel_db
+    gts = _truth(root)
+    classes = {scan: set(gt.object_classes) for scan, gt in gts.items()}
+    with om3db.connect(path) as db:
+        db.use_encoder("siglip", enc)
+        for colour in ("blue", "orange", "pink", "cyan"):
+            got = {m.scan for m in db.search("a red object", without=f"a {colour} object")}
+            assert got == {s for s, c in classes.items() if "red" in c and colour not in c}, colour
+        got = {m.scan for m in db.search("a red object", relation=("same_scan", "a blue object"))}
+        assert got == {s for s, c in classes.items() if {"red", "blue"} <= c}
+        n = max(len(gt.objects) for gt in gts.values())
+        got = {m.scan for m in db.search("any object", count_at_least=n, match=0.0)}
+        assert got == {s for s, gt in gts.items() if len(gt.objects) >= n}
+        near = db.search("a red object", near="a blue object", within=0.5)
+        for m in near:
+            assert all(h.evidence["distance"] <= 0.5 for h in m.hits)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"relation": ("touching", "a table")}, "unknown relation 'touching'"),
+        ({"near": "a desk", "within": -0.1}, "within must be >= 0"),
+        ({"near": "a desk", "within": 1e6}, "absurd"),
+        ({"near": "a desk", "within": float("inf")}, "within must be a distance"),
+        ({"within": 0.5}, "within= needs a relation"),
+        ({"on": "a table", "near": "a desk"}, "one relation per query"),
+        ({"count_at_least": 0}, "count_at_least must be an integer >= 1"),
+    ],
+)
+def test_bad_relational_queries_are_typed_errors(rel_db, kwargs, message):
+    path, _, enc = rel_db
+    with om3db.connect(path) as db:
+        db.use_encoder("siglip", enc)
+        with pytest.raises(om3db.ConfigError, match=message):
+            db.search("a red object", **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("phrase", "message"),
+    [
+        ("a mug on", "no noun after 'on'"),
+        ("a mug on a", "no noun after 'on'"),
+        ("on a table", "no noun before 'on'"),
+        ("a desk but no", "no noun after 'but no'"),
+        ("a mug on a table near a lamp", "one relation per phrase"),
+        ("   ", "the phrase is empty"),
+    ],
+)
+def test_bad_phrases(phrase, message):
+    from om3db.relations.query import parse_phrase
+
+    with pytest.raises(om3db.ConfigError, match=message):
+        parse_phrase(phrase)
+
+
+def test_phrase_grammar():
+    from om3db.relations.query import parse_phrase
+
+    r = parse_phrase("a mug on top of a table")
+    assert (r.subject, r.relation, r.object, r.without) == ("a mug", "on", "a table", ())
+    r = parse_phrase("a chair next to a desk but no lamp")
+    assert (r.subject, r.relation, r.object, r.without) == ("a chair", "next_to", "a desk", ("lamp",))
+    assert parse_phrase("a cup under a shelf").relation == "below"
+    assert parse_phrase("a sofa").relation is None
+    assert "relation 'on' (join in the database)" in parse_phrase("a mug on a table").explain()
+
+
+def _forget_relations(db_dir) -> None:
+    """Make the database look ingested before relations existed (their tables empty, as after upgrade)."""
+    import sqlite3
+
+    with sqlite3.connect(db_dir / "om3db.sqlite") as conn:
+        for table in ("relations", "instance_geometry", "scan_gravity"):
+            conn.execute(f"DELETE FROM {table}")
+
+
+def test_database_without_relations_says_to_reindex(rel_db, tmp_path):
+    import shutil
+
+    path, _, enc = rel_db
+    copy = tmp_path / "db"
+    shutil.copytree(path, copy)
+    _forget_relations(copy)
+    with om3db.connect(copy) as db:
+        db.use_encoder("siglip", enc)
+        with pytest.raises(om3db.StoreError, match=r"Run `om3db reindex`"):
+            db.search("a red object", on="a blue object")
+        with pytest.raises(om3db.StoreError, match=r"Run `om3db reindex`"):
+            db.relations("synth_37_0")
+        before = db.scans()
+        db.reindex()
+        assert db.relations_built == ["synth_37_0", "synth_37_1", "synth_37_2"]
+        assert [(s.name, s.instances) for s in db.scans()] == [(s.name, s.instances) for s in before]
+        assert {m.scan for m in db.search("a red object", on="a blue object")} == {"synth_37_0"}
+
+
+def test_real_capture_relations_run_with_finite_evidence(labelfusion_path):
+    """Real sensor noise and holes (LabelFusion shelf): instances are the points of 12 cm cells."""
+    from om3db.scan import read_scan
+
+    scan = read_scan(labelfusion_path)
+    pts = scan.points.astype(np.float64)
+    cell = np.floor(pts / 0.12).astype(np.int64)
+    _, inverse, counts = np.unique(cell, axis=0, return_inverse=True, return_counts=True)
+    inverse = inverse.ravel()
+    keep = np.flatnonzero(counts >= 200)[:80]
+    instances = [pts[inverse == k] for k in keep]
+    rel = scan_relations(pts, instances)
+    assert rel.gravity.source in ("floor", "default") and np.isfinite(rel.gravity.up).all()
+    assert len(rel.geometry) == len(instances) and rel.relations
+    for g in rel.geometry:
+        assert np.isfinite([*g.aabb_min, *g.aabb_max, g.yaw, g.volume, g.footprint_area]).all()
+        assert np.isfinite(g.sample).all() and np.isfinite(g.footprint).all()
+    for r in rel.relations:
+        assert np.isfinite([r.score, r.distance, r.gap, r.overlap]).all(), r
+    assert _pairs(rel, "near") == {(o, s) for s, o in _pairs(rel, "near")}
+    on = _pairs(rel, "on")
+    assert not on & {(o, s) for s, o in on}
