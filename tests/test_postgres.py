@@ -149,7 +149,10 @@ from tests.test_store import make_result
 with om3db.connect({url!r}, vectors={vectors!r}, lock_timeout=60) as db:
     db.scans()
     print("READY", flush=True)
+    deadline = time.time() + 300
     while not os.path.exists({go!r}):
+        if time.time() > deadline:
+            sys.exit("no go signal")
         time.sleep(0.01)
     t0 = time.time()
     for i in range({n}):
@@ -166,14 +169,20 @@ def test_two_writer_processes_at_once(pg_url, tmp_path, shared_cache):
     for prefix, seed, folder in (("a", 0, folders[0]), ("b", 100, folders[1])):
         code = WRITER.format(repo=str(REPO), url=pg_url, vectors=str(folder), go=str(go), n=6, prefix=prefix, seed=seed)
         procs.append(subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE))
-    for p in procs:
-        assert p.stdout.readline().strip() == b"READY", p.stderr.read()
-    go.touch()
     windows = []
-    for p in procs:
-        out, err = p.communicate(timeout=240)
-        assert p.returncode == 0, err.decode()
-        windows.append([float(x) for x in out.split()[1:3]])
+    try:
+        for p in procs:
+            assert p.stdout.readline().strip() == b"READY", p.stderr.read()
+        go.touch()
+        for p in procs:
+            out, err = p.communicate(timeout=240)
+            assert p.returncode == 0, err.decode()
+            windows.append([float(x) for x in out.split()[1:3]])
+    finally:  # a failed start must not leave the other writer waiting for `go` forever
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
     (a0, a1), (b0, b1) = windows
     assert a0 < b1 and b0 < a1, windows  # the two writers' work overlapped in time
     for folder in [*folders, tmp_path / "reader"]:
