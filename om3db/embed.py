@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -30,6 +30,7 @@ __all__ = [
     "ENCODERS",
     "MODEL_PRESETS",
     "model_preset",
+    "compute_settings",
     "weights_hash",
     "resolve_dtype",
     "detect_cpu",
@@ -404,6 +405,29 @@ def model_preset(name: str) -> dict[str, str | None]:
     if name not in MODEL_PRESETS:
         raise ConfigError(f"unknown model preset {name!r}; choose one of {sorted(MODEL_PRESETS)}")
     return dict(MODEL_PRESETS[name])
+
+
+def compute_settings(encoders: Mapping[str, object], sam=None) -> dict:
+    """What ran in which dtype and why, for an ingest report / ``om3db info``; JSON-able.
+
+    ``{"cpu": {...detect_cpu().to_dict()}, "siglip": {"dtype": "bfloat16", "reason": "auto: ...",
+    "device": "cpu", "fused_linears": 329}, "dinov2": {...}, "sam": {...} or None}``; entries for objects
+    without these attributes (fakes in tests) say ``"dtype": None``.
+    """
+
+    def entry(model) -> dict:
+        return {
+            "dtype": getattr(model, "dtype_name", None)
+            or (model.dtype if isinstance(getattr(model, "dtype", None), str) else None),
+            "reason": getattr(model, "dtype_reason", None),
+            "device": str(getattr(model, "device", "")) or None,
+            "fused": getattr(model, "fused_linears", getattr(model, "fused", None)),
+        }
+
+    out: dict = {"cpu": detect_cpu().to_dict()}
+    out.update({name: entry(enc) for name, enc in encoders.items()})
+    out["sam"] = None if sam is None else {**entry(sam), "model_type": getattr(sam, "model_type", None)}
+    return out
 
 
 def load_encoder(

@@ -218,7 +218,9 @@ def load_sam(
 
     ``checkpoint`` is either an original segment-anything state dict (``sam_vit_h_4b8939.pth``), or a
     transformers ``SamModel``: a local ``save_pretrained`` directory or a Hugging Face hub id
-    (``facebook/sam-vit-base``, a SlimSAM checkpoint); both give the same predictor interface.
+    (``facebook/sam-vit-base``, a SlimSAM checkpoint); both give the same predictor interface. A str or
+    Path that is no existing file or directory is tried as a hub id unless it looks like a file path
+    (absolute, ``./``, ``~``, two or more ``/``, or a ``.pth`` / ``.pt`` / ``.bin`` name).
 
     ``model_type`` / ``config`` (.pth only): "auto" reads the architecture off the tensor shapes; a
     named type must match them; ``config`` sets a custom one. ``device="auto"``: CUDA when available,
@@ -236,7 +238,7 @@ def load_sam(
     text = str(checkpoint)
     path = Path(text).expanduser()
     if not path.is_file():
-        if path.is_dir() or not (isinstance(checkpoint, Path) or _looks_like_path(text) or path.exists()):
+        if path.is_dir() or not (_looks_like_path(text) or path.exists()):
             from om3db.sam_hf import load_hf_sam
 
             return load_hf_sam(text, device=dev, dtype=dtype, dtype_reason=reason, revision=revision, fuse=fuse)
@@ -445,11 +447,12 @@ class SamPredictor:
         return np.concatenate(masks), np.concatenate(ious).astype(np.float32)
 
     def predict_best(
-        self, point_coords: np.ndarray, point_labels: np.ndarray, *, chunk: int = 256
+        self, point_coords: np.ndarray, point_labels: np.ndarray, *, chunk: int | None = None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Best of R rounds per prompt group: ``point_coords`` (M, R, P, 2), ``point_labels`` (M, R, P) ->
         masks (M, H, W) bool of the round with the highest predicted IoU, that IoU (M,) float32 and
-        the round index (M,) int64. Only the M winning masks are upscaled to full resolution."""
+        the round index (M,) int64. Only the M winning masks are upscaled to full resolution. ``chunk``: prompts
+        per decoder call (default 32 on CPU, 256 on CUDA)."""
         import torch
 
         coords = np.asarray(point_coords, dtype=np.float64)
@@ -466,6 +469,9 @@ class SamPredictor:
             raise ConfigError(f"grouped SAM prompts need at least one round and one point, got shape {coords.shape}")
         flat_c, flat_l = coords.reshape(m * r, p, 2), labels.reshape(m * r, p)
         lows, ious = [], []
+        # the decoder repeats the (256, 64, 64) image embedding per prompt: 256 prompts hold 1 GB per
+        # intermediate, which a GPU absorbs and a CPU pays for in page faults; 32 keep it at 128 MB
+        chunk = chunk or (256 if self.device.type == "cuda" else 32)
         for s in range(0, m * r, chunk):
             low, iou = self._decode(flat_c[s : s + chunk], flat_l[s : s + chunk])
             lows.append(low)

@@ -352,3 +352,22 @@ def test_light_random_architectures():
         16,
         [7, 15, 23, 31],
     )
+
+
+def test_compute_settings_for_reports(tiny_siglip, tiny_dinov2, tiny_sam):
+    from om3db.embed import compute_settings
+
+    got = compute_settings({"siglip": tiny_siglip, "dinov2": tiny_dinov2}, tiny_sam)
+    assert set(got) == {"cpu", "siglip", "dinov2", "sam"} and "bf16_native" in got["cpu"]
+    assert got["siglip"] == {
+        "dtype": "float32",
+        "reason": "float32 requested",
+        "device": "cpu",
+        "fused": tiny_siglip.fused_linears,
+    }
+    assert got["sam"]["dtype"] == "float32" and got["sam"]["model_type"] == "custom"
+    assert compute_settings({"fake": object()})["fake"]["dtype"] is None
+    assert compute_settings({})["sam"] is None
+    import json
+
+    json.dumps(got)

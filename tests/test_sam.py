@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -331,5 +332,7 @@ def test_transformers_sam_errors(tmp_path, tiny_dinov2_dir):
         "segment-anything .pth (sam_vit_h_4b8939.pth), a directory written by transformers' "
         "SamModel.save_pretrained, or a hub id such as facebook/sam-vit-base"
     )
+    with pytest.raises(ModelLoadError, match=r"^om3db-test/not-a-cached-sam: neither a SAM \.pth"):
+        load_sam(Path("om3db-test/not-a-cached-sam"), device="cpu")  # the CLI passes Paths
     with pytest.raises(ModelLoadError, match=r"sam_vit_b\.pth: SAM checkpoint not found"):
         load_sam("models/sam_vit_b.pth")  # a path, not a hub id
