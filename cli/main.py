@@ -12,7 +12,7 @@ import typer.main
 
 from om3db.errors import Interrupted, Om3dbError
 
-from . import convert_cmd, db_cmds, demo_cmd, eval_cmd, synth_cmd
+from . import convert_cmd, db_cmds, demo_cmd, eval_cmd, synth_cmd, view_cmd
 
 app = typer.Typer(
     name="om3db",
@@ -29,7 +29,7 @@ def _root() -> None:
 
 
 # Each module adds its commands to `app`; they stay import-light (no torch at import).
-for _module in (synth_cmd, db_cmds, eval_cmd, demo_cmd, convert_cmd):
+for _module in (synth_cmd, db_cmds, eval_cmd, demo_cmd, convert_cmd, view_cmd):
     _module.register(app)
 
 
