@@ -674,6 +674,9 @@ def main(argv=None) -> int:
 def _dump(args, env, rows) -> None:
     meta = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     args.out.write_text(json.dumps({"env": env, "args": meta, "rows": rows}, indent=1))
+    from _plots import plot_query  # benchmarks/_plots.py: the recall-latency figure next to the JSON
+
+    plot_query(args.out)
 
 
 def fake_ingest_result(name: str, count: int, views: int, rng):

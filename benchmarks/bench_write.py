@@ -19,11 +19,13 @@ trained IVF, the steady state of a large database.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sqlite3
 import statistics
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -149,7 +151,9 @@ def main() -> None:
         help="instances already in the database (written and flushed untimed): steady-state adds",
     )
     ap.add_argument("--shapes", default="abc", help="which shapes to run (letters)")
+    ap.add_argument("--out", type=Path, default=None, help="write the rows as JSON here, and its figure as .png")
     args = ap.parse_args()
+    rows = []
     print(
         "| shape | instances | writes inst/s | writes + flush inst/s | store MB/s | flush s | raw sqlite3 inst/s "
         "| raw MB/s |" + (" Core path inst/s |" if args.core else "")
@@ -185,6 +189,15 @@ def main() -> None:
             )
             line += f" {total / c:,.0f} |"
         print(line, flush=True)
+        shape = f"{label}) {'+'.join(spaces)} {'instance + view' if keep else 'instance only'}"
+        rows.append({"shape": shape, "instances": total, "writes": total / w, "writes_flush": total / (w + f),
+                     "flush_s": f, "raw": total / r, "store_mb_s": mb / (w + f)})  # fmt: skip
+    if args.out:
+        from _plots import plot_write  # benchmarks/_plots.py: the throughput figure next to the JSON
+
+        meta = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+        args.out.write_text(json.dumps({"args": meta, "rows": rows}, indent=1))
+        print(f"wrote {args.out} and {plot_write(args.out)}")
 
 
 if __name__ == "__main__":

@@ -389,8 +389,10 @@ def register(app: typer.Typer) -> None:
         json_out: JsonOpt = False,
     ) -> None:
         """Search, then write each scan's points as PLY with the hits highlighted and each hit's best crop as PNG."""
-        with _connect(db) as database:
+        with _connect(db) as database, _Bars(enabled=not json_out) as bars:
+            bars.busy("search")
             hits = _query(database, text, image, k=k, aggregation=aggregation, scan=scan).to_list()
+            bars.busy(f"export {len(hits)} hits")
             files = database.export(hits, out)
         if json_out:
             _echo_json({"hits": [h.to_dict() for h in hits], "files": [str(f) for f in files]})
@@ -446,7 +448,8 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def reindex(db: DbOpt = None, json_out: JsonOpt = False) -> None:
         """Rebuild every vector index from the database (re-choosing exact or IVF search)."""
-        with _connect(db) as database:
+        with _connect(db) as database, _Bars(enabled=not json_out) as bars:
+            bars.busy("reindex")
             spaces = database.reindex()
             kinds = database.index_kinds()
             built = database.relations_built
@@ -532,6 +535,14 @@ class _Bars:
     def __exit__(self, *exc) -> None:
         if self._progress is not None:
             self._progress.stop()
+
+    def busy(self, label: str) -> None:
+        """A bar without a total (pulsing) for a step the library reports no progress of."""
+        if self._progress is None:
+            return
+        if "busy" not in self._tasks:
+            self._tasks["busy"] = self._progress.add_task(label, total=None)
+        self._progress.update(self._tasks["busy"], description=label)
 
     def update(self, scan: str, stage: str, done: int, total: int) -> None:
         if self._progress is None:

@@ -10,6 +10,7 @@ import typer
 
 from om3db.query import DEFAULT_TEMPLATE
 
+from .db_cmds import _Bars
 from .options import DbOpt
 
 GT_HELP = (
@@ -17,6 +18,15 @@ GT_HELP = (
 )
 VOCAB_HELP = "'scannet200', a classes.json ([{id, name}]), a scan folder with gt/classes.json, or a text file of names."
 EXCLUDE_HELP = "Class prompted but not evaluated (its GT points are void); repeat. Default: wall, floor."
+PlotOpt = Annotated[
+    Path | None,
+    typer.Option("--plot", help="Also write PNG figures (matplotlib) into this folder (docs/cli.md, eval)."),
+]
+
+
+def _wrote(paths) -> None:
+    for p in paths:
+        typer.echo(f"wrote {p}", err=True)
 
 
 def _fmt(x: float | None) -> str:
@@ -77,6 +87,7 @@ def register(app: typer.Typer) -> None:
             bool, typer.Option("--per-class/--no-per-class", help="Print the per-class table.")
         ] = True,
         json_out: Annotated[bool, typer.Option("--json", help="Print the full report as JSON.")] = False,
+        plot: PlotOpt = None,
     ) -> None:
         """Label every GT scan's instances in the database and report AP under both scoring protocols."""
         from om3db import connect
@@ -85,16 +96,22 @@ def register(app: typer.Typer) -> None:
         vocab = load_vocabulary(vocabulary, exclude=tuple(exclude) if exclude is not None else ("wall", "floor"))
         database = connect(db, create=False)
         try:
-            report = evaluate_database(
-                database,
-                gt,
-                vocab,
-                template=template,
-                protocols=tuple(protocol or ("constant", "similarity")),
-                aggregations=tuple(aggregation or ("mean", "max")),
-            )
+            with _Bars(enabled=not json_out) as bars:
+                report = evaluate_database(
+                    database,
+                    gt,
+                    vocab,
+                    template=template,
+                    protocols=tuple(protocol or ("constant", "similarity")),
+                    aggregations=tuple(aggregation or ("mean", "max")),
+                    progress=bars.update,
+                )
         finally:
             database.close()
+        if plot is not None:
+            from om3db.plots import plot_instance
+
+            _wrote(plot_instance(report.results, plot, splits=vocab.splits))
         if json_out:
             typer.echo(json.dumps(report.to_dict(), indent=1))
             return
@@ -118,6 +135,7 @@ def register(app: typer.Typer) -> None:
             bool, typer.Option("--per-class/--no-per-class", help="Print the per-class table.")
         ] = True,
         json_out: Annotated[bool, typer.Option("--json", help="Print the full result as JSON.")] = False,
+        plot: PlotOpt = None,
     ) -> None:
         """Score another system's predictions (points x masks, class ids, scores) with the same protocol."""
         from om3db.evaluate import instance_ap, load_gt, load_predictions, load_vocabulary
@@ -126,6 +144,10 @@ def register(app: typer.Typer) -> None:
         result = instance_ap(
             load_predictions(predictions), load_gt(gt), vocabulary=vocab, min_region_size=min_region_size
         )
+        if plot is not None:
+            from om3db.plots import plot_instance
+
+            _wrote(plot_instance({"files": result}, plot, splits=vocab.splits))
         if json_out:
             typer.echo(json.dumps(result.to_dict(), indent=1))
             return
@@ -159,6 +181,7 @@ def register(app: typer.Typer) -> None:
             str, typer.Option("--format", help="npy (int labels, -1 unlabelled) or ply (coloured per class).")
         ] = "npy",
         json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+        plot: PlotOpt = None,
     ) -> None:
         """Per-point labels from instance labels: mIoU over the vocabulary, hIoU over a base / novel split."""
         from om3db import connect
@@ -167,19 +190,25 @@ def register(app: typer.Typer) -> None:
         vocab = load_vocabulary(vocabulary)
         database = connect(db, create=False)
         try:
-            report = semantic_from_database(
-                database,
-                gt,
-                vocab,
-                template=template,
-                aggregation=aggregation,
-                fill=fill,
-                novel=novel,
-                export=export,
-                export_format=export_format,
-            )
+            with _Bars(enabled=not json_out) as bars:
+                report = semantic_from_database(
+                    database,
+                    gt,
+                    vocab,
+                    template=template,
+                    aggregation=aggregation,
+                    fill=fill,
+                    novel=novel,
+                    export=export,
+                    export_format=export_format,
+                    progress=bars.update,
+                )
         finally:
             database.close()
+        if plot is not None:
+            from om3db.plots import plot_semantic
+
+            _wrote(plot_semantic(report.result, plot, pred=report.predicted, truth=report.truth))
         if json_out:
             typer.echo(json.dumps(report.to_dict(), indent=1))
             return

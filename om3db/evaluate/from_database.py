@@ -8,7 +8,7 @@ predictions: ``"constant"`` gives every prediction confidence 1.0 (OpenMask3D's 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -130,11 +130,13 @@ def evaluate_database(
     protocols: tuple[str, ...] = PROTOCOLS,
     aggregations: tuple[str, ...] = AGGREGATIONS,
     min_region_size: int = 100,
+    progress: Callable[[str, str, int, int], None] | None = None,
 ) -> DatabaseEvaluation:
     """Label every GT scene's instances in ``db`` and compute instance AP per protocol and aggregation.
 
     ``gt`` maps scan names to GT id arrays or files (or is a folder, see :func:`load_gt`); every GT scene
-    must be a scan in the database with the same point count.
+    must be a scan in the database with the same point count. ``progress(scene, "label", done, total)``
+    is called after each scene is labelled (total: scenes x aggregations).
     """
     vocab = vocabulary if isinstance(vocabulary, Vocabulary) else load_vocabulary(vocabulary)
     if "{}" not in template:
@@ -155,8 +157,14 @@ def evaluate_database(
             )
     results: dict[str, InstanceAPResult] = {}
     notes = []
+    done, total = 0, len(aggregations) * len(gt_ids)
     for agg in aggregations:
-        labels = {s: label_scan(db, s, vocab, template=template, aggregation=agg) for s in sorted(gt_ids)}
+        labels = {}
+        for s in sorted(gt_ids):
+            labels[s] = label_scan(db, s, vocab, template=template, aggregation=agg)
+            done += 1
+            if progress is not None:
+                progress(s, "label", done, total)
         if agg == aggregations[0]:
             notes += [f"scan {s} has no instances" for s, lab in labels.items() if not lab]
         for proto in protocols:
@@ -176,6 +184,10 @@ class SemanticReport:
     """:class:`~om3db.evaluate.semantic.SemanticResult`, or :class:`~om3db.evaluate.semantic.HIoUResult` with a novel split."""
     exported: tuple[str, ...] = ()
     """Files written (one per scan) when an export folder was given."""
+    predicted: Mapping[str, np.ndarray] | None = field(default=None, repr=False, compare=False)
+    """Per scene, the (N,) predicted class index per point (-1 unlabelled): for plots (om3db.plots)."""
+    truth: Mapping[str, np.ndarray] | None = field(default=None, repr=False, compare=False)
+    """Per scene, the (N,) GT class index per point (-1 void)."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
@@ -193,6 +205,7 @@ def semantic_from_database(
     novel: Iterable[str] | str | Path | None = None,
     export: str | Path | None = None,
     export_format: str = "npy",
+    progress: Callable[[str, str, int, int], None] | None = None,
 ) -> SemanticReport:
     """Per-point labels of every GT scene from the database's instance labels, mIoU (and hIoU with ``novel``)
     over all vocabulary classes; optionally written to ``export/<scene>.<npy|ply>``.
@@ -221,11 +234,13 @@ def semantic_from_database(
         if export is not None:
             out = Path(export) / f"{scene}.{export_format}"
             written.append(str(save_semantic(out, pred[scene], points=points, num_classes=len(vocab.names))))
+        if progress is not None:
+            progress(scene, "label", len(pred), len(gt_ids))
     if novel is None:
         result = semantic_miou(pred, truth, class_names=vocab.names)
     else:
         result = semantic_hiou(pred, truth, class_names=vocab.names, novel=novel)
-    return SemanticReport(result, tuple(written))
+    return SemanticReport(result, tuple(written), predicted=pred, truth=truth)
 
 
 def _scan_points(scene: str, paths: dict[str, str], num_points: int) -> np.ndarray:
