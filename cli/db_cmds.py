@@ -268,7 +268,8 @@ def register(app: typer.Typer) -> None:
         Spatial phrases ("a mug on a table", "a desk but no chair") or --on/--near/... return scans."""
         from om3db.relations.query import parse_phrase
 
-        reading = parse_phrase(text) if text is not None and image is None else None
+        # a blank text is the query's own error ("the text query is empty"), not the phrase grammar's
+        reading = parse_phrase(text) if text is not None and image is None and text.strip() else None
         rel = [(n, t) for n, t in (("on", on), ("near", near), ("in", inside), ("above", above), ("below", below),
                                    ("next_to", next_to)) if t is not None]  # fmt: skip
         if reading is not None and reading.relation is not None:
@@ -276,10 +277,9 @@ def register(app: typer.Typer) -> None:
         if reading is not None and (reading.relation is not None or reading.without):
             text = reading.subject
         excluded = [*(reading.without if reading is not None else ()), *(without or [])]
-        if explain and text is not None:
-            shown = reading or parse_phrase(text)
+        if explain and reading is not None:
             typer.echo(
-                "read as: " + type(shown)(text, *(rel[0] if rel else (None, None)), tuple(excluded)).explain(),
+                "read as: " + type(reading)(text, *(rel[0] if rel else (None, None)), tuple(excluded)).explain(),
                 err=json_out,
             )
         if rel or excluded or count_at_least is not None or within is not None:

@@ -51,6 +51,9 @@ _LAZY = {
     "IngestOutcome": "om3db.results",
     "IngestPlan": "om3db.ingest",
     "CheckReport": "om3db.store.check",
+    "RelationConfig": "om3db.relations",
+    "SceneMatch": "om3db.relations.query",
+    "RelationHit": "om3db.relations.query",
 }
 
 __all__ = [

@@ -192,6 +192,7 @@ def test_cross_scan_negation_and_count_scan_sets(rel_db):
         ({"near": "a desk", "within": 1e6}, "absurd"),
         ({"near": "a desk", "within": float("inf")}, "within must be a distance"),
         ({"within": 0.5}, "within= needs a relation"),
+        ({"near": "a desk", "within": 2.0}, r"beyond the near distance the relations were built with \(1 m"),
         ({"on": "a table", "near": "a desk"}, "one relation per query"),
         ({"count_at_least": 0}, "count_at_least must be an integer >= 1"),
     ],
@@ -285,3 +286,33 @@ def test_real_capture_relations_run_with_finite_evidence(labelfusion_path):
     assert _pairs(rel, "near") == {(o, s) for s, o in _pairs(rel, "near")}
     on = _pairs(rel, "on")
     assert not on & {(o, s) for s, o in on}
+
+
+def test_far_above_keeps_an_exact_finite_distance():
+    from om3db.synth.arrangement import _points
+    from om3db.synth.scene import SynthObject
+
+    low = _points(SynthObject(0, "red", "box", (0.5, 0.5, 0.4), (1, 0, 0), (0.0, 0.0), 0.0, 0.0, -1), 0.05)
+    high = _points(SynthObject(1, "blue", "box", (0.3, 0.3, 0.2), (0, 0, 1), (0.0, 0.0), 1.9, 0.0, -1), 0.05)
+    rel = scan_relations(np.concatenate([low, high]), [low, high], capture_up=(0, 0, 1))
+    above = [r for r in rel.relations if r.relation == "above"]
+    assert [(r.subject, r.object) for r in above] == [(1, 0)] and not _pairs(rel, "near")
+    assert abs(above[0].distance - 1.5) < 1e-9 and abs(above[0].gap - 1.5) < 1e-9
+
+
+def test_removing_a_scan_removes_its_relations(rel_db, tmp_path):
+    import shutil
+    import sqlite3
+
+    path, _, _ = rel_db
+    copy = tmp_path / "db"
+    shutil.copytree(path, copy)
+    with om3db.connect(copy) as db:
+        db.remove("synth_37_2")
+        with pytest.raises(om3db.NotFoundError, match="no scan named 'synth_37_2'"):
+            db.relations("synth_37_2")
+        assert db.relations("synth_37_0")
+    with sqlite3.connect(copy / "om3db.sqlite") as conn:
+        for table in ("relations", "instance_geometry", "scan_gravity"):
+            orphans = conn.execute(f"SELECT count(*) FROM {table} WHERE scan_id NOT IN (SELECT id FROM scans)")
+            assert orphans.fetchone()[0] == 0, table

@@ -7,6 +7,7 @@ pairs found) yields the candidates whose boxes come within ``near`` horizontally
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass, field
 
@@ -157,11 +158,13 @@ def _min_distance(points: list[np.ndarray], geom: list[InstanceGeometry], trees:
     upper = float(d_s.min())
     if not math.isfinite(upper):
         return math.inf
+    reach = upper + 1e-5  # the float32 sample may sit a rounding error closer than the true points
     p = points[small]
-    lo, hi = np.array(geom[big].aabb_min) - upper, np.array(geom[big].aabb_max) + upper
+    lo, hi = np.array(geom[big].aabb_min) - reach, np.array(geom[big].aabb_max) + reach
     p = p[((p >= lo) & (p <= hi)).all(axis=1)]
-    d, _ = tree(("p", big), points[big]).query(p, k=1, distance_upper_bound=upper + 1e-9)
-    return min(float(d.min()) if len(d) else math.inf, upper)
+    d, _ = tree(("p", big), points[big]).query(p, k=1, distance_upper_bound=reach)
+    exact = float(d.min()) if len(d) else math.inf
+    return exact if math.isfinite(exact) else upper
 
 
 def _inside_fraction(a: InstanceGeometry, b: InstanceGeometry, hulls: dict, j: int, min_fraction: float) -> float:
@@ -191,6 +194,7 @@ def compute_relations(
     trees: dict = {}
     hulls: dict = {}
     for i, j in _candidates(geom, c.near, max(c.near, c.above_range)):
+        start = len(out)
         a, b = geom[i], geom[j]
         box_gap = np.maximum(np.array(a.aabb_min) - b.aabb_max, np.array(b.aabb_min) - a.aabb_max).clip(min=0)
         dist = (
@@ -222,6 +226,9 @@ def compute_relations(
                 for s, o in ((i, j), (j, i)):
                     gap = geom[s].aabb_min[2] - geom[o].aabb_max[2]
                     out.append(Relation(s, o, "next_to", 1 - 0.5 * dist / c.next_to, dist, gap, ov[(s, o)]))
+        if len(out) > start and not math.isfinite(dist):  # e.g. above from far up: the exact distance anyway
+            dist = _min_distance(points_g, geom, trees, i, j, math.inf)
+            out[start:] = [dataclasses.replace(r, distance=dist) for r in out[start:]]
     return sorted(out, key=lambda r: (r.relation, r.subject, r.object))
 
 

@@ -123,7 +123,7 @@ def _hull2d(xy: np.ndarray) -> np.ndarray:
     """Convex hull of 2D points, counter-clockwise (fewer than 3 rows when degenerate)."""
     from scipy.spatial import ConvexHull
 
-    pts = np.unique(np.round(xy.astype(np.float64), 6), axis=0)
+    pts = np.asarray(xy, dtype=np.float64)
     if len(pts) < 3:
         return pts
     try:
@@ -143,12 +143,14 @@ def voxel_sample(points: np.ndarray, voxel: float, max_points: int) -> tuple[np.
     """One real point per voxel (the first in order), coarsening the voxel until at most ``max_points``."""
     pts = np.asarray(points, dtype=np.float64)
     size = voxel
+    origin = pts.min(axis=0)
     while True:
-        keys = np.floor(pts / size).astype(np.int64)
-        _, first = np.unique(keys, axis=0, return_index=True)
+        cells = np.floor((pts - origin) / size).astype(np.int64)
+        keys = (cells[:, 0] << 42) | (cells[:, 1] << 21) | cells[:, 2]  # 21 bits per axis: 2M voxels a side
+        _, first = np.unique(keys, return_index=True)
         if len(first) <= max_points:
             return pts[np.sort(first)].astype(np.float32), size
-        size *= 1.5
+        size *= max(1.2, (len(first) / max_points) ** 0.5)
 
 
 def instance_geometry(points_g: np.ndarray, *, voxel: float = 0.02, max_sample: int = 512) -> InstanceGeometry:

@@ -188,6 +188,14 @@ def run_relational(database, q) -> list[SceneMatch]:
             f"{', ...' if len(missing) > 5 else ''}): they were ingested before om3db computed them. "
             "Run `om3db reindex` (db.reindex()) to build them, then query again"
         )
+    if q.max_distance is not None and q.relation in ("near", "next_to"):
+        built = store.relation_thresholds(q.relation)
+        if built and q.max_distance > built[0]:
+            raise ConfigError(
+                f"within={q.max_distance:g} m is beyond the {q.relation} distance the relations were built with "
+                f"({built[0]:g} m, RelationConfig.{q.relation}): pairs farther apart are not stored. Ask for at most "
+                f"{built[0]:g} m"
+            )
     allowed = None
     if f.restricts_ids:
         allowed = store.filter_ids(scans=f.scans, min_points=f.min_points, region=f.region, region_mode=f.region_mode)

@@ -125,6 +125,16 @@ class StoreRelations:
         with self.engine.connect() as conn:
             return [r[0] for r in conn.execute(q)]
 
+    def relation_thresholds(self, name: str) -> list[float]:
+        """The distinct values of ``RelationConfig.<name>`` the stored scans' relations were built with."""
+        from sqlalchemy import select
+
+        from .models import ScanGravityRow
+
+        with self.engine.connect() as conn:
+            found = {(r[0] or {}).get("config", {}).get(name) for r in conn.execute(select(ScanGravityRow.settings))}
+        return sorted(float(v) for v in found if v is not None)
+
     def gravity(self, scan: str) -> dict | None:
         """{"up": (x, y, z), "source": ..., "settings": ...} of a ready scan, None before relations were built."""
         from sqlalchemy import select
