@@ -452,13 +452,15 @@ def register(app: typer.Typer) -> None:
             bars.busy("reindex")
             spaces = database.reindex()
             kinds = database.index_kinds()
-            built = database.relations_built
+            built, failed = database.relations_built, database.relations_failed
         if json_out:
-            _echo_json({"rebuilt": spaces, "index": kinds, "relations_built": built})
+            _echo_json({"rebuilt": spaces, "index": kinds, "relations_built": built, "relations_failed": failed})
         else:
             typer.echo(f"rebuilt {len(spaces)} indexes: " + ", ".join(f"{s} ({kinds[s]})" for s in spaces))
             if built:
                 typer.echo(f"built spatial relations of {len(built)} scans: {', '.join(built)}")
+            for scan, why in failed.items():
+                typer.echo(f"Error: no spatial relations for scan {scan}: {why}", err=True)
 
     @app.command()
     def check(db: DbOpt = None, json_out: JsonOpt = False) -> None:

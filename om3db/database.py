@@ -341,31 +341,38 @@ class Database:
         """Rebuild every FAISS index from SQLite (re-choosing exact / IVF); returns the spaces rebuilt.
 
         relations: also build the spatial relations of scans ingested before they existed (their points are
-        read again from the scan folder); see :meth:`relations_built`."""
+        read again from the scan folder); see :attr:`relations_built` and :attr:`relations_failed`."""
         spaces = self._store.reindex()
-        self.relations_built = self._build_missing_relations() if relations else []
+        self.relations_built, self.relations_failed = self._build_missing_relations() if relations else ([], {})
         return spaces
 
     relations_built: list[str] = []
     """Scans whose relations the last :meth:`reindex` built."""
+    relations_failed: dict[str, str] = {}
+    """Scan -> why the last :meth:`reindex` could not build its relations (e.g. its folder is gone)."""
 
-    def _build_missing_relations(self) -> list[str]:
+    def _build_missing_relations(self) -> tuple[list[str], dict[str, str]]:
+        from .errors import Om3dbError
         from .relations import scan_relations
         from .scan import read_scan
 
-        done = []
+        done, failed = [], {}
         for name in self._store.scans_without_relations():
             info = self._store.scan_infos(names=[name])[0]
             fused = info.fused_ply if info.fused_ply and Path(info.fused_ply).is_file() else None
-            scan = read_scan(
-                info.path, masks=False, check_all_images=False, format=info.source_format,
-                fused_dir=self.path / "fused", ply=fused,
-            )  # fmt: skip
+            try:
+                scan = read_scan(
+                    info.path, masks=False, check_all_images=False, format=info.source_format,
+                    fused_dir=self.path / "fused", ply=fused,
+                )  # fmt: skip
+            except Om3dbError as exc:  # the scan's folder moved or changed: the others still get theirs
+                failed[name] = f"{exc}. Put the scan back at {info.path} (or re-ingest it) and run reindex again"
+                continue
             insts = self._store.instances(scan=name)
             rel = scan_relations(scan.points, [scan.points[i.point_indices] for i in insts])
             self._store.set_relations(name, rel)
             done.append(name)
-        return done
+        return done, failed
 
     def check(self):
         """Check every part of the database without changing it: SQLite integrity, every stored blob

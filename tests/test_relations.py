@@ -316,3 +316,23 @@ def test_removing_a_scan_removes_its_relations(rel_db, tmp_path):
         for table in ("relations", "instance_geometry", "scan_gravity"):
             orphans = conn.execute(f"SELECT count(*) FROM {table} WHERE scan_id NOT IN (SELECT id FROM scans)")
             assert orphans.fetchone()[0] == 0, table
+
+
+def test_reindex_names_a_scan_whose_folder_is_gone_and_builds_the_others(rel_db, tmp_path):
+    import shutil
+    import sqlite3
+
+    path, _, enc = rel_db
+    copy = tmp_path / "db"
+    shutil.copytree(path, copy)
+    _forget_relations(copy)
+    with sqlite3.connect(copy / "om3db.sqlite") as conn:
+        conn.execute("UPDATE scans SET path = ? WHERE name = 'synth_37_1'", (str(tmp_path / "moved"),))
+    with om3db.connect(copy) as db:
+        db.reindex()
+        assert db.relations_built == ["synth_37_0", "synth_37_2"]
+        assert list(db.relations_failed) == ["synth_37_1"] and "run reindex again" in db.relations_failed["synth_37_1"]
+        db.use_encoder("siglip", enc)
+        with pytest.raises(om3db.StoreError, match=r"1 scan\(s\) have no spatial relations \(synth_37_1\)"):
+            db.search("a red object", on="a blue object")
+        assert {m.scan for m in db.search("a red object", on="a blue object", scans=["synth_37_0"])} == {"synth_37_0"}
