@@ -252,3 +252,18 @@ def test_scene_downsample_and_highlight():
     assert downsample("s", points, colors, max_points=300).kept.tolist() == cloud.kept.tolist()  # same subset
     pos, look = camera_for((0, 0, 0), (1, 1, 1))
     assert np.allclose(look, 0.5) and np.linalg.norm(pos - look) > 1
+
+
+def test_scan_that_cannot_be_read_is_a_message(view_db, monkeypatch):
+    """A scan folder moved away after ingest: the viewer still serves and says which scan and why."""
+    import om3db.scan
+    from om3db.errors import ScanError
+    from om3db.viewer import ViewerConfig, start_viewer
+
+    def gone(path, **_kw):
+        raise ScanError(path, "no such folder", "Ingest it again from where it is now")
+
+    monkeypatch.setattr(om3db.scan, "read_scan", gone)
+    with start_viewer(view_db, config=ViewerConfig(port=0)) as v:
+        assert v.scan is None and "no such folder" in v.last_error
+        assert v.url.startswith("http://127.0.0.1:")

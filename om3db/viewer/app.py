@@ -117,11 +117,11 @@ class Viewer:
             self._db = self._worker.call(lambda: _open(db))
             self._scan_names = [s.name for s in self._worker.call(self._db.scans)]
             self._start_server()
+            if self._scan_names:
+                self._worker.call(lambda: self._guarded(self._show_scan, self._scan_names[0]))
         except BaseException:
             self.stop()
             raise
-        if self._scan_names:
-            self._worker.call(lambda: self._show_scan(self._scan_names[0]))
         # load the query encoder now, off the page's path, so the first query is fast
         self._worker.submit(self._warm_up)
 
@@ -187,7 +187,9 @@ class Viewer:
         self._results = gui.add_folder("Results")
         self._rows: list = []
 
-        self._scan_pick.on_update(lambda _e: self._worker.submit(lambda: self._show_scan(self._scan_pick.value)))
+        self._scan_pick.on_update(
+            lambda _e: self._worker.submit(lambda: self._guarded(self._show_scan, self._scan_pick.value))
+        )
         self._text.on_update(lambda _e: self._request(text=self._text.value))
         for handle in (self._k, self._agg, self._min_score):
             handle.on_update(lambda _e: self._request())
@@ -198,6 +200,13 @@ class Viewer:
         self._status.content = f"**Error:** {text}" if error else text
 
     # -- jobs (run on the worker thread) ---------------------------------------------------------------
+
+    def _guarded(self, fn, *args, **kwargs) -> None:
+        """Run a page action; an om3db error (a scan folder moved away, say) becomes the status line."""
+        try:
+            fn(*args, **kwargs)
+        except (Om3dbError, OSError) as exc:
+            self._set_status(str(exc), error=True)
 
     def _warm_up(self) -> None:
         with contextlib.suppress(Om3dbError):
@@ -242,7 +251,11 @@ class Viewer:
         self.search_seconds = time.perf_counter() - started
         self._show_hits(hits)
         if hits:
-            self._select(hits[0], client=None)
+            try:
+                self._select(hits[0], client=None)
+            except (Om3dbError, OSError) as exc:
+                self._set_status(str(exc), error=True)
+                return
         self.shown_seconds = time.perf_counter() - started
         what = "the uploaded image" if self._image is not None else repr(text)
         self._set_status(
@@ -257,7 +270,9 @@ class Viewer:
         with self._results:
             for rank, hit in enumerate(hits, 1):
                 row = self._server.gui.add_button(f"{rank}. {hit.score:.4f} · {hit.scan} · #{hit.instance_id}")
-                row.on_click(lambda e, h=hit: self._worker.submit(lambda: self._select(h, client=e.client)))
+                row.on_click(
+                    lambda e, h=hit: self._worker.submit(lambda: self._guarded(self._select, h, client=e.client))
+                )
                 self._rows.append(row)
                 thumb = self._thumbnail(hit)
                 if thumb is not None:
