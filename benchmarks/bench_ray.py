@@ -76,6 +76,7 @@ def main() -> None:
     import ray
 
     t = time.perf_counter()
+    os.environ["RAY_worker_niceness"] = "0"  # as om3db's own local start does (Ray's default is 15)
     ray.init(num_cpus=args.workers, include_dashboard=False, log_to_driver=False, configure_logging=False)
     start = time.perf_counter() - t
     warm = _ingest(work / "ray-warm", work / "scans", encoders, config, ray="local", ray_workers=args.workers)

@@ -86,12 +86,22 @@ class ray_session:  # noqa: N801 - a context manager
         if ray.is_initialized():
             return ray
         if self.address == "local":
-            ray.init(
-                num_cpus=self.workers or os.cpu_count() or 1,
-                include_dashboard=False,
-                log_to_driver=False,
-                configure_logging=False,
-            )
+            # Ray runs its workers at nice 15; a local ingest's workers should compete for the CPU as a
+            # serial ingest does (read by the raylet this starts, so set only around the start)
+            old = os.environ.get("RAY_worker_niceness")
+            os.environ["RAY_worker_niceness"] = "0"
+            try:
+                ray.init(
+                    num_cpus=self.workers or os.cpu_count() or 1,
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    configure_logging=False,
+                )
+            finally:
+                if old is None:
+                    os.environ.pop("RAY_worker_niceness", None)
+                else:
+                    os.environ["RAY_worker_niceness"] = old
         else:
             check_ray_address(self.address)
             try:
