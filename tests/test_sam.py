@@ -336,3 +336,29 @@ def test_transformers_sam_errors(tmp_path, tiny_dinov2_dir):
         load_sam(Path("om3db-test/not-a-cached-sam"), device="cpu")  # the CLI passes Paths
     with pytest.raises(ModelLoadError, match=r"sam_vit_b\.pth: SAM checkpoint not found"):
         load_sam("models/sam_vit_b.pth")  # a path, not a hub id
+
+
+@pytest.mark.parametrize("fmt", ["pth", "transformers"])
+def test_fused_predictor_equals_plain(fmt, tiny_sam_path, tiny_sam_hf_dir):
+    """The CPU fast path (fused encoder linears and attention, channels-last decoder inputs) changes
+    nothing but rounding: same decoder logits on the same embedding, same masks end to end."""
+    import torch
+
+    spec = tiny_sam_path if fmt == "pth" else tiny_sam_hf_dir
+    plain = load_sam(spec, device="cpu", dtype="float32", fuse=False)
+    fused = load_sam(spec, device="cpu", dtype="float32")
+    assert plain.fused == 0 and fused.fused > 0
+    assert getattr(fused.model.mask_decoder.transformer, "_om3db_channels_last", False)
+    image, (coords, labels) = _image(seed=12), _prompts(20, 5, seed=13)
+    for pred in (plain, fused):
+        pred.set_image(image)
+    torch.testing.assert_close(fused._features, plain._features, atol=2e-5, rtol=1e-4)
+    fused._features = plain._features
+    low_f, iou_f = fused._decode(coords, labels)
+    low_p, iou_p = plain._decode(coords, labels)
+    torch.testing.assert_close(low_f, low_p, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(iou_f, iou_p, atol=1e-6, rtol=1e-6)
+    m_f, _, r_f = fused.predict_best(coords.reshape(4, 5, 5, 2), labels.reshape(4, 5, 5))
+    m_p, _, r_p = plain.predict_best(coords.reshape(4, 5, 5, 2), labels.reshape(4, 5, 5), chunk=256)
+    np.testing.assert_array_equal(r_f, r_p)
+    assert (m_f != m_p).mean() < 1e-3
