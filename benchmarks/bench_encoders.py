@@ -49,9 +49,19 @@ def main() -> None:
     p.add_argument("--json", type=Path)
     p.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "om3db-bench")
     p.add_argument("--no-fuse", action="store_true", help="plain transformers / segment-anything modules")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads (default: torch's, one per core); see benchmarks/README.md",
+    )
     p.add_argument("--no-alloc-env", action="store_true")
     args = p.parse_args()
     mb.tune_allocator_env(not args.no_alloc_env)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
 
     from om3db.embed import load_dinov2, load_siglip
     from om3db.sam import load_sam

@@ -80,7 +80,7 @@ def _frame(seed: int = 0):
     return np.clip(rng.integers(0, 256, 3) + rng.normal(0, 40, (968, 1296, 3)), 0, 255).astype(np.uint8)
 
 
-def measure_encoder(kind: str, enc, *, reps: int, batch: int) -> dict:
+def measure_encoder(kind: str, enc, *, reps: int, batch: int, warmup: bool = True) -> dict:
     """Efficiency of an image encoder through ``encode_images`` on ``batch`` ScanNet-size crops."""
     from PIL import Image
 
@@ -94,20 +94,32 @@ def measure_encoder(kind: str, enc, *, reps: int, batch: int) -> dict:
         dtype=enc.dtype_name,
         reps=reps,
         device=enc.device,
+        warmup=warmup,
     )
+    t = time.perf_counter()
+    enc.processor(images=[Image.fromarray(c) for c in crops], return_tensors="pt")
+    row["preprocess_s_per_item"] = round(
+        (time.perf_counter() - t) / batch, 5
+    )  # PIL resize + normalise, in the time above
     row.update(model=kind, batch=batch, fused_linears=enc.fused_linears, dtype_reason=enc.dtype_reason)
     row["crops_per_s"] = row["items_per_s"]
     return row
 
 
-def measure_sam(sam, *, reps: int, prompts: int = 250) -> dict:
+def measure_sam(sam, *, reps: int, prompts: int = 250, warmup: bool = True) -> dict:
     """Efficiency of SAM's image encoder through ``set_image`` on a 1296x968 frame, and decoder s/prompt."""
     import numpy as np
 
     frame = _frame(2)
     per_frame = nominal_sam_flops(sam)
     row = mb.encoder_efficiency(
-        lambda: sam.set_image(frame), items=1, flops_per_item=per_frame, dtype=sam.dtype, reps=reps, device=sam.device
+        lambda: sam.set_image(frame),
+        items=1,
+        flops_per_item=per_frame,
+        dtype=sam.dtype,
+        reps=reps,
+        device=sam.device,
+        warmup=warmup,
     )
     row.update(model="sam_image_encoder", model_type=sam.model_type, fused=sam.fused, dtype_reason=sam.dtype_reason)
     row["frames_per_s"] = row["items_per_s"]
@@ -115,11 +127,12 @@ def measure_sam(sam, *, reps: int, prompts: int = 250) -> dict:
     m = prompts // 10
     coords = np.stack([rng.uniform(0, 1296, (m, 10, 5)), rng.uniform(0, 968, (m, 10, 5))], axis=-1)
     times = []
-    for _ in range(2):
+    for _ in range(1 if prompts < 100 else 2):
         t = time.perf_counter()
         sam.predict_best(coords, np.ones((m, 10, 5), np.int64))
         times.append(time.perf_counter() - t)
     row["decoder_s_per_prompt"] = round(min(times) / prompts, 5)
+    row["decoder_prompts_per_call"] = sam.decode_chunk
     return row
 
 
@@ -318,16 +331,27 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=None)
     p.add_argument("--skip", nargs="*", default=[], choices=["encoders", "ingest"])
     p.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "om3db-bench")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads (default: torch's, one per core); see benchmarks/README.md",
+    )
     p.add_argument("--no-alloc-env", action="store_true", help="do not set the allocator environment (mb.ALLOC_ENV)")
     args = p.parse_args()
     mb.tune_allocator_env(not args.no_alloc_env)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     quick = args.quick
     args.size = args.size or ("tiny" if quick else "scannet")
     args.frame_step = args.frame_step or (5 if quick else 10)
     args.masks = (3 if quick else 0) if args.masks is None else args.masks
-    args.top_k = args.top_k or (2 if quick else 5)
+    args.top_k = args.top_k or (1 if quick else 5)
     reps = args.reps or (2 if quick else 3)
-    agree_objects = (3 if quick else 16) if args.agreement is None else args.agreement
+    sam_reps, prompts = (1, 40) if quick else (reps, 250)  # a ViT-H frame is tens of seconds on a CPU
+    agree_objects = (0 if quick else 16) if args.agreement is None else args.agreement
 
     import torch
 
@@ -367,14 +391,29 @@ def main() -> None:
     res["model_load_s"] = round(time.perf_counter() - t, 1)
     _log(f"models loaded in {res['model_load_s']} s: {', '.join(str(v) for v in paths.values())}")
 
+    if "ingest" not in args.skip:  # first: it also warms every model up for the measurements below
+        res["ingest"] = {}
+        for mode in modes:
+            if sam is not None:
+                sam.encoder_calls = 0
+            row = run_ingest(args, paths, encoders, sam if mode == "sam" else None, device)
+            res["ingest"][mode] = row
+            _log(f"ingest {mode}: {row}")
+        res["ingest"] = res["ingest"][modes[-1]] if len(modes) == 1 else res["ingest"]
+    warm = "ingest" not in args.skip
+
     res["encoders"] = {}
     batches = {"siglip": 4 if quick else 8, "dinov2": 8 if quick else 16}
     if "encoders" not in args.skip:
         for kind, enc in encoders.items():
-            res["encoders"][f"{kind}/{dtype}"] = measure_encoder(kind, enc, reps=reps, batch=batches[kind])
+            res["encoders"][f"{kind}/{dtype}"] = measure_encoder(
+                kind, enc, reps=reps, batch=batches[kind], warmup=not warm
+            )
             _log(f"{kind} {dtype}: {res['encoders'][f'{kind}/{dtype}']}")
         if sam is not None:
-            res["encoders"][f"sam/{dtype}"] = measure_sam(sam, reps=reps)
+            res["encoders"][f"sam/{dtype}"] = measure_sam(
+                sam, reps=sam_reps, prompts=prompts, warmup=not (warm and "sam" in modes)
+            )
             _log(f"sam {dtype}: {res['encoders'][f'sam/{dtype}']}")
         other = "float32" if dtype != "float32" else ("bfloat16" if res["bf16_native"] else None)
         if args.compare_dtypes and other is not None:
@@ -385,7 +424,7 @@ def main() -> None:
                 del enc
                 gc.collect()
             other_sam = load_sam(paths["sam"], device=str(device), dtype=other)
-            res["encoders"][f"sam/{other}"] = measure_sam(other_sam, reps=reps)
+            res["encoders"][f"sam/{other}"] = measure_sam(other_sam, reps=sam_reps, prompts=prompts)
             _log(f"sam {other}: {res['encoders'][f'sam/{other}']}")
             del other_sam
             gc.collect()
@@ -394,14 +433,6 @@ def main() -> None:
         k: {key: v[key] for key in ("achieved_tflops", "peak_tflops", "efficiency", "dtype")}
         for k, v in per_encoder.items()
     }
-    if "ingest" not in args.skip:
-        res["ingest"] = {}
-        for mode in modes:
-            sam.encoder_calls = 0 if sam is not None else None
-            row = run_ingest(args, paths, encoders, sam if mode == "sam" else None, device)
-            res["ingest"][mode] = row
-            _log(f"ingest {mode}: {row}")
-        res["ingest"] = res["ingest"][modes[-1]] if len(modes) == 1 else res["ingest"]
     if agree_objects and dtype != "float32":
         res["agreement"] = [agreement(kind, paths[kind], enc, agree_objects, device) for kind, enc in encoders.items()]
         _log(f"agreement {res['agreement']}")
