@@ -4,6 +4,7 @@ points x masks), ``.npy`` or ``.npz``. Pickles are loaded without executing code
 from __future__ import annotations
 
 import threading
+import tokenize
 import zipfile
 from pathlib import Path
 
@@ -95,7 +96,8 @@ def load_masks(path: str | Path, *, num_points: int) -> tuple[np.ndarray, np.nda
                     scores = np.asarray(z["scores"], dtype=np.float32)
         else:
             raise MaskFileError(path, f"unknown mask file type {path.suffix!r}", "Use .pt, .npy or .npz")
-    except ValueError as exc:  # allow_pickle=False refusing an object array, or a corrupt header
+    except (ValueError, SyntaxError, tokenize.TokenError) as exc:  # an object array refused, or a corrupt
+        # header (numpy tokenizes and literal_evals the .npy header dict: damage there is a syntax error)
         raise MaskFileError(path, f"cannot be read as a plain array ({exc})", _SAVE_FIX) from exc
     except (EOFError, OSError, zipfile.BadZipFile) as exc:  # empty or truncated
         raise MaskFileError(

@@ -45,21 +45,37 @@ class StoreReads:
             q = q.where(ScanRow.status == "ready")
         if names is not None:
             q = q.where(ScanRow.name.in_(list(names)))
-        with self.session() as s:
-            return [
-                ScanInfo(
-                    r.name,
-                    r.path,
-                    r.fingerprint,
-                    r.status,
-                    int(n),
-                    r.frame_count,
-                    r.num_points,
-                    r.settings or {},
-                    r.updated_at.isoformat(timespec="seconds") if r.updated_at else "",
-                )
-                for r, n in s.execute(q)
-            ]
+        from sqlalchemy.exc import DatabaseError
+
+        try:
+            with self.session() as s:
+                return self._scan_rows(s, q)
+        except DatabaseError as exc:  # e.g. a text column no longer decodes: the file is damaged
+            from .catalog import _database_error
+
+            raise _database_error(exc, self.where) from exc
+        except ValueError as exc:  # a JSON column no longer parses: the file is damaged
+            raise StoreError(
+                f"{self.where}: not a readable om3db database (a scan's settings are damaged: {exc}). Restore it "
+                "from a backup, or move it away and re-ingest the scans into a new one"
+            ) from exc
+
+    @staticmethod
+    def _scan_rows(s, q) -> list[ScanInfo]:
+        return [
+            ScanInfo(
+                r.name,
+                r.path,
+                r.fingerprint,
+                r.status,
+                int(n),
+                r.frame_count,
+                r.num_points,
+                r.settings or {},
+                r.updated_at.isoformat(timespec="seconds") if r.updated_at else "",
+            )
+            for r, n in s.execute(q)
+        ]
 
     def instances(
         self, *, ids: Iterable[int] | None = None, scan: str | None = None, with_points: bool = True
