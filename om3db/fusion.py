@@ -22,6 +22,7 @@ import numpy as np
 
 from .camera import Intrinsics, project
 from .errors import ConfigError, ScanError
+from .ply import write_ply as _write_ply
 
 __all__ = [
     "FusionConfig",
@@ -228,27 +229,8 @@ def fuse(
 
 def write_ply(path: str | Path, vertices: np.ndarray, colors: np.ndarray, faces: np.ndarray | None = None) -> None:
     """Binary little-endian PLY (float xyz, uchar rgb, optional int triangles), vertices in the given order."""
-    path = Path(path)
-    faces = np.zeros((0, 3), np.int32) if faces is None else np.asarray(faces)
-    head = (
-        "ply\nformat binary_little_endian 1.0\ncomment om3db\n"
-        f"element vertex {len(vertices)}\n"
-        "property float x\nproperty float y\nproperty float z\n"
-        "property uchar red\nproperty uchar green\nproperty uchar blue\n"
-    )
-    if len(faces):
-        head += f"element face {len(faces)}\nproperty list uchar int vertex_indices\n"
-    head += "end_header\n"
-    vdt = np.dtype([("p", "<f4", 3), ("c", "u1", 3)])
-    va = np.empty(len(vertices), vdt)
-    va["p"], va["c"] = vertices, colors
-    with open(path, "wb") as fh:
-        fh.write(head.encode("ascii"))
-        fh.write(va.tobytes())
-        if len(faces):
-            fa = np.empty(len(faces), np.dtype([("n", "u1"), ("i", "<i4", 3)]))
-            fa["n"], fa["i"] = 3, faces
-            fh.write(fa.tobytes())
+    faces = None if faces is None or not len(faces) else np.asarray(faces)
+    _write_ply(path, vertices, colors, faces=faces, comment="om3db")
 
 
 def _key(*parts) -> str:
