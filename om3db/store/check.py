@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..errors import StoreError
 from .writer import unpack_indices, unpack_views, view_owner
 
 __all__ = ["CheckReport", "Problem", "StoreCheck"]
@@ -69,10 +70,13 @@ class StoreCheck:
         problems += self._check_sqlite()
         if problems:  # a damaged file: reading rows would only add noise
             return CheckReport(0, 0, 0, 0, tuple(problems))
-        n_scans, n_inst, owners, found = self._check_rows()
-        problems += found
-        n_vec, n_idx, found = self._check_vectors(owners)
-        problems += found
+        try:
+            n_scans, n_inst, owners, found = self._check_rows()
+            problems += found
+            n_vec, n_idx, found = self._check_vectors(owners)
+            problems += found
+        except StoreError as exc:  # rows SQLite itself can no longer read (a damaged page or text)
+            return CheckReport(0, 0, 0, 0, (*problems, Problem("database", str(exc), RESTORE)))
         return CheckReport(n_scans, n_inst, n_vec, n_idx, tuple(problems))
 
     def _check_sqlite(self) -> list[Problem]:

@@ -49,6 +49,27 @@ def redact_url(url: str) -> str:
         return "<unparseable database URL>"
 
 
+_DAMAGE = ("malformed", "not a database", "could not decode", "file is encrypted", "disk image")
+
+
+def _name_damage(engine, path: str):
+    """A damaged SQLite file surfaces on any statement (a page or a text that no longer decodes): raise it
+    as one StoreError naming the file and the repair, wherever the statement ran. Other errors (busy,
+    disk full) pass through to the code that knows what they mean."""
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "handle_error")
+    def _damaged(context) -> None:
+        detail = " ".join(str(context.original_exception).split())
+        if any(word in detail.lower() for word in _DAMAGE):
+            raise StoreError(
+                f"{path}: the database file is damaged ({detail[:200]}). `om3db check` tells what is affected; "
+                "restore the file from a backup, or re-ingest the affected scans into a new database"
+            ) from context.original_exception
+
+    return engine
+
+
 def make_engine(url: str, *, read_only: bool = False):
     """A SQLAlchemy engine; SQLite connections get WAL, foreign keys and a busy timeout; PostgreSQL goes
     through psycopg 3 with a connect timeout and pings pooled connections before use.
@@ -59,9 +80,9 @@ def make_engine(url: str, *, read_only: bool = False):
 
     if url.startswith("sqlite") and read_only:
         path = url.split("sqlite:///", 1)[1]
-        return create_engine(f"sqlite:///file:{path}?mode=ro&immutable=1&uri=true")
+        return _name_damage(create_engine(f"sqlite:///file:{path}?mode=ro&immutable=1&uri=true"), path)
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 60})
+        engine = _name_damage(create_engine(url, connect_args={"timeout": 60}), url.split("sqlite:///", 1)[-1])
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn, _record) -> None:
