@@ -219,10 +219,12 @@ class _ImageEncoder:
         self.processor = processor
         self.device, self.dtype, self.batch_size = device, dtype, batch_size
         self.dtype_reason = dtype_reason
-        if fuse and self.device.type == "cpu":
-            from om3db.fused import fuse_linears
+        if fuse:
+            from om3db.fused import contiguous_embeddings, fuse_linears
 
-            self.fused_linears = fuse_linears(self.model)
+            contiguous_embeddings(self.model)
+            if self.device.type == "cpu":
+                self.fused_linears = fuse_linears(self.model)
 
     @property
     def dtype_name(self) -> str:

@@ -352,11 +352,13 @@ class SamPredictor:
 
         self.model.eval()
         self.encoder.to(getattr(torch, self.dtype))
-        if fuse and self.device.type == "cpu":
-            from om3db.fused import fuse_linears, fuse_sam_attention, fuse_sam_decoder
+        if fuse:
+            from om3db.fused import contiguous_embeddings, fuse_linears, fuse_sam_attention, fuse_sam_decoder
 
-            self.fused = fuse_linears(self.encoder) + fuse_sam_attention(self.encoder)
-            fuse_sam_decoder(self.model)
+            contiguous_embeddings(self.encoder)
+            if self.device.type == "cpu":
+                self.fused = fuse_linears(self.encoder) + fuse_sam_attention(self.encoder)
+                fuse_sam_decoder(self.model)
         return self
 
     def _autocast(self):
