@@ -127,9 +127,30 @@ def register(app: typer.Typer) -> None:
             ),
         ] = None,
         sam: Annotated[
-            str, typer.Option("--sam", help="SAM checkpoint (.pth) for SAM-refined crops, or 'none' for box crops.")
-        ] = "none",
+            Optional[str],
+            typer.Option(
+                "--sam",
+                help="SAM for SAM-refined crops: a segment-anything checkpoint (.pth) or a transformers SAM hub "
+                "id / directory; 'none' for box crops. Default: the --models preset's, else none.",
+            ),
+        ] = None,
         frame_step: Annotated[int, typer.Option("--frame-step", help="Use every n-th frame.")] = 10,
+        dtype: Annotated[
+            str,
+            typer.Option(
+                "--dtype",
+                help="Compute dtype of the encoders and SAM: auto (bfloat16 only where the CPU computes it "
+                "natively, or on CUDA), float32, bfloat16, float16.",
+            ),
+        ] = "auto",
+        models: Annotated[
+            Optional[str],
+            typer.Option(
+                "--models",
+                help="Model preset for a new database: full (SigLIP-SO400M, DINOv2-L, SAM ViT-H) or cpu "
+                "(SigLIP-B/16, DINOv2-S, box crops). Explicit --siglip / --dinov2 / --sam win.",
+            ),
+        ] = None,
         capture_format: Annotated[
             str,
             typer.Option(
@@ -169,7 +190,7 @@ def register(app: typer.Typer) -> None:
         from om3db.ingest import IngestConfig
 
         config = IngestConfig(frame_step=frame_step, refine_masks=refine_masks, diverse=diverse)
-        sam_spec = None if sam.lower() == "none" else Path(sam)
+        sam_spec = None if sam is None else False if sam.lower() == "none" else Path(sam)
         if ray is not None:
             from om3db.distributed import check_ray_address
 
@@ -183,6 +204,8 @@ def register(app: typer.Typer) -> None:
                 sam=sam_spec,
                 force=force,
                 format=capture_format,
+                dtype=dtype,
+                models=models,
                 progress=bars.update,
                 ray=ray,
                 ray_workers=ray_workers,

@@ -8,6 +8,7 @@ This module orchestrates; it runs no SQL and no FAISS call itself: the store (``
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
@@ -199,22 +200,27 @@ class Database:
             return f"{DEFAULT_MODELS.get(space, '?')} (default; the space holds nothing yet)"
         return f"{row.model_id}@{row.revision} (the model the space was built with)"
 
-    def _encoder(self, space: str, spec=None):
-        """An encoder object for a space: given, the session's, or loaded from a hub id / directory."""
+    def _encoder(self, space: str, spec=None, *, dtype: str | None = None, preset: str | None = None):
+        """An encoder object for a space: given, the session's, or loaded from a hub id / directory.
+
+        dtype: None / "auto" (the hardware policy, om3db.hardware) or a dtype name; preset: the model set
+        (``om3db.embed.MODEL_PRESETS``) a new space takes when no model is named."""
         if spec is not None and not isinstance(spec, (str, Path)):
             return spec
         if spec is None:
-            if space in self._given:
+            if space in self._given and dtype is None:
                 return self._given[space]
             try:
                 spec = self._store.space(space, "instance").model_id
             except NotFoundError:
-                spec = DEFAULT_MODELS[space]
-        key = (space, str(spec))
+                from .embed import model_preset
+
+                spec = model_preset(preset)[space] if preset is not None else DEFAULT_MODELS[space]
+        key = (space, str(spec), dtype)
         if key not in self._models:
             from .embed import load_encoder
 
-            self._models[key] = load_encoder(space, spec)
+            self._models[key] = load_encoder(space, spec, **({} if dtype is None else {"dtype": dtype}))
         return self._models[key]
 
     # -- writes -----------------------------------------------------------------------------
@@ -234,13 +240,21 @@ class Database:
         progress: Progress | None = None,
         ray: str | None = None,
         ray_workers: int | None = None,
+        dtype: str | None = None,
+        models: str | None = None,
     ) -> list[IngestOutcome]:
         """Ingest every scan at or below the given folder(s); one atomic commit per scan.
 
         siglip / dinov2: encoder objects, hub ids or local directories (None: the model the space was
         built with, else the default hub id; ``dinov2=False`` skips the image-image space).
-        sam: a SAM predictor or checkpoint path (None: box crops).
+        sam: a SAM predictor, a segment-anything checkpoint path or a transformers SAM hub id / directory
+        (None: the ``models`` preset's, else box crops; False: box crops).
         format: the capture format of the scans, or "auto" (recognised from each folder's contents).
+        dtype: the encoders' and SAM's compute dtype: None / "auto" applies the hardware policy (bfloat16
+        only where the CPU computes it natively, or on CUDA), "float32", "bfloat16", "float16" force one
+        (a half dtype the CPU only emulates is refused). Vectors are float32 unit rows either way.
+        models: a preset (``"cpu"`` | ``"full"``, om3db.embed.MODEL_PRESETS) for spaces not built yet and
+        models not named; its SAM is used when ``sam`` is None.
         Scans whose fingerprint and settings are unchanged are skipped unless ``force``.
         Holds the writer lock for the whole call; index files are saved at the end (and every minute).
         ray: run the per-scan work on Ray actors (``om3db.distributed``): "local" starts Ray on this
@@ -266,6 +280,8 @@ class Database:
                     progress=progress,
                     models={"siglip": siglip, "dinov2": dinov2},
                     sam=sam,
+                    dtype=None if dtype in (None, "auto") else dtype,
+                    preset=models,
                     force=force,
                     read=ReadOptions(depth_scale=depth_scale, pose_convention=pose_convention, format=format),
                     ray=ray,
@@ -282,16 +298,44 @@ class Database:
             return out
 
     def _ingest_locked(
-        self, paths_or_root, *, config, stored, progress, models, sam, force, read, ray=None, ray_workers=None
+        self,
+        paths_or_root,
+        *,
+        config,
+        stored,
+        progress,
+        models,
+        sam,
+        force,
+        read,
+        ray=None,
+        ray_workers=None,
+        dtype=None,
+        preset=None,
     ):
         """The part of :meth:`ingest` under the writer lock: load the models, plan, run."""
+        from .embed import compute_settings, model_preset
         from .ingest import plan_ingest, run_plan
 
-        encoders = {space: self._encoder(space, spec) for space, spec in models.items() if spec is not False}
+        if dtype is not None:
+            from .hardware import resolve_dtype
+
+            resolve_dtype(dtype, "auto")  # a refused dtype is named before any model loads
+        if preset is not None:
+            model_preset(preset)  # an unknown preset, likewise
+            if sam is None:
+                sam = model_preset(preset)["sam"]
+        if sam is False:  # box crops, whatever the preset says
+            sam = None
+        encoders = {
+            space: self._encoder(space, spec, dtype=dtype, preset=preset)
+            for space, spec in models.items()
+            if spec is not False
+        }
         if isinstance(sam, (str, Path)):
             from .sam import load_sam
 
-            sam_key, sam = str(sam), load_sam(sam)
+            sam_key, sam = str(sam), load_sam(sam, **({} if dtype is None else {"dtype": dtype}))
         else:
             sam_key = _sam_key(sam)
         plan = plan_ingest(
@@ -307,7 +351,10 @@ class Database:
         self._given.update(encoders)
         last_save = [time.monotonic()]
 
+        compute = compute_settings(encoders, sam)  # which dtype each model runs in, and why
+
         def write(result, settings: dict) -> None:
+            settings = {**settings, "compute": compute}
             save = time.monotonic() - last_save[0] > _SAVE_EVERY_S
             self._store.write_scan(result, settings=settings, save=save)
             if save:
@@ -317,8 +364,9 @@ class Database:
             from .distributed import run_plan_ray
 
             out = run_plan_ray(plan, stored=stored, write=write, progress=progress, address=ray, workers=ray_workers)
-            return out, plan
-        return run_plan(plan, stored=stored, write=write, progress=progress), plan
+            return [_with_compute(o, compute) for o in out], plan
+        out = run_plan(plan, stored=stored, write=write, progress=progress)
+        return [_with_compute(o, compute) for o in out], plan
 
     def _committed_since(self, before: dict) -> tuple[str, ...]:
         """Names of the scans written since ``before`` (name -> ScanInfo) was read."""
@@ -660,8 +708,17 @@ class Database:
         for s in spaces:
             s["query_encoder"] = self.query_encoder(s["name"])
         scans = self.scans()
+        from .hardware import detect_cpu, resolve_device, resolve_dtype
+
+        dtype, reason = resolve_dtype(None, "auto")
         return {
             "database": self._store.where,  # the folder, or the URL without its password
+            "compute": {
+                "device": str(resolve_device("auto")),
+                "dtype": dtype,
+                "reason": reason,
+                "cpu": detect_cpu().describe(),
+            },
             "schema_revision": self._store.schema_revision(),
             "om3db": __version__,
             **versions(),
@@ -669,6 +726,10 @@ class Database:
             "instances": sum(s.instances for s in scans),
             "spaces": spaces,
         }
+
+
+def _with_compute(outcome: IngestOutcome, compute: dict) -> IngestOutcome:
+    return dataclasses.replace(outcome, compute=compute) if outcome.status == "ingested" else outcome
 
 
 def _relation_args(on, near, inside, above, below, next_to, relation) -> dict:

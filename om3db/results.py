@@ -149,6 +149,8 @@ class IngestOutcome:
     report: IngestReport | None = None
     error: str | None = None
     """Why a 'failed' scan failed (exception type and message)."""
+    compute: dict | None = None
+    """Ingested scans: the dtype and device each model ran in, and why (``om3db.embed.compute_settings``)."""
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
