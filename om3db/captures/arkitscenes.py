@@ -160,11 +160,11 @@ def _ok(p: Path) -> bool:
 
 def _conf_loader(dpath: Path, cpath: Path, min_confidence: int):
     def load() -> np.ndarray:
-        from PIL import Image
+        from ..images import open_image
 
-        with Image.open(dpath) as img:
+        with open_image(dpath, fix=_FIX) as img:
             d = np.asarray(img).astype(np.float32) / np.float32(1000.0)
-        with Image.open(cpath) as img:
+        with open_image(cpath, fix=_FIX) as img:
             conf = np.asarray(img)
         if conf.shape != d.shape:
             raise ScanError(cpath, f"confidence is {conf.shape[::-1]}, depth is {d.shape[::-1]}", _FIX)

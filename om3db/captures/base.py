@@ -183,16 +183,11 @@ class Digest:
 
 
 def image_size(path: Path) -> tuple[int, int, str]:
-    """(width, height, PIL mode) from the header, or ScanError naming the file."""
-    from PIL import Image, UnidentifiedImageError
+    """(width, height, PIL mode) from the header (through om3db's image size guard), or ScanError naming the file."""
+    from ..images import open_image
 
-    try:
-        with Image.open(path) as img:
-            return img.size[0], img.size[1], img.mode
-    except FileNotFoundError as exc:
-        raise ScanError(path, "file not found", "Re-export the capture") from exc
-    except (UnidentifiedImageError, OSError) as exc:
-        raise ScanError(path, f"not a readable image ({exc})", "Re-export the capture") from exc
+    with open_image(path, fix="Re-export the capture") as img:
+        return img.size[0], img.size[1], img.mode
 
 
 DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I")

@@ -4,6 +4,7 @@
 ``dw`` x ``dh`` and ``poses``: one ``[qx, qy, qz, qw, tx, ty, tz]`` per frame, camera-to-world with
 ARKit (OpenGL) camera axes, metres. ``rgbd/<i>.jpg`` colour; ``rgbd/<i>.depth`` LZFSE-compressed float32
 metres (dh x dw); optional ``rgbd/<i>.conf`` LZFSE-compressed uint8 ARKit confidence (0 low .. 2 high).
+Colour JPGs pass om3db's image size guard (:func:`om3db.images.open_image`) like every image file.
 """
 
 from __future__ import annotations
@@ -77,9 +78,14 @@ class _Archive:
             raise ScanError(f"{self.path}/{member}", f"cannot be read from the archive ({exc})", _FIX) from exc
 
 
-def read(path: Path, options: ReadOptions) -> Capture:
-    from PIL import Image, UnidentifiedImageError
+def _open_member(arc: _Archive, member: str):
+    """A colour JPG of the archive opened through om3db's image guard (size checked before decoding)."""
+    from ..images import open_image
 
+    return open_image(io.BytesIO(arc.read(member)), name=f"{arc.path}/{member}", fix=_FIX)
+
+
+def read(path: Path, options: ReadOptions) -> Capture:
     from ..scan import Frame
 
     arc = _Archive(path)
@@ -129,11 +135,11 @@ def read(path: Path, options: ReadOptions) -> Capture:
 
     def color_loader(member: str):
         def load() -> np.ndarray:
-            try:
-                with Image.open(io.BytesIO(arc.read(member))) as img:
+            with _open_member(arc, member) as img:
+                try:
                     return np.asarray(img.convert("RGB"))
-            except (UnidentifiedImageError, OSError) as exc:
-                raise ScanError(f"{path}/{member}", f"not a readable image ({exc})", _FIX) from exc
+                except OSError as exc:
+                    raise ScanError(f"{path}/{member}", f"image is truncated or corrupt ({exc})", _FIX) from exc
 
         return load
 
@@ -189,16 +195,10 @@ def read(path: Path, options: ReadOptions) -> Capture:
 
 def _validate(arc: _Archive, frames, files: dict, color: Intrinsics, options: ReadOptions) -> None:
     """Every colour header has the metadata size; every depth (and confidence) stream decodes to dw*dh values."""
-    from PIL import Image, UnidentifiedImageError
-
     for f in frames if options.check_all_images else frames[:1]:
         f.depth_loader()  # raises ScanError on a stream that does not decode to dw*dh values
-        member = files[f.frame_id]["jpg"]
-        try:
-            with Image.open(io.BytesIO(arc.read(member))) as im:
-                size = im.size
-        except (UnidentifiedImageError, OSError) as exc:
-            raise ScanError(f.color_path, f"not a readable image ({exc})", _FIX) from exc
+        with _open_member(arc, files[f.frame_id]["jpg"]) as im:
+            size = im.size
         if size != (color.width, color.height):
             raise ScanError(
                 f.color_path, f"colour is {size[0]}x{size[1]} but metadata says w={color.width} h={color.height}", _FIX
