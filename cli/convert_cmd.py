@@ -28,6 +28,13 @@ def register(app: typer.Typer) -> None:
         min_confidence: Annotated[
             int, typer.Option("--min-confidence", help="Drop depth below this ARKit confidence (0 low .. 2 high).")
         ] = 1,
+        pose_scale: Annotated[
+            Optional[float],
+            typer.Option(
+                "--pose-scale",
+                help="Metres per pose unit of a nerfstudio capture with non-metric (COLMAP) poses; needed without depth.",
+            ),
+        ] = None,
         fused_dir: Annotated[
             Optional[Path], typer.Option("--fused-dir", help="Cache folder for fused clouds (default: user cache).")
         ] = None,
@@ -41,7 +48,12 @@ def register(app: typer.Typer) -> None:
 
         fusion = FusionConfig(voxel_size=voxel_size, depth_max=depth_max)
         kwargs = dict(
-            format=format, depth_scale=depth_scale, fused_dir=fused_dir, fusion=fusion, min_confidence=min_confidence
+            format=format,
+            depth_scale=depth_scale,
+            fused_dir=fused_dir,
+            fusion=fusion,
+            min_confidence=min_confidence,
+            pose_scale=pose_scale,
         )
         from rich.console import Console
 

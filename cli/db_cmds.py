@@ -159,6 +159,13 @@ def register(app: typer.Typer) -> None:
                 "arkitscenes, replica, scannetpp, scanner3d.",
             ),
         ] = "auto",
+        pose_scale: Annotated[
+            Optional[float],
+            typer.Option(
+                "--pose-scale",
+                help="Metres per pose unit of nerfstudio captures with non-metric (COLMAP) poses; needed without depth.",
+            ),
+        ] = None,
         force: Annotated[bool, typer.Option("--force", help="Re-ingest scans even when unchanged.")] = False,
         refine_masks: Annotated[
             bool,
@@ -191,6 +198,9 @@ def register(app: typer.Typer) -> None:
 
         config = IngestConfig(frame_step=frame_step, refine_masks=refine_masks, diverse=diverse)
         sam_spec = None if sam is None else False if sam.lower() == "none" else Path(sam)
+        from om3db.captures.base import check_pose_scale
+
+        check_pose_scale(pose_scale)  # a bad --pose-scale is refused before the database is created
         if ray is not None:
             from om3db.distributed import check_ray_address
 
@@ -204,6 +214,7 @@ def register(app: typer.Typer) -> None:
                 sam=sam_spec,
                 force=force,
                 format=capture_format,
+                pose_scale=pose_scale,
                 dtype=dtype,
                 models=models,
                 progress=bars.update,

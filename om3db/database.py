@@ -242,6 +242,7 @@ class Database:
         ray_workers: int | None = None,
         dtype: str | None = None,
         models: str | None = None,
+        pose_scale: float | None = None,
     ) -> list[IngestOutcome]:
         """Ingest every scan at or below the given folder(s); one atomic commit per scan.
 
@@ -250,6 +251,8 @@ class Database:
         sam: a SAM predictor, a segment-anything checkpoint path or a transformers SAM hub id / directory
         (None: the ``models`` preset's, else box crops; False: box crops).
         format: the capture format of the scans, or "auto" (recognised from each folder's contents).
+        pose_scale: metres per pose unit of nerfstudio captures with non-metric (COLMAP) poses (see
+        :func:`om3db.scan.read_scan`); stored with each scan so later reads use it too.
         dtype: the encoders' and SAM's compute dtype: None / "auto" applies the hardware policy (bfloat16
         only where the CPU computes it natively, or on CUDA), "float32", "bfloat16", "float16" force one
         (a half dtype the CPU only emulates is refused). Vectors are float32 unit rows either way.
@@ -269,6 +272,9 @@ class Database:
 
             check_ray_address(ray)  # an address nobody answers at: refused before any work
         config = config or IngestConfig()
+        read = ReadOptions(
+            depth_scale=depth_scale, pose_convention=pose_convention, format=format, pose_scale=pose_scale
+        )
         with self._store.lock:
             self._store.check_view_vectors(config.view_vectors)  # before any model loads or scan work
             stored = {s.name: s for s in self._store.scan_infos(include_incomplete=True)}
@@ -283,7 +289,7 @@ class Database:
                     dtype=None if dtype in (None, "auto") else dtype,
                     preset=models,
                     force=force,
-                    read=ReadOptions(depth_scale=depth_scale, pose_convention=pose_convention, format=format),
+                    read=read,
                     ray=ray,
                     ray_workers=ray_workers,
                 )
@@ -410,14 +416,16 @@ class Database:
             fused = info.fused_ply if info.fused_ply and Path(info.fused_ply).is_file() else None
             try:
                 scan = read_scan(
-                    info.path, masks=False, check_all_images=False, format=info.source_format,
-                    fused_dir=self.path / "fused", ply=fused,
+                    info.path, masks=False, check_all_images=False, format=info.source_format, depth="auto",
+                    fused_dir=self.path / "fused", ply=fused, pose_scale=_stored_pose_scale(info),
                 )  # fmt: skip
             except Om3dbError as exc:  # the scan's folder moved or changed: the others still get theirs
                 failed[name] = f"{exc}. Put the scan back at {info.path} (or re-ingest it) and run reindex again"
                 continue
             insts = self._store.instances(scan=name)
-            rel = scan_relations(scan.points, [scan.points[i.point_indices] for i in insts])
+            rel = scan_relations(
+                scan.points, [scan.points[i.point_indices] for i in insts], capture_up=scan.capture_info.get("up")
+            )
             self._store.set_relations(name, rel)
             done.append(name)
         return done, failed
@@ -681,8 +689,10 @@ class Database:
                 masks=False,
                 check_all_images=False,
                 format=fmt,
+                depth="auto",  # captures without sensor depth (3D Scanner App) are read as they were ingested
                 fused_dir=self.path / "fused",
                 ply=info[0].fused_ply if info[0].fused_ply and Path(info[0].fused_ply).is_file() else None,
+                pose_scale=_stored_pose_scale(info[0]),
             )
             colors = (scan.colors.astype(np.float32) * 0.3 + 60).astype(np.uint8)
             for rank, h in ranked:
@@ -757,3 +767,8 @@ _HIGHLIGHT = [
     (210, 245, 60),
     (250, 190, 212),
 ]
+
+
+def _stored_pose_scale(info) -> float | None:
+    """The nerfstudio pose_scale a scan was ingested with (its re-reads need it), else None."""
+    return (((info.settings or {}).get("key") or {}).get("read") or {}).get("pose_scale")

@@ -32,6 +32,7 @@ __all__ = [
     "default_fused_dir",
     "depth_residuals",
     "write_ply",
+    "scaled_ply",
 ]
 
 FUSION_VERSION = 2
@@ -352,6 +353,37 @@ def mesh_as_ply(mesh_path: Path, *, fused_dir: str | Path | None, name: str) -> 
     v, c, f = read_obj(mesh_path)
     info = {**info, "points": int(len(v)), "faces": int(len(f)), "cached": False}
     _publish(path, lambda p: write_ply(p, v, c, f), info)
+    return path, info
+
+
+def scaled_ply(ply_path: Path, scale: float, *, fused_dir: str | Path | None, name: str) -> tuple[Path, dict]:
+    """A copy of ``ply_path`` with every vertex multiplied by ``scale`` (vertex order, colours and faces
+    kept), written once in ``fused_dir``; returns (path, info). How nerfstudio's ``pose_scale`` reaches
+    its ``ply_file_path``."""
+    from ._o3d import open3d
+
+    folder = Path(fused_dir) if fused_dir is not None else default_fused_dir()
+    key = _key(FUSION_VERSION, "scaled", hashlib.sha256(ply_path.read_bytes()).hexdigest(), repr(float(scale)))
+    path = folder / f"{name}.scaled-{key}.ply"
+    info = {"kind": "scaled", "source": str(ply_path), "scale": float(scale), "key": key}
+    if path.is_file():
+        return path, {**info, "cached": True}
+    o3d = open3d()
+    with o3d.utility.VerbosityContextManager(o3d.utility.VerbosityLevel.Error):
+        mesh = o3d.io.read_triangle_mesh(str(ply_path))
+    v = np.asarray(mesh.vertices, dtype=np.float64)
+    if len(v) == 0:  # a point cloud without faces is read as a point cloud
+        pcd = o3d.io.read_point_cloud(str(ply_path), format="ply")
+        v, cols, faces = np.asarray(pcd.points, np.float64), (pcd.colors if pcd.has_colors() else None), None
+    else:
+        cols = mesh.vertex_colors if mesh.has_vertex_colors() else None
+        faces = np.asarray(mesh.triangles, dtype=np.int32)
+    if len(v) == 0:
+        raise ScanError(ply_path, "PLY has no vertices or cannot be parsed", "Fix ply_file_path")
+    c = np.clip(np.rint(np.asarray(cols) * 255.0), 0, 255).astype(np.uint8) if cols is not None else None
+    info = {**info, "points": int(len(v)), "cached": False}
+    pts = (v * float(scale)).astype(np.float32)
+    _publish(path, lambda p: _write_ply(p, pts, c, faces=faces if faces is not None and len(faces) else None), info)
     return path, info
 
 

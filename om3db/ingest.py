@@ -489,6 +489,13 @@ class ReadOptions:
     """Camera axes of the pose files: 'opencv' or 'opengl'."""
     format: str = "auto"
     """Capture format, or 'auto' to recognise it from the folder's contents."""
+    pose_scale: float | None = None
+    """Metres per pose unit of nerfstudio captures with non-metric (COLMAP) poses; None: metric poses."""
+
+    def __post_init__(self) -> None:
+        from .captures.base import check_pose_scale
+
+        check_pose_scale(self.pose_scale)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -557,6 +564,8 @@ def plan_ingest(
     }
     if read.format != "auto":
         key["read"]["format"] = read.format
+    if read.pose_scale is not None:
+        key["read"]["pose_scale"] = float(read.pose_scale)
     return IngestPlan(folders, config, dict(encoders), sam, key, read, force, fused_dir)
 
 
@@ -585,6 +594,7 @@ def run_plan(
             pose_convention=plan.read.pose_convention,
             format=plan.read.format,
             fused_dir=plan.fused_dir,
+            pose_scale=plan.read.pose_scale,
         )
         if scan.name in seen:  # (names the folder scan could not foresee: refused before writing)
             raise ConfigError(_same_name(scan.name, seen[scan.name], folder))

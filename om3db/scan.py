@@ -368,6 +368,7 @@ def read_scan(
     fused_dir: str | Path | None = None,
     fusion=None,
     min_confidence: int = 1,
+    pose_scale: float | None = None,
 ) -> Scan:
     """Read and validate a scan folder or capture.
 
@@ -394,6 +395,10 @@ def read_scan(
     fusion: a :class:`om3db.fusion.FusionConfig` (voxel size, depth range, frame step); None: defaults.
     min_confidence: formats with a per-pixel depth confidence (Record3D, ARKitScenes ``confidence/``):
         depth pixels below this ARKit level (0 low, 1 medium, 2 high) are dropped; 0 keeps all.
+    pose_scale: metres per pose unit of a nerfstudio capture whose poses are not metric (COLMAP): multiplies
+        the poses' translations and its ``ply_file_path`` points (a scaled copy is kept in ``fused_dir``). A
+        nerfstudio capture without depth is refused without it (then depth is rendered from the PLY).
+        Other formats define metric poses: passing it with them is an error.
     """
     from .captures import FORMATS, detect_format
 
@@ -411,7 +416,15 @@ def read_scan(
     if not isinstance(min_confidence, int) or not 0 <= min_confidence <= 2:
         raise ConfigError(f"min_confidence must be 0, 1 or 2 (ARKit low, medium, high), got {min_confidence!r}")
     fusion = _fusion_config(fusion)
+    from .captures.base import check_pose_scale
+
+    pose_scale = check_pose_scale(pose_scale)
     fmt = detect_format(root) if format == "auto" else format
+    if pose_scale is not None and fmt != "nerfstudio":
+        raise ConfigError(
+            f"pose_scale={pose_scale} applies to nerfstudio captures (non-metric COLMAP poses); the {fmt} format's "
+            "poses are in metres: leave pose_scale unset"
+        )
     opts = dict(
         frame_step=frame_step,
         masks=masks,
@@ -427,7 +440,11 @@ def read_scan(
     from .captures import read_capture
     from .captures.base import ReadOptions
 
-    capture = read_capture(root, fmt, ReadOptions(check_all_images=check_all_images, min_confidence=min_confidence))
+    capture = read_capture(
+        root,
+        fmt,
+        ReadOptions(check_all_images=check_all_images, min_confidence=min_confidence, pose_scale=pose_scale),
+    )
     if depth_scale != 1000.0 and depth_scale != capture.depth_scale:
         raise ConfigError(
             f"depth_scale={depth_scale} applies to the ScanNet layout; the {fmt} format defines its own depth "
@@ -645,6 +662,10 @@ def _scan_from_capture(capture, *, frame_step: int, masks, ply, depth: DepthSour
         ply_path = Path(ply)
     elif capture.ply_path is not None:
         ply_path = capture.ply_path
+        if capture.ply_scale != 1.0:
+            from .fusion import scaled_ply
+
+            ply_path, fused = scaled_ply(ply_path, capture.ply_scale, fused_dir=fused_dir, name=capture.name)
     elif capture.mesh_path is not None:
         from .fusion import mesh_as_ply
 

@@ -115,8 +115,12 @@ def test_transforms_without_depth_is_not_guessed(ns):
     _edit_json(ns / "transforms.json", lambda m: [f.pop("depth_file_path") for f in m["frames"]])
     with pytest.raises(ScanError) as err:
         read_scan(ns)
-    assert "the poses' scale is unknown (COLMAP poses are not metric)" in str(err.value)
-    assert str(err.value).endswith("ply_file_path and read it with depth='rendered'")
+    assert "no depth_file_path and there is no ply_file_path: om3db has nothing to measure" in str(err.value)
+    assert str(err.value).endswith("ply_file_path and pass pose_scale (metres per pose unit; CLI --pose-scale)")
+    _edit_json(ns / "transforms.json", lambda m: m.update(ply_file_path="scene.ply"))
+    (ns / "scene.ply").write_bytes((ns / "transforms.json").read_bytes())  # any file: refused before it is read
+    with pytest.raises(ScanError, match="the poses' scale is unknown \\(COLMAP poses are not metric\\)"):
+        read_scan(ns, depth="auto")
 
 
 def test_depth_in_unknown_units(ns):

@@ -20,7 +20,14 @@ import numpy as np
 from ..camera import Intrinsics
 from ..errors import ScanError
 
-__all__ = ["Capture", "ReadOptions", "GL_TO_CV", "quaternion_to_matrix", "axis_angle_to_matrix"]
+__all__ = [
+    "Capture",
+    "ReadOptions",
+    "GL_TO_CV",
+    "quaternion_to_matrix",
+    "axis_angle_to_matrix",
+    "check_pose_scale",
+]
 
 GL_TO_CV = np.diag([1.0, -1.0, -1.0, 1.0])
 """Right-multiply an OpenGL / ARKit camera-to-world pose (x right, y up, z backward) to get OpenCV axes."""
@@ -37,6 +44,13 @@ class ReadOptions:
     """Read every image header (and decode every compressed depth map) during validation."""
     min_confidence: int = 1
     """Depth pixels whose ARKit confidence (0 low, 1 medium, 2 high) is below this are dropped (0 keeps all)."""
+    pose_scale: float | None = None
+    """Metres per pose unit, for nerfstudio captures whose poses are not metric (COLMAP): multiplies the
+    poses' translations and the ``ply_file_path`` points. None: the poses are taken as metres where the
+    capture has depth, and a capture without depth is refused (its scale is unknown)."""
+
+    def __post_init__(self) -> None:
+        check_pose_scale(self.pose_scale)
 
 
 @dataclass(frozen=True)
@@ -63,6 +77,8 @@ class Capture:
     """Raw depth units per metre of its depth images (informational; depth() already returns metres)."""
     mesh_path: Path | None = None
     """A scene mesh in another format (3D Scanner App OBJ), converted to a PLY once when no PLY exists."""
+    ply_scale: float = 1.0
+    """Metres per unit of :attr:`ply_path` (nerfstudio ``pose_scale``): read_scan writes a scaled copy when not 1."""
     skip_reasons: dict = field(default_factory=dict, repr=False)
     """frame id -> why the frame has no usable pose (e.g. no trajectory sample near its timestamp)."""
     info: dict = field(default_factory=dict, repr=False)
@@ -74,6 +90,23 @@ class Capture:
 
 
 # ---------------------------------------------------------------- small helpers
+
+
+def check_pose_scale(value) -> float | None:
+    """``value`` as a finite float > 0 (metres per pose unit), None for None; ConfigError naming pose_scale."""
+    from ..errors import ConfigError
+
+    if value is None:
+        return None
+    try:
+        out = float(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"pose_scale (--pose-scale) must be a number of metres per pose unit, got {value!r}") from exc
+    if isinstance(value, bool) or not np.isfinite(out) or out <= 0:
+        raise ConfigError(
+            f"pose_scale (--pose-scale) must be a finite number > 0 (metres per pose unit), got {value!r}"
+        )
+    return out
 
 
 def read_json(path: Path, fix: str):

@@ -77,13 +77,15 @@ def convert_capture(
     fused_dir: str | Path | None = None,
     fusion=None,
     min_confidence: int = 1,
+    pose_scale: float | None = None,
     progress: Progress | None = None,
 ) -> ConvertResult:
     """Write the capture at ``src`` as a ScanNet-layout scan folder ``dst`` (which must not exist or be empty).
 
     depth_scale: units per metre of the written depth PNGs (1000: millimetres, what om3db and OpenMask3D
         read by default). A capture without sensor depth gets no depth/ folder.
-    fused_dir, fusion, min_confidence: as for :func:`om3db.scan.read_scan` (the fused cloud becomes the PLY).
+    fused_dir, fusion, min_confidence, pose_scale: as for :func:`om3db.scan.read_scan` (the fused, converted or
+        scaled cloud becomes the PLY; poses are written in metres).
     """
     from ..scan import read_scan
 
@@ -101,6 +103,7 @@ def convert_capture(
         fused_dir=fused_dir,
         fusion=fusion,
         min_confidence=min_confidence,
+        pose_scale=pose_scale,
         masks=True,
     )
     name = dst.name

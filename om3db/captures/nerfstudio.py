@@ -5,7 +5,9 @@ per scan); ``camera_model`` OPENCV / PINHOLE with zero distortion is accepted, d
 equirectangular model is refused. ``transform_matrix`` is camera-to-world with OpenGL axes (converted).
 ``depth_file_path`` images are 16-bit PNG (or ``.npy`` float) times ``depth_unit_scale_factor`` metres
 (default 0.001). ``applied_transform`` was already applied to the poses and to ``ply_file_path`` by the
-writer and is only recorded. Without depth the poses' scale is unknown (COLMAP): refused.
+writer and is only recorded. Without depth the poses' scale is unknown (COLMAP): such a capture is refused
+unless ``pose_scale`` (metres per pose unit) is given and it has a ``ply_file_path`` to render depth from;
+``pose_scale`` multiplies the poses' translations and the PLY's points. nerfstudio defines no gravity.
 """
 
 from __future__ import annotations
@@ -87,6 +89,7 @@ def read(path: Path, options: ReadOptions) -> Capture:
             "Split the capture per camera, or resample the images to one camera",
         )
     fx, fy, cx, cy, w, h = cams[0]
+    pose_scale = options.pose_scale
     scale = number(meta.get("depth_unit_scale_factor", 1e-3), jpath, "depth_unit_scale_factor", _FIX)
     if not scale > 0:
         raise ScanError(jpath, f"depth_unit_scale_factor must be > 0 metres per unit, got {scale}", _FIX)
@@ -110,7 +113,11 @@ def read(path: Path, options: ReadOptions) -> Capture:
             if p is not None and not p.is_file():
                 raise ScanError(p, "file not found (listed in transforms.json)", _FIX)
         pose = matrix(fm["transform_matrix"], (4, 4), jpath, f"frames[{frames_meta.index(fm)}] transform_matrix", _FIX)
-        entries.append((fid, cpath, dpath, pose @ GL_TO_CV))
+        pose = pose @ GL_TO_CV
+        if pose_scale is not None:
+            pose = pose.copy()
+            pose[:3, 3] *= pose_scale
+        entries.append((fid, cpath, dpath, pose))
         digest.sized(cpath)
         digest.sized(dpath)
 
@@ -143,16 +150,30 @@ def read(path: Path, options: ReadOptions) -> Capture:
     if not has_depth and ply_path is None:
         raise ScanError(
             jpath,
-            "frames have no depth_file_path and there is no ply_file_path: the poses' scale is unknown (COLMAP poses "
-            "are not metric) and om3db has nothing to measure the scene with",
-            "Export the capture with depth maps (Polycam, Record3D, Spectacular AI do), or add a metric scene mesh as "
-            "ply_file_path and read it with depth='rendered'",
+            "frames have no depth_file_path and there is no ply_file_path: om3db has nothing to measure the scene "
+            "with (no depth maps, no mesh or point cloud to render depth from)",
+            "Export the capture with depth maps (Polycam, Record3D, Spectacular AI do), or add the scene mesh / point "
+            "cloud as ply_file_path and pass pose_scale (metres per pose unit; CLI --pose-scale)",
         )
+    if not has_depth and pose_scale is None:
+        raise ScanError(
+            jpath,
+            "frames have no depth_file_path: the poses' scale is unknown (COLMAP poses are not metric) and om3db "
+            "does not guess it",
+            "Pass pose_scale = metres per pose unit (CLI --pose-scale; 1 when the poses and ply_file_path are already "
+            "in metres) to render depth from ply_file_path, or export the capture with depth maps",
+        )
+    if pose_scale is not None:
+        digest.text(f"pose_scale:{pose_scale!r}")
     info = {
         "pose_convention": "OpenGL camera-to-world (transform_matrix), converted to OpenCV",
-        "depth_units": f"{scale:g} m per unit (depth_unit_scale_factor)" if has_depth else "no depth",
+        "depth_units": f"{scale:g} m per unit (depth_unit_scale_factor)"
+        if has_depth
+        else "none: rendered from ply_file_path",
         "intrinsics_source": "transforms.json fl_x fl_y cx cy",
     }
+    if pose_scale is not None:
+        info["pose_scale"] = pose_scale
     if "applied_transform" in meta:
         info["applied_transform"] = meta["applied_transform"]
     return Capture(
@@ -163,6 +184,7 @@ def read(path: Path, options: ReadOptions) -> Capture:
         color_intrinsics=color,
         depth_intrinsics=depth_intr,
         ply_path=ply_path,
+        ply_scale=1.0 if pose_scale is None else pose_scale,
         digest=digest.hexdigest(),
         depth_scale=1.0 / scale,
         info=info,
