@@ -32,6 +32,8 @@ __all__ = [
     "default_fused_dir",
     "depth_residuals",
     "write_ply",
+    "mesh_as_ply",
+    "colors_from_frames",
     "scaled_ply",
 ]
 
@@ -334,6 +336,8 @@ def read_obj(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if not verts:
         raise ScanError(path, "mesh has no vertices", "Re-export the mesh")
     v = np.asarray(verts, dtype=np.float32)
+    if not np.isfinite(v).all():
+        raise ScanError(path, "mesh has non-finite vertex coordinates", "Re-export the mesh")
     c = np.asarray(cols, dtype=np.float64)
     c = c * 255.0 if c.size and c.max() <= 1.0 else c
     f = np.asarray(faces, dtype=np.int64).reshape(-1, 3)
@@ -342,16 +346,120 @@ def read_obj(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return v, np.clip(np.rint(c), 0, 255).astype(np.uint8), f.astype(np.int32)
 
 
-def mesh_as_ply(mesh_path: Path, *, fused_dir: str | Path | None, name: str) -> tuple[Path, dict]:
-    """A capture's OBJ mesh written once as a PLY (same vertex order) in ``fused_dir``; returns (path, info)."""
+COLOUR_VIEWS = 60
+"""At most this many frames (evenly spaced) colour the vertices of a mesh that has no colours."""
+
+
+def _vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """(N, 3) unit area-weighted vertex normals (zero for a vertex on no face)."""
+    v = vertices.astype(np.float64)
+    fn = np.cross(v[faces[:, 1]] - v[faces[:, 0]], v[faces[:, 2]] - v[faces[:, 0]])
+    n = np.zeros_like(v)
+    for k in range(3):
+        np.add.at(n, faces[:, k], fn)
+    norm = np.linalg.norm(n, axis=1, keepdims=True)
+    return np.divide(n, norm, out=np.zeros_like(n), where=norm > 0)
+
+
+def colors_from_frames(
+    vertices: np.ndarray,
+    faces: np.ndarray,
+    frames: Sequence,
+    color_intr: Intrinsics,
+    *,
+    max_views: int = COLOUR_VIEWS,
+    progress: Progress | None = None,
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Colour mesh vertices from the RGB frames that see them.
+
+    Each vertex is projected into up to ``max_views`` frames (evenly spaced); it is seen in a frame when
+    it is in the image, in front of the camera and not occluded: the ray from the camera centre to it
+    first hits the mesh (open3d RaycastingScene) no closer than 1 mm + 0.2 % of its distance. Its colour
+    is the mean of the pixels it projects to (nearest pixel), weighted by |cos| of the angle between its
+    normal and the ray, so grazing views (silhouettes, where the pixel may show what lies behind) count
+    little. Returns (N, 3) uint8 colours (0 where unseen), (N,) bool seen, and the number of views used.
+    """
+    from ._o3d import open3d
+
+    o3d = open3d()
+    verts = np.asarray(vertices, dtype=np.float64)
+    faces = np.asarray(faces, dtype=np.int64)
+    n = len(verts)
+    if not len(frames) or not len(faces):
+        return np.zeros((n, 3), np.uint8), np.zeros(n, bool), 0
+    rc = o3d.t.geometry.RaycastingScene()
+    rc.add_triangles(o3d.core.Tensor(verts.astype(np.float32)), o3d.core.Tensor(faces.astype(np.uint32)))
+    normals = _vertex_normals(verts, faces)
+    step = max(1, math.ceil(len(frames) / max_views))
+    views = list(frames)[::step]
+    sums = np.zeros((n, 3), np.float64)
+    weights = np.zeros(n, np.float64)
+    w, h = color_intr.width, color_intr.height
+    for i, f in enumerate(views):
+        u, v, z = project(verts, np.linalg.inv(f.pose), color_intr)
+        px, py = np.rint(u), np.rint(v)
+        idx = np.flatnonzero((z > 1e-6) & (px >= 0) & (px < w) & (py >= 0) & (py < h))
+        if len(idx):
+            centre = f.pose[:3, 3]
+            ray = verts[idx] - centre
+            dist = np.linalg.norm(ray, axis=1)
+            ray /= dist[:, None]
+            rays = np.concatenate([np.broadcast_to(centre, ray.shape), ray], axis=1).astype(np.float32)
+            t_hit = rc.cast_rays(o3d.core.Tensor(rays))["t_hit"].numpy().astype(np.float64)
+            vis = t_hit >= dist - (1e-3 + 2e-3 * dist)
+            idx, ray = idx[vis], ray[vis]
+            wt = np.abs(np.einsum("ij,ij->i", normals[idx], ray))
+            img = f.color()
+            if img.shape[:2] != (h, w):
+                raise ScanError(
+                    f.color_path, f"colour is {img.shape[1]}x{img.shape[0]}, the camera is {w}x{h}", "Re-export"
+                )
+            sums[idx] += wt[:, None] * img[py[idx].astype(np.int64), px[idx].astype(np.int64)]
+            weights[idx] += wt
+        if progress is not None:
+            progress("colour", i + 1, len(views))
+    seen = weights > 0
+    colors = np.zeros((n, 3), np.uint8)
+    colors[seen] = np.clip(np.rint(sums[seen] / weights[seen, None]), 0, 255).astype(np.uint8)
+    return colors, seen, len(views)
+
+
+def mesh_as_ply(
+    mesh_path: Path,
+    *,
+    fused_dir: str | Path | None,
+    name: str,
+    frames: Sequence = (),
+    color_intr: Intrinsics | None = None,
+    digest: str | None = None,
+    progress: Progress | None = None,
+) -> tuple[Path, dict]:
+    """A capture's OBJ mesh written once as a PLY (same vertex order) in ``fused_dir``; returns (path, info).
+
+    An OBJ without vertex colours (3D Scanner App's) gets its vertices coloured from ``frames`` (their
+    camera ``color_intr``) by :func:`colors_from_frames`; ``digest`` (the capture's content) keys that.
+    """
     folder = Path(fused_dir) if fused_dir is not None else default_fused_dir()
-    key = _key(FUSION_VERSION, "obj", hashlib.sha256(mesh_path.read_bytes()).hexdigest())
+    by_frames = bool(len(frames)) and color_intr is not None
+    parts = [FUSION_VERSION, "obj", hashlib.sha256(mesh_path.read_bytes()).hexdigest()]
+    if by_frames:
+        parts += ["colour-v1", digest, COLOUR_VIEWS, [int(f.frame_id) for f in frames], asdict(color_intr)]
+    key = _key(*parts)
     path = folder / f"{name}.mesh-{key}.ply"
     info = {"kind": "mesh", "source": str(mesh_path), "key": key}
     if path.is_file():
+        side = path.with_suffix(".json")
+        try:
+            info = {**json.loads(side.read_text()), **info}
+        except (OSError, json.JSONDecodeError):
+            pass
         return path, {**info, "cached": True}
     v, c, f = read_obj(mesh_path)
-    info = {**info, "points": int(len(v)), "faces": int(len(f)), "cached": False}
+    info = {**info, "points": int(len(v)), "faces": int(len(f)), "colours": "obj" if c.any() else "none"}
+    if not c.any() and by_frames:
+        c, seen, views = colors_from_frames(v, f, frames, color_intr, progress=progress)
+        info.update(colours="frames", colour_views=views, points_coloured=int(seen.sum()))
+    info["cached"] = False
     _publish(path, lambda p: write_ply(p, v, c, f), info)
     return path, info
 

@@ -669,7 +669,15 @@ def _scan_from_capture(capture, *, frame_step: int, masks, ply, depth: DepthSour
     elif capture.mesh_path is not None:
         from .fusion import mesh_as_ply
 
-        ply_path, fused = mesh_as_ply(capture.mesh_path, fused_dir=fused_dir, name=capture.name)
+        colour_frames, _ = usable([all_frames[i] for i in fusion.pick_indices(len(all_frames))])
+        ply_path, fused = mesh_as_ply(
+            capture.mesh_path,
+            fused_dir=fused_dir,
+            name=capture.name,
+            frames=colour_frames,
+            color_intr=color_intr,
+            digest=capture.digest,
+        )
     elif capture.has_depth:
         from .fusion import fused_scene_ply
 

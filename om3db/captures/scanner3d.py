@@ -4,7 +4,9 @@
 resolution) and ``cameraPoseARFrame`` (16 numbers, row-major camera-to-world, ARKit / OpenGL axes, metres);
 the scene mesh (a ``.ply``, else ``export_refined.obj`` / ``export.obj`` / ``textured_output.obj``) in the
 same ARKit world. Without depth maps, depth is rendered from the mesh (``depth="auto"``); when the export
-has ``depth_<i>.png`` (16-bit millimetres) for every frame they are used as sensor depth.
+has ``depth_<i>.png`` (16-bit millimetres) for every frame they are used as sensor depth. The OBJ has no
+vertex colours: read_scan colours its vertices from the frames that see them
+(:func:`om3db.fusion.colors_from_frames`).
 """
 
 from __future__ import annotations
