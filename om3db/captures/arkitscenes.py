@@ -5,7 +5,8 @@ millimetres, registered to the colour camera; ``lowres_wide_intrinsics/<video>_<
 ``w h fx fy cx cy``; ``lowres_wide.traj`` one line per pose ``timestamp rx ry rz tx ty tz``: world-to-camera,
 axis-angle rotation (radians), metres, OpenCV camera axes. A frame takes the trajectory sample within
 5 ms of its timestamp (ARKitScenes' own tolerance); a frame with none is skipped and counted. Optional
-``confidence/`` (uint8 ARKit confidence) and ``<video>_3dod_mesh.ply`` (the scene mesh).
+``confidence/`` (uint8 ARKit confidence) and ``<video>_3dod_mesh.ply`` (the scene mesh). The poses are in
+the laser scan's world frame, gravity-aligned with z up (apple/ARKitScenes issues #78, #81): ``info["up"]``.
 """
 
 from __future__ import annotations
@@ -145,6 +146,8 @@ def read(path: Path, options: ReadOptions) -> Capture:
             "pose_convention": "world-to-camera axis-angle (lowres_wide.traj), inverted; OpenCV axes",
             "depth_units": "uint16 millimetres",
             "intrinsics_source": "lowres_wide_intrinsics/*.pincam",
+            "up": [0.0, 0.0, 1.0],
+            "up_source": "ARKitScenes world frame (the laser scan's: gravity-aligned, z up)",
             "frame_ids": "position in timestamp order",
         },
     )

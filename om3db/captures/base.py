@@ -24,6 +24,7 @@ __all__ = [
     "Capture",
     "ReadOptions",
     "GL_TO_CV",
+    "ARKIT_UP",
     "quaternion_to_matrix",
     "axis_angle_to_matrix",
     "check_pose_scale",
@@ -31,6 +32,8 @@ __all__ = [
 
 GL_TO_CV = np.diag([1.0, -1.0, -1.0, 1.0])
 """Right-multiply an OpenGL / ARKit camera-to-world pose (x right, y up, z backward) to get OpenCV axes."""
+ARKIT_UP = [0.0, 1.0, 0.0]
+"""The up vector of an ARKit world frame (``worldAlignment = .gravity``: y points against gravity)."""
 QUAT_TOL = 1e-3
 """A quaternion whose norm differs from 1 by more than this is refused (not silently normalised)."""
 _TRAILING_INT = re.compile(r"(\d+)$")

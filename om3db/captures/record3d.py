@@ -4,7 +4,8 @@
 ``dw`` x ``dh`` and ``poses``: one ``[qx, qy, qz, qw, tx, ty, tz]`` per frame, camera-to-world with
 ARKit (OpenGL) camera axes, metres. ``rgbd/<i>.jpg`` colour; ``rgbd/<i>.depth`` LZFSE-compressed float32
 metres (dh x dw); optional ``rgbd/<i>.conf`` LZFSE-compressed uint8 ARKit confidence (0 low .. 2 high).
-Colour JPGs pass om3db's image size guard (:func:`om3db.images.open_image`) like every image file.
+Colour JPGs pass om3db's image size guard (:func:`om3db.images.open_image`) like every image file. The
+ARKit world is gravity-aligned with y up: ``info["up"]``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,17 @@ import numpy as np
 
 from ..camera import Intrinsics
 from ..errors import ScanError
-from .base import GL_TO_CV, Capture, Digest, ReadOptions, drop_low_confidence, number, quaternion_to_matrix, rigid
+from .base import (
+    ARKIT_UP,
+    GL_TO_CV,
+    Capture,
+    Digest,
+    ReadOptions,
+    drop_low_confidence,
+    number,
+    quaternion_to_matrix,
+    rigid,
+)
 
 NAME = "record3d"
 NEEDS = "a .r3d file (zip with metadata and rgbd/)"
@@ -189,6 +200,8 @@ def read(path: Path, options: ReadOptions) -> Capture:
             "depth_units": "float32 metres (LZFSE)",
             "intrinsics_source": "metadata K (column-major)",
             "min_confidence": options.min_confidence,
+            "up": list(ARKIT_UP),
+            "up_source": "ARKit world frame (gravity-aligned, y up)",
         },
     )
 

@@ -6,7 +6,7 @@ the scene mesh (a ``.ply``, else ``export_refined.obj`` / ``export.obj`` / ``tex
 same ARKit world. Without depth maps, depth is rendered from the mesh (``depth="auto"``); when the export
 has ``depth_<i>.png`` (16-bit millimetres) for every frame they are used as sensor depth. The OBJ has no
 vertex colours: read_scan colours its vertices from the frames that see them
-(:func:`om3db.fusion.colors_from_frames`).
+(:func:`om3db.fusion.colors_from_frames`). The ARKit world is gravity-aligned with y up: ``info["up"]``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np
 
 from ..camera import Intrinsics
 from ..errors import ScanError
-from .base import GL_TO_CV, Capture, Digest, ReadOptions, check_sizes, matrix, read_json
+from .base import ARKIT_UP, GL_TO_CV, Capture, Digest, ReadOptions, check_sizes, matrix, read_json
 
 NAME = "scanner3d"
 NEEDS = "frame_<i>.jpg with frame_<i>.json (intrinsics, cameraPoseARFrame) and the mesh"
@@ -113,5 +113,7 @@ def read(path: Path, options: ReadOptions) -> Capture:
             "pose_convention": "ARKit (OpenGL) camera-to-world cameraPoseARFrame, row-major, converted",
             "depth_units": "uint16 millimetres (depth_<i>.png)" if has_depth else "none: rendered from the mesh",
             "intrinsics_source": "frame_<i>.json intrinsics",
+            "up": list(ARKIT_UP),
+            "up_source": "ARKit world frame of cameraPoseARFrame (gravity-aligned, y up)",
         },
     )
