@@ -2,10 +2,11 @@
 
 1. Building: gravity + geometry + relations of a synthetic ScanNet-size scan (``om3db.synth`` size
    "scannet": 38 objects + floor + 4 walls as instances, as ScanNet masks include them), repeated.
-2. Querying: a database of N synthetic instances (100 per scan, 50 classes; vectors = class centre +
-   noise; per scan ~0.3 ``on`` and ~4 ``near`` relations per instance) written through Store.write_scan;
-   then ``db.search("class A", on="class B")`` and ``near=..., within=0.5`` p50 / p99 (two vector
-   searches of ``candidates`` each, one join in SQLite, hits fetched, grouped by scan).
+2. Querying: a database of N synthetic instances (100 per scan, 50 classes of log-normal sizes,
+   clustered embedding-like vectors; per instance ~0.3 ``on`` relations onto one of its class's two
+   support classes and ~4 ``near`` relations) written through Store.write_scan; then
+   ``db.search("class A", on="class B")`` for a pair that occurs and a random pair, ``near=...,
+   within=0.5`` and ``without=`` p50 / p99 (k = 10 scans; hits fetched, grouped by scan).
 
 Usage:
     .venv/bin/python benchmarks/bench_relations.py --build
@@ -47,7 +48,7 @@ def bench_build(repeats: int) -> dict:
 
 
 class Encoder:
-    """Texts 'class K' -> class centre K (the bench's stand-in for SigLIP's text tower)."""
+    """Texts 'class K' -> class K's direction (the bench's stand-in for SigLIP's text tower)."""
 
     def __init__(self, centres: np.ndarray):
         from om3db.records import EncoderIdentity
@@ -59,14 +60,42 @@ class Encoder:
         return np.stack([self.centres[int(t.split("class ")[1].split()[0])] for t in texts])
 
 
-def fake_scan(name: str, rng, centres: np.ndarray, identity):
+class Embeddings:
+    """Clustered unit vectors shaped like object embeddings (the recipe of bench_query.Generator): x =
+    0.5 m + c_k + B_k z + noise, normalised; m a shared mean direction, c_k the class centre, B_k a
+    per-class 8-d anisotropic spread; class sizes log-normal (many chairs, few pianos). Cosines ~0.8
+    within a class, ~0.2-0.4 across. A text query for class k is the direction of 0.5 m + c_k."""
+
+    def __init__(self, dim: int, seed: int = 0):
+        rng = np.random.default_rng(seed)
+        unit = lambda v: v / np.linalg.norm(v, axis=-1, keepdims=True)  # noqa: E731
+        self.dim = dim
+        self.mean = unit(rng.standard_normal(dim)).astype(np.float32)
+        self.centres = unit(rng.standard_normal((CLASSES, dim))).astype(np.float32)
+        self.spread = rng.standard_normal((CLASSES, 8, dim)).astype(np.float32) / np.sqrt(dim)
+        self.spread *= np.linspace(1.0, 0.3, 8, dtype=np.float32)[None, :, None]
+        self.spread *= rng.uniform(0.3, 0.6, (CLASSES, 1, 1)).astype(np.float32)
+        w = rng.lognormal(0.0, 1.0, CLASSES)
+        self.weights = w / w.sum()
+        self.texts = unit(0.5 * self.mean + self.centres).astype(np.float32)
+        # each class rests on two support classes (mugs on tables and desks, not on random objects)
+        self.supports = [((c * 7 + 1) % CLASSES, (c * 13 + 5) % CLASSES) for c in range(CLASSES)]
+
+    def vectors(self, labels: np.ndarray, rng) -> np.ndarray:
+        x = rng.standard_normal((len(labels), self.dim)).astype(np.float32) * (0.35 / np.sqrt(self.dim))
+        x += 0.5 * self.mean + self.centres[labels]
+        z = rng.standard_normal((len(labels), 1, 8)).astype(np.float32) * 1.6
+        x += (z @ self.spread[labels])[:, 0]
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def fake_scan(name: str, rng, emb: Embeddings, identity):
     from om3db.records import IngestReport, IngestResult, InstanceRecord, View
     from om3db.relations import Relation, RelationConfig, ScanRelations
     from om3db.relations.geometry import Gravity, instance_geometry
 
-    labels = rng.integers(0, CLASSES, PER_SCAN)
-    vecs = centres[labels] + 0.35 * rng.standard_normal((PER_SCAN, centres.shape[1])).astype(np.float32)
-    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    labels = rng.choice(CLASSES, PER_SCAN, p=emb.weights)
+    vecs = emb.vectors(labels, rng)
     geom = instance_geometry(rng.uniform(0, 0.3, (20, 3)))
     insts, rels = [], []
     for i in range(PER_SCAN):
@@ -79,9 +108,11 @@ def fake_scan(name: str, rng, centres: np.ndarray, identity):
                 view_vectors={}, vectors={"siglip": vecs[i]},
             )
         )  # fmt: skip
-        if rng.uniform() < 0.3:
-            j = int(rng.integers(0, PER_SCAN))
-            if j != i:
+        if rng.uniform() < 0.3:  # resting on an instance of one of its support classes, when the scan has one
+            support = np.flatnonzero(np.isin(labels, emb.supports[labels[i]]))
+            support = support[support != i]
+            if len(support):
+                j = int(rng.choice(support))
                 rels += [Relation(i, j, "on", 0.9, 0.0, 0.0, 0.8), Relation(i, j, "above", 0.9, 0.0, 0.0, 0.8)]
         for j in rng.choice(PER_SCAN, 2, replace=False).tolist():
             if j != i:
@@ -95,40 +126,52 @@ def fake_scan(name: str, rng, centres: np.ndarray, identity):
     )  # fmt: skip
 
 
+QUERIES = {
+    "on, a pair that occurs": lambda a, emb: {"on": f"class {emb.supports[a][0]}"},
+    "on, a random pair": lambda a, emb: {"on": f"class {(a * 7 + 3) % CLASSES}"},
+    "near, within 0.5": lambda a, emb: {"near": f"class {(a * 7 + 3) % CLASSES}", "within": 0.5},
+    "without": lambda a, emb: {"without": f"class {(a * 7 + 3) % CLASSES}"},
+}
+
+
 def bench_query(n: int, dim: int, queries: int, work: Path) -> list[dict]:
+    """Latency of relational queries over a database of ``n`` instances (written once into ``work``:
+    a later run with the same ``--work`` reuses it)."""
     import om3db
 
-    rng = np.random.default_rng(0)
-    centres = rng.standard_normal((CLASSES, dim)).astype(np.float32)
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    enc = Encoder(centres)
-    path = work / f"db{n}"
-    t = time.perf_counter()
-    with om3db.connect(path) as db:
-        for s in range(n // PER_SCAN):
-            db._store.write_scan(fake_scan(f"s{s:06d}", rng, centres, enc.identity), settings={}, save=False)
-        db._store.flush()
-    build = time.perf_counter() - t
-    print(f"{n}: written in {build:.1f} s", flush=True)
+    emb = Embeddings(dim)
+    enc = Encoder(emb.texts)
+    path = work / f"db{n}-d{dim}"
+    build = None
+    if not (path / "done").exists():
+        rng = np.random.default_rng(1)
+        t = time.perf_counter()
+        with om3db.connect(path) as db:
+            for s in range(n // PER_SCAN):
+                db._store.write_scan(fake_scan(f"s{s:06d}", rng, emb, enc.identity), settings={}, save=False)
+            db._store.flush()
+        build = time.perf_counter() - t
+        (path / "done").write_text(f"{build:.1f}\n")
+        print(f"{n}: written in {build:.1f} s", flush=True)
     rows = []
     with om3db.connect(path) as db:
         db.use_encoder("siglip", enc)
         kinds = db.index_kinds()
-        for label, kw in (("on", {}), ("near within 0.5", {"within": 0.5})):
-            lat, groups = [], 0
+        for label, make in QUERIES.items():
+            lat, groups, pairs = [], 0, 0
             for q in range(queries + 3):
-                a, b = q % CLASSES, (q * 7 + 3) % CLASSES
-                rel = {"near": f"class {b}"} if "near" in label else {"on": f"class {b}"}
+                a = q % CLASSES
                 t = time.perf_counter()
-                res = db.search(f"class {a}", k=10, **rel, **kw)
+                res = db.search(f"class {a}", k=10, **make(a, emb))
                 if q >= 3:  # warm-up excluded
                     lat.append(time.perf_counter() - t)
-                groups += len(res)
+                    groups += len(res)
+                    pairs += sum(len(m.hits) for m in res)
             lat_ms = np.array(lat) * 1000
             rows.append({
                 "instances": n, "query": label, "p50_ms": float(np.percentile(lat_ms, 50)),
                 "p99_ms": float(np.percentile(lat_ms, 99)), "queries": len(lat), "scans_returned_avg": groups / len(lat),
-                "index": kinds, "dim": dim, "write_s": build,
+                "hits_avg": pairs / len(lat), "index": kinds, "dim": dim, "write_s": build,
             })  # fmt: skip
             print(json.dumps(rows[-1]), flush=True)
     return rows

@@ -509,7 +509,8 @@ def register(app: typer.Typer) -> None:
         else:
             typer.echo(
                 f"checked {report.scans} scans, {report.instances} instances, {report.vectors} vectors, "
-                f"{report.indexes} indexes: " + ("ok" if report.ok else f"{len(report.problems)} problems")
+                f"{report.indexes} indexes, {report.relations} relations: "
+                + ("ok" if report.ok else f"{len(report.problems)} problems")
             )
             for p in report.problems:
                 typer.echo(str(p))

@@ -475,7 +475,7 @@ class Database:
         without: Sequence[str] | str = (),
         count_at_least: int | None = None,
         match: float = 0.5,
-        candidates: int = 1000,
+        candidates: int = 20000,
     ) -> list[Hit]:
         """The k instances most similar to a text (SigLIP) or an image (DINOv2, or ``space="siglip"``).
 

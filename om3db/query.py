@@ -137,8 +137,9 @@ class Query:
     """Noun phrases that must have no match in a scan for it to be returned (``without``)."""
     min_count: int | None = None
     """A scan is returned only with at least this many distinct matching subjects (``count_at_least``)."""
-    candidates: int = 1000
-    """Relational queries: how many best instances each noun phrase's vector search considers."""
+    candidates: int = 20000
+    """Relational queries: at most this many best instances of the subject phrase are considered (16 per
+    scan asked for first, 4x more while fewer than ``k`` scans are found)."""
     match: float = 0.5
     """Relational queries: an instance matches a noun phrase when its similarity is at least this fraction
     of the phrase's best similarity (and at least ``filters.min_score``)."""
@@ -315,11 +316,13 @@ def search_space(
     aggregation: Aggregation = "mean",
     allowed: np.ndarray | None = None,
     min_score: float | None = None,
+    wide: bool = False,
 ) -> list[RawHit]:
     """The k instances most similar to ``query`` ((D,) float32 unit vector), best first.
 
     allowed: (n,) int64 instance ids the search may return (None: any). k is clamped to what the space
-    holds, so an absurd k costs nothing."""
+    holds, so an absurd k costs nothing. wide: an IVF visits lists enough to hold k results
+    (``VectorIndex.nprobe_for``), not just the nprobe tuned for the top 10 (relational candidates)."""
     if aggregation not in ("mean", "max"):
         raise ConfigError(f"aggregation must be 'mean' or 'max', got {aggregation!r}")
     if allowed is not None and not len(allowed):
@@ -330,16 +333,16 @@ def search_space(
         k = min(int(k), index.ntotal if allowed is None else len(allowed))
         if k < 1:
             return []
-        scores, ids = index.search(q, k, allowed_ids=allowed)
-        hits = [RawHit(int(i), float(s), None) for s, i in zip(scores[0], ids[0], strict=True) if i >= 0]
+        scores, ids = index.search(q, k, allowed_ids=allowed, min_nprobe=index.nprobe_for(k) if wide else None)
+        hits = [RawHit(i, s, None) for s, i in zip(scores[0].tolist(), ids[0].tolist(), strict=True) if i >= 0]
     else:
-        hits = _search_max(store, space, q, int(k), allowed)
+        hits = _search_max(store, space, q, int(k), allowed, wide)
     if min_score is not None:
         hits = [h for h in hits if h.score >= min_score]
     return hits
 
 
-def _search_max(store, space: str, q: np.ndarray, k: int, allowed: np.ndarray | None) -> list[RawHit]:
+def _search_max(store, space: str, q: np.ndarray, k: int, allowed: np.ndarray | None, wide: bool) -> list[RawHit]:
     """Max aggregation: best view per instance, over-fetching views until k instances are found."""
     from .store.writer import view_owner
 
@@ -353,7 +356,9 @@ def _search_max(store, space: str, q: np.ndarray, k: int, allowed: np.ndarray | 
         return []
     fetch = min(max(4 * k, 16), total)
     while True:
-        scores, ids = index.search(q, fetch, allowed_ids=allowed_views)
+        scores, ids = index.search(
+            q, fetch, allowed_ids=allowed_views, min_nprobe=index.nprobe_for(fetch) if wide else None
+        )
         found = ids[0] >= 0
         owners = view_owner(ids[0][found]).tolist()
         best: dict[int, RawHit] = {}

@@ -184,6 +184,58 @@ def test_cross_scan_negation_and_count_scan_sets(rel_db):
             assert all(h.evidence["distance"] <= 0.5 for h in m.hits)
 
 
+def test_subject_candidates_widen_until_every_pair_is_found(rel_db, monkeypatch):
+    """From one first candidate, the query widens 4x at a time until no more subjects can match, and finds
+    exactly the ground-truth pairs; ``candidates`` caps the widening (the best subject only)."""
+    from om3db.relations import query as rq
+
+    path, root, enc = rel_db
+    truth = {(t[0], t[3], t[4]) for t in _gt_on(_truth(root))}  # match=0: every instance matches "any object"
+    assert len(truth) >= 5
+    monkeypatch.setattr(rq, "_FIRST_CANDIDATES", 1)
+    monkeypatch.setattr(rq, "_PER_SCAN_CANDIDATES", 0)
+    asked = []
+    best = rq._Phrase.best
+    monkeypatch.setattr(rq._Phrase, "best", lambda self, k: asked.append(k) or best(self, k))
+    with om3db.connect(path) as db:
+        db.use_encoder("siglip", enc)
+        assert _found(db, db.search("any object", on="any object", match=0.0)) == truth
+        assert asked[:3] == [1, 4, 16]
+        asked.clear()
+        capped = db.search("any object", on="any object", match=0.0, candidates=1)
+        assert asked == [1]
+        best_subject = db.search("any object", k=1)[0].instance_id
+        assert {h.subject.instance_id for m in capped for h in m.hits} <= {best_subject}
+
+
+def test_without_in_a_region_drops_only_scans_with_a_match_inside_it(rel_db):
+    """``without=`` with ``region=``: a scan is dropped only when the excluded phrase matches inside the
+    region; elsewhere in the scan does not count."""
+    path, root, enc = rel_db
+    gts = _truth(root)
+    with om3db.connect(path) as db:
+        db.use_encoder("siglip", enc)
+        case = None
+        for scan, gt in gts.items():
+            by_class = {}
+            for inst in db.instances(scan):
+                by_class.setdefault(gt.objects[inst.mask_index]["class_name"], []).append(inst)
+            if "red" in by_class and "blue" in by_class:
+                red = by_class["red"][0]
+                lo, hi = np.asarray(red.bbox_min), np.asarray(red.bbox_max)
+                if all(
+                    np.any(np.asarray(b.bbox_min) > hi) or np.any(np.asarray(b.bbox_max) < lo) for b in by_class["blue"]
+                ):
+                    case = scan, red, (tuple(lo - 1e-3), tuple(hi + 1e-3))
+                    break
+        assert case is not None, "no scan with a red object clear of every blue one"
+        scan, red, region = case
+        assert scan not in {m.scan for m in db.search("a red object", without="a blue object")}
+        kept = db.search("a red object", without="a blue object", scans=[scan], region=region)
+        assert [m.scan for m in kept] == [scan]
+        assert red.id in {h.subject.instance_id for h in kept[0].hits}
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -242,6 +294,37 @@ def _forget_relations(db_dir) -> None:
     with sqlite3.connect(db_dir / "om3db.sqlite") as conn:
         for table in ("relations", "instance_geometry", "scan_gravity"):
             conn.execute(f"DELETE FROM {table}")
+
+
+def test_check_covers_the_relation_tables(rel_db, tmp_path):
+    """``check`` reads every relation row, geometry and up axis: a clean database is ok; a relation joining
+    two scans, non-finite evidence, a lost geometry row and a broken up axis are each named, with the scan."""
+    import shutil
+    import sqlite3
+
+    copy = tmp_path / "db"
+    shutil.copytree(rel_db[0], copy)
+    with om3db.connect(copy, create=False, repair=False) as db:
+        clean = db.check()
+        scans = [s.name for s in db.scans()]
+        other = db.instances(scans[1])[0].id
+    assert clean.ok and clean.relations > 0, clean.problems
+    with sqlite3.connect(copy / "om3db.sqlite") as conn:
+        (rid,) = conn.execute("SELECT id FROM relations ORDER BY id LIMIT 1").fetchone()
+        conn.execute("UPDATE relations SET object_id = ? WHERE id = ?", (other, rid))
+        conn.execute("UPDATE relations SET distance = 'nan' WHERE id = (SELECT MAX(id) FROM relations)")
+        conn.execute(
+            "DELETE FROM instance_geometry WHERE instance_id = (SELECT MIN(instance_id) FROM instance_geometry)"
+        )
+        conn.execute("UPDATE scan_gravity SET up_x = 3.0 WHERE scan_id = (SELECT MIN(scan_id) FROM scan_gravity)")
+    with om3db.connect(copy, create=False, repair=False) as db:
+        report = db.check()
+    text = [str(p) for p in report.problems]
+    assert any(f"relation {rid} " in t and "not two of this scan's" in t for t in text), text
+    assert any("evidence is not finite" in t for t in text), text
+    assert any("instance geometries for" in t for t in text), text
+    assert any("is not a unit vector" in t for t in text), text
+    assert not report.ok and report.relations == clean.relations
 
 
 def test_database_without_relations_says_to_reindex(rel_db, tmp_path):

@@ -1,10 +1,14 @@
-"""Relational queries: "a mug on a table" is two vector searches and one join in the database.
+"""Relational queries: "a mug on a table" is vector searches and one join in the database.
 
-Each noun phrase is a vector search (``search_space``); an instance *matches* a phrase when its
-similarity is at least ``match`` x the phrase's best similarity over the searched scans (and at least
-``min_score`` when given), among the phrase's ``candidates`` best. The relation is the store's join
-(``Store.relation_pairs``); the score of a pair is the mean of both similarities and the relation's score.
-Results are grouped by scan. No SQL here: the store runs it.
+An instance *matches* a noun phrase when its similarity is at least ``match`` x the phrase's best
+similarity over the searched scans (and at least ``min_score`` when given). The query is driven by the
+subject: its best instances (16 per scan asked for first, 4x more while fewer than k scans come back, at most
+``candidates``) are joined to their stored relations (``Store.relation_pairs``, by the (relation,
+subject) index), and only the objects of those rows are scored against the object phrase (an exact
+id-selector search), so no object is missed for ranking outside some top list. ``without``: each
+candidate scan's instances are scored exactly against the excluded phrase. The score of a pair is the
+mean of both similarities and the relation's score; results are grouped by scan. No SQL here: the
+store runs it.
 """
 
 from __future__ import annotations
@@ -149,26 +153,57 @@ class SceneMatch:
         return {"scan": self.scan, "score": self.score, "hits": [h.to_dict() for h in self.hits]}
 
 
-def _matches(database, text, q, *, scans=None, allowed=None) -> dict:
-    """Instance id -> ``RawHit`` (similarity, best view) of the instances matching a noun phrase."""
-    import numpy as np
+class _Phrase:
+    """One noun phrase of a relational query: its query vector and the similarity floor of a match.
 
-    from ..query import search_space
+    An instance matches when its similarity is at least ``match`` x the phrase's best similarity over
+    ``floor_scope`` (instance ids; None: every ready scan; default: ``scope``, the ids it may match) and at
+    least ``min_score`` when given."""
 
-    store = database._store
-    vector = database._query_vector(q.space_name, _with_text(q, text))
-    if scans is not None:
-        ids = store.filter_ids(scans=scans, min_points=0, region=None, region_mode="intersects")
-        allowed = ids if allowed is None else np.intersect1d(allowed, ids)
-    raw = search_space(
-        store, q.space_name, vector, k=q.candidates, aggregation=q.aggregation, allowed=allowed, min_score=None
-    )
-    if not raw:
-        return {}
-    floor = q.match * max(raw[0].score, 0.0)
-    if q.filters.min_score is not None:
-        floor = max(floor, q.filters.min_score)
-    return {h.instance_id: h for h in raw if h.score >= floor}
+    def __init__(self, database, q, text: str | None, scope, *, floor_scope=...) -> None:
+        from ..query import search_space
+
+        self.store, self.space, self.agg, self.scope = database._store, q.space_name, q.aggregation, scope
+        self.vector = database._query_vector(q.space_name, q if text is None else _with_text(q, text))
+        floor_scope = scope if floor_scope is ... else floor_scope
+        top = search_space(self.store, self.space, self.vector, k=1, aggregation=self.agg, allowed=floor_scope)
+        self.floor = None if not top else q.match * max(top[0].score, 0.0)
+        if self.floor is not None and q.filters.min_score is not None:
+            self.floor = max(self.floor, q.filters.min_score)
+
+    def best(self, k: int) -> tuple[dict, bool]:
+        """The matches among the phrase's ``k`` best instances (id -> ``RawHit``), and whether there may be
+        more beyond them (all k returned, the k-th still a match)."""
+        from ..query import search_space
+
+        if self.floor is None:
+            return {}, False
+        raw = search_space(
+            self.store, self.space, self.vector, k=k, aggregation=self.agg, allowed=self.scope, wide=True
+        )
+        found = {h.instance_id: h for h in raw if h.score >= self.floor}
+        return found, len(raw) >= k and raw[-1].score >= self.floor
+
+    def among(self, ids) -> dict:
+        """The matches among these instance ids, every one scored exactly (an id-selector search)."""
+        import numpy as np
+
+        from ..query import search_space
+
+        ids = np.unique(np.asarray(list(ids), dtype=np.int64))
+        if self.floor is None or not len(ids):
+            return {}
+        if self.scope is not None:
+            ids = np.intersect1d(ids, self.scope)
+        raw = search_space(self.store, self.space, self.vector, k=len(ids), aggregation=self.agg, allowed=ids)
+        return {h.instance_id: h for h in raw if h.score >= self.floor}
+
+    def scans_with_match(self, scans: list[str]) -> set[str]:
+        """Which of these scans hold a match (exact: every instance of them is scored)."""
+        if self.floor is None or not scans:
+            return set()
+        ids = self.store.filter_ids(scans=scans, min_points=0, region=None, region_mode="intersects")
+        return set(self.store.instance_scans(list(self.among(ids))).values())
 
 
 def _with_text(q, text):
@@ -199,41 +234,25 @@ def run_relational(database, q) -> list[SceneMatch]:
     allowed = None
     if f.restricts_ids:
         allowed = store.filter_ids(scans=f.scans, min_points=f.min_points, region=f.region, region_mode=f.region_mode)
-    subj = _matches(database, q.text, q, allowed=allowed) if q.text is not None else {}
-    if q.text is None:  # an image subject: its space's search
-        from ..query import search_space
-
-        vector = database._query_vector(q.space_name, q)
-        raw = search_space(store, q.space_name, vector, k=q.candidates, aggregation=q.aggregation, allowed=allowed)
-        top = raw[0].score if raw else 0.0
-        subj = {h.instance_id: h for h in raw if h.score >= q.match * max(top, 0.0)}
-    pairs: list[tuple[int, int | None, float, dict, str | None]] = []
-    obj: dict = {}
-    if q.relation is not None:
-        obj = _matches(database, q.relation_object, q, scans=f.scans)
-        for row in store.relation_pairs(q.relation, list(subj), list(obj), max_distance=q.max_distance):
-            s_id, o_id = row["subject_id"], row["object_id"]
-            score = (subj[s_id].score + obj[o_id].score + row["score"]) / 3
-            evidence = {k: row[k] for k in ("score", "distance", "gap", "overlap")}
-            pairs.append((s_id, o_id, score, evidence, q.relation))
-    else:
-        pairs = [(s_id, None, h.score, {}, None) for s_id, h in subj.items()]
-    scan_of = store.instance_scans([p[0] for p in pairs])
-    excluded: set[str] = set()
-    for text in q.excluded:
-        excluded |= set(store.instance_scans(list(_matches(database, text, q, scans=f.scans))).values())
-    by_scan: dict[str, list] = {}
-    for p in pairs:
-        scan = scan_of.get(p[0])
-        if scan is not None and scan not in excluded:
-            by_scan.setdefault(scan, []).append(p)
-    if q.min_count is not None:
-        by_scan = {s: ps for s, ps in by_scan.items() if len({p[0] for p in ps}) >= q.min_count}
-    groups = sorted(by_scan.items(), key=lambda kv: (-max(p[2] for p in kv[1]), kv[0]))[: q.k]
+    in_scans = None if f.scans is None else store.filter_ids(scans=f.scans, min_points=0, region=None)
+    subject = _Phrase(database, q, q.text, allowed)  # q.text None: the query's image
+    obj = _Phrase(database, q, q.relation_object, in_scans) if q.relation is not None else None
+    absent_in = in_scans  # without= with a region: no match within the region (elsewhere in the scan is fine)
+    if f.region is not None:
+        absent_in = store.filter_ids(scans=f.scans, min_points=0, region=f.region, region_mode=f.region_mode)
+    excluded = [_Phrase(database, q, text, absent_in, floor_scope=in_scans) for text in q.excluded]
+    k = min(max(_FIRST_CANDIDATES, _PER_SCAN_CANDIDATES * q.k), q.candidates)
+    while True:
+        subj, more = subject.best(k)
+        groups, objects = _group(store, q, subj, obj, excluded)
+        if len(groups) >= q.k or not more or k >= q.candidates:
+            break
+        k = min(4 * k, q.candidates)  # fewer than k scans found and more subjects may match: look further
+    groups = groups[: q.k]
     s_ids = sorted({p[0] for _, ps in groups for p in ps})
     o_ids = sorted({p[1] for _, ps in groups for p in ps if p[1] is not None})
     s_hits = {h.instance_id: h for h in database._hits([subj[i] for i in s_ids], q.points)}
-    o_hits = {h.instance_id: h for h in database._hits([obj[i] for i in o_ids], q.points)}
+    o_hits = {h.instance_id: h for h in database._hits([objects[i] for i in o_ids], q.points)}
     out = []
     for scan, ps in groups:
         rows = sorted(ps, key=lambda p: (-p[2], p[0], p[1] or 0))
@@ -245,3 +264,56 @@ def run_relational(database, q) -> list[SceneMatch]:
         if rh:
             out.append(SceneMatch(scan, rh[0].score, rh))
     return out
+
+
+_EVIDENCE = ("score", "distance", "gap", "overlap")
+_FIRST_CANDIDATES, _PER_SCAN_CANDIDATES = 64, 16
+"""A relational query first considers the subject phrase's max(64, 16 k) best instances, then 4x more
+while fewer than k scans are found (up to ``Query.candidates``)."""
+
+
+def _group(store, q, subj: dict, obj: _Phrase | None, excluded: list[_Phrase]) -> tuple[list, dict]:
+    """The subject matches joined to the relation's object matches, grouped by scan (best scan first),
+    without the scans where an excluded phrase matches; and the object matches (id -> RawHit)."""
+    pairs: list[tuple[int, int | None, float, dict, str | None]] = []
+    objects: dict = {}
+    if obj is not None:
+        if q.relation == "same_scan":
+            scans = sorted(set(store.instance_scans(list(subj)).values()))
+            ids = store.filter_ids(scans=scans, min_points=0, region=None) if scans else []
+            rows = store.relation_pairs(q.relation, list(subj), list(obj.among(ids)), max_distance=q.max_distance)
+        else:
+            rows = store.relation_pairs(q.relation, list(subj), max_distance=q.max_distance)
+        objects = obj.among({r[1] for r in rows})
+        for s_id, o_id, scan, *evidence in rows:
+            o = objects.get(o_id)
+            if o is not None:
+                score = (subj[s_id].score + o.score + evidence[0]) / 3
+                pairs.append((s_id, o_id, score, dict(zip(_EVIDENCE, evidence, strict=True)), q.relation, scan))
+    else:
+        scan_of = store.instance_scans(list(subj))
+        pairs = [(s_id, None, h.score, {}, None, scan_of[s_id]) for s_id, h in subj.items() if s_id in scan_of]
+    by_scan: dict[str, list] = {}
+    for p in pairs:
+        by_scan.setdefault(p[5], []).append(p[:5])
+    if q.min_count is not None:
+        by_scan = {s: ps for s, ps in by_scan.items() if len({p[0] for p in ps}) >= q.min_count}
+    groups = sorted(by_scan.items(), key=lambda kv: (-max(p[2] for p in kv[1]), kv[0]))
+    return _drop_excluded(groups, excluded, q.k), objects
+
+
+def _drop_excluded(groups: list, excluded: list[_Phrase], k: int) -> list:
+    """The first ``k`` groups whose scan holds no match of an excluded phrase (or fewer: all there are).
+    Scans are checked best first in batches, so a query asking for k scans scores few of them."""
+    if not excluded:
+        return groups
+    kept: list = []
+    at, batch = 0, max(2 * k, 16)
+    while at < len(groups) and len(kept) < k:
+        part = groups[at : at + batch]
+        dropped: set[str] = set()
+        for phrase in excluded:
+            dropped |= phrase.scans_with_match([scan for scan, _ in part])
+        kept += [g for g in part if g[0] not in dropped]
+        at, batch = at + len(part), 4 * batch
+    return kept

@@ -239,8 +239,11 @@ class Store(StoreReads, StoreCheck, StoreRelations):
 
         from .models import SpaceRow
 
-        with self.session() as s:
-            return list(s.scalars(select(SpaceRow).order_by(SpaceRow.name, SpaceRow.level)))
+        # plain rows (read-only attributes), not ORM objects: every search reads them to see the
+        # space's generation, and an ORM session cost ~1.5 ms a call (docs/benchmarks.md, relations)
+        table = SpaceRow.__table__
+        with self.engine.connect() as conn:
+            return list(conn.execute(select(table).order_by(table.c.name, table.c.level)))
 
     def space(self, name: str, level: str):
         rows = self.spaces()

@@ -5,7 +5,9 @@ indices (decode, within the scan's point count) and views; every vector block (s
 and the space's dimension, ids are this scan's instances); every FAISS index (file + change log load,
 reach SQLite's generation, hold exactly SQLite's ids). Each problem names the scan / instance / space
 and the repair: ``om3db reindex`` for index files (derived data), re-ingesting (or removing) a scan
-for damaged rows, a backup for a damaged SQLite file.
+for damaged rows, a backup for a damaged SQLite file. Spatial relations: each scan's up axis (finite,
+unit, a known source), one geometry row per instance (finite numbers, footprint and sample blobs that
+decode), every relation between two instances of its own scan, a known relation, finite evidence.
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ class CheckReport:
     vectors: int
     indexes: int
     problems: tuple[Problem, ...] = field(default=())
+    relations: int = 0
+    """Relation rows looked at."""
 
     @property
     def ok(self) -> bool:
@@ -58,6 +62,7 @@ class CheckReport:
             "instances": self.instances,
             "vectors": self.vectors,
             "indexes": self.indexes,
+            "relations": self.relations,
             "problems": [{"where": p.where, "problem": p.problem, "repair": p.repair} for p in self.problems],
         }
 
@@ -75,9 +80,78 @@ class StoreCheck:
             problems += found
             n_vec, n_idx, found = self._check_vectors(owners)
             problems += found
+            n_rel, found = self._check_relations(owners)
+            problems += found
         except StoreError as exc:  # rows SQLite itself can no longer read (a damaged page or text)
             return CheckReport(0, 0, 0, 0, (*problems, Problem("database", str(exc), RESTORE)))
-        return CheckReport(n_scans, n_inst, n_vec, n_idx, tuple(problems))
+        return CheckReport(n_scans, n_inst, n_vec, n_idx, tuple(problems), n_rel)
+
+    def _check_relations(self, owners: dict[int, str]) -> tuple[int, list[Problem]]:
+        from sqlalchemy import select
+
+        from ..relations import RELATIONS
+        from .models import InstanceGeometryRow as Geo
+        from .models import RelationRow, ScanGravityRow, ScanRow
+
+        problems: list[Problem] = []
+        n_rel = 0
+        with self.engine.connect() as conn:
+            names = dict(conn.execute(select(ScanRow.id, ScanRow.name).where(ScanRow.status == "ready")).all())
+            with_gravity = set()
+            for r in conn.execute(select(ScanGravityRow)):
+                if r.scan_id not in names:
+                    continue
+                with_gravity.add(names[r.scan_id])
+                up = np.array([r.up_x, r.up_y, r.up_z], dtype=np.float64)
+                if not np.isfinite(up).all() or abs(np.linalg.norm(up) - 1) > 1e-3:
+                    problems.append(
+                        Problem(f"scan {names[r.scan_id]}", f"up axis {up.tolist()} is not a unit vector", REINGEST)
+                    )
+                if r.source not in ("capture", "floor", "default"):
+                    problems.append(
+                        Problem(f"scan {names[r.scan_id]}", f"unknown up-axis source {r.source!r}", REINGEST)
+                    )
+            geo_of: dict[str, int] = {}
+            for g in conn.execute(select(Geo)):
+                scan = owners.get(g.instance_id)
+                if scan is None:
+                    continue
+                geo_of[scan] = geo_of.get(scan, 0) + 1
+                where = f"instance {g.instance_id} (scan {scan})"
+                nums = [g.min_x, g.min_y, g.min_z, g.max_x, g.max_y, g.max_z, g.yaw, g.footprint_area, g.volume]
+                if not np.isfinite(np.asarray(nums, dtype=np.float64)).all():
+                    problems.append(Problem(where, "its gravity-frame geometry has non-finite numbers", REINGEST))
+                if len(g.footprint or b"") % 8 or len(g.sample or b"") % 12:
+                    problems.append(Problem(where, "its footprint or point sample blob is damaged", REINGEST))
+            per_scan: dict[str, int] = {}
+            for scan in owners.values():
+                per_scan[scan] = per_scan.get(scan, 0) + 1
+            for scan in sorted(with_gravity):
+                if geo_of.get(scan, 0) != per_scan.get(scan, 0):
+                    problems.append(
+                        Problem(
+                            f"scan {scan}",
+                            f"{geo_of.get(scan, 0)} instance geometries for {per_scan.get(scan, 0)} instances",
+                            REINGEST,
+                        )
+                    )
+            cols = (RelationRow.id, RelationRow.scan_id, RelationRow.subject_id, RelationRow.object_id, RelationRow.relation,
+                    RelationRow.score, RelationRow.distance, RelationRow.gap, RelationRow.overlap)  # fmt: skip
+            for rid, scan_id, s_id, o_id, relation, *evidence in conn.execute(select(*cols)):
+                scan = names.get(scan_id)
+                if scan is None:
+                    continue
+                n_rel += 1
+                where = f"relation {rid} (scan {scan})"
+                if owners.get(s_id) != scan or owners.get(o_id) != scan or s_id == o_id:
+                    problems.append(
+                        Problem(where, f"joins instances {s_id} and {o_id}, not two of this scan's", REINGEST)
+                    )
+                if relation not in RELATIONS:
+                    problems.append(Problem(where, f"unknown relation {relation!r}", REINGEST))
+                if not np.isfinite(np.asarray(evidence, dtype=np.float64)).all():
+                    problems.append(Problem(where, f"evidence is not finite ({evidence})", REINGEST))
+        return n_rel, problems
 
     def _check_sqlite(self) -> list[Problem]:
         from sqlalchemy import text

@@ -15,6 +15,9 @@ from ..errors import NotFoundError
 
 __all__ = ["StoreRelations", "write_relations"]
 
+_CHUNK = 5000
+"""Ids bound per statement (SQLite allows 32,766 host parameters; PostgreSQL 65,535)."""
+
 
 def write_relations(conn, scan_id: int, rel) -> int:
     """Insert a scan's gravity, geometry and relation rows (``rel``: ``ScanRelations``); returns the
@@ -131,9 +134,10 @@ class StoreRelations:
 
         from .models import ScanGravityRow
 
-        with self.engine.connect() as conn:
-            found = {(r[0] or {}).get("config", {}).get(name) for r in conn.execute(select(ScanGravityRow.settings))}
-        return sorted(float(v) for v in found if v is not None)
+        value = ScanGravityRow.settings["config"][name].as_float()
+        with self.engine.connect() as conn:  # one JSON lookup per scan in the database, not a decode in Python
+            found = conn.execute(select(value).distinct().where(value.is_not(None))).scalars()
+            return sorted(float(v) for v in found)
 
     def gravity(self, scan: str) -> dict | None:
         """{"up": (x, y, z), "source": ..., "settings": ...} of a ready scan, None before relations were built."""
@@ -188,23 +192,26 @@ class StoreRelations:
         self,
         relation: str,
         subjects: Sequence[int],
-        objects: Sequence[int],
+        objects: Sequence[int] | None = None,
         *,
         max_distance: float | None = None,
-    ) -> list[dict]:
-        """The join of a relational query: stored ``relation`` rows from any of ``subjects`` to any of
-        ``objects`` (distance at most ``max_distance``). ``same_scan``: every pair of distinct instances of one
-        ready scan (score 1, evidence: centroid distance)."""
+    ) -> list[tuple]:
+        """The join of a relational query: stored ``relation`` rows from any of ``subjects`` (to any of
+        ``objects``; None: to any instance), distance at most ``max_distance``, in ready scans, as tuples
+        (subject_id, object_id, scan name, score, distance, gap, overlap). Driven by the (relation,
+        subject_id) index, ids bound in chunks.
+        ``same_scan``: every pair of distinct instances of one ready scan (score 1, evidence: centroid
+        distance)."""
         from sqlalchemy import bindparam, select
         from sqlalchemy.orm import aliased
 
         from .models import InstanceRow, RelationRow, ScanRow
 
-        if not len(subjects) or not len(objects):
+        subjects = sorted({int(i) for i in subjects})
+        wanted = None if objects is None else {int(i) for i in objects}
+        if not subjects or wanted is not None and not wanted:
             return []
         subs = bindparam("subs", expanding=True)
-        objs = bindparam("objs", expanding=True)
-        params = {"subs": [int(i) for i in subjects], "objs": [int(i) for i in objects]}
         if relation == "same_scan":
             a, b = aliased(InstanceRow), aliased(InstanceRow)
             q = (
@@ -212,30 +219,31 @@ class StoreRelations:
                        b.centroid_x, b.centroid_y, b.centroid_z)
                 .join(b, (b.scan_id == a.scan_id) & (b.id != a.id))
                 .join(ScanRow, ScanRow.id == a.scan_id)
-                .where(a.id.in_(subs), b.id.in_(objs), ScanRow.status == "ready")
+                .where(a.id.in_(subs), ScanRow.status == "ready")
             )  # fmt: skip
-            with self.engine.connect() as conn:
-                out = []
-                for r in conn.execute(q, params):
+        else:
+            r = RelationRow
+            q = (
+                select(r.subject_id, r.object_id, ScanRow.name, r.score, r.distance, r.gap, r.overlap)
+                .join(ScanRow, ScanRow.id == r.scan_id)
+                .where(r.relation == relation, r.subject_id.in_(subs), ScanRow.status == "ready")
+            )
+            if max_distance is not None:
+                q = q.where(r.distance <= float(max_distance))
+        out = []
+        with self.engine.connect() as conn:
+            for at in range(0, len(subjects), _CHUNK):
+                rows = conn.execute(q, {"subs": subjects[at : at + _CHUNK]}).all()
+                if wanted is not None:
+                    rows = [r for r in rows if r[1] in wanted]
+                if relation != "same_scan":
+                    out += rows
+                    continue
+                for r in rows:
                     d = float(np.linalg.norm(np.subtract(r[3:6], r[6:9])))
                     if max_distance is None or d <= max_distance:
-                        out.append({"subject_id": r[0], "object_id": r[1], "scan": r[2], "relation": relation,
-                                    "score": 1.0, "distance": d, "gap": float("nan"), "overlap": float("nan")})  # fmt: skip
-                return out
-        q = (
-            select(RelationRow, ScanRow.name)
-            .join(ScanRow, ScanRow.id == RelationRow.scan_id)
-            .where(
-                RelationRow.relation == relation,
-                RelationRow.subject_id.in_(subs),
-                RelationRow.object_id.in_(objs),
-                ScanRow.status == "ready",
-            )
-        )
-        if max_distance is not None:
-            q = q.where(RelationRow.distance <= float(max_distance))
-        with self.engine.connect() as conn:
-            return [{**_row(r), "scan": r.name} for r in conn.execute(q, params)]
+                        out.append((r[0], r[1], r[2], 1.0, d, float("nan"), float("nan")))
+        return out
 
     def instance_scans(self, ids: Sequence[int]) -> dict[int, str]:
         """Instance id -> the name of its (ready) scan."""

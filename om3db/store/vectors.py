@@ -305,6 +305,14 @@ class VectorIndex:
         self._gpu = None
         return int(self.index.remove_ids(_faiss().IDSelectorBatch(ids)))
 
+    def nprobe_for(self, k: int) -> int:
+        """IVF lists to visit so that a search can return ``k`` results: the tuned nprobe, or lists
+        enough to hold ~4k vectors (their mean size), whichever is more; capped at nlist. 1 for a flat index."""
+        if self.choice.kind != "ivf":
+            return 1
+        mean_list = max(1.0, self.ntotal / max(1, self.choice.nlist))
+        return int(min(self.choice.nlist, max(self.choice.nprobe, math.ceil(4 * k / mean_list))))
+
     def ids(self) -> np.ndarray:
         """(N,) int64 ids held by the index."""
         faiss = _faiss()
@@ -334,25 +342,39 @@ class VectorIndex:
         return self._gpu
 
     def search(
-        self, queries: np.ndarray, k: int, *, allowed_ids: np.ndarray | None = None
+        self,
+        queries: np.ndarray,
+        k: int,
+        *,
+        allowed_ids: np.ndarray | None = None,
+        min_nprobe: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k by inner product: (Q, k) float32 scores and (Q, k) int64 ids, ``-1`` where none.
 
         allowed_ids: search only these ids (an id selector on the CPU index, so the k results are
         the best k among them, not a post-filtered top-k).
+        min_nprobe: an IVF visits at least this many lists (the tuned nprobe is chosen for k = 10: a
+        search for thousands of candidates needs lists enough to hold them; see `nprobe_for`).
         """
         q = _as_matrix(queries, self.dim)
         if k < 1:
             raise ConfigError(f"k must be >= 1, got {k}")
+        ivf = self.choice.kind == "ivf"
+        nprobe = max(1, self.choice.nprobe, min(int(min_nprobe or 0), self.choice.nlist if ivf else 1))
         if allowed_ids is None:
+            if ivf and nprobe > self.choice.nprobe:
+                return self.index.search(q, k, params=_faiss().SearchParametersIVF(nprobe=nprobe))
             return self._searcher().search(q, k)
         faiss = _faiss()
-        sel = faiss.IDSelectorBatch(np.ascontiguousarray(np.asarray(allowed_ids, dtype=np.int64)))
-        if self.choice.kind != "ivf":
+        allowed_ids = np.unique(np.asarray(allowed_ids, dtype=np.int64))
+        sel = faiss.IDSelectorBatch(allowed_ids)
+        if not ivf:
             return self.index.search(q, k, params=faiss.SearchParameters(sel=sel))
-        # IVF visits only nprobe cells: widen until every query has min(k, allowed) results.
-        want = min(k, len(np.unique(np.asarray(allowed_ids))))
-        nprobe = max(1, self.choice.nprobe)
+        # IVF visits only nprobe cells: widen until every query has min(k, allowed) results. When every
+        # allowed id is wanted and they are few, they are scattered over the lists: visit them all at once.
+        want = min(k, len(allowed_ids))
+        if want == len(allowed_ids) and want * 8 <= self.ntotal:
+            nprobe = self.choice.nlist
         while True:
             scores, ids = self.index.search(q, k, params=faiss.SearchParametersIVF(sel=sel, nprobe=nprobe))
             if nprobe >= self.choice.nlist or bool(((ids >= 0).sum(axis=1) >= want).all()):
