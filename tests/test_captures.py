@@ -25,6 +25,31 @@ from om3db.scan import read_scan
 GL = np.diag([1.0, -1.0, -1.0, 1.0])  # OpenCV <-> OpenGL camera axes (its own inverse)
 
 
+def arkit_world(yaw_deg: float = 30.0, shift=(0.4, -1.2, 2.0)) -> np.ndarray:
+    """(4, 4) rigid map from the synthetic scans' world (z up) to an ARKit-like world (y up, any yaw and
+    origin): what a phone's ARKit session would have used for the same room."""
+    to_y_up = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])  # (0, 0, 1) -> (0, 1, 0)
+    m = np.eye(4)
+    m[:3, :3] = Rotation.from_euler("y", yaw_deg, degrees=True).as_matrix() @ to_y_up
+    m[:3, 3] = shift
+    return m
+
+
+def write_binary_ply(path: Path, vertices: np.ndarray, colors: np.ndarray, faces: np.ndarray) -> None:
+    """A binary little-endian PLY (float xyz, uchar rgb, uchar-count int faces), written here by hand."""
+    head = (
+        f"ply\nformat binary_little_endian 1.0\nelement vertex {len(vertices)}\n"
+        "property float x\nproperty float y\nproperty float z\n"
+        "property uchar red\nproperty uchar green\nproperty uchar blue\n"
+        f"element face {len(faces)}\nproperty list uchar int vertex_indices\nend_header\n"
+    )
+    v = np.empty(len(vertices), [("p", "<f4", 3), ("c", "u1", 3)])
+    v["p"], v["c"] = vertices, colors
+    f = np.empty(len(faces), [("n", "u1"), ("i", "<i4", 3)])
+    f["n"], f["i"] = 3, faces
+    path.write_bytes(head.encode() + v.tobytes() + f.tobytes())
+
+
 # ---------------------------------------------------------------- reading the original's files
 
 
@@ -68,26 +93,34 @@ def _jpg(arr: np.ndarray) -> bytes:
 # ---------------------------------------------------------------- writers, one per format
 
 
-def write_nerfstudio(src: Path, out: Path, *, depth_unit: float = 1e-4, ply: bool = False) -> Path:
+def write_nerfstudio(
+    src: Path,
+    out: Path,
+    *,
+    depth_unit: float = 1e-4,
+    ply: bool = False,
+    depth: bool = True,
+    pose_unit: float = 1.0,
+) -> Path:
     """transforms.json: shared fl_x.. at colour size, OpenGL c2w, 16-bit depth in ``depth_unit`` metres
-    (``ply``: the original's PLY as ply_file_path)."""
+    (``ply``: the original's PLY as ply_file_path; ``depth=False``: no depth maps, as COLMAP writes;
+    ``pose_unit``: metres per unit of the translations and the PLY, as COLMAP's arbitrary scale)."""
     o = Original(src)
     (out / "images").mkdir(parents=True)
-    (out / "depth").mkdir()
+    if depth:
+        (out / "depth").mkdir()
     w, h = o.size("color")
     frames = []
     for fid in o.ids:
         name = f"frame_{fid:05d}"
         shutil.copyfile(o.file("color", fid), out / "images" / f"{name}.png")
-        raw = np.rint(o.depth_mm(fid).astype(np.float64) * (1e-3 / depth_unit)).astype(np.uint16)
-        (out / "depth" / f"{name}.png").write_bytes(_png(raw))
-        frames.append(
-            {
-                "file_path": f"images/{name}.png",
-                "depth_file_path": f"depth/{name}.png",
-                "transform_matrix": (o.pose(fid) @ GL).tolist(),
-            }
-        )
+        gl = o.pose(fid) @ GL
+        gl[:3, 3] /= pose_unit
+        frames.append({"file_path": f"images/{name}.png", "transform_matrix": gl.tolist()})
+        if depth:
+            raw = np.rint(o.depth_mm(fid).astype(np.float64) * (1e-3 / depth_unit)).astype(np.uint16)
+            (out / "depth" / f"{name}.png").write_bytes(_png(raw))
+            frames[-1]["depth_file_path"] = f"depth/{name}.png"
     k = o.k_color
     meta = {
         "camera_model": "OPENCV",
@@ -97,8 +130,15 @@ def write_nerfstudio(src: Path, out: Path, *, depth_unit: float = 1e-4, ply: boo
         "applied_transform": np.eye(4)[:3].tolist(),
         "frames": frames[::-1],  # order in the file is not frame order
     }  # fmt: skip
-    if ply:
+    if ply and pose_unit == 1.0:
         shutil.copyfile(next(src.glob("*.ply")), out / "sparse_pc.ply")
+    elif ply:
+        from om3db.synth import build_scene
+
+        gt = json.loads((src / "gt" / "scene.json").read_text())
+        scene = build_scene(gt["seed"], gt["size"], gt["index"])
+        write_binary_ply(out / "sparse_pc.ply", scene.vertices / pose_unit, scene.colors, scene.faces)
+    if ply:
         meta["ply_file_path"] = "sparse_pc.ply"
     (out / "transforms.json").write_text(json.dumps(meta))
     if (src / "masks2d").is_dir():
@@ -106,17 +146,19 @@ def write_nerfstudio(src: Path, out: Path, *, depth_unit: float = 1e-4, ply: boo
     return out
 
 
-def write_record3d(src: Path, out: Path, *, low_confidence_band: bool = True) -> Path:
-    """A .r3d zip: metadata K column-major, poses qx qy qz qw tx ty tz (ARKit c2w), LZFSE float32 depth."""
+def write_record3d(src: Path, out: Path, *, low_confidence_band: bool = True, world: np.ndarray | None = None) -> Path:
+    """A .r3d zip: metadata K column-major, poses qx qy qz qw tx ty tz (ARKit c2w), LZFSE float32 depth
+    (``world``: the (4, 4) map from the original's world to the capture's, e.g. :func:`arkit_world`)."""
     import lzfse
 
     o = Original(src)
     w, h = o.size("color")
     dw, dh = o.size("depth")
+    world = np.eye(4) if world is None else world
     poses = []
     with zipfile.ZipFile(out, "w") as z:
         for fid in o.ids:
-            gl = o.pose(fid) @ GL
+            gl = world @ o.pose(fid) @ GL
             q = Rotation.from_matrix(gl[:3, :3]).as_quat()  # x y z w
             poses.append([*q.tolist(), *gl[:3, 3].tolist()])
             z.writestr(f"rgbd/{fid}.jpg", _jpg(o.color(fid)))
@@ -205,24 +247,26 @@ def write_obj(path: Path, vertices: np.ndarray, faces: np.ndarray) -> None:
     path.write_text("# 3D Scanner App\n" + "\n".join(lines) + "\n")
 
 
-def write_scanner3d(src: Path, out: Path) -> Path:
-    """3D Scanner App: frame_<i>.jpg + frame_<i>.json (intrinsics, cameraPoseARFrame row-major GL), export.obj."""
+def write_scanner3d(src: Path, out: Path, *, world: np.ndarray | None = None) -> Path:
+    """3D Scanner App: frame_<i>.jpg + frame_<i>.json (intrinsics, cameraPoseARFrame row-major GL), export.obj
+    without colours (``world``: the map from the original's world to the capture's, e.g. :func:`arkit_world`)."""
     from om3db.synth import build_scene
 
     o = Original(src)
+    world = np.eye(4) if world is None else world
     out.mkdir(parents=True)
     for fid in o.ids:
         (out / f"frame_{fid:05d}.jpg").write_bytes(_jpg(o.color(fid)))
         meta = {
             "intrinsics": o.k_color.ravel().tolist(),
-            "cameraPoseARFrame": (o.pose(fid) @ GL).ravel().tolist(),
+            "cameraPoseARFrame": (world @ o.pose(fid) @ GL).ravel().tolist(),
             "projectionMatrix": np.eye(4).ravel().tolist(),
             "time": fid / 10,
         }
         (out / f"frame_{fid:05d}.json").write_text(json.dumps(meta))
     gt = json.loads((src / "gt" / "scene.json").read_text())
     scene = build_scene(gt["seed"], gt["size"], gt["index"])
-    write_obj(out / "export.obj", scene.vertices, scene.faces)
+    write_obj(out / "export.obj", scene.vertices.astype(np.float64) @ world[:3, :3].T + world[:3, 3], scene.faces)
     (out / "info.json").write_text(json.dumps({"title": "room"}))
     return out
 
