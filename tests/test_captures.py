@@ -282,6 +282,9 @@ WRITERS = {
 # depth quantisation of each format (metres) against the original's millimetres
 DEPTH_TOL = {"nerfstudio": 0.0, "record3d": 1e-7, "arkitscenes": 0.0, "replica": 0.5 / 6553.5, "scannetpp": 0.0}
 PNG_COLOUR = {"nerfstudio", "arkitscenes"}
+# the up vector each format's world frame defines (ARKit: y up; ARKitScenes: the laser scan's z up); None: the
+# format defines no gravity (the floor plane decides)
+UP = {"record3d": [0.0, 1.0, 0.0], "scanner3d": [0.0, 1.0, 0.0], "arkitscenes": [0.0, 0.0, 1.0]}
 
 
 @pytest.fixture(scope="module")
@@ -314,6 +317,7 @@ def test_format_is_detected(captures, fmt):
 def test_reads_back_exact_truth(captures, truth, fused_dir, fmt):
     scan = read_scan(captures[fmt], fused_dir=fused_dir, depth="auto", masks=False)
     assert scan.source_format == fmt
+    assert scan.capture_info.get("up") == UP.get(fmt)
     assert scan.frames_on_disk == len(truth.frames)
     ci, ti = scan.color_intrinsics, truth.color_intrinsics
     assert (ci.width, ci.height) == (ti.width, ti.height)
