@@ -101,10 +101,12 @@ def write_nerfstudio(
     ply: bool = False,
     depth: bool = True,
     pose_unit: float = 1.0,
+    ply_faces: bool = True,
 ) -> Path:
     """transforms.json: shared fl_x.. at colour size, OpenGL c2w, 16-bit depth in ``depth_unit`` metres
     (``ply``: the original's PLY as ply_file_path; ``depth=False``: no depth maps, as COLMAP writes;
-    ``pose_unit``: metres per unit of the translations and the PLY, as COLMAP's arbitrary scale)."""
+    ``pose_unit``: metres per unit of the translations and the PLY, as COLMAP's arbitrary scale;
+    ``ply_faces=False``: the PLY is a point cloud, as COLMAP's sparse_pc.ply)."""
     o = Original(src)
     (out / "images").mkdir(parents=True)
     if depth:
@@ -130,14 +132,15 @@ def write_nerfstudio(
         "applied_transform": np.eye(4)[:3].tolist(),
         "frames": frames[::-1],  # order in the file is not frame order
     }  # fmt: skip
-    if ply and pose_unit == 1.0:
+    if ply and pose_unit == 1.0 and ply_faces:
         shutil.copyfile(next(src.glob("*.ply")), out / "sparse_pc.ply")
     elif ply:
         from om3db.synth import build_scene
 
         gt = json.loads((src / "gt" / "scene.json").read_text())
         scene = build_scene(gt["seed"], gt["size"], gt["index"])
-        write_binary_ply(out / "sparse_pc.ply", scene.vertices / pose_unit, scene.colors, scene.faces)
+        faces = scene.faces if ply_faces else np.zeros((0, 3), np.int32)
+        write_binary_ply(out / "sparse_pc.ply", scene.vertices / pose_unit, scene.colors, faces)
     if ply:
         meta["ply_file_path"] = "sparse_pc.ply"
     (out / "transforms.json").write_text(json.dumps(meta))

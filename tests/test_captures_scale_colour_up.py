@@ -83,6 +83,21 @@ def test_nerfstudio_without_depth_renders_from_the_scaled_ply(tiny_scan_path, tr
     assert again.ply_path == scan.ply_path and again.fusion["cached"] is True
 
 
+def test_nerfstudio_without_depth_and_a_point_cloud_renders_splats(tiny_scan_path, truth, tmp_path, fused_dir):
+    ns = write_nerfstudio(tiny_scan_path, tmp_path / "sparse", pose_unit=UNIT, ply=True, depth=False, ply_faces=False)
+    scan = read_scan(ns, masks=False, pose_scale=UNIT, depth="auto", fused_dir=fused_dir)
+    _same_poses(scan, truth)
+    assert np.abs(scan.points - truth.points).max() < 1e-5 and np.array_equal(scan.colors, truth.colors)
+    assert len(scan.mesh().triangles) == 0 and scan.depth_source == "rendered"
+    from om3db.proposals.render import DepthRenderer
+
+    true_points = DepthRenderer(_scene(tiny_scan_path).vertices)  # the true vertices splatted the same way
+    by_id = {f.frame_id: f for f in truth.frames}
+    for f in scan.frames[::7]:
+        d, t = f.depth(), true_points.render(by_id[f.frame_id].pose, scan.depth_intrinsics)
+        assert (d > 0).mean() > 0.5 and (np.abs(d - t) < 1e-4).mean() > 0.99, f.frame_id
+
+
 def test_nerfstudio_scale_one_states_metric_poses(tiny_scan_path, truth, tmp_path, fused_dir):
     ns = write_nerfstudio(tiny_scan_path, tmp_path / "metric", ply=True, depth=False)
     scan = read_scan(ns, masks=False, pose_scale=1, depth="auto", fused_dir=fused_dir)
