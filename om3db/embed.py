@@ -220,11 +220,11 @@ class _ImageEncoder:
         self.device, self.dtype, self.batch_size = device, dtype, batch_size
         self.dtype_reason = dtype_reason
         if fuse:
-            from om3db.fused import contiguous_embeddings, fuse_linears
+            from om3db.fused import contiguous_embeddings, fuse_linears_for
 
             contiguous_embeddings(self.model)
             if self.device.type == "cpu":
-                self.fused_linears = fuse_linears(self.model)
+                self.fused_linears = fuse_linears_for(self.model, dtype)
 
     @property
     def dtype_name(self) -> str:

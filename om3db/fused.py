@@ -23,6 +23,7 @@ from torch.nn import functional as F  # noqa: N812 - the usual name
 
 __all__ = [
     "fuse_linears",
+    "fuse_linears_for",
     "fuse_sam_attention",
     "fuse_sam_decoder",
     "contiguous_embeddings",
@@ -39,19 +40,24 @@ _MLPS = {
 }
 
 
-@functools.lru_cache(maxsize=1)
-def fused_linear_available() -> bool:
-    """True when this torch build runs ``mkldnn._linear_pointwise`` correctly (float32 and, if it can, bfloat16)."""
+@functools.lru_cache(maxsize=4)
+def fused_linear_available(dtype: torch.dtype = torch.float32) -> bool:
+    """True when this torch build runs ``mkldnn._linear_pointwise`` correctly in ``dtype`` on this CPU.
+
+    Probed per dtype: oneDNN has no bfloat16 inner product on an AVX2-only CPU ("could not create a
+    primitive descriptor"), where float32 works.
+    """
     op = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
     if op is None or not torch.backends.mkldnn.is_available():
         return False
     try:
         g = torch.Generator().manual_seed(0)
-        x, w, b = (torch.randn(*s, generator=g) for s in ((3, 5, 16), (24, 16), (24,)))
+        x, w, b = (torch.randn(*s, generator=g).to(dtype) for s in ((3, 5, 16), (24, 16), (24,)))
         with torch.inference_mode():
-            out = op(x, w, b, "gelu", [], "tanh")
-            ref = torch.nn.functional.gelu(torch.nn.functional.linear(x, w, b), approximate="tanh")
-        return bool(torch.allclose(out, ref, atol=1e-4, rtol=1e-4))
+            out = op(x, w, b, "gelu", [], "tanh").float()
+            ref = F.gelu(F.linear(x.float(), w.float(), b.float()), approximate="tanh")
+        tol = 1e-4 if dtype == torch.float32 else 5e-2
+        return bool(torch.allclose(out, ref, atol=tol, rtol=tol))
     except Exception:  # noqa: BLE001 - any failure means "do not use it"
         return False
 
@@ -103,14 +109,17 @@ class FusedLinear(torch.nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}{act}"
 
 
-def fuse_linears(model) -> int:
-    """Swap ``model``'s ``nn.Linear`` modules for `FusedLinear` in place (MLP GELU / ReLU folded in).
+def fuse_linears(model, *, plain: bool = True, activations: tuple[str, ...] = ("tanh", "none", "relu")) -> int:
+    """Swap ``model``'s ``nn.Linear`` modules for `FusedLinear` in place; returns how many now run fused.
 
-    Returns how many linears now run fused (0 when the op is unavailable: the model is untouched).
-    The swapped model computes on CPU through oneDNN and falls back to ``F.linear`` elsewhere or
-    when gradients are enabled.
+    ``activations``: which MLP activations to fold into the first MLP linear ("tanh": GELU tanh form,
+    "none": exact GELU, "relu"); ``plain``: also swap linears not followed by one. In float32 the
+    loaders pass ``plain=False, activations=("tanh",)`` on AVX-512 CPUs and nothing on AVX2 ones
+    (`fuse_linears_for`). 0 when the op is unavailable: the model is untouched. The swapped model
+    computes on CPU through oneDNN and falls back to ``F.linear`` elsewhere or when gradients are enabled.
     """
-    if not fused_linear_available():
+    param = next(model.parameters(), None)
+    if param is None or not fused_linear_available(param.dtype):
         return 0
     count = 0
     for module in list(model.modules()):
@@ -119,15 +128,34 @@ def fuse_linears(model) -> int:
             lin_name, act_name = spec
             lin, act = getattr(module, lin_name, None), getattr(module, act_name, None)
             found = _activation(act) if isinstance(lin, torch.nn.Linear) and act is not None else None
-            if found is not None:
+            if found is not None and (found[1] or "relu") in activations:
                 setattr(module, lin_name, FusedLinear(lin, *found))
                 setattr(module, act_name, torch.nn.Identity())
                 count += 1
-        for name, child in list(module.named_children()):
-            if type(child) is torch.nn.Linear:
-                setattr(module, name, FusedLinear(child))
-                count += 1
+        if plain:
+            for name, child in list(module.named_children()):
+                if type(child) is torch.nn.Linear:
+                    setattr(module, name, FusedLinear(child))
+                    count += 1
     return count
+
+
+def fuse_linears_for(model, dtype) -> int:
+    """`fuse_linears` with the policy measured per CPU kind (docs/models.md, "CPU fast path"):
+
+    - bfloat16 / float16: every linear, MLP GELUs folded in (where oneDNN has the op in that dtype);
+    - float32 on an AVX-512 CPU: only the tanh-GELU MLPs (SigLIP): MKL's float32 GEMM beat oneDNN's
+      elsewhere, and the separate tanh-GELU pass cost more than that;
+    - float32 on an AVX2-only CPU (AMD EPYC): nothing; oneDNN's float32 linear ran at 0.82-0.97x of
+      ``F.linear`` + a separate GELU on every full-size encoder shape, the tanh-GELU MLP included.
+    """
+    from om3db import hardware
+
+    if dtype == torch.float32:
+        if hardware.detect_cpu().capability != "AVX512":
+            return 0
+        return fuse_linears(model, plain=False, activations=("tanh",))
+    return fuse_linears(model)
 
 
 def _rel_pos(size: int, rel_pos: torch.Tensor) -> torch.Tensor:

@@ -353,11 +353,12 @@ class SamPredictor:
         self.model.eval()
         self.encoder.to(getattr(torch, self.dtype))
         if fuse:
-            from om3db.fused import contiguous_embeddings, fuse_linears, fuse_sam_attention, fuse_sam_decoder
+            from om3db.fused import contiguous_embeddings, fuse_linears_for, fuse_sam_attention, fuse_sam_decoder
 
             contiguous_embeddings(self.encoder)
             if self.device.type == "cpu":
-                self.fused = fuse_linears(self.encoder) + fuse_sam_attention(self.encoder)
+                dt = getattr(torch, self.dtype)
+                self.fused = fuse_linears_for(self.encoder, dt) + fuse_sam_attention(self.encoder)
                 fuse_sam_decoder(self.model)
         return self
 

@@ -291,24 +291,45 @@ def test_dtype_policy_branches_in_the_loaders(tiny_dinov2_dir, tiny_siglip_dir, 
 
 
 @pytest.mark.parametrize("kind", ["siglip", "dinov2"])
-def test_fused_linears_equal_the_plain_model(kind, tiny_siglip_dir, tiny_dinov2_dir):
+def test_fused_linears_equal_the_plain_model(kind, tiny_siglip_dir, tiny_dinov2_dir, fake_cpu):
+    """bfloat16: every linear through oneDNN, MLP GELUs folded in; float32 on AVX-512: only the tanh-GELU MLPs
+    (SigLIP), MKL's float32 GEMM being faster than oneDNN's; float32 on AVX2: nothing. Same vectors either way."""
+    import torch
+
     from om3db.fused import FusedLinear, fused_linear_available
 
+    fake_cpu(bf16=True)
     path = tiny_siglip_dir if kind == "siglip" else tiny_dinov2_dir
-    fused = load_encoder(kind, path, device="cpu", dtype="float32")
-    plain = load_encoder(kind, path, device="cpu", dtype="float32", fuse=False)
-    assert plain.fused_linears == 0
-    if not fused_linear_available():
-        pytest.skip("this torch build has no oneDNN linear_pointwise: nothing is fused")
-    layers = 2 * (4 + 2) + (1 if kind == "siglip" else 0)  # per vision layer q, k, v, o, fc1, fc2 (+ SigLIP head)
-    assert fused.fused_linears >= layers
-    assert fused.model.state_dict().keys() == plain.model.state_dict().keys()
-    acts = [m for m in fused.model.modules() if isinstance(m, FusedLinear) and m.attr == "gelu"]
-    assert acts and {m.algorithm for m in acts} == ({"tanh"} if kind == "siglip" else {"none"})
     images = _images(5)
-    np.testing.assert_allclose(fused.encode_images(images), plain.encode_images(images), atol=2e-6)
-    if kind == "siglip":
-        np.testing.assert_allclose(fused.encode_texts(["red mug"]), plain.encode_texts(["red mug"]), atol=2e-6)
+    for dtype in ("float32", "bfloat16"):
+        fused = load_encoder(kind, path, device="cpu", dtype=dtype)
+        plain = load_encoder(kind, path, device="cpu", dtype=dtype, fuse=False)
+        assert plain.fused_linears == 0
+        if not fused_linear_available(getattr(torch, dtype)):
+            # no oneDNN linear in this dtype here (bfloat16 on an AVX2-only CPU): the model is left plain
+            assert fused.fused_linears == 0
+            assert not any(isinstance(m, FusedLinear) for m in fused.model.modules())
+            np.testing.assert_array_equal(fused.encode_images(images), plain.encode_images(images))
+            continue
+        assert fused.model.state_dict().keys() == plain.model.state_dict().keys()
+        swapped = [m for m in fused.model.modules() if isinstance(m, FusedLinear)]
+        gelus = {m.algorithm for m in swapped if m.attr == "gelu"}
+        if dtype == "float32":
+            # SigLIP: 2 vision + 2 text layers + the vision head's MLP; DINOv2 (exact GELU): nothing
+            assert fused.fused_linears == len(swapped) == (5 if kind == "siglip" else 0)
+            assert gelus == ({"tanh"} if kind == "siglip" else set())
+            np.testing.assert_allclose(fused.encode_images(images), plain.encode_images(images), atol=2e-6)
+        else:
+            per_layer = 4 + 1  # q, k, v, o and the fused fc1 + GELU (fc2 stays a plain fused linear)
+            assert fused.fused_linears >= 2 * (per_layer + 1)
+            assert gelus == ({"tanh"} if kind == "siglip" else {"none"})
+            a, b = fused.encode_images(images), plain.encode_images(images)
+            assert (a * b).sum(axis=1).min() > 0.9999
+        if kind == "siglip" and dtype == "float32":
+            np.testing.assert_allclose(fused.encode_texts(["red mug"]), plain.encode_texts(["red mug"]), atol=2e-6)
+    fake_cpu(bf16=False)  # AVX2 only: oneDNN's float32 linear was slower than MKL's everywhere, nothing fused
+    fused = load_encoder(kind, path, device="cpu", dtype="float32")
+    assert fused.fused_linears == 0 and not any(isinstance(m, FusedLinear) for m in fused.model.modules())
 
 
 def test_model_presets():
