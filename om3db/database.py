@@ -408,17 +408,12 @@ class Database:
     def _build_missing_relations(self) -> tuple[list[str], dict[str, str]]:
         from .errors import Om3dbError
         from .relations import scan_relations
-        from .scan import read_scan
 
         done, failed = [], {}
         for name in self._store.scans_without_relations():
             info = self._store.scan_infos(names=[name])[0]
-            fused = info.fused_ply if info.fused_ply and Path(info.fused_ply).is_file() else None
             try:
-                scan = read_scan(
-                    info.path, masks=False, check_all_images=False, format=info.source_format, depth="auto",
-                    fused_dir=self.path / "fused", ply=fused, pose_scale=_stored_pose_scale(info),
-                )  # fmt: skip
+                scan = read_ingested_scan(info, self.path / "fused")
             except Om3dbError as exc:  # the scan's folder moved or changed: the others still get theirs
                 failed[name] = f"{exc}. Put the scan back at {info.path} (or re-ingest it) and run reindex again"
                 continue
@@ -666,7 +661,6 @@ class Database:
         from PIL import Image
 
         from .ply import write_ply
-        from .scan import read_scan
 
         out = Path(out)
         if out.exists() and not out.is_dir():
@@ -683,17 +677,7 @@ class Database:
             info = self._store.scan_infos(names=[scan_name])
             if not info:
                 raise NotFoundError(f"{self.path}: no scan named {scan_name!r}")
-            fmt = info[0].source_format
-            scan = read_scan(
-                info[0].path,
-                masks=False,
-                check_all_images=False,
-                format=fmt,
-                depth="auto",  # captures without sensor depth (3D Scanner App) are read as they were ingested
-                fused_dir=self.path / "fused",
-                ply=info[0].fused_ply if info[0].fused_ply and Path(info[0].fused_ply).is_file() else None,
-                pose_scale=_stored_pose_scale(info[0]),
-            )
+            scan = read_ingested_scan(info[0], self.path / "fused")
             colors = (scan.colors.astype(np.float32) * 0.3 + 60).astype(np.uint8)
             for rank, h in ranked:
                 colors[self.instance(h.instance_id).point_indices] = _HIGHLIGHT[(rank - 1) % len(_HIGHLIGHT)]
@@ -767,6 +751,19 @@ _HIGHLIGHT = [
     (210, 245, 60),
     (250, 190, 212),
 ]
+
+
+def read_ingested_scan(info: ScanInfo, fused_dir: Path):
+    """Re-read a stored scan's folder as it was ingested (reindex, export, the viewer): depth "auto" (captures
+    without sensor depth, e.g. 3D Scanner App, get rendered depth), the pose_scale stored in its read settings
+    (depth-less nerfstudio captures need it), its fused PLY while that file is still there."""
+    from .scan import read_scan
+
+    fused = info.fused_ply if info.fused_ply and Path(info.fused_ply).is_file() else None
+    return read_scan(
+        info.path, masks=False, check_all_images=False, format=info.source_format, depth="auto",
+        fused_dir=Path(fused_dir), ply=fused, pose_scale=_stored_pose_scale(info),
+    )  # fmt: skip
 
 
 def _stored_pose_scale(info) -> float | None:

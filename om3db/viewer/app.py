@@ -344,19 +344,13 @@ class Viewer:
     def _read_scan(self, name: str):
         from pathlib import Path
 
-        from ..scan import read_scan
+        from ..database import read_ingested_scan
 
         if name not in self._scans_cache:
             info = next(s for s in self._db.scans() if s.name == name)
-            fused = info.fused_ply if info.fused_ply and Path(info.fused_ply).is_file() else None
-            self._scans_cache[name] = read_scan(
-                info.path,
-                masks=False,
-                check_all_images=False,
-                format=info.source_format,
-                fused_dir=Path(self._db.path) / "fused",
-                ply=fused,
-            )
+            # as reindex / export re-read it: depth "auto" and the stored pose_scale, so 3D Scanner App and
+            # depth-less scaled nerfstudio captures show too
+            self._scans_cache[name] = read_ingested_scan(info, Path(self._db.path) / "fused")
         return self._scans_cache[name]
 
     def _thumbnail(self, hit) -> np.ndarray | None:
