@@ -17,7 +17,7 @@ import math
 import numbers
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 import numpy as np
 
@@ -275,8 +275,9 @@ class Query:
         return iter(self.to_list())
 
 
-@dataclass(frozen=True)
-class RawHit:
+class RawHit(NamedTuple):
+    """One search result before its instance is read (a tuple: relational queries make tens of thousands)."""
+
     instance_id: int
     score: float
     """Cosine similarity (inner product of unit vectors)."""
@@ -340,6 +341,30 @@ def search_space(
     if min_score is not None:
         hits = [h for h in hits if h.score >= min_score]
     return hits
+
+
+def search_at_least(
+    store,
+    space: str,
+    query: np.ndarray,
+    min_score: float,
+    *,
+    aggregation: Aggregation = "mean",
+    allowed: np.ndarray | None = None,
+) -> list[RawHit]:
+    """Every instance (of ``allowed``) whose similarity to ``query`` is at least ``min_score``, unordered:
+    a range search over every IVF list (relational queries score a join's objects and a negation's scans
+    with it). Max aggregation: the best view of each allowed instance, then the threshold."""
+    if allowed is not None and not len(allowed):
+        return []
+    q = np.asarray(query, dtype=np.float32).reshape(1, -1)
+    if aggregation == "max":
+        if allowed is None:
+            raise ConfigError("search_at_least with aggregation='max' needs the allowed instance ids")
+        hits = _search_max(store, space, q, len(np.unique(allowed)), np.asarray(allowed, dtype=np.int64), False)
+        return [h for h in hits if h.score >= min_score]
+    ids, scores = store.index(space, "instance").range_search(q, min_score, allowed_ids=allowed)
+    return [RawHit(i, s, None) for i, s in zip(ids.tolist(), scores.tolist(), strict=True)]
 
 
 def _search_max(store, space: str, q: np.ndarray, k: int, allowed: np.ndarray | None, wide: bool) -> list[RawHit]:

@@ -282,3 +282,38 @@ def test_many_processes_create_one_new_database_at_once(pg_url, tmp_path):
 def _open_and_count(url: str, vectors: str) -> int:
     with om3db.connect(url, vectors=vectors) as db:
         return len(db.scans())
+
+
+def test_relational_queries_on_postgres_equal_sqlite(tmp_path, pg_url):
+    """The relational join binds its ids as one array on PostgreSQL (a JSON array on SQLite): the same
+    scans, pairs and evidence from both, and check() reads the relation tables of both."""
+    from om3db.crops import CropConfig
+    from om3db.ingest import IngestConfig
+    from om3db.synth import write_scans
+    from tests.fakes import FakeColorEncoder
+
+    root = tmp_path / "scans"
+    write_scans(root, scans=3, seed=37, size="tiny")
+    enc = FakeColorEncoder()
+    config = IngestConfig(frame_step=4, crop=CropConfig(mode="box"))
+    answers = []
+    for target, vectors in ((tmp_path / "lite", None), (pg_url, tmp_path / "pgv")):
+        with om3db.connect(target, vectors=vectors) as db:
+            db.ingest(root, config=config, siglip=enc, dinov2=False)
+            db.use_encoder("siglip", enc)
+            got = []
+            for kwargs in (
+                {"on": "a blue object"},
+                {"near": "a blue object", "within": 0.5},
+                {"without": "a blue object"},
+                {"relation": ("same_scan", "a blue object")},
+            ):
+                for m in db.search("a red object", **kwargs):
+                    for h in m.hits:
+                        subject = db.instance(h.subject.instance_id).mask_index
+                        obj = None if h.object is None else db.instance(h.object.instance_id).mask_index
+                        got.append((str(kwargs), m.scan, subject, obj, h.relation, round(h.score, 5)))
+            report = db.check()
+            assert report.ok and report.relations > 0, report.problems
+            answers.append(sorted(got))
+    assert answers[0] == answers[1] and answers[0]

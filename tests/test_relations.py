@@ -196,16 +196,49 @@ def test_subject_candidates_widen_until_every_pair_is_found(rel_db, monkeypatch)
     monkeypatch.setattr(rq, "_PER_SCAN_CANDIDATES", 0)
     asked = []
     best = rq._Phrase.best
-    monkeypatch.setattr(rq._Phrase, "best", lambda self, k: asked.append(k) or best(self, k))
+    spy = lambda self, k: (self.text.startswith("subj:") and asked.append(k)) or best(self, k)  # noqa: E731
+    monkeypatch.setattr(rq._Phrase, "best", spy)
     with om3db.connect(path) as db:
-        db.use_encoder("siglip", enc)
-        assert _found(db, db.search("any object", on="any object", match=0.0)) == truth
+        db.use_encoder("siglip", _Prefixed(enc))
+        assert _found(db, db.search("subj: any object", on="any object", match=0.0)) == truth
         assert asked[:3] == [1, 4, 16]
         asked.clear()
-        capped = db.search("any object", on="any object", match=0.0, candidates=1)
+        capped = db.search("subj: any object", on="any object", match=0.0, candidates=1)
         assert asked == [1]
         best_subject = db.search("any object", k=1)[0].instance_id
         assert {h.subject.instance_id for m in capped for h in m.hits} <= {best_subject}
+
+
+def test_join_from_the_objects_when_their_matches_run_out_first(rel_db, monkeypatch):
+    """When every match of the object phrase is known before the subject's (a rare object), the join is
+    driven from the objects' stored relations: the same exact pairs, whatever the subject candidates."""
+    from om3db.relations import query as rq
+
+    path, root, enc = rel_db
+    truth = _gt_on(_truth(root))
+    monkeypatch.setattr(rq, "_FIRST_CANDIDATES", 1000)  # more than the database holds: one round
+    best = rq._Phrase.best
+    # the subject phrase claims more matches may exist beyond its candidates; the object's are all known
+    monkeypatch.setattr(rq._Phrase, "best", lambda self, k: (best(self, k)[0], self.text.startswith("subj:")))
+    driven = []
+    from_objects = rq._Join.from_objects
+    monkeypatch.setattr(rq._Join, "from_objects", lambda self, *a: driven.append(1) or from_objects(self, *a))
+    with om3db.connect(path) as db:
+        db.use_encoder("siglip", _Prefixed(enc))
+        for top, support in sorted({t[1:3] for t in truth}):
+            got = _found(db, db.search(f"subj: a {top} object", on=f"a {support} object"))
+            assert got == {(t[0], t[3], t[4]) for t in truth if t[1:3] == (top, support)}, (top, support)
+    assert len(driven) == len({t[1:3] for t in truth})
+
+
+class _Prefixed:
+    """The fake colour encoder, ignoring a leading 'subj: ' marker (lets a test tell the two phrases apart)."""
+
+    def __init__(self, enc):
+        self.enc, self.identity = enc, enc.identity
+
+    def encode_texts(self, texts):
+        return self.enc.encode_texts([t.replace("subj: ", "") for t in texts])
 
 
 def test_without_in_a_region_drops_only_scans_with_a_match_inside_it(rel_db):

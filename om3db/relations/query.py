@@ -5,7 +5,9 @@ similarity over the searched scans (and at least ``min_score`` when given). The 
 subject: its best instances (16 per scan asked for first, 4x more while fewer than k scans come back, at most
 ``candidates``) are joined to their stored relations (``Store.relation_pairs``, by the (relation,
 subject) index), and only the objects of those rows are scored against the object phrase (an exact
-id-selector search), so no object is missed for ranking outside some top list. ``without``: each
+range search with an id selector), so no object is missed for ranking outside some top list. When
+the object phrase's matches run out first (a rare object: "a mug on a piano"), the join is driven from
+them instead (the (relation, object) index) and is complete whatever the number of subjects. ``without``: each
 candidate scan's instances are scored exactly against the excluded phrase. The score of a pair is the
 mean of both similarities and the relation's score; results are grouped by scan. No SQL here: the
 store runs it.
@@ -164,6 +166,7 @@ class _Phrase:
         from ..query import search_space
 
         self.store, self.space, self.agg, self.scope = database._store, q.space_name, q.aggregation, scope
+        self.text = text
         self.vector = database._query_vector(q.space_name, q if text is None else _with_text(q, text))
         floor_scope = scope if floor_scope is ... else floor_scope
         top = search_space(self.store, self.space, self.vector, k=1, aggregation=self.agg, allowed=floor_scope)
@@ -185,18 +188,19 @@ class _Phrase:
         return found, len(raw) >= k and raw[-1].score >= self.floor
 
     def among(self, ids) -> dict:
-        """The matches among these instance ids, every one scored exactly (an id-selector search)."""
+        """The matches among these instance ids (id -> ``RawHit``), every one scored exactly (a range
+        search with an id selector)."""
         import numpy as np
 
-        from ..query import search_space
+        from ..query import search_at_least
 
-        ids = np.unique(np.asarray(list(ids), dtype=np.int64))
-        if self.floor is None or not len(ids):
-            return {}
+        ids = np.unique(np.fromiter(ids, dtype=np.int64))
         if self.scope is not None:
             ids = np.intersect1d(ids, self.scope)
-        raw = search_space(self.store, self.space, self.vector, k=len(ids), aggregation=self.agg, allowed=ids)
-        return {h.instance_id: h for h in raw if h.score >= self.floor}
+        if self.floor is None or not len(ids):
+            return {}
+        raw = search_at_least(self.store, self.space, self.vector, self.floor, aggregation=self.agg, allowed=ids)
+        return {h.instance_id: h for h in raw}
 
     def scans_with_match(self, scans: list[str]) -> set[str]:
         """Which of these scans hold a match (exact: every instance of them is scored)."""
@@ -242,12 +246,19 @@ def run_relational(database, q) -> list[SceneMatch]:
         absent_in = store.filter_ids(scans=f.scans, min_points=0, region=f.region, region_mode=f.region_mode)
     excluded = [_Phrase(database, q, text, absent_in, floor_scope=in_scans) for text in q.excluded]
     k = min(max(_FIRST_CANDIDATES, _PER_SCAN_CANDIDATES * q.k), q.candidates)
+    join = _Join(store, q, obj, excluded)
     while True:
         subj, more = subject.best(k)
-        groups, objects = _group(store, q, subj, obj, excluded)
+        if more and obj is not None and q.relation != "same_scan":
+            objs, more_objs = obj.best(k)
+            if not more_objs:  # every object match is known: the join from the objects is complete
+                subj, groups = join.from_objects(objs, subject)
+                break
+        groups = join.groups(subj)
         if len(groups) >= q.k or not more or k >= q.candidates:
             break
         k = min(4 * k, q.candidates)  # fewer than k scans found and more subjects may match: look further
+    objects = join.objects
     groups = groups[: q.k]
     s_ids = sorted({p[0] for _, ps in groups for p in ps})
     o_ids = sorted({p[1] for _, ps in groups for p in ps if p[1] is not None})
@@ -272,48 +283,92 @@ _FIRST_CANDIDATES, _PER_SCAN_CANDIDATES = 64, 16
 while fewer than k scans are found (up to ``Query.candidates``)."""
 
 
-def _group(store, q, subj: dict, obj: _Phrase | None, excluded: list[_Phrase]) -> tuple[list, dict]:
-    """The subject matches joined to the relation's object matches, grouped by scan (best scan first),
-    without the scans where an excluded phrase matches; and the object matches (id -> RawHit)."""
-    pairs: list[tuple[int, int | None, float, dict, str | None]] = []
-    objects: dict = {}
-    if obj is not None:
-        if q.relation == "same_scan":
-            scans = sorted(set(store.instance_scans(list(subj)).values()))
-            ids = store.filter_ids(scans=scans, min_points=0, region=None) if scans else []
-            rows = store.relation_pairs(q.relation, list(subj), list(obj.among(ids)), max_distance=q.max_distance)
+class _Join:
+    """The subject matches joined to the relation's object matches and grouped by scan, growing with the
+    subject candidates: each widening joins only the new subjects and scores only the new objects."""
+
+    def __init__(self, store, q, obj: _Phrase | None, excluded: list[_Phrase]) -> None:
+        self.store, self.q, self.obj, self.excluded = store, q, obj, excluded
+        self.rows: list[tuple] = []
+        self.joined: set[int] = set()
+        self.objects: dict = {}
+        self.scored: set[int] = set()
+        self.scan_of: dict[int, str] = {}
+        self.dropped: dict[str, bool] = {}
+
+    def from_objects(self, objs: dict, subject: _Phrase) -> tuple[dict, list]:
+        """The join driven by the object side instead, when all its matches (``objs``) are known: the
+        stored rows to those objects (by the (relation, object) index), their subjects scored exactly.
+        Complete whatever the number of subject matches; returns (subject matches, groups)."""
+        q = self.q
+        self.rows = self.store.relation_pairs(q.relation, objects=list(objs), max_distance=q.max_distance)
+        self.objects, self.joined = dict(objs), set()
+        subj = subject.among({r[0] for r in self.rows})
+        self.joined = set(subj)
+        self.scored = {r[1] for r in self.rows}
+        return subj, self._grouped(self._pairs(subj))
+
+    def groups(self, subj: dict) -> list:
+        """(scan, [(subject, object, score, evidence, relation), ...]) best scan first, at most k, without
+        the scans where an excluded phrase matches."""
+        q, store = self.q, self.store
+        new = [i for i in subj if i not in self.joined]
+        self.joined.update(new)
+        if self.obj is None:
+            self.scan_of.update(store.instance_scans(new))
+            pairs = [
+                (s_id, None, h.score, {}, None, self.scan_of[s_id]) for s_id, h in subj.items() if s_id in self.scan_of
+            ]
         else:
-            rows = store.relation_pairs(q.relation, list(subj), max_distance=q.max_distance)
-        objects = obj.among({r[1] for r in rows})
-        for s_id, o_id, scan, *evidence in rows:
-            o = objects.get(o_id)
-            if o is not None:
+            if q.relation == "same_scan":
+                scans = sorted(set(store.instance_scans(new).values()))
+                ids = store.filter_ids(scans=scans, min_points=0, region=None) if scans else []
+                self.rows += store.relation_pairs(
+                    q.relation, new, list(self.obj.among(ids)), max_distance=q.max_distance
+                )
+            else:
+                self.rows += store.relation_pairs(q.relation, new, max_distance=q.max_distance)
+            todo = {r[1] for r in self.rows} - self.scored
+            self.objects.update(self.obj.among(todo))
+            self.scored |= todo
+            pairs = self._pairs(subj)
+        return self._grouped(pairs)
+
+    def _pairs(self, subj: dict) -> list:
+        pairs = []
+        for s_id, o_id, scan, *evidence in self.rows:
+            o = self.objects.get(o_id)
+            if o is not None and s_id in subj:
                 score = (subj[s_id].score + o.score + evidence[0]) / 3
-                pairs.append((s_id, o_id, score, dict(zip(_EVIDENCE, evidence, strict=True)), q.relation, scan))
-    else:
-        scan_of = store.instance_scans(list(subj))
-        pairs = [(s_id, None, h.score, {}, None, scan_of[s_id]) for s_id, h in subj.items() if s_id in scan_of]
-    by_scan: dict[str, list] = {}
-    for p in pairs:
-        by_scan.setdefault(p[5], []).append(p[:5])
-    if q.min_count is not None:
-        by_scan = {s: ps for s, ps in by_scan.items() if len({p[0] for p in ps}) >= q.min_count}
-    groups = sorted(by_scan.items(), key=lambda kv: (-max(p[2] for p in kv[1]), kv[0]))
-    return _drop_excluded(groups, excluded, q.k), objects
+                pairs.append((s_id, o_id, score, dict(zip(_EVIDENCE, evidence, strict=True)), self.q.relation, scan))
+        return pairs
+
+    def _grouped(self, pairs: list) -> list:
+        q = self.q
+        by_scan: dict[str, list] = {}
+        for p in pairs:
+            by_scan.setdefault(p[5], []).append(p[:5])
+        if q.min_count is not None:
+            by_scan = {s: ps for s, ps in by_scan.items() if len({p[0] for p in ps}) >= q.min_count}
+        groups = sorted(by_scan.items(), key=lambda kv: (-max(p[2] for p in kv[1]), kv[0]))
+        return _drop_excluded(groups, self.excluded, q.k, self.dropped)
 
 
-def _drop_excluded(groups: list, excluded: list[_Phrase], k: int) -> list:
+def _drop_excluded(groups: list, excluded: list[_Phrase], k: int, dropped: dict[str, bool]) -> list:
     """The first ``k`` groups whose scan holds no match of an excluded phrase (or fewer: all there are).
-    Scans are checked best first in batches, so a query asking for k scans scores few of them."""
+    Scans are checked best first in batches, so a query asking for k scans scores few of them;
+    ``dropped`` remembers the scans already checked (scan -> dropped)."""
     if not excluded:
         return groups
     kept: list = []
     at, batch = 0, max(2 * k, 16)
     while at < len(groups) and len(kept) < k:
         part = groups[at : at + batch]
-        dropped: set[str] = set()
+        todo = [scan for scan, _ in part if scan not in dropped]
+        hit: set[str] = set()
         for phrase in excluded:
-            dropped |= phrase.scans_with_match([scan for scan, _ in part])
-        kept += [g for g in part if g[0] not in dropped]
+            hit |= phrase.scans_with_match(todo)
+        dropped.update({scan: scan in hit for scan in todo})
+        kept += [g for g in part if not dropped[g[0]]]
         at, batch = at + len(part), 4 * batch
-    return kept
+    return kept[:k]

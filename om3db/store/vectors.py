@@ -381,6 +381,28 @@ class VectorIndex:
                 return scores, ids
             nprobe = min(nprobe * 4, self.choice.nlist)
 
+    def range_search(
+        self, query: np.ndarray, min_score: float, *, allowed_ids: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Every vector (of ``allowed_ids``: an id selector) whose inner product with ``query`` ((D,) or
+        (1, D)) is at least ``min_score``: (n,) int64 ids and (n,) float32 scores, unordered. An IVF visits
+        every list: exact over the held vectors, at the cost of one id check per vector when restricted."""
+        faiss = _faiss()
+        q = _as_matrix(np.asarray(query, dtype=np.float32).reshape(1, -1), self.dim)
+        radius = float(np.nextafter(np.float32(min_score), np.float32(-np.inf)))  # FAISS keeps scores > radius
+        sel = None
+        if allowed_ids is not None:
+            allowed_ids = np.unique(np.asarray(allowed_ids, dtype=np.int64))
+            if not len(allowed_ids):
+                return np.zeros(0, np.int64), np.zeros(0, np.float32)
+            sel = faiss.IDSelectorBatch(allowed_ids)
+        if self.choice.kind == "ivf":
+            params = faiss.SearchParametersIVF(sel=sel, nprobe=self.choice.nlist)
+        else:
+            params = faiss.SearchParameters(sel=sel) if sel is not None else None
+        _, scores, ids = self.index.range_search(q, radius, params=params)
+        return ids.astype(np.int64, copy=False), scores.astype(np.float32, copy=False)
+
     # -- persistence ----------------------------------------------------------------------
 
     def save(self, path: str | Path, header: dict | None = None) -> None:
