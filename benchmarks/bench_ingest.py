@@ -86,7 +86,7 @@ def measure_encoder(kind: str, enc, *, reps: int, batch: int, warmup: bool = Tru
 
     crops = mb.sample_crops(batch, seed=1)
     pixels = enc.processor(images=[Image.fromarray(crops[0])], return_tensors="pt")["pixel_values"]
-    per_crop = mb.flops(lambda: enc._features(pixels.to(device=enc.device, dtype=enc.dtype)))
+    per_crop = crop_flops(enc, pixels)
     row = mb.encoder_efficiency(
         lambda: enc.encode_images(crops),
         items=batch,
@@ -106,21 +106,51 @@ def measure_encoder(kind: str, enc, *, reps: int, batch: int, warmup: bool = Tru
     return row
 
 
-def measure_sam(sam, *, reps: int, prompts: int = 250, warmup: bool = True) -> dict:
-    """Efficiency of SAM's image encoder through ``set_image`` on a 1296x968 frame, and decoder s/prompt."""
+def crop_flops(enc, pixels) -> int:
+    """FLOPs of one crop through ``enc._features``, counted on a meta-device copy of the model (no compute:
+    a full-size SigLIP crop is ~10 s of float32 CPU time); counted on the real model if meta fails."""
+    import torch
+
+    real = enc.model
+    try:
+        with torch.device("meta"):
+            enc.model = type(real)(real.config).eval()
+        return mb.flops(lambda: enc._features(pixels.to(device="meta", dtype=enc.dtype)))
+    except Exception:  # noqa: BLE001 - a model that cannot run on meta is counted for real
+        enc.model = real
+        return mb.flops(lambda: enc._features(pixels.to(device=enc.device, dtype=enc.dtype)))
+    finally:
+        enc.model = real
+
+
+def measure_sam(sam, *, reps: int, prompts: int = 250, warmup: bool = True, blocks: bool = False) -> dict:
+    """Efficiency of SAM's image encoder through ``set_image`` on a 1296x968 frame (``blocks``: on a sample
+    of its blocks, `measure_sam_blocks`), and decoder s/prompt."""
     import numpy as np
 
     frame = _frame(2)
-    per_frame = nominal_sam_flops(sam)
-    row = mb.encoder_efficiency(
-        lambda: sam.set_image(frame),
-        items=1,
-        flops_per_item=per_frame,
-        dtype=sam.dtype,
-        reps=reps,
-        device=sam.device,
-        warmup=warmup,
-    )
+    if blocks:
+        row = measure_sam_blocks(sam, reps=reps)
+        if sam._features is None:  # no frame encoded: the decoder's cost does not depend on the embedding's values
+            import torch
+
+            from om3db.sam import _resize_shape
+
+            side = sam.image_size // 16
+            chans = list(sam.encoder.neck.parameters())[-1].shape[0]  # the neck ends in a LayerNorm of its width
+            sam._features = torch.zeros(1, chans, side, side, device=sam.device, dtype=getattr(torch, sam.dtype))
+            sam._original_size, sam._input_size = frame.shape[:2], _resize_shape(*frame.shape[:2], sam.image_size)
+    else:
+        row = mb.encoder_efficiency(
+            lambda: sam.set_image(frame),
+            items=1,
+            flops_per_item=nominal_sam_flops(sam),
+            dtype=sam.dtype,
+            reps=reps,
+            device=sam.device,
+            warmup=warmup,
+        )
+        row["method"] = "set_image on a 1296x968 frame"
     row.update(model="sam_image_encoder", model_type=sam.model_type, fused=sam.fused, dtype_reason=sam.dtype_reason)
     row["frames_per_s"] = row["items_per_s"]
     rng = np.random.default_rng(0)
@@ -136,22 +166,77 @@ def measure_sam(sam, *, reps: int, prompts: int = 250, warmup: bool = True) -> d
     return row
 
 
-def nominal_sam_flops(sam) -> int:
-    """FLOPs of SAM's image encoder as published (plain attention), counted on a meta-device copy: the fused
-    attention's extra head columns (om3db.fused._sam_attention) are not useful work and are not counted."""
+def _meta_sam_encoder(sam):
+    """A plain (unfused) copy of ``sam``'s image encoder on the meta device: for counting published FLOPs."""
     import torch
 
     with torch.device("meta"):
         if sam.model_type == "transformers":
             from transformers import SamModel
 
-            encoder = SamModel(sam.model.config).vision_encoder
-        else:
-            from om3db.sam import build_sam_model, infer_sam_config
+            return SamModel(sam.model.config).vision_encoder
+        from om3db.sam import build_sam_model, infer_sam_config
 
-            encoder = build_sam_model(infer_sam_config(sam.model.state_dict())).image_encoder
-        x = torch.zeros(1, 3, sam.image_size, sam.image_size)
-        return mb.flops(lambda: encoder(x))
+        return build_sam_model(infer_sam_config(sam.model.state_dict())).image_encoder
+
+
+def _blocks(encoder) -> list:
+    return list(getattr(encoder, "blocks", None) or encoder.layers)  # segment-anything / transformers
+
+
+def nominal_sam_flops(sam) -> int:
+    """FLOPs of SAM's image encoder as published (plain attention), counted on a meta-device copy: the fused
+    attention's extra head columns (om3db.fused._sam_attention) are not useful work and are not counted."""
+    import torch
+
+    encoder = _meta_sam_encoder(sam)
+    x = torch.zeros(1, 3, sam.image_size, sam.image_size, device="meta")
+    return mb.flops(lambda: encoder(x))
+
+
+def sam_frame_estimate_s(sam, peak_tflops: float) -> float:
+    """Seconds one ``set_image`` would take at the matmul peak: what decides a quick run's SAM measurement."""
+    return nominal_sam_flops(sam) / (peak_tflops * 1e12)
+
+
+def measure_sam_blocks(sam, *, reps: int) -> dict:
+    """SAM's image encoder measured on a sample of its ViT blocks (the first windowed and the first global
+    one), each between two peak windows like `measure_sam`, projected onto the whole encoder as
+    ``sum(blocks of a kind x s per block of that kind)``: for quick runs where one float32 ViT-H frame
+    takes minutes. Patch embedding and neck (~0.3 % of the FLOPs) are left out of time and FLOPs."""
+    import torch
+
+    blocks, meta_blocks = _blocks(sam.encoder), _blocks(_meta_sam_encoder(sam))
+    side = sam.image_size // 16
+    dim = blocks[0].attn.qkv.in_features
+    rows, time_s, flops = {}, 0.0, 0
+    for kind, pick in (("windowed", lambda b: b.window_size > 0), ("global", lambda b: b.window_size == 0)):
+        idx = [i for i, b in enumerate(blocks) if pick(b)]
+        if not idx:
+            continue
+        x = torch.randn(1, side, side, dim, device=sam.device).to(getattr(torch, sam.dtype))
+        block, meta_x = blocks[idx[0]], torch.zeros(1, side, side, dim, device="meta")
+        per_block = mb.flops(lambda b=meta_blocks[idx[0]], x=meta_x: b(x))
+        row = mb.encoder_efficiency(
+            lambda b=block, x=x: b(x), items=1, flops_per_item=per_block, dtype=sam.dtype, reps=reps, device=sam.device
+        )
+        rows[kind] = {**row, "blocks": len(idx)}
+        time_s += len(idx) * row["seconds_per_item"]
+        flops += len(idx) * per_block
+    achieved = flops / time_s / 1e12
+    peak = sum(r["peak_tflops"] * r["blocks"] * r["seconds_per_item"] for r in rows.values()) / time_s
+    return {
+        "dtype": sam.dtype,
+        "method": "block sample (1 windowed + 1 global ViT block, projected onto all blocks)",
+        "seconds_per_item": round(time_s, 3),
+        "items_per_s": round(1 / time_s, 4),
+        "gflop_per_item": round(flops / 1e9, 2),
+        "achieved_tflops": round(achieved, 4),
+        "peak_tflops": round(peak, 4),
+        "efficiency": round(achieved / peak, 3),
+        "block_rows": rows,
+        "loadavg_1m": mb.loadavg(),
+    }
 
 
 def measure_peaks(device) -> dict:
@@ -347,6 +432,7 @@ def main() -> None:
     quick = args.quick
     args.size = args.size or ("tiny" if quick else "scannet")
     args.frame_step = args.frame_step or (5 if quick else 10)
+    masks_default = args.masks is None
     args.masks = (3 if quick else 0) if args.masks is None else args.masks
     args.top_k = args.top_k or (1 if quick else 5)
     reps = args.reps or (2 if quick else 3)
@@ -391,6 +477,15 @@ def main() -> None:
     res["model_load_s"] = round(time.perf_counter() - t, 1)
     _log(f"models loaded in {res['model_load_s']} s: {', '.join(str(v) for v in paths.values())}")
 
+    # a quick run where one SAM frame would take more than 30 s at the matmul peak (float32 ViT-H on a CPU:
+    # ~100 s here) box-crops in its ingest, measures SAM on a sample of its blocks and the encoders on 1-2 crops
+    slow = (
+        quick and sam is not None and sam_frame_estimate_s(sam, res["peaks"].get(dtype, res["peaks"]["float32"])) > 30
+    )
+    res["quick_slow_machine"] = slow
+    if slow:
+        modes = args.modes or ["box"]
+        args.masks = 1 if masks_default else args.masks
     if "ingest" not in args.skip:  # first: it also warms every model up for the measurements below
         res["ingest"] = {}
         for mode in modes:
@@ -403,7 +498,7 @@ def main() -> None:
     warm = "ingest" not in args.skip
 
     res["encoders"] = {}
-    batches = {"siglip": 4 if quick else 8, "dinov2": 8 if quick else 16}
+    batches = {"siglip": 1, "dinov2": 2} if slow else {"siglip": 4 if quick else 8, "dinov2": 8 if quick else 16}
     if "encoders" not in args.skip:
         for kind, enc in encoders.items():
             # always warmed up: the ingest fed other batch sizes, and oneDNN builds kernels per shape
@@ -412,9 +507,10 @@ def main() -> None:
         if sam is not None:
             res["encoders"][f"sam/{dtype}"] = measure_sam(
                 sam,
-                reps=sam_reps,
-                prompts=prompts,
+                reps=2 if slow else sam_reps,
+                prompts=12 if slow else prompts,
                 warmup=not (warm and "sam" in modes),  # always 1024x1024
+                blocks=slow,
             )
             _log(f"sam {dtype}: {res['encoders'][f'sam/{dtype}']}")
         other = "float32" if dtype != "float32" else ("bfloat16" if res["bf16_native"] else None)
