@@ -351,19 +351,28 @@ def search_at_least(
     *,
     aggregation: Aggregation = "mean",
     allowed: np.ndarray | None = None,
-) -> list[RawHit]:
+    ids_only: bool = False,
+) -> list[RawHit] | np.ndarray:
     """Every instance (of ``allowed``) whose similarity to ``query`` is at least ``min_score``, unordered:
     a range search over every IVF list (relational queries score a join's objects and a negation's scans
-    with it). Max aggregation: the best view of each allowed instance, then the threshold."""
+    with it); ``ids_only``: just their (n,) int64 ids. Max aggregation: an instance's best view counts."""
     if allowed is not None and not len(allowed):
-        return []
+        return np.zeros(0, np.int64) if ids_only else []
     q = np.asarray(query, dtype=np.float32).reshape(1, -1)
     if aggregation == "max":
-        if allowed is None:
-            raise ConfigError("search_at_least with aggregation='max' needs the allowed instance ids")
-        hits = _search_max(store, space, q, len(np.unique(allowed)), np.asarray(allowed, dtype=np.int64), False)
-        return [h for h in hits if h.score >= min_score]
+        from .store.writer import view_owner
+
+        views = store.index(space, "view")
+        held = None if allowed is None else views.ids()
+        allowed_views = None if allowed is None else held[np.isin(view_owner(held), allowed)]
+        vids, _ = views.range_search(q, min_score, allowed_ids=allowed_views)
+        owners = np.unique(view_owner(vids)) if len(vids) else np.zeros(0, np.int64)
+        if ids_only or not len(owners):
+            return owners if ids_only else []
+        return _search_max(store, space, q, len(owners), owners, False)
     ids, scores = store.index(space, "instance").range_search(q, min_score, allowed_ids=allowed)
+    if ids_only:
+        return ids
     return [RawHit(i, s, None) for i, s in zip(ids.tolist(), scores.tolist(), strict=True)]
 
 

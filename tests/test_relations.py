@@ -149,6 +149,21 @@ def test_red_on_blue_returns_exactly_the_ground_truth_pairs(rel_db):
         # the same through the query object and the phrase's words
         q = db.query(text="a red object").on("a blue object")
         assert _found(db, q.to_list()) == {(t[0], t[3], t[4]) for t in truth if t[1:3] == ("red", "blue")}
+        # best-view similarity (aggregation 'max'): objects and negations scored through the view space
+        red_blue = {(t[0], t[3], t[4]) for t in truth if t[1:3] == ("red", "blue")}
+        assert _found(db, q.aggregate("max").to_list()) == red_blue
+        without = {m.scan for m in db.search("a red object", without="a blue object", aggregation="max")}
+        assert without == {m.scan for m in db.search("a red object", without="a blue object")}
+        # a negation's scans found scan by scan or all at once (one range search): the same, both aggregations
+        from om3db.relations import query as rq
+
+        scans = sorted(gts)
+        for agg in ("mean", "max"):
+            for colour in ("blue", "orange", "pink"):
+                phrase = rq._Phrase(db, q.aggregate(agg), f"a {colour} object", None)
+                one_by_one = phrase.scans_with_match(scans)
+                phrase.know_every_match()
+                assert phrase.every_scan == one_by_one == {s for s in scans if colour in gts[s].object_classes}
 
 
 def test_every_stored_relation_matches_the_synthetic_on_truth(rel_db):

@@ -203,11 +203,28 @@ class _Phrase:
         return {h.instance_id: h for h in raw}
 
     def scans_with_match(self, scans: list[str]) -> set[str]:
-        """Which of these scans hold a match (exact: every instance of them is scored)."""
+        """Which of these scans hold a match (exact: every instance of them is scored, or the phrase's
+        every match is known: `know_every_match`)."""
         if self.floor is None or not scans:
             return set()
+        if self.every_scan is not None:
+            return self.every_scan.intersection(scans)
         ids = self.store.filter_ids(scans=scans, min_points=0, region=None, region_mode="intersects")
         return set(self.store.instance_scans(list(self.among(ids))).values())
+
+    every_scan: set[str] | None = None
+    """Every scan holding a match, once `know_every_match` ran."""
+
+    def know_every_match(self) -> None:
+        """Find every match (one range search over the scope) and remember their scans: cheaper than
+        scoring scan after scan when the phrase matches in most of them ("scans without a chair")."""
+        from ..query import search_at_least
+
+        if self.every_scan is None and self.floor is not None:
+            ids = search_at_least(
+                self.store, self.space, self.vector, self.floor, aggregation=self.agg, allowed=self.scope, ids_only=True
+            )
+            self.every_scan = self.store.scans_of(ids)
 
 
 def _with_text(q, text):
@@ -361,8 +378,12 @@ def _drop_excluded(groups: list, excluded: list[_Phrase], k: int, dropped: dict[
     if not excluded:
         return groups
     kept: list = []
-    at, batch = 0, max(2 * k, 16)
+    at, batch, rounds = 0, max(2 * k, 16), 0
     while at < len(groups) and len(kept) < k:
+        rounds += 1
+        if rounds == 3:  # two batches left fewer than k scans: the phrase matches almost everywhere
+            for phrase in excluded:
+                phrase.know_every_match()
         part = groups[at : at + batch]
         todo = [scan for scan, _ in part if scan not in dropped]
         hit: set[str] = set()

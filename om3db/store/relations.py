@@ -252,6 +252,23 @@ class StoreRelations:
                 out.append((r[0], r[1], r[2], 1.0, d, float("nan"), float("nan")))
         return out
 
+    def scans_of(self, ids) -> set[str]:
+        """The names of the (ready) scans holding any of these instance ids."""
+        from sqlalchemy import select
+
+        from .models import InstanceRow, ScanRow
+
+        if not len(ids):
+            return set()
+        q = (
+            select(ScanRow.name)
+            .distinct()
+            .join(InstanceRow, InstanceRow.scan_id == ScanRow.id)
+            .where(self._in_ids(InstanceRow.id, "ids"), ScanRow.status == "ready")
+        )
+        with self.engine.connect() as conn:
+            return set(conn.execute(q, {"ids": self._ids_value(ids)}).scalars())
+
     def _pairs_to(self, relation: str, objects: list[int], max_distance: float | None) -> list[tuple]:
         """``relation_pairs`` from any subject to these objects, by the (relation, object_id) index."""
         from sqlalchemy import select
@@ -303,7 +320,7 @@ class StoreRelations:
             .where(self._in_ids(InstanceRow.id, "ids"), ScanRow.status == "ready")
         )
         with self.engine.connect() as conn:
-            return {int(r[0]): r[1] for r in conn.execute(q, {"ids": self._ids_value(ids)})}
+            return dict(conn.execute(q, {"ids": self._ids_value(ids)}).all())
 
 
 def _row(r) -> dict:
