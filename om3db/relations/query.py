@@ -235,6 +235,11 @@ def _with_text(q, text):
 
 def run_relational(database, q) -> list[SceneMatch]:
     """Run a relational (or negation / count) query; see the module docstring."""
+    with database._store.pinned_spaces():  # its many searches read the spaces' state once
+        return _run_relational(database, q)
+
+
+def _run_relational(database, q) -> list[SceneMatch]:
     store = database._store
     f = q.filters
     missing = store.scans_without_relations(f.scans)

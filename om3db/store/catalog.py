@@ -17,7 +17,9 @@ record (a crash mid-append) is ignored, so the same holds.
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Callable, Iterable
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -117,6 +119,10 @@ def identity_matches(stored: EncoderIdentity, other: EncoderIdentity) -> bool:
     if not stored.revision.startswith("sha256:"):
         same = same and stored.model_id == other.model_id
     return same
+
+
+_pins = threading.local()
+"""Per thread: Store id -> its vector-space rows, inside ``Store.pinned_spaces``."""
 
 
 class Store(StoreReads, StoreCheck, StoreRelations):
@@ -239,11 +245,29 @@ class Store(StoreReads, StoreCheck, StoreRelations):
 
         from .models import SpaceRow
 
+        pinned = getattr(_pins, "spaces", {}).get(id(self))
+        if pinned is not None:
+            return pinned
         # plain rows (read-only attributes), not ORM objects: every search reads them to see the
         # space's generation, and an ORM session cost ~1.5 ms a call (docs/benchmarks.md, relations)
         table = SpaceRow.__table__
         with self.engine.connect() as conn:
             return list(conn.execute(select(table).order_by(table.c.name, table.c.level)))
+
+    @contextmanager
+    def pinned_spaces(self):
+        """Within this block, this thread reads the vector spaces' rows (their generations) once: the many
+        searches of one relational query see one state of every index instead of re-reading it per search.
+        Other threads (a writer among them) are not affected."""
+        pins = _pins.__dict__.setdefault("spaces", {})
+        if id(self) in pins:  # nested: the outer block's state
+            yield
+            return
+        pins[id(self)] = self.spaces()
+        try:
+            yield
+        finally:
+            del pins[id(self)]
 
     def space(self, name: str, level: str):
         rows = self.spaces()
