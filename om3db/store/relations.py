@@ -202,49 +202,42 @@ class StoreRelations:
         *,
         max_distance: float | None = None,
     ) -> list[tuple]:
-        """The join of a relational query: stored ``relation`` rows from any of ``subjects`` (to any of
-        ``objects``; None: to any instance; ``subjects`` None: from any instance to ``objects``), distance at most ``max_distance``, in ready scans, as tuples
-        (subject_id, object_id, scan name, score, distance, gap, overlap). Driven by the (relation,
-        subject_id) index, the ids bound as one parameter (`_in_ids`).
-        ``same_scan``: every pair of distinct instances of one ready scan (score 1, evidence: centroid
-        distance)."""
-        from sqlalchemy import select
-        from sqlalchemy.orm import aliased
-
-        from .models import InstanceRow, RelationRow, ScanRow
-
-        if subjects is None:  # driven by the objects (a stored relation only)
+        """The join of a relational query, as tuples (subject_id, object_id, scan name, score, distance,
+        gap, overlap): stored ``relation`` rows in ready scans from any of ``subjects`` (by the (relation,
+        subject_id) index) to any of ``objects`` (None: any), or with ``subjects`` None from any instance to
+        ``objects`` (by the (relation, object_id) index); distance at most ``max_distance``. The ids are
+        bound as one parameter (`_in_ids`). ``same_scan`` (subjects needed): every pair of distinct
+        instances of one ready scan (score 1, evidence: centroid distance)."""
+        if subjects is None:
             if relation == "same_scan" or objects is None:
-                raise ValueError("relation_pairs needs subjects (same_scan, or no objects either)")
-            return self._pairs_to(relation, sorted({int(i) for i in objects}), max_distance)
+                raise ValueError("relation_pairs needs subjects for same_scan, and subjects or objects")
+            return self._stored_pairs(relation, "object_id", sorted({int(i) for i in objects}), max_distance)
         subjects = sorted({int(i) for i in subjects})
         wanted = None if objects is None else {int(i) for i in objects}
         if not subjects or wanted is not None and not wanted:
             return []
         if relation == "same_scan":
-            a, b = aliased(InstanceRow), aliased(InstanceRow)
-            q = (
-                select(a.id, b.id, ScanRow.name, a.centroid_x, a.centroid_y, a.centroid_z,
-                       b.centroid_x, b.centroid_y, b.centroid_z)
-                .join(b, (b.scan_id == a.scan_id) & (b.id != a.id))
-                .join(ScanRow, ScanRow.id == a.scan_id)
-                .where(self._in_ids(a.id, "subs"), ScanRow.status == "ready")
-            )  # fmt: skip
+            rows = self._same_scan_pairs(subjects, max_distance)
         else:
-            r = RelationRow
-            q = (
-                select(r.subject_id, r.object_id, ScanRow.name, r.score, r.distance, r.gap, r.overlap)
-                .join(ScanRow, ScanRow.id == r.scan_id)
-                .where(r.relation == relation, self._in_ids(r.subject_id, "subs"), ScanRow.status == "ready")
-            )
-            if max_distance is not None:
-                q = q.where(r.distance <= float(max_distance))
+            rows = self._stored_pairs(relation, "subject_id", subjects, max_distance)
+        return rows if wanted is None else [r for r in rows if r[1] in wanted]
+
+    def _same_scan_pairs(self, subjects: list[int], max_distance: float | None) -> list[tuple]:
+        from sqlalchemy import select
+        from sqlalchemy.orm import aliased
+
+        from .models import InstanceRow, ScanRow
+
+        a, b = aliased(InstanceRow), aliased(InstanceRow)
+        q = (
+            select(a.id, b.id, ScanRow.name, a.centroid_x, a.centroid_y, a.centroid_z,
+                   b.centroid_x, b.centroid_y, b.centroid_z)
+            .join(b, (b.scan_id == a.scan_id) & (b.id != a.id))
+            .join(ScanRow, ScanRow.id == a.scan_id)
+            .where(self._in_ids(a.id, "ids"), ScanRow.status == "ready")
+        )  # fmt: skip
         with self.engine.connect() as conn:
-            rows = conn.execute(q, {"subs": self._ids_value(subjects)}).all()
-        if wanted is not None:
-            rows = [r for r in rows if r[1] in wanted]
-        if relation != "same_scan":
-            return rows
+            rows = conn.execute(q, {"ids": self._ids_value(subjects)}).all()
         out = []
         for r in rows:
             d = float(np.linalg.norm(np.subtract(r[3:6], r[6:9])))
@@ -269,24 +262,25 @@ class StoreRelations:
         with self.engine.connect() as conn:
             return set(conn.execute(q, {"ids": self._ids_value(ids)}).scalars())
 
-    def _pairs_to(self, relation: str, objects: list[int], max_distance: float | None) -> list[tuple]:
-        """``relation_pairs`` from any subject to these objects, by the (relation, object_id) index."""
+    def _stored_pairs(self, relation: str, side: str, ids: list[int], max_distance: float | None) -> list[tuple]:
+        """Stored ``relation`` rows whose ``side`` ('subject_id' or 'object_id') is one of ``ids``, in ready
+        scans, by the (relation, side) index: (subject_id, object_id, scan name, score, distance, gap, overlap)."""
         from sqlalchemy import select
 
         from .models import RelationRow, ScanRow
 
         r = RelationRow
-        if not objects:
+        if not ids:
             return []
         q = (
             select(r.subject_id, r.object_id, ScanRow.name, r.score, r.distance, r.gap, r.overlap)
             .join(ScanRow, ScanRow.id == r.scan_id)
-            .where(r.relation == relation, self._in_ids(r.object_id, "objs"), ScanRow.status == "ready")
+            .where(r.relation == relation, self._in_ids(getattr(r, side), "ids"), ScanRow.status == "ready")
         )
         if max_distance is not None:
             q = q.where(r.distance <= float(max_distance))
         with self.engine.connect() as conn:
-            return conn.execute(q, {"objs": self._ids_value(objects)}).all()
+            return conn.execute(q, {"ids": self._ids_value(ids)}).all()
 
     def _in_ids(self, column, name: str):
         """``column IN`` a list of ids bound as ONE parameter ``name`` (`_ids_value`): a JSON array read by
