@@ -158,7 +158,7 @@ def bench_query(n: int, dim: int, queries: int, work: Path) -> list[dict]:
         db.use_encoder("siglip", enc)
         kinds = db.index_kinds()
         for label, make in QUERIES.items():
-            lat, groups, pairs = [], 0, 0
+            lat, groups, pairs, wrong = [], 0, 0, 0
             for q in range(queries + 3):
                 a = q % CLASSES
                 t = time.perf_counter()
@@ -167,14 +167,24 @@ def bench_query(n: int, dim: int, queries: int, work: Path) -> list[dict]:
                     lat.append(time.perf_counter() - t)
                     groups += len(res)
                     pairs += sum(len(m.hits) for m in res)
+                    if label == "without":
+                        wrong += _holding(db, make(a, emb)["without"], [m.scan for m in res])
             lat_ms = np.array(lat) * 1000
             rows.append({
                 "instances": n, "query": label, "p50_ms": float(np.percentile(lat_ms, 50)),
                 "p99_ms": float(np.percentile(lat_ms, 99)), "queries": len(lat), "scans_returned_avg": groups / len(lat),
                 "hits_avg": pairs / len(lat), "index": kinds, "dim": dim, "write_s": build,
+                "wrong_scans": wrong if label == "without" else None,
             })  # fmt: skip
             print(json.dumps(rows[-1]), flush=True)
     return rows
+
+
+def _holding(db, text: str, scans: list[str]) -> int:
+    """How many of these scans hold a match of ``text`` (similarity >= 0.5 x its best anywhere: the
+    default ``match``), checked one scan at a time by plain searches: a ``without=`` answer must have none."""
+    top = db.search(text, k=1)[0].score
+    return sum(bool(db.search(text, k=1, scans=[s], min_score=0.5 * top)) for s in scans)
 
 
 def main(argv=None) -> int:
