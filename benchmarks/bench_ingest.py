@@ -20,6 +20,11 @@ What one run measures, all in the same process (see benchmarks/README.md):
    synthetic database of N objects x 6 views;
 5. the projected seconds of a ScanNet-size scan (100 masks, 5 views, 3 levels) from the measured rates.
 
+``--quick`` (tiny scan, 3 masks, 1 view, 2 repetitions) stays under 5 minutes where one SAM frame would
+take more than 30 s at the measured peak (float32 ViT-H on a 2-core CPU: ~100 s) by box-cropping 1 mask
+in its ingest, timing SAM's image encoder on one windowed and one global ViT block projected onto all
+blocks (`measure_sam_blocks`), and the encoders on 1 (SigLIP) / 2 (DINOv2) crops per call.
+
     .venv/bin/python benchmarks/bench_ingest.py --models full --quick --json /tmp/quick.json   # < 5 min
     .venv/bin/python benchmarks/bench_ingest.py --models full --compare-dtypes --agreement 16 --json full.json
     .venv/bin/python benchmarks/bench_ingest.py --models tiny --size tiny --frame-step 2      # smoke run
