@@ -363,13 +363,13 @@ def search_at_least(
         from .store.writer import view_owner
 
         views = store.index(space, "view")
-        held = None if allowed is None else views.ids()
-        allowed_views = None if allowed is None else held[np.isin(view_owner(held), allowed)]
-        vids, _ = views.range_search(q, min_score, allowed_ids=allowed_views)
-        owners = np.unique(view_owner(vids)) if len(vids) else np.zeros(0, np.int64)
-        if ids_only or not len(owners):
-            return owners if ids_only else []
-        return _search_max(store, space, q, len(owners), owners, False)
+        vids, scores = views.range_search(q, min_score, allowed_ids=_allowed_views(views, allowed))
+        owners = view_owner(vids)
+        order = np.lexsort((-scores, owners))  # by instance, its best view first
+        best = order[np.r_[True, owners[order][1:] != owners[order][:-1]]] if len(order) else order
+        if ids_only:
+            return owners[best]
+        return [RawHit(int(owners[i]), float(scores[i]), int(vids[i])) for i in best]
     ids, scores = store.index(space, "instance").range_search(q, min_score, allowed_ids=allowed)
     if ids_only:
         return ids
@@ -381,10 +381,7 @@ def _search_max(store, space: str, q: np.ndarray, k: int, allowed: np.ndarray | 
     from .store.writer import view_owner
 
     index = store.index(space, "view")
-    allowed_views = None
-    if allowed is not None:  # the inlier views of the allowed instances: the index holds exactly those views
-        held = index.ids()
-        allowed_views = held[np.isin(view_owner(held), allowed)]
+    allowed_views = _allowed_views(index, allowed)
     total = index.ntotal if allowed_views is None else len(allowed_views)
     if total < 1:
         return []
@@ -403,6 +400,16 @@ def _search_max(store, space: str, q: np.ndarray, k: int, allowed: np.ndarray | 
         if len(best) >= k or fetch >= total:
             return list(best.values())[:k]
         fetch = min(fetch * 4, total)
+
+
+def _allowed_views(index, allowed: np.ndarray | None) -> np.ndarray | None:
+    """The view-space ids of the allowed instances' inlier views (the view index holds exactly those)."""
+    from .store.writer import view_owner
+
+    if allowed is None:
+        return None
+    held = index.ids()
+    return held[np.isin(view_owner(held), allowed)]
 
 
 def label_vectors(store, space: str, scan_instance_ids: np.ndarray, classes: np.ndarray, *, aggregation: Aggregation):

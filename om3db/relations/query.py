@@ -167,6 +167,8 @@ class _Phrase:
 
         self.store, self.space, self.agg, self.scope = database._store, q.space_name, q.aggregation, scope
         self.text = text
+        self.every_scan: set[str] | None = None
+        """Every scan holding a match, once `know_every_match` ran."""
         self.vector = database._query_vector(q.space_name, q if text is None else _with_text(q, text))
         floor_scope = scope if floor_scope is ... else floor_scope
         top = search_space(self.store, self.space, self.vector, k=1, aggregation=self.agg, allowed=floor_scope)
@@ -187,20 +189,28 @@ class _Phrase:
         found = {h.instance_id: h for h in raw if h.score >= self.floor}
         return found, len(raw) >= k and raw[-1].score >= self.floor
 
-    def among(self, ids) -> dict:
-        """The matches among these instance ids (id -> ``RawHit``), every one scored exactly (a range
-        search with an id selector)."""
+    def _at_least_floor(self, ids, *, ids_only: bool = False):
+        """The matches among ``ids`` (None: the whole scope), every one scored exactly (a range search,
+        with an id selector when restricted): ``RawHit``s, or just their ids."""
         import numpy as np
 
         from ..query import search_at_least
 
-        ids = np.unique(np.fromiter(ids, dtype=np.int64))
-        if self.scope is not None:
-            ids = np.intersect1d(ids, self.scope)
-        if self.floor is None or not len(ids):
-            return {}
-        raw = search_at_least(self.store, self.space, self.vector, self.floor, aggregation=self.agg, allowed=ids)
-        return {h.instance_id: h for h in raw}
+        if ids is not None:
+            ids = np.unique(np.fromiter(ids, dtype=np.int64))
+            if self.scope is not None:
+                ids = np.intersect1d(ids, self.scope)
+        elif self.scope is not None:
+            ids = self.scope
+        if self.floor is None or ids is not None and not len(ids):
+            return np.zeros(0, np.int64) if ids_only else []
+        return search_at_least(
+            self.store, self.space, self.vector, self.floor, aggregation=self.agg, allowed=ids, ids_only=ids_only
+        )
+
+    def among(self, ids) -> dict:
+        """The matches among these instance ids (id -> ``RawHit``), every one scored exactly."""
+        return {h.instance_id: h for h in self._at_least_floor(ids)}
 
     def scans_with_match(self, scans: list[str]) -> set[str]:
         """Which of these scans hold a match (exact: every instance of them is scored, or the phrase's
@@ -210,21 +220,13 @@ class _Phrase:
         if self.every_scan is not None:
             return self.every_scan.intersection(scans)
         ids = self.store.filter_ids(scans=scans, min_points=0, region=None, region_mode="intersects")
-        return set(self.store.instance_scans(list(self.among(ids))).values())
-
-    every_scan: set[str] | None = None
-    """Every scan holding a match, once `know_every_match` ran."""
+        return self.store.scans_of(self._at_least_floor(ids, ids_only=True))
 
     def know_every_match(self) -> None:
         """Find every match (one range search over the scope) and remember their scans: cheaper than
         scoring scan after scan when the phrase matches in most of them ("scans without a chair")."""
-        from ..query import search_at_least
-
         if self.every_scan is None and self.floor is not None:
-            ids = search_at_least(
-                self.store, self.space, self.vector, self.floor, aggregation=self.agg, allowed=self.scope, ids_only=True
-            )
-            self.every_scan = self.store.scans_of(ids)
+            self.every_scan = self.store.scans_of(self._at_least_floor(None, ids_only=True))
 
 
 def _with_text(q, text):
@@ -324,10 +326,8 @@ class _Join:
         Complete whatever the number of subject matches; returns (subject matches, groups)."""
         q = self.q
         self.rows = self.store.relation_pairs(q.relation, objects=list(objs), max_distance=q.max_distance)
-        self.objects, self.joined = dict(objs), set()
+        self.objects = dict(objs)
         subj = subject.among({r[0] for r in self.rows})
-        self.joined = set(subj)
-        self.scored = {r[1] for r in self.rows}
         return subj, self._grouped(self._pairs(subj))
 
     def groups(self, subj: dict) -> list:

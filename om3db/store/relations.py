@@ -297,7 +297,7 @@ class StoreRelations:
     def _ids_value(self, ids):
         import json
 
-        ids = [int(i) for i in ids]
+        ids = np.asarray(ids, dtype=np.int64).tolist()
         return json.dumps(ids) if self.engine.dialect.name == "sqlite" else ids
 
     def instance_scans(self, ids: Sequence[int]) -> dict[int, str]:

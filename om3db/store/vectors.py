@@ -360,7 +360,9 @@ class VectorIndex:
         if k < 1:
             raise ConfigError(f"k must be >= 1, got {k}")
         ivf = self.choice.kind == "ivf"
-        nprobe = max(1, self.choice.nprobe, min(int(min_nprobe or 0), self.choice.nlist if ivf else 1))
+        nprobe = max(1, self.choice.nprobe)
+        if ivf and min_nprobe:
+            nprobe = min(self.choice.nlist, max(nprobe, int(min_nprobe)))
         if allowed_ids is None:
             if ivf and nprobe > self.choice.nprobe:
                 return self.index.search(q, k, params=_faiss().SearchParametersIVF(nprobe=nprobe))
