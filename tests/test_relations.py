@@ -295,6 +295,8 @@ def test_without_in_a_region_drops_only_scans_with_a_match_inside_it(rel_db):
         ({"near": "a desk", "within": 2.0}, r"beyond the near distance the relations were built with \(1 m"),
         ({"on": "a table", "near": "a desk"}, "one relation per query"),
         ({"count_at_least": 0}, "count_at_least must be an integer >= 1"),
+        ({"on": "a table", "candidates": 0}, r"candidates must be an integer >= 1, got 0"),
+        ({"on": "a table", "candidates": 2.5}, r"candidates must be an integer >= 1, got 2.5"),
     ],
 )
 def test_bad_relational_queries_are_typed_errors(rel_db, kwargs, message):
