@@ -51,6 +51,9 @@ class CpuInfo:
     flags: frozenset[str]
     """The dtype-relevant flags present (a subset of amx_bf16, avx512_bf16, amx_fp16, avx512_fp16, amx_tile,
     avx512f, avx2)."""
+    vendor: str = ""
+    """``vendor_id`` from /proc/cpuinfo: "GenuineIntel", "AuthenticAMD"; "" when unknown. The float32
+    fused-linear policy differs between an AVX-512 Xeon and an AVX-512 EPYC (`om3db.fused.fuse_linears_for`)."""
 
     @property
     def bf16_native(self) -> bool:
@@ -70,26 +73,30 @@ class CpuInfo:
     def to_dict(self) -> dict:
         return {
             "name": self.name,
+            "vendor": self.vendor,
             "capability": self.capability,
             "flags": sorted(self.flags),
             "bf16_native": self.bf16_native,
         }
 
 
-def _proc_cpuinfo(path: Path = Path("/proc/cpuinfo")) -> tuple[str, set[str]] | None:
+def _proc_cpuinfo(path: Path = Path("/proc/cpuinfo")) -> tuple[str, set[str], str] | None:
+    """(model name, flags, vendor_id) of the first processor listed; None when the file cannot be read."""
     try:
         text = path.read_text()
     except OSError:
         return None
-    name, flags = "", set()
+    name, flags, vendor = "", set(), ""
     for line in text.splitlines():
         key, _, value = line.partition(":")
         key = key.strip()
         if key == "model name" and not name:
             name = value.strip()
+        elif key == "vendor_id" and not vendor:
+            vendor = value.strip()
         elif key in ("flags", "Features") and not flags:
             flags = set(value.split())
-    return name, flags
+    return name, flags, vendor
 
 
 @functools.lru_cache(maxsize=1)
@@ -101,7 +108,7 @@ def detect_cpu() -> CpuInfo:
 
     capability = str(torch.backends.cpu.get_cpu_capability())
     found = _proc_cpuinfo()
-    name, flags = found if found is not None else ("", set())
+    name, flags, vendor = found if found is not None else ("", set(), "")
     if not flags and hasattr(torch.cpu, "get_capabilities"):  # not Linux: ask torch's cpuinfo
         caps = torch.cpu.get_capabilities()
         flags = {k for k, v in caps.items() if v is True}
@@ -110,6 +117,7 @@ def detect_cpu() -> CpuInfo:
         name=name or platform.processor() or platform.machine(),
         capability=capability,
         flags=frozenset(f for f in _KNOWN_FLAGS if f in flags),
+        vendor=vendor,
     )
 
 

@@ -60,15 +60,23 @@ def tiny_sam_hf_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def fake_cpu(monkeypatch):
-    """``fake_cpu(bf16=True)``: om3db.hardware sees an AMX / AVX512-BF16 Xeon; ``bf16=False``: an AVX2-only EPYC."""
+    """``fake_cpu(bf16=True)``: om3db.hardware sees an AMX / AVX512-BF16 Xeon; ``bf16=False``: an AVX2-only EPYC;
+    ``fake_cpu(bf16=True, vendor="AuthenticAMD")``: an AVX-512 EPYC with AVX512-BF16 and no AMX (Zen 4)."""
     from om3db import hardware
 
-    def fake(bf16: bool):
-        info = hardware.CpuInfo(
-            name="Fake Xeon with AMX" if bf16 else "Fake AMD EPYC",
-            capability="AVX512" if bf16 else "AVX2",
-            flags=frozenset({"amx_bf16", "avx512_bf16", "amx_tile", "avx512f", "avx2"} if bf16 else {"avx2"}),
-        )
+    def fake(bf16: bool, vendor: str | None = None):
+        vendor = vendor or ("GenuineIntel" if bf16 else "AuthenticAMD")
+        if not bf16:
+            name, capability, flags = "Fake AMD EPYC", "AVX2", {"avx2"}
+        elif vendor == "AuthenticAMD":
+            name, capability, flags = "Fake AMD EPYC Zen 4", "AVX512", {"avx512_bf16", "avx512f", "avx2"}
+        else:
+            name, capability, flags = (
+                "Fake Xeon with AMX",
+                "AVX512",
+                {"amx_bf16", "avx512_bf16", "amx_tile", "avx512f", "avx2"},
+            )
+        info = hardware.CpuInfo(name=name, capability=capability, flags=frozenset(flags), vendor=vendor)
         monkeypatch.setattr(hardware, "detect_cpu", lambda: info)
         return info
 

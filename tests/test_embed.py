@@ -292,8 +292,9 @@ def test_dtype_policy_branches_in_the_loaders(tiny_dinov2_dir, tiny_siglip_dir, 
 
 @pytest.mark.parametrize("kind", ["siglip", "dinov2"])
 def test_fused_linears_equal_the_plain_model(kind, tiny_siglip_dir, tiny_dinov2_dir, fake_cpu):
-    """bfloat16: every linear through oneDNN, MLP GELUs folded in; float32 on AVX-512: only the tanh-GELU MLPs
-    (SigLIP), MKL's float32 GEMM being faster than oneDNN's; float32 on AVX2: nothing. Same vectors either way."""
+    """bfloat16: every linear through oneDNN, MLP GELUs folded in; float32 on an AVX-512 Xeon: only the tanh-GELU
+    MLPs (SigLIP), MKL's float32 GEMM being faster than oneDNN's; float32 on an AVX-512 EPYC: every linear;
+    float32 on AVX2: nothing. Same vectors either way."""
     import torch
 
     from om3db.fused import FusedLinear, fused_linear_available
@@ -330,6 +331,17 @@ def test_fused_linears_equal_the_plain_model(kind, tiny_siglip_dir, tiny_dinov2_
     fake_cpu(bf16=False)  # AVX2 only: oneDNN's float32 linear was slower than MKL's everywhere, nothing fused
     fused = load_encoder(kind, path, device="cpu", dtype="float32")
     assert fused.fused_linears == 0 and not any(isinstance(m, FusedLinear) for m in fused.model.modules())
+    if fused_linear_available(torch.float32):
+        # an AVX-512 EPYC (Zen 4): oneDNN's float32 linear beat MKL's on every shape, so every linear is fused
+        fake_cpu(bf16=True, vendor="AuthenticAMD")
+        fused = load_encoder(kind, path, device="cpu", dtype="float32")
+        linears = sum(type(m) is torch.nn.Linear for m in plain.model.modules())  # not MultiheadAttention's out_proj
+        swapped = [m for m in fused.model.modules() if isinstance(m, FusedLinear)]
+        assert fused.fused_linears == len(swapped) == linears  # each Linear swapped once
+        assert not any(type(m) is torch.nn.Linear for m in fused.model.modules())
+        assert {m.algorithm for m in swapped if m.attr == "gelu"} == ({"tanh"} if kind == "siglip" else {"none"})
+        plain32 = load_encoder(kind, path, device="cpu", dtype="float32", fuse=False)
+        np.testing.assert_allclose(fused.encode_images(images), plain32.encode_images(images), atol=2e-6)
 
 
 def test_model_presets():

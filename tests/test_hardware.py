@@ -22,8 +22,8 @@ flags\t\t: fpu sse avx2
 def test_proc_cpuinfo_is_parsed(tmp_path):
     path = tmp_path / "cpuinfo"
     path.write_text(CPUINFO)
-    name, flags = hardware._proc_cpuinfo(path)
-    assert name == "Intel(R) Xeon(R) Processor"
+    name, flags, vendor = hardware._proc_cpuinfo(path)
+    assert name == "Intel(R) Xeon(R) Processor" and vendor == "GenuineIntel"
     assert {"avx2", "avx512_bf16", "amx_bf16", "amx_int8"} <= flags  # the first processor's line
     assert hardware._proc_cpuinfo(tmp_path / "missing") is None
 
