@@ -12,6 +12,14 @@ forwards have them, since ``F.linear`` takes another path for 2-D inputs), the t
 alternating the two ``--reps`` times; the ratio is plain / fused (> 1: fusing is faster), median
 over the repetitions. Random weights: the arithmetic is the real models'.
 
+A second table times ``F.scaled_dot_product_attention`` (torch's CPU flash attention, what the
+encoders run) on the encoders' attention shapes in each dtype, in TFLOP/s of the 4·B·H·N²·D it computes:
+where it runs no faster in bfloat16 than in float32 (an AVX512-BF16 CPU without AMX), attention is
+what keeps a bfloat16 encoder below the bfloat16 matmul peak. SAM's rows run the shapes the
+fused SAM attention runs (`om3db.fused.fuse_sam_attention`): head dimension 80 + the appended 14 + 14
+(windowed) or 64 + 64 (global) relative-position columns for q and k, and v padded to the same size
+(the CPU flash kernel wants one head size); "nominal GFLOP" counts head dimension 80.
+
     .venv/bin/python benchmarks/bench_linears.py --dtypes float32 bfloat16 --json linears.json
 
 A markdown table goes to stdout, everything to ``--json``. Results: docs/benchmarks.md.
@@ -45,6 +53,49 @@ SHAPES = [
     ("sam-vit-h", "lin1 + gelu", (1, 64, 64), 1280, 5120, "none"),
     ("sam-vit-h", "lin2", (1, 64, 64), 5120, 1280, ""),
 ]
+
+
+# (encoder, what, batch x heads, tokens, head dim as run, nominal head dim)
+ATTENTION = [
+    ("siglip-so400m", "8 crops", 8 * 16, 729, 72, 72),
+    ("dinov2-large", "16 crops", 16 * 16, 257, 64, 64),
+    ("sam-vit-h", "windowed block (25 windows)", 25 * 16, 196, 80 + 28, 80),
+    ("sam-vit-h", "global block", 16, 4096, 80 + 128, 80),
+]
+
+
+def measure_attention(dtype_name: str, reps: int) -> list[dict]:
+    import torch
+    from torch.nn import functional as F  # noqa: N812
+
+    dtype = getattr(torch, dtype_name)
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    for encoder, what, bh, n, d, d_nominal in ATTENTION:
+        q, k, v = (torch.randn(1, bh, n, d, generator=g).to(dtype) for _ in range(3))
+        times = []
+        with torch.inference_mode():
+            F.scaled_dot_product_attention(q, k, v)
+            for _ in range(reps):
+                t = time.perf_counter()
+                F.scaled_dot_product_attention(q, k, v)
+                times.append(time.perf_counter() - t)
+        s = statistics.median(times)
+        gflop = 4 * bh * n * n * d / 1e9
+        nominal = 4 * bh * n * n * d_nominal / 1e9
+        row = {
+            "dtype": dtype_name,
+            "encoder": encoder,
+            "what": what,
+            "shape": f"{bh} x {n} x {d}",
+            "s": round(s, 4),
+            "gflop": round(gflop, 2),
+            "tflops": round(gflop / s / 1e3, 4),
+            "nominal_gflop": round(nominal, 2),
+        }
+        rows.append(row)
+        print(f"[{time.strftime('%H:%M:%S')} load {mb.loadavg()}] {row}", file=sys.stderr)
+    return rows
 
 
 def measure(dtype_name: str, reps: int) -> list[dict]:
@@ -114,10 +165,11 @@ def main() -> None:
 
     from om3db import hardware
 
-    res = {"machine": mb.machine(), "loadavg_start": mb.loadavg(), "rows": []}
+    res = {"machine": mb.machine(), "loadavg_start": mb.loadavg(), "rows": [], "attention": []}
     for dtype_name in args.dtypes:
         res["peak_tflops_" + dtype_name] = round(mb.matmul_peak(dtype_name, window_s=args.peak_window), 4)
         res["rows"] += measure(dtype_name, args.reps)
+        res["attention"] += measure_attention(dtype_name, args.reps)
     res["loadavg_end"] = mb.loadavg()
 
     print(f"CPU: {hardware.detect_cpu().describe()}; load {res['loadavg_start']} -> {res['loadavg_end']}")
@@ -131,6 +183,14 @@ def main() -> None:
         print(
             f"| {r['dtype']} | {r['encoder']} | {r['layer']} | {r['m']} x {r['k']} x {r['n']} "
             f"| {r['plain_tflops']} | {fused} | {ratio} |"
+        )
+    print()
+    print("| dtype | encoder | attention | calls x tokens x head dim | s | TFLOP/s | nominal GFLOP |")
+    print("|---|---|---|---|---:|---:|---:|")
+    for r in res["attention"]:
+        print(
+            f"| {r['dtype']} | {r['encoder']} | {r['what']} | {r['shape']} | {r['s']} | {r['tflops']} "
+            f"| {r['nominal_gflop']} |"
         )
     if args.json:
         args.json.write_text(json.dumps(res, indent=2))
