@@ -146,7 +146,7 @@ def fuse_linears_for(model, dtype) -> int:
     - bfloat16 / float16: every linear, MLP GELUs folded in (where oneDNN has the op in that dtype);
     - float32 on an AVX-512 Intel CPU (Xeon with AMX): only the tanh-GELU MLPs (SigLIP): MKL's float32
       GEMM beat oneDNN's elsewhere, and the separate tanh-GELU pass cost more than that;
-    - float32 on an AVX-512 AMD CPU (EPYC Zen 4): every linear; oneDNN ran 1.05-1.34x faster than
+    - float32 on an AVX-512 AMD CPU (EPYC Zen 4): every linear; oneDNN ran 1.05-1.43x faster than
       ``F.linear`` (MKL) + a separate GELU on every full-size encoder shape, DINOv2-L 1.31x and
       SigLIP-SO400M 1.18x faster as whole models;
     - float32 on an AVX2-only CPU (AMD EPYC): nothing; oneDNN's float32 linear ran at 0.82-0.97x of
