@@ -115,8 +115,9 @@ def fuse_linears(model, *, plain: bool = True, activations: tuple[str, ...] = ("
     ``activations``: which MLP activations to fold into the first MLP linear ("tanh": GELU tanh form,
     "none": exact GELU, "relu"); ``plain``: also swap linears not followed by one. In float32 the
     loaders pass ``plain=False, activations=("tanh",)`` on AVX-512 Intel CPUs, the defaults on AVX-512
-    AMD ones and nothing on AVX2 ones (`fuse_linears_for`). 0 when the op is unavailable: the model is untouched. The swapped model
-    computes on CPU through oneDNN and falls back to ``F.linear`` elsewhere or when gradients are enabled.
+    AMD ones and nothing on AVX2 ones (`fuse_linears_for`). 0 when the op is unavailable: the model is
+    untouched. The swapped model computes on CPU through oneDNN and falls back to ``F.linear`` elsewhere
+    or when gradients are enabled.
     """
     param = next(model.parameters(), None)
     if param is None or not fused_linear_available(param.dtype):

@@ -2,9 +2,8 @@
 
 bfloat16 halves memory traffic and, on CPUs that compute it natively, runs matrix products faster
 than float32: ~7-10x with Intel AMX, 2.2-2.6x on a Zen 4 EPYC with AVX512-BF16 (whole encoders there
-1.6-1.9x). On CPUs without those instructions PyTorch
-*emulates* bfloat16: a 2048x2048 product measured 1.3 GFLOP/s on an AVX2-only AMD EPYC, ~60x slower
-than float32 there. So the policy is:
+1.6-1.9x). On CPUs without those instructions PyTorch *emulates* bfloat16: a 2048x2048 product
+measured 1.3 GFLOP/s on an AVX2-only AMD EPYC, ~60x slower than float32 there. So the policy is:
 
 - CUDA: bfloat16 where the GPU supports it, else float16;
 - CPU: bfloat16 when the CPU flags include ``amx_bf16`` or ``avx512_bf16``, else float32;
