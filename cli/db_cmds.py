@@ -229,6 +229,10 @@ def register(app: typer.Typer) -> None:
                 ["scan", "status", "instances", "seconds"],
                 [[o.scan, o.status, o.instances, f"{o.seconds:.1f}"] for o in out],
             )
+            for o in out:  # a scan that stored nothing is committed, but the user should know why
+                reason = o.report.empty_reason() if o.report is not None else None
+                if reason:
+                    typer.echo(f"Note: {o.scan}: no instance stored: {reason}", err=True)
         failed = [o for o in out if o.status == "failed"]
         if failed:  # the other scans are committed; these are not
             typer.echo(

@@ -463,6 +463,7 @@ def ingest_scan(
         fused_ply=None if getattr(scan, "fused_ply", None) is None else str(scan.fused_ply),
         fusion=dict(getattr(scan, "fusion", None) or {}),
         capture_info=dict(getattr(scan, "capture_info", None) or {}),
+        proposer={k: v for k, v in mask_record.get("info", {}).items() if k != "settings"},
     )
     settings = {**config.to_dict(sam is not None), "mask_source": source, "masks": mask_record}
     return IngestResult(

@@ -135,6 +135,24 @@ class IngestReport:
     """How it was fused (kind, voxel settings, frames, points, cached or not)."""
     capture_info: dict = field(default_factory=dict)
     """The capture's conventions as read: pose convention, depth units, intrinsics source."""
+    proposer: dict = field(default_factory=dict)
+    """Source 'proposer': what om3db's proposer found (superpoints, frames without 2D masks, seconds and,
+    when it proposed nothing, ``empty_reason``); else empty."""
+
+    def empty_reason(self) -> str | None:
+        """Why the scan stored no instance, in words; None when it stored at least one."""
+        dropped = set(self.masks_without_view) | set(self.masks_too_small)
+        if self.masks_total > len(dropped):
+            return None
+        if self.masks_total == 0:
+            reason = self.proposer.get("empty_reason") if self.mask_source == "proposer" else None
+            return reason or f"the masks ({self.mask_source}) have no column"
+        parts = []
+        if self.masks_without_view:
+            parts.append(f"{len(self.masks_without_view)} seen by no usable frame")
+        if self.masks_too_small:
+            parts.append(f"{len(self.masks_too_small)} under min_points")
+        return f"all {self.masks_total} masks were dropped: " + ", ".join(parts)
 
 
 @dataclass(frozen=True)

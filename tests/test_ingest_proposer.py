@@ -110,3 +110,37 @@ def test_moss_refinement_option_is_recorded(tmp_path, tiny_siglip, tiny_dinov2):
             truth = np.flatnonzero(gt.masks[:, inst.mask_index])
             inter = np.intersect1d(inst.point_indices, truth).size
             assert inter / np.union1d(inst.point_indices, truth).size >= 0.9
+
+
+def test_scan_that_stores_no_instance_says_why(tmp_path, tiny_siglip_dir, tiny_dinov2_dir, capsys):
+    """2D masks that are all background: the scan is committed with no instance, and the CLI says why
+    (the proposer's reason, also in the JSON report); masks that all fall under min_points say so too."""
+    from PIL import Image
+
+    from om3db.ingest import IngestConfig
+
+    scan = write_scans(tmp_path / "scans", scans=1, seed=3, masks=False, masks2d=True)[0]
+    pngs = sorted((scan / "masks2d").glob("*.png"))
+    assert pngs
+    for png in pngs:
+        Image.fromarray(np.zeros_like(np.asarray(Image.open(png)))).save(png)
+    args = ["ingest", str(scan), "--db", str(tmp_path / "db"), "--siglip", str(tiny_siglip_dir)]
+    args += ["--dinov2", str(tiny_dinov2_dir), "--frame-step", "4"]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert f"Note: {scan.name}: no instance stored: the 2D source 'disk:masks2d' gave no mask in any frame" in err
+    assert main([*args, "--force", "--json"]) == 0
+    (out,) = json.loads(capsys.readouterr().out)
+    assert out["instances"] == 0 and out["report"]["proposer"]["frames_without_masks"] == out["report"]["frames_used"]
+    assert "empty_reason" in out["report"]["proposer"]
+
+    masked = write_scans(tmp_path / "masked", scans=1, seed=3, masks=True)[0]
+    with om3db.connect(ephemeral=True) as db:
+        (kept,) = db.ingest(masked, config=IngestConfig(frame_step=4), siglip=tiny_siglip_dir, dinov2=False)
+        (none,) = db.ingest(
+            masked, config=IngestConfig(frame_step=4, min_points=10**9), siglip=tiny_siglip_dir, dinov2=False
+        )
+    assert kept.instances > 0 and kept.report.empty_reason() is None and kept.report.proposer == {}
+    m = none.report.masks_total
+    assert none.instances == 0 and m > 0
+    assert none.report.empty_reason() == f"all {m} masks were dropped: {m} under min_points"
