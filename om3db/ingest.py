@@ -15,6 +15,7 @@ Nothing here prints; progress goes through ``progress(stage, done, total)``.
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -468,7 +469,7 @@ def ingest_scan(
     settings = {**config.to_dict(sam is not None), "mask_source": source, "masks": mask_record}
     return IngestResult(
         scan=scan.name,
-        scan_path=str(scan.path),
+        scan_path=os.path.abspath(scan.path),
         fingerprint=scan.fingerprint(),
         settings=settings,
         encoders={name: enc.identity for name, enc in encoders.items()},
@@ -545,7 +546,9 @@ def plan_ingest(
     from .scan import find_scans
 
     roots = [roots] if isinstance(roots, (str, Path)) else list(roots)
-    folders = tuple(p for r in roots for p in find_scans(r))
+    # absolute (not symlink-resolved: a scan is named by its folder): the stored path must not depend on
+    # the folder the ingest ran in, and Ray workers may run elsewhere
+    folders = tuple(Path(os.path.abspath(p)) for r in roots for p in find_scans(r))
     if not folders:
         raise ConfigError(
             f"no scans (folders with color/ and intrinsic/, or captures) under {', '.join(map(str, roots))}"

@@ -242,3 +242,25 @@ def test_config_defaults_are_openmask3d_and_json_able():
     assert c.to_dict(has_sam=False)["crop"]["mode"] == "box" and c.to_dict(has_sam=True)["crop"]["mode"] == "sam"
     assert c.to_dict()["crop"] is None
     json.dumps(c.to_dict(True))
+
+
+def test_scan_paths_are_stored_absolute_whatever_the_working_folder(tmp_path, monkeypatch, synth_path):
+    """A scan ingested by a relative path (or as '.') is stored with its absolute folder, so export, reindex and
+    the viewer read it from any working folder; the name is the folder's, not ''."""
+    import shutil
+
+    import om3db
+
+    shutil.copytree(synth_path, tmp_path / "scans" / synth_path.name)
+    monkeypatch.chdir(tmp_path)
+    enc = FakeColorEncoder()
+    with om3db.connect(tmp_path / "db") as db:
+        (a,) = db.ingest("scans", siglip=enc, dinov2=False)
+        monkeypatch.chdir(tmp_path / "scans" / synth_path.name)
+        (b,) = db.ingest(".", siglip=enc, dinov2=False, force=True)
+        monkeypatch.chdir(tmp_path.parent)
+        (info,) = db.scans()
+        shown = db.instance(db.search(text="red", k=1)[0].instance_id)
+    expected = str(tmp_path / "scans" / synth_path.name)
+    assert a.scan == b.scan == synth_path.name
+    assert a.path == b.path == info.path == shown.scan_path == expected
