@@ -520,6 +520,42 @@ def test_damaged_index_file_is_reported_then_repaired(capsys, db):
     assert run(capsys, "check", "--db", db)[0] == 0
 
 
+def test_index_vector_changed_in_the_file_is_found_by_check(capsys, db):
+    """An index file that loads and holds the right ids but a changed vector would score wrongly: check
+    compares every vector with SQLite's, names the space and the id; reindex repairs it."""
+    con = sqlite3.connect(db / "om3db.sqlite")
+    dim, ids, data = con.execute(
+        "SELECT s.dim, b.ids, b.data FROM vector_blocks b JOIN vector_spaces s ON s.id = b.space_id "
+        "WHERE s.name = 'siglip' AND s.level = 'instance' ORDER BY b.id LIMIT 1"
+    ).fetchone()
+    con.close()
+    index = db / "indexes" / "siglip.instance.faiss"
+    raw = bytearray(index.read_bytes())
+    at = raw.find(data[: 2 * dim])  # the first stored vector, as the index holds it (float16 bytes)
+    assert at > 0 and raw.count(data[: 2 * dim]) == 1
+    raw[at + 1] ^= 0x40  # one float16 value of that vector, changed
+    index.write_bytes(bytes(raw))
+    first = int(np.frombuffer(ids[:8], "<i8")[0])
+    rc, out, err = run(capsys, "check", "--db", db)
+    assert rc == 1, out + err
+    assert f"index siglip.instance: 1 of its vectors differ from the database's (ids [{first}])" in out, out
+    assert "om3db reindex" in out and out.count("Repair:") == 1
+    assert run(capsys, "reindex", "--db", db)[0] == 0
+    assert run(capsys, "check", "--db", db)[0] == 0
+
+
+def test_instance_rows_with_impossible_geometry_are_named_by_check(capsys, db):
+    _blob(db, "UPDATE instances SET centroid_x = 1e400 WHERE id = 1")  # +inf
+    _blob(db, "UPDATE instances SET point_count = point_count + 1 WHERE id = 2")
+    _blob(db, "UPDATE instances SET bbox_min_z = bbox_max_z + 1 WHERE id = 3")
+    rc, out, err = run(capsys, "check", "--db", db)
+    assert rc == 1, out + err
+    assert "instance 1 (scan" in out and "non-finite geometry (centroid_x)" in out, out
+    assert "instance 2 (scan" in out and "point count" in out and "point indices. Repair: re-ingest" in out, out
+    assert "instance 3 (scan" in out and "its box minimum exceeds its maximum" in out, out
+    assert out.count("Repair:") == 3
+
+
 def test_healthy_database_checks_ok(capsys, db):
     rc, out, err = run(capsys, "check", "--db", db)
     assert rc == 0 and out.strip().endswith(": ok"), out + err

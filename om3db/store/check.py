@@ -1,9 +1,10 @@
 """``Store.check()``: is every part of the database readable and consistent, and what repairs it.
 
 Checks, without changing anything: SQLite's own integrity check; every instance's packed point
-indices (decode, within the scan's point count) and views; every vector block (sizes match its count
-and the space's dimension, ids are this scan's instances); every FAISS index (file + change log load,
-reach SQLite's generation, hold exactly SQLite's ids). Each problem names the scan / instance / space
+indices (decode, within the scan's point count, as many as its point count), views and geometry (finite,
+box minimum below maximum); every vector block (sizes match its count and the space's dimension, ids are
+this scan's instances); every FAISS index (file + change log load, reach SQLite's generation, hold
+exactly SQLite's ids, and per id the same float16 vector, compared by digest). Each problem names the scan / instance / space
 and the repair: ``om3db reindex`` for index files (derived data), re-ingesting (or removing) a scan
 for damaged rows, a backup for a damaged SQLite file. Spatial relations: each scan's up axis (finite,
 unit, a known source), one geometry row per instance (finite numbers, footprint and sample blobs that
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import StoreError
+from .vectors import code_digests
 from .writer import unpack_indices, unpack_views, view_owner
 
 __all__ = ["CheckReport", "Problem", "StoreCheck"]
@@ -65,6 +67,27 @@ class CheckReport:
             "relations": self.relations,
             "problems": [{"where": p.where, "problem": p.problem, "repair": p.repair} for p in self.problems],
         }
+
+
+_GEOMETRY = tuple(f"{k}_{a}" for k in ("bbox_min", "bbox_max", "centroid") for a in "xyz")
+
+
+def _bad_geometry(values) -> str | None:
+    """What is wrong with an instance row's bbox_min, bbox_max, centroid (9 numbers), or None."""
+    v = np.array([np.nan if x is None else x for x in values], dtype=np.float64)
+    if not np.isfinite(v).all():
+        names = [n for n, x in zip(_GEOMETRY, v, strict=True) if not np.isfinite(x)]
+        return f"non-finite geometry ({', '.join(names)})"
+    if (v[0:3] > v[3:6]).any():
+        return "its box minimum exceeds its maximum"
+    return None
+
+
+def _differing_ids(index: tuple[np.ndarray, np.ndarray], stored: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Ids whose digest differs between the index and SQLite (both hold the same ids, in any order)."""
+    (a_ids, a_dig), (b_ids, b_dig) = index, stored
+    a, b = np.argsort(a_ids, kind="stable"), np.argsort(b_ids, kind="stable")
+    return a_ids[a][a_dig[a] != b_dig[b].astype(np.uint64)]
 
 
 class StoreCheck:
@@ -179,17 +202,25 @@ class StoreCheck:
                 r.id: (r.name, r.num_points) for r in conn.execute(select(ScanRow).where(ScanRow.status == "ready"))
             }
             cols = (InstanceRow.id, InstanceRow.scan_id, InstanceRow.point_indices, InstanceRow.views)
-            for iid, scan_id, packed, views in conn.execute(select(*cols)):
+            cols += (InstanceRow.point_count, *(getattr(InstanceRow, c) for c in _GEOMETRY))
+            for iid, scan_id, packed, views, point_count, *geometry in conn.execute(select(*cols)):
                 if scan_id not in scans:
                     continue
                 name, num_points = scans[scan_id]
                 owners[iid] = name
                 where = f"instance {iid} (scan {name})"
+                bad = _bad_geometry(geometry)
+                if bad:
+                    problems.append(Problem(where, bad, REINGEST))
                 try:
                     idx = unpack_indices(packed)
                     if len(idx) and (idx.min() < 0 or idx.max() >= num_points):
                         problems.append(
                             Problem(where, f"point indices outside the scan's {num_points} points", REINGEST)
+                        )
+                    elif point_count != len(idx):
+                        problems.append(
+                            Problem(where, f"point count {point_count} but {len(idx)} point indices", REINGEST)
                         )
                 except Exception as exc:  # noqa: BLE001 - any decoding failure is the finding
                     problems.append(Problem(where, f"point indices do not decode ({type(exc).__name__})", REINGEST))
@@ -215,7 +246,7 @@ class StoreCheck:
                 .join(ScanRow, ScanRow.id == VectorBlock.scan_id)
                 .where(VectorBlock.space_id == row.id, ScanRow.status == "ready")
             )
-            ids_parts = []
+            ids_parts, digest_parts = [], []
             damaged = False
             with self.engine.connect() as conn:
                 for ids, data, count, scan in conn.execute(q):
@@ -242,7 +273,9 @@ class StoreCheck:
                             )
                         )
                     ids_parts.append(part)
-            held = np.sort(np.concatenate(ids_parts)) if ids_parts else np.zeros(0, np.int64)
+                    digest_parts.append(code_digests(np.frombuffer(data, np.uint8).reshape(count, 2 * row.dim)))
+            held_ids = np.concatenate(ids_parts) if ids_parts else np.zeros(0, np.int64)
+            held = np.sort(held_ids)
             total += len(held)
             if damaged:
                 continue  # the index cannot be compared with rows that do not decode
@@ -265,4 +298,15 @@ class StoreCheck:
                         REINDEX,
                     )
                 )
+            else:
+                differ = _differing_ids(index.digests(), (held_ids, np.concatenate(digest_parts or [[]])))
+                if len(differ):
+                    problems.append(
+                        Problem(
+                            f"index {label}",
+                            f"{len(differ)} of its vectors differ from the database's (ids {differ[:5].tolist()}): "
+                            "searches would score them wrongly",
+                            REINDEX,
+                        )
+                    )
         return total, len(spaces), problems

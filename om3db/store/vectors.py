@@ -98,6 +98,20 @@ class IndexChoice:
         return {"nlist": self.nlist, "nprobe": self.nprobe, "trained_on": self.trained_on}
 
 
+def code_digests(codes: np.ndarray) -> np.ndarray:
+    """(N,) uint64 digests of (N, 2D) uint8 rows (little-endian float16 vectors): a weighted sum of their
+    16-bit words with fixed odd random weights, mod 2**64. Equal rows give equal digests; a changed
+    value changes the digest (a collision needs a chosen edit)."""
+    words = np.ascontiguousarray(codes).view("<u2")
+    weights = np.random.default_rng(0x0F3D).integers(1, 2**63, size=words.shape[1], dtype=np.uint64) | np.uint64(1)
+    out = np.empty(len(words), np.uint64)
+    for at in range(0, len(words), 8192):  # bounded temporaries at 1M rows
+        part = words[at : at + 8192].astype(np.uint64)
+        with np.errstate(over="ignore"):
+            out[at : at + 8192] = (part * weights).sum(axis=1, dtype=np.uint64)
+    return out
+
+
 def recall_at_k(approx_ids: np.ndarray, exact_ids: np.ndarray) -> float:
     """Mean fraction of each exact top-k list found in the approximate top-k list ((Q, k) int64 each)."""
     hits = sum(len(set(a[a >= 0]) & set(e[e >= 0])) for a, e in zip(approx_ids, exact_ids, strict=True))
@@ -325,6 +339,28 @@ class VectorIndex:
             if lists.list_size(i)
         ]
         return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+
+    def digests(self) -> tuple[np.ndarray, np.ndarray]:
+        """((N,) int64 ids, (N,) uint64 digests of the float16 vectors the index holds), in index order.
+
+        The digest is `code_digests` of the stored float16 bytes (flat and IVF hold them as they are), so
+        ``check`` can compare what the index would score with what SQLite holds, without decoding."""
+        faiss = _faiss()
+        size = 2 * self.dim
+        if self.choice.kind == "flat":
+            codes = self._inner.codes
+            raw = faiss.rev_swig_ptr(codes.data(), codes.size()) if codes.size() else np.zeros(0, np.uint8)
+            return self.ids(), code_digests(np.asarray(raw).reshape(-1, size))
+        lists = self._inner.invlists
+        ids, digs = [], []
+        for i in range(self._inner.nlist):
+            n = lists.list_size(i)
+            if n:
+                ids.append(faiss.rev_swig_ptr(lists.get_ids(i), n).astype(np.int64))
+                digs.append(code_digests(faiss.rev_swig_ptr(lists.get_codes(i), n * size).reshape(n, size)))
+        if not ids:
+            return np.zeros(0, np.int64), np.zeros(0, np.uint64)
+        return np.concatenate(ids), np.concatenate(digs)
 
     # -- search ---------------------------------------------------------------------------
 
