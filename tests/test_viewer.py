@@ -174,8 +174,8 @@ def test_bad_input_is_a_message_and_the_page_keeps_serving(page, viewer, tmp_pat
     junk = tmp_path / "notes.png"
     junk.write_bytes(b"this is not an image at all")
     page.locator("input[type=file]").first.set_input_files(str(junk))
-    _wait_text(page, "notes.png: not an image this page can read")
-    assert "not an image" in _status(page)
+    _wait_text(page, "notes.png: not a readable image")
+    assert "Upload a PNG or JPEG" in _status(page)
 
     _field(page, "Query").fill("   ")
     _wait_text(page, "the query is empty")
@@ -232,8 +232,31 @@ def test_decode_image_refuses_non_images():
     from om3db.errors import ConfigError
     from om3db.viewer.app import _decode_image
 
-    with pytest.raises(ConfigError, match="x.txt: not an image"):
+    with pytest.raises(ConfigError, match="x.txt: not a readable image"):
         _decode_image("x.txt", b"hello")
+
+
+def test_decode_image_refuses_an_upload_over_the_pixel_limit_before_decoding_it():
+    """A 9000x9000 PNG compresses to ~80 KB but decodes to 243 MB: refused from its header, like
+    ``search --image``; a small one decodes to (H, W, 3) uint8."""
+    import io
+
+    from PIL import Image
+
+    from om3db.errors import ConfigError
+    from om3db.images import MAX_IMAGE_PIXELS
+    from om3db.viewer.app import _decode_image
+
+    side = int(MAX_IMAGE_PIXELS**0.5) + 1
+    buf = io.BytesIO()
+    Image.new("L", (side, side)).save(buf, format="PNG", optimize=True)
+    assert len(buf.getvalue()) < 2_000_000
+    with pytest.raises(ConfigError, match=f"bomb.png: image is {side}x{side} pixels, more than om3db's limit"):
+        _decode_image("bomb.png", buf.getvalue())
+    small = io.BytesIO()
+    Image.new("RGBA", (5, 3), (10, 20, 30, 255)).save(small, format="PNG")
+    array = _decode_image("ok.png", small.getvalue())
+    assert array.shape == (3, 5, 3) and array.dtype == np.uint8 and (array == [10, 20, 30]).all()
 
 
 def test_scene_downsample_and_highlight():
@@ -267,3 +290,68 @@ def test_scan_that_cannot_be_read_is_a_message(view_db, monkeypatch):
     with start_viewer(view_db, config=ViewerConfig(port=0)) as v:
         assert v.scan is None and "no such folder" in v.last_error
         assert v.url.startswith("http://127.0.0.1:")
+
+
+@pytest.mark.parametrize(
+    ("headers", "bind", "refused"),
+    [
+        ({}, "127.0.0.1", None),  # not a browser
+        ({"Origin": "http://127.0.0.1:8080", "Host": "127.0.0.1:8080"}, "127.0.0.1", None),
+        ({"Origin": "http://localhost:8080", "Host": "localhost:8080"}, "127.0.0.1", None),
+        ({"Origin": "http://[::1]:8080", "Host": "[::1]:8080"}, "::1", None),
+        ({"Origin": "http://lab-pc:8080", "Host": "lab-pc:8080"}, "0.0.0.0", None),  # bound to all: any name
+        ({"Origin": "http://evil.example.com", "Host": "127.0.0.1:8080"}, "127.0.0.1", "origin"),
+        ({"Origin": "null", "Host": "127.0.0.1:8080"}, "127.0.0.1", "origin"),  # a sandboxed frame / file page
+        ({"Origin": "http://127.0.0.1:9999", "Host": "127.0.0.1:8080"}, "127.0.0.1", "origin"),  # another port
+        ({"Origin": "http://127.0.0.1:8080"}, "127.0.0.1", "origin"),  # no Host
+        ({"Origin": "http://evil.example.com:8080", "Host": "evil.example.com:8080"}, "127.0.0.1", "host"),
+    ],
+)
+def test_origin_rule(headers, bind, refused):
+    from om3db.viewer.origin import origin_problem
+
+    got = origin_problem(headers, bind)
+    assert (got is None) if refused is None else got.startswith(refused), got
+
+
+def test_a_foreign_page_cannot_read_the_viewer_over_its_websocket(viewer):
+    """Another web page (its Origin is not the viewer's) is closed with 1008 before it is sent anything;
+    a client from the viewer's own origin is sent the page's state (the shown scan's name is in it)."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    import viser
+    import websockets
+
+    url = f"ws://127.0.0.1:{viewer.port}/"
+    protocol = [f"viser-v{viser.__version__}"]
+
+    async def read(origin: str) -> tuple[bytes, int | None]:
+        got, code = b"", None
+        async with websockets.connect(url, origin=origin, subprotocols=protocol, max_size=None) as ws:
+            try:
+                while True:
+                    msg = await asyncio.wait_for(ws.recv(), timeout=2)
+                    got += msg if isinstance(msg, bytes) else msg.encode()
+            except websockets.exceptions.ConnectionClosed as exc:
+                code = exc.rcvd.code if exc.rcvd else None
+            except TimeoutError:
+                pass
+        return got, code
+
+    def run(origin: str):  # in a thread of its own: playwright's sync API keeps a loop in this one
+        with ThreadPoolExecutor(1) as pool:
+            return pool.submit(asyncio.run, read(origin)).result(timeout=60)
+
+    before = len(viewer.refused)
+    foreign, code = run("http://evil.example.com")
+    assert code == 1008 and foreign == b""
+    assert viewer.refused[before:] == [
+        f"origin 'http://evil.example.com' is not this viewer's page (127.0.0.1:{viewer.port})"
+    ]
+    own, code = run(f"http://127.0.0.1:{viewer.port}")
+    assert code is None
+    zstd = pytest.importorskip("zstandard")  # viser compresses its messages (a viser dependency)
+    at = own.find(b"(\xb5/\xfd")  # the first zstd frame
+    assert at >= 0 and viewer.scan.encode() in zstd.ZstdDecompressor().decompressobj().decompress(own[at:])
+    assert len(viewer.refused) == before + 1

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import ConfigError, Om3dbError
+from .origin import guard
 from .scene import CloudView, camera_for, downsample, highlight, point_size_for
 
 AGGREGATIONS = ("mean", "max")
@@ -112,6 +113,8 @@ class Viewer:
         self.hits: list = []
         self.highlighted = None
         self.last_error: str | None = None
+        self.refused: list[str] = []
+        """Why each refused WebSocket client was refused (another page's origin, a foreign host name)."""
         self.search_seconds = self.shown_seconds = float("nan")
         try:
             self._db = self._worker.call(lambda: _open(db))
@@ -169,6 +172,7 @@ class Viewer:
         with contextlib.redirect_stdout(io.StringIO()):  # viser prints a banner; the CLI says the URL
             server = viser.ViserServer(host=cfg.host, port=cfg.port, label="om3db", verbose=False)
         self._server = server
+        guard(server, cfg.host, self.refused)  # before the page has anything to send
         if server.get_port() != cfg.port and cfg.port != 0:  # viser moves to the next port when taken
             raise ConfigError(f"{cfg.host}:{cfg.port} is already in use. Choose another with --port")
         server.gui.configure_theme(show_share_button=False, control_width="large")
@@ -375,20 +379,24 @@ def _open(db):
 
 
 def _decode_image(name: str, content: bytes) -> np.ndarray:
-    """The uploaded file as an (H, W, 3) uint8 array, or ConfigError saying it is not an image."""
-    from PIL import Image, UnidentifiedImageError
+    """The uploaded file as an (H, W, 3) uint8 array, or ConfigError saying it is not an image (or one over
+    om3db's pixel limit, checked from its header before it is decoded, as for ``search --image``)."""
+    from PIL import Image
 
+    from ..images import open_image
+
+    def refuse(label, problem, fix):
+        return ConfigError(f"{label}: {problem}. {fix or 'Upload a PNG or JPEG'}")
+
+    img = open_image(io.BytesIO(content), name=name, error=refuse)
     try:
-        with Image.open(io.BytesIO(content)) as img:
+        with img:
             img.load()
-            array = np.asarray(img.convert("RGB"))
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+            return np.asarray(img.convert("RGB"))
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise ConfigError(
             f"{name}: not an image this page can read ({type(exc).__name__}). Upload a PNG or JPEG"
         ) from exc
-    if min(array.shape[:2]) < 1:
-        raise ConfigError(f"{name}: the image is empty. Upload a PNG or JPEG")
-    return array
 
 
 def start_viewer(db=None, *, config: ViewerConfig | None = None) -> Viewer:
