@@ -15,6 +15,7 @@ Nothing here prints; progress goes through ``progress(stage, done, total)``.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -186,6 +187,24 @@ def _refined(scan, masks: np.ndarray, config: IngestConfig, sam=None):
         "config": pconfig.to_dict(),
         "points_changed": changed,
     }
+
+
+def input_fingerprint(scan, config: IngestConfig) -> str:
+    """What an ingest of ``scan`` with ``config`` reads, as a digest: ``Scan.fingerprint()`` plus, when the
+    proposer or MOSS refinement will read 2D masks from the scan's folder, those files' names and bytes
+    (so editing ``masks2d/`` re-ingests the scan; a scan whose mask file is used as it is keeps its old
+    fingerprint)."""
+    base = scan.fingerprint()
+    if scan.masks is not None and not config.refine_masks:
+        return base
+    folder = Path(scan.path) / (config.proposals.masks2d_folder if config.proposals else "masks2d")
+    if not folder.is_dir():
+        return base
+    h = hashlib.sha256(base.encode())
+    for p in sorted(folder.iterdir()):
+        if p.is_file():
+            h.update(p.name.encode() + b"\0" + p.read_bytes())
+    return h.hexdigest()
 
 
 def _skip_reason(reason: str) -> str:
@@ -470,7 +489,7 @@ def ingest_scan(
     return IngestResult(
         scan=scan.name,
         scan_path=os.path.abspath(scan.path),
-        fingerprint=scan.fingerprint(),
+        fingerprint=input_fingerprint(scan, config),
         settings=settings,
         encoders={name: enc.identity for name, enc in encoders.items()},
         instances=instances,
@@ -605,7 +624,7 @@ def run_plan(
         seen[scan.name] = folder
         if progress is not None:
             progress(scan.name, "scans", i, len(plan.folders))
-        fingerprint = scan.fingerprint()
+        fingerprint = input_fingerprint(scan, plan.config)
         old = stored.get(scan.name)
         if (
             not plan.force

@@ -144,3 +144,31 @@ def test_scan_that_stores_no_instance_says_why(tmp_path, tiny_siglip_dir, tiny_d
     m = none.report.masks_total
     assert none.instances == 0 and m > 0
     assert none.report.empty_reason() == f"all {m} masks were dropped: {m} under min_points"
+
+
+def test_editing_the_2d_masks_re_ingests_a_scan_that_reads_them(tmp_path, tiny_siglip_dir):
+    """The proposer's masks2d/ are an input: changing one re-ingests the scan (unchanged: skipped); a scan
+    whose mask file is used as it is does not read them, so editing them there changes nothing."""
+    from PIL import Image
+
+    from om3db.ingest import IngestConfig
+
+    maskless = write_scans(tmp_path / "a", scans=1, seed=4, masks=False, masks2d=True)[0]
+    masked = write_scans(tmp_path / "b", scans=1, seed=5, masks=True, masks2d=True)[0]
+    config = IngestConfig(frame_step=4)
+    with om3db.connect(tmp_path / "db") as db:
+
+        def statuses():
+            return [
+                o.status for o in db.ingest([maskless, masked], config=config, siglip=tiny_siglip_dir, dinov2=False)
+            ]
+
+        assert statuses() == ["ingested", "ingested"]
+        assert statuses() == ["skipped", "skipped"]
+        for scan in (maskless, masked):
+            png = sorted((scan / "masks2d").glob("*.png"))[0]
+            ids = np.asarray(Image.open(png)).copy()
+            ids[: ids.shape[0] // 2] = 0  # the top half loses its objects
+            Image.fromarray(ids).save(png)
+        assert statuses() == ["ingested", "skipped"]
+        assert statuses() == ["skipped", "skipped"]
