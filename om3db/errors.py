@@ -57,7 +57,17 @@ class StoreError(Om3dbError):
 
 
 class SchemaOutOfDateError(StoreError):
-    """The database schema is older (or newer) than this version of om3db expects."""
+    """The database schema is older (or newer) than this version of om3db expects.
+
+    The message gives the Python fix (``om3db.upgrade_database(PATH)``); a command line shows
+    ``cli_message`` instead, which gives the shell command."""
+
+    upgrade_command: str | None = None
+    """The shell command that migrates the database (``om3db db upgrade --db PATH``); None when it cannot be
+    upgraded (its schema is newer than this om3db)."""
+    cli_message: str | None = None
+    """The message as a command line shows it: ``PATH: database schema is out of date (revision R, this om3db
+    needs H). Run: om3db db upgrade --db PATH``; None where the message itself applies."""
 
 
 class EncoderMismatchError(StoreError):

@@ -697,25 +697,101 @@ class Store(StoreReads, StoreCheck, StoreRelations):
 
 def upgrade_database(root: str | Path, *, url: str | None = None, lock_timeout: float = 10.0) -> tuple[str | None, str]:
     """Run the shipped migrations on a database folder (under the writer lock); returns (revision
-    before, revision after)."""
-    from .schema import current_revision, head_revision, make_engine, probe_url, upgrade
+    before, revision after).
+
+    Refused before any change: a database with tables but no om3db schema revision (another program's
+    database, or one whose revision record was lost), and a revision this om3db does not know (a newer
+    om3db's). A migration that fails is rolled back and raised as StoreError naming the database."""
+    import contextlib
+
+    from .schema import head_revision, is_postgres_url, make_engine, probe_url, redact_url
 
     probe_url(url)
     root = Path(root)
     sqlite = root / "om3db.sqlite"
     if url is None and not sqlite.exists():
         raise NotFoundError(f"{root}: no om3db database here (no om3db.sqlite)")
+    where = redact_url(url) if url is not None else str(root)
     engine = make_engine(url or f"sqlite:///{sqlite.resolve()}")
     try:
-        import contextlib
-
-        from .schema import is_postgres_url
-
         # PostgreSQL: migrations take the server's advisory lock (schema.MIGRATION_LOCK_KEY) instead
         pg = url is not None and is_postgres_url(url)
         with contextlib.nullcontext() if pg else WriterLock(root / "write.lock", timeout=lock_timeout):
-            before = current_revision(engine)
-            upgrade(engine)
+            try:
+                reader = engine if url is not None else _plain_sqlite(sqlite)
+                try:
+                    before = _check_upgradable(reader, where)
+                finally:
+                    if reader is not engine:
+                        reader.dispose()
+                _migrate(engine, where, before)
+            except Exception as exc:
+                error = _database_error(exc, sqlite if url is None else where)
+                if error is exc:
+                    raise
+                raise error from exc
         return before, head_revision()
     finally:
         engine.dispose()
+
+
+def _plain_sqlite(path: Path):
+    """An engine that reads a SQLite file without changing it: none of om3db's per-connection settings (WAL
+    journal mode is a property of the file), so a file that is not om3db's is left exactly as it was."""
+    from sqlalchemy import create_engine
+
+    return create_engine(f"sqlite:///file:{path.resolve()}?mode=ro&uri=true")
+
+
+def _check_upgradable(engine, where: str) -> str:
+    """The guards of ``schema.check_schema`` for an upgrade: refuse what is not an om3db database at a
+    revision this om3db knows; returns its revision."""
+    from sqlalchemy import inspect
+
+    from .schema import current_revision, known_revisions, newer_error
+
+    revision = current_revision(engine)
+    if revision is None:
+        tables = set(inspect(engine).get_table_names())
+        if "alembic_version" in tables:
+            raise StoreError(
+                f"{where}: the database records no schema revision (its alembic_version table is empty), so "
+                "which migrations it needs is unknown. Nothing was changed. Restore the database from a backup, "
+                "or re-ingest the scans into a new one"
+            )
+        if tables:
+            raise StoreError(
+                f"{where}: holds tables that are not an om3db database ({', '.join(sorted(tables)[:5])}). "
+                "Nothing was changed. Give an om3db database"
+            )
+        raise NotFoundError(f"{where}: no om3db database here (no om3db tables). Create one by ingesting scans into it")
+    if revision not in known_revisions():
+        raise newer_error(where, revision)
+    return revision
+
+
+def _migrate(engine, where: str, before: str) -> None:
+    """Run the migrations; a failure (the tables do not match the recorded revision, a lost connection)
+    becomes a StoreError saying whether the rollback left the database as it was."""
+    from .schema import current_revision, upgrade
+
+    try:
+        upgrade(engine)
+    except Exception as exc:  # noqa: BLE001 - re-raised below as a StoreError naming the database
+        if isinstance(exc, StoreError):
+            raise
+        try:
+            after = current_revision(engine)
+        except Exception:  # noqa: BLE001 - the connection itself is gone: say so instead
+            after = "unknown"
+        state = (
+            f"Nothing was changed (the database is still at revision {before})"
+            if after == before
+            else f"The database now records revision {after}"
+        )
+        raise StoreError(
+            f"{where}: upgrading the schema from revision {before} failed ({_first_line(exc)}): its tables do not "
+            f"match what revision {before} should hold, or the connection failed. {state}. If the connection "
+            "failed, run the upgrade again; else restore the database from a backup, or re-ingest the scans into a "
+            "new one"
+        ) from exc

@@ -3,9 +3,10 @@ runner used on open."""
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
-from ..errors import SchemaOutOfDateError, StoreError
+from ..errors import ConfigError, SchemaOutOfDateError, StoreError
 
 __all__ = [
     "make_engine",
@@ -16,6 +17,8 @@ __all__ = [
     "check_schema",
     "is_postgres_url",
     "redact_url",
+    "mask_url",
+    "check_url",
     "probe",
     "probe_url",
 ]
@@ -45,8 +48,59 @@ def redact_url(url: str) -> str:
 
     try:
         return make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):
+        return mask_url(url)
+
+
+def mask_url(url: str) -> str:
+    """Any text shaped like a URL, with what may be a password (after the user's ``:``, up to the last ``@``)
+    replaced by ``***``; for URLs too malformed to parse (a password may hold ``@`` or ``/``: masking too
+    much is safe, too little is not)."""
+    head, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    userinfo, _, host = rest.rpartition("@")
+    if ":" not in userinfo:
+        return url
+    return f"{head}://{userinfo.split(':', 1)[0]}:***@{host}"
+
+
+_INSTALL_PG = "Install it with: pip install 'om3db[postgres]' (psycopg 3)"
+_DRIVERS = {"postgresql": ("psycopg",)}
+"""Drivers om3db connects through, per SQLAlchemy dialect (an installed psycopg 3)."""
+
+
+def check_url(url: str) -> None:
+    """Refuse a database URL that cannot be parsed (a port that is not a number, a broken IPv6 host, no
+    scheme) or that names a PostgreSQL driver om3db does not use, with a ConfigError naming the URL
+    without its password. SQLite file URLs pass."""
+    from urllib.parse import urlsplit
+
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    shown = mask_url(url)
+    fix = "Give a URL like postgresql://USER:PASSWORD@HOST:PORT/DBNAME"
+    try:
+        if not url.startswith("sqlite"):
+            urlsplit(url).port  # noqa: B018 - a port that is not a number, an unclosed IPv6 bracket raise here
+        parsed = make_url(url)
     except ArgumentError:
-        return "<unparseable database URL>"
+        raise ConfigError(f"{shown}: not a database URL. {fix}") from None
+    except ValueError as exc:
+        raise ConfigError(f"{shown}: not a valid database URL ({exc}). {fix}") from None
+    dialect, _, driver = parsed.drivername.partition("+")
+    if dialect == "postgres":
+        dialect = "postgresql"
+    if dialect not in ("sqlite", "postgresql"):
+        raise ConfigError(
+            f"{shown}: a {dialect} database: om3db keeps its metadata in SQLite (a folder) or PostgreSQL. {fix}"
+        )
+    if dialect in _DRIVERS and driver and driver not in _DRIVERS[dialect]:
+        raise ConfigError(
+            f"{shown}: the {parsed.drivername} driver is not supported: om3db connects to PostgreSQL through "
+            "psycopg 3. Start the URL with postgresql://, postgres:// or postgresql+psycopg://"
+        )
 
 
 _DAMAGE = ("malformed", "not a database", "could not decode", "file is encrypted", "disk image")
@@ -96,11 +150,15 @@ def make_engine(url: str, *, read_only: bool = False):
             cur.close()
 
         return engine
+    check_url(url)
     if is_postgres_url(url):
         from .pglock import application_name
 
         args = {"connect_timeout": 10, "application_name": application_name()}
-        return create_engine(_driver_url(url), connect_args=args, pool_pre_ping=True)
+        try:
+            return create_engine(_driver_url(url), connect_args=args, pool_pre_ping=True)
+        except ImportError as exc:
+            raise ConfigError(f"{redact_url(url)}: the PostgreSQL driver is missing ({exc}). {_INSTALL_PG}") from None
     return create_engine(url)
 
 
@@ -173,6 +231,21 @@ def current_revision(engine) -> str | None:
 
     with engine.connect() as conn:
         return MigrationContext.configure(conn).get_current_revision()
+
+
+def known_revisions() -> set[str]:
+    """Every migration revision shipped with this version of om3db."""
+    from alembic.script import ScriptDirectory
+
+    return {s.revision for s in ScriptDirectory.from_config(_config(None)).walk_revisions()}
+
+
+def newer_error(where: str, revision: str) -> SchemaOutOfDateError:
+    """The error for a database at a revision this om3db does not know (made by a newer om3db)."""
+    return SchemaOutOfDateError(
+        f"{where}: database schema revision {revision} is newer than this om3db knows (newest {head_revision()}). "
+        "Upgrade om3db"
+    )
 
 
 def upgrade(engine, revision: str = "head") -> None:
@@ -281,14 +354,18 @@ def check_schema(engine, where: str, *, create: bool) -> None:
             raise StoreError(f"{where}: no om3db database here. Create one by ingesting scans into it")
         upgrade(engine)
         return
-    from alembic.script import ScriptDirectory
+    if current not in known_revisions():
+        raise newer_error(where, current)
+    raise out_of_date_error(where, current, head)
 
-    known = {s.revision for s in ScriptDirectory.from_config(_config(None)).walk_revisions()}
-    if current not in known:
-        raise SchemaOutOfDateError(
-            f"{where}: database schema revision {current} is newer than this om3db knows (newest {head}). Upgrade om3db"
-        )
-    raise SchemaOutOfDateError(
-        f"{where}: database schema is out of date (revision {current}, this om3db needs {head}). "
-        f"Upgrade it with om3db.upgrade_database({where!r}) (the CLI's `om3db db upgrade`)"
+
+def out_of_date_error(where: str, revision: str, head: str) -> SchemaOutOfDateError:
+    """The error for a database at an older revision: the Python fix in its message, the shell command in
+    ``upgrade_command`` / ``cli_message`` (what ``om3db`` prints, docs/cli.md)."""
+    problem = f"{where}: database schema is out of date (revision {revision}, this om3db needs {head})"
+    error = SchemaOutOfDateError(
+        f"{problem}. Upgrade it with om3db.upgrade_database({where!r}) (the CLI's `om3db db upgrade`)"
     )
+    error.upgrade_command = f"om3db db upgrade --db {shlex.quote(where)}"
+    error.cli_message = f"{problem}. Run: {error.upgrade_command}"
+    return error
