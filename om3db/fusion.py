@@ -22,6 +22,7 @@ import numpy as np
 
 from .camera import Intrinsics, project
 from .errors import ConfigError, ScanError
+from .ply import check_ply
 from .ply import write_ply as _write_ply
 
 __all__ = [
@@ -200,15 +201,18 @@ def fuse(
         if progress is not None:
             progress("fuse", i + 1, len(frames))
     t1 = time.perf_counter()
+    no_surface = ScanError(
+        getattr(frames[0], "color_path", "."),
+        f"fusing {len(frames)} frames gave no surface ({empty} had no depth in "
+        f"[{config.depth_min}, {config.depth_max}] m)",
+        "Check the depth units and poses, or widen FusionConfig.depth_min / depth_max",
+    )
+    if empty == len(frames):  # open3d's extraction fails on an empty grid ("Input number of keys should > 0")
+        raise no_surface
     mesh = vbg.extract_triangle_mesh(weight_threshold=float(config.min_weight))
     verts = mesh.vertex.positions.numpy().astype(np.float32) if "positions" in mesh.vertex else np.zeros((0, 3))
     if len(verts) == 0:
-        raise ScanError(
-            getattr(frames[0], "color_path", "."),
-            f"fusing {len(frames)} frames gave no surface ({empty} had no depth in "
-            f"[{config.depth_min}, {config.depth_max}] m)",
-            "Check the depth units and poses, or widen FusionConfig.depth_min / depth_max",
-        )
+        raise no_surface
     cols = mesh.vertex.colors.numpy() if "colors" in mesh.vertex else np.zeros_like(verts)
     faces = mesh.triangle.indices.numpy().astype(np.int64)
     order = np.lexsort((verts[:, 0], verts[:, 1], verts[:, 2]))
@@ -476,6 +480,7 @@ def scaled_ply(ply_path: Path, scale: float, *, fused_dir: str | Path | None, na
     info = {"kind": "scaled", "source": str(ply_path), "scale": float(scale), "key": key}
     if path.is_file():
         return path, {**info, "cached": True}
+    check_ply(ply_path)  # open3d pads a truncated PLY with zeros
     o3d = open3d()
     with o3d.utility.VerbosityContextManager(o3d.utility.VerbosityLevel.Error):
         mesh = o3d.io.read_triangle_mesh(str(ply_path))

@@ -56,3 +56,167 @@ def write_ply(
             fa["n"], fa["i"] = 3, faces
             fh.write(fa.tobytes())
     return path
+
+
+# -- checking a PLY's body against its header (open3d's reader pads a short file with zeros) ----------
+
+_SIZES = {
+    "char": "i1", "uchar": "u1", "int8": "i1", "uint8": "u1",
+    "short": "i2", "ushort": "u2", "int16": "i2", "uint16": "u2",
+    "int": "i4", "uint": "u4", "int32": "i4", "uint32": "u4",
+    "float": "f4", "float32": "f4", "double": "f8", "float64": "f8",
+}  # fmt: skip
+_REEXPORT = "Re-export the point cloud"
+
+
+def check_ply(path: str | Path) -> None:
+    """Refuse a PLY whose body is shorter than its header says: fewer ASCII lines, or fewer bytes, than the
+    header's elements (vertices, faces, ...) need. open3d would pad the missing vertices with (0, 0, 0) and
+    drop the missing faces, printing only a warning. Raises :class:`~om3db.errors.ScanError` naming the file.
+    A layout this check cannot size (an unknown property type) is left to open3d."""
+    from .errors import ScanError
+
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(65536)
+        size = path.stat().st_size
+    except OSError as exc:
+        raise ScanError(path, f"cannot read the PLY ({exc.strerror})", "Check the file") from exc
+    end = head.find(b"end_header\n")
+    if not head.startswith(b"ply") or end < 0:
+        raise ScanError(path, "not a PLY file (no 'ply' magic or no end_header)", "Export the scene as a PLY")
+    start = end + len(b"end_header\n")
+    fmt, elements = _parse_header(path, head[:end].decode("ascii", errors="replace").splitlines())
+    if elements is None:
+        return
+    if fmt == "ascii":
+        _check_ascii(path, start, elements)
+    elif fmt.startswith("binary"):
+        _check_binary(path, start, size, elements, "<" if fmt == "binary_little_endian" else ">")
+
+
+def _parse_header(path: Path, lines: list[str]):
+    """(format, [(element, count, [(kind, type, list item type)])]); elements None when a type is unknown."""
+    from .errors import ScanError
+
+    fmt = next((ln.split()[1] for ln in lines if ln.startswith("format ") and len(ln.split()) > 1), "")
+    elements: list[tuple[str, int, list]] = []
+    sizable = True
+    for ln in lines:
+        parts = ln.split()
+        if parts[:1] == ["element"]:
+            try:
+                count = int(parts[2])
+            except (IndexError, ValueError):
+                raise ScanError(path, f"PLY header line {ln!r} has no element count", "Fix the header") from None
+            if count < 0:
+                raise ScanError(path, f"PLY header line {ln!r} has a negative element count", "Fix the header")
+            elements.append((parts[1], count, []))
+        elif parts[:1] == ["property"] and elements:
+            if len(parts) >= 5 and parts[1] == "list" and parts[2] in _SIZES and parts[3] in _SIZES:
+                elements[-1][2].append(("list", _SIZES[parts[2]], _SIZES[parts[3]]))
+            elif len(parts) >= 3 and parts[1] in _SIZES:
+                elements[-1][2].append(("scalar", _SIZES[parts[1]], None))
+            else:
+                sizable = False
+    return fmt, elements if sizable else None
+
+
+def _truncated(path: Path, what: str):
+    from .errors import ScanError
+
+    return ScanError(path, f"{what}: truncated or a wrong header", _REEXPORT)
+
+
+def _noun(name: str, count: int) -> str:
+    return {"vertex": f"{count} vertices", "face": f"{count} faces"}.get(name, f"{count} '{name}' elements")
+
+
+def _check_ascii(path: Path, start: int, elements) -> None:
+    # One line per element record (the PLY ASCII layout open3d's reader expects).
+    need = sum(count for _, count, _ in elements)
+    have = 0
+    with open(path, "rb") as fh:
+        fh.seek(start)
+        for line in fh:
+            if line.strip():
+                have += 1
+                if have >= need:
+                    return
+    declared = " and ".join(_noun(name, count) for name, count, _ in elements if count)
+    raise _truncated(
+        path, f"the PLY header declares {declared} ({need} lines) but the file holds only {have} lines after the header"
+    )
+
+
+def _check_binary(path: Path, start: int, size: int, elements, order: str) -> None:
+    body = np.memmap(path, dtype=np.uint8, mode="r", offset=start, shape=(size - start,)) if size > start else b""
+    offset = 0
+    for name, count, props in elements:
+        if count == 0:
+            continue
+        if all(kind == "scalar" for kind, _, _ in props):
+            need = count * sum(np.dtype(t).itemsize for _, t, _ in props)
+        else:
+            need = _list_element_bytes(body, offset, count, props, order)
+        if need is None or offset + need > len(body):
+            size_note = f" ({need} bytes from byte {offset} of the data)" if need is not None else ""
+            raise _truncated(
+                path,
+                f"the PLY header declares {_noun(name, count)}{size_note} but the file holds only {len(body)} "
+                "bytes after the header" + (f", which end inside the {name} list" if need is None else ""),
+            )
+        offset += need
+
+
+def _list_element_bytes(body, offset: int, count: int, props, order: str) -> int | None:
+    """Bytes taken by ``count`` records holding list properties, or None when the body ends first."""
+
+    def read_count(pos: int, t: str) -> int | None:
+        dt = np.dtype(t).newbyteorder(order)
+        if pos + dt.itemsize > len(body):
+            return None
+        return int(np.frombuffer(body[pos : pos + dt.itemsize], dtype=dt)[0])
+
+    # Fast path: every record's lists as long as the first record's (triangle meshes): check all counts at once.
+    pos, first = offset, []
+    for kind, t, item in props:
+        if kind == "scalar":
+            pos += np.dtype(t).itemsize
+            continue
+        n = read_count(pos, t)
+        if n is None or n < 0:
+            return None
+        first.append(n)
+        pos += np.dtype(t).itemsize + n * np.dtype(item).itemsize
+    stride = pos - offset
+    if offset + count * stride <= len(body):
+        pos, uniform, j = offset, True, 0
+        for kind, t, item in props:
+            dt = np.dtype(t).newbyteorder(order)
+            if kind == "list":
+                cols = np.ndarray((count, dt.itemsize), np.uint8, body, pos, (stride, 1)) if count else None
+                if cols is not None and not np.all(cols.copy().view(dt).ravel() == first[j]):
+                    uniform = False
+                    break
+                pos += dt.itemsize + first[j] * np.dtype(item).itemsize
+                j += 1
+            else:
+                pos += dt.itemsize
+        if uniform:
+            return count * stride
+    # General case: walk the records (polygon meshes with mixed list lengths).
+    pos = offset
+    for _ in range(count):
+        for kind, t, item in props:
+            if kind == "scalar":
+                pos += np.dtype(t).itemsize
+                continue
+            n = read_count(pos, t)
+            if n is None or n < 0:
+                return None
+            pos += np.dtype(t).itemsize + n * np.dtype(item).itemsize
+        if pos > len(body):
+            return None
+    return pos - offset

@@ -271,68 +271,11 @@ def _find_ply(root: Path, name: str, *, can_fuse: bool = False) -> Path | None:
     )
 
 
-_PLY_SIZES = {
-    "char": 1,
-    "uchar": 1,
-    "int8": 1,
-    "uint8": 1,
-    "short": 2,
-    "ushort": 2,
-    "int16": 2,
-    "uint16": 2,
-    "int": 4,
-    "uint": 4,
-    "int32": 4,
-    "uint32": 4,
-    "float": 4,
-    "float32": 4,
-    "double": 8,
-    "float64": 8,
-}
-
-
-def _check_ply_header(path: Path) -> None:
-    """Refuse a PLY whose header promises more vertices than the file holds (open3d would read garbage)."""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(65536)
-    except OSError as exc:
-        raise ScanError(path, f"cannot read the PLY ({exc.strerror})", "Check the file") from exc
-    end = head.find(b"end_header\n")
-    if not head.startswith(b"ply") or end < 0:
-        raise ScanError(path, "not a PLY file (no 'ply' magic or no end_header)", "Export the scene as a PLY")
-    lines = head[:end].decode("ascii", errors="replace").splitlines()
-    fmt = next((ln.split()[1] for ln in lines if ln.startswith("format ")), "")
-    count, stride, element = None, 0, None
-    for ln in lines:
-        parts = ln.split()
-        if parts[:1] == ["element"]:
-            element = parts[1] if len(parts) > 1 else None
-            if element == "vertex":
-                try:
-                    count = int(parts[2])
-                except (IndexError, ValueError):
-                    raise ScanError(path, f"PLY header line {ln!r} has no vertex count", "Fix the header") from None
-        elif parts[:1] == ["property"] and element == "vertex":
-            if parts[1] == "list" or parts[1] not in _PLY_SIZES:
-                return  # a layout this check does not size: open3d decides
-            stride += _PLY_SIZES[parts[1]]
-    if count is None or not fmt.startswith("binary"):
-        return
-    body = path.stat().st_size - (end + len(b"end_header\n"))
-    if body < count * stride:
-        raise ScanError(
-            path,
-            f"the PLY header declares {count} vertices ({count * stride} bytes) but the file holds only {body} "
-            "bytes after the header: truncated or a wrong header",
-            "Re-export the point cloud",
-        )
-
-
 def _read_ply(path: Path) -> tuple[np.ndarray, np.ndarray]:
     from ._o3d import open3d
+    from .ply import check_ply
 
-    _check_ply_header(path)
+    check_ply(path)  # a body shorter than the header says: open3d pads it with zeros
     o3d = open3d()
     pcd = o3d.io.read_point_cloud(str(path), format="ply")
     pts = np.asarray(pcd.points, dtype=np.float32)
