@@ -9,6 +9,7 @@ This module orchestrates; it runs no SQL and no FAISS call itself: the store (``
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
 import shutil
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ConfigError, Interrupted, NotFoundError
+from .errors import ConfigError, Interrupted, NotFoundError, StoreError
 from .query import DEFAULT_TEMPLATE, Filters, Query, check_encoder, label_vectors, search_space
 from .results import Hit, IngestOutcome, Instance, Label, ScanInfo
 
@@ -52,10 +53,45 @@ _URL_LIKE = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]+:/")
 
 
 def _root(path) -> Path:
+    _check_path(path)
     return Path(path if path is not None else os.environ.get("OM3DB_DB") or DEFAULT_DB)
 
 
+def _check_path(path) -> None:
+    """Refuse a database path that is not a folder path or URL: another type, or an empty string (which
+    ``Path`` would silently read as the current folder)."""
+    if path is not None and not isinstance(path, (str, os.PathLike)):
+        raise ConfigError(
+            f"the database path must be a folder (str or pathlib.Path) or a postgresql:// URL, got "
+            f"{type(path).__name__} {path!r}"
+        )
+    if isinstance(path, str) and not path.strip():
+        raise ConfigError(
+            f"the database path is empty ({path!r}). Give the database's folder (or leave it out for "
+            f"$OM3DB_DB, else ./{DEFAULT_DB})"
+        )
+
+
 _PG_SCHEMES = ("postgresql://", "postgres://", "postgresql+psycopg://")
+"""What a PostgreSQL URL may start with: om3db connects through psycopg 3 only."""
+
+
+def _url_refused(text: str) -> ConfigError:
+    """The error for a path that looks like a URL but is not a PostgreSQL URL om3db can use (its password
+    masked)."""
+    from .store.schema import mask_url as _mask
+
+    scheme = text.split(":", 1)[0]
+    supported = ", ".join(_PG_SCHEMES)
+    if scheme.lower().startswith(("postgresql+", "postgres+")):
+        return ConfigError(
+            f"{_mask(text)}: the {scheme}:// driver is not supported: om3db connects to PostgreSQL through psycopg 3. "
+            f"Write the URL with one of {supported}"
+        )
+    return ConfigError(
+        f"{_mask(text)}: looks like a URL ({scheme}://), but a database is a folder here or a PostgreSQL URL "
+        f"({supported}). Give a folder path or a PostgreSQL URL"
+    )
 
 
 def _pg_url(path) -> str | None:
@@ -107,20 +143,33 @@ def connect(
     lock_timeout: seconds a writer waits for another writer before DatabaseBusyError.
     ivf_threshold: vectors per space past which IVF replaces exact search.
     repair: rebuild damaged or stale index files on open (False leaves every file as it is: ``check``).
+
+    Refused with ConfigError before anything is opened or created: a path that is not a str / PathLike or is
+    empty, a URL that does not parse or names another database or PostgreSQL driver (the password masked in
+    the message), ``vectors`` without a PostgreSQL URL, ``ephemeral=True`` with a path or URL, flags that are
+    not bools, a negative or non-finite ``lock_timeout``, an ``ivf_threshold`` that is not an integer >= 1.
     """
     from .store import DEFAULT_IVF_THRESHOLD, Store
+    from .store.schema import check_url
 
+    _check_options(path, vectors, ephemeral, url, lock_timeout, ivf_threshold, use_gpu, create, repair)
+    if url is not None:
+        check_url(url)
     if not ephemeral and url is None and _pg_url(path) is not None:
         url = _pg_url(path)
+        check_url(url)  # before the vectors folder is derived from it
         root = _vectors_dir(url, vectors)
     elif ephemeral:
         root = Path(tempfile.mkdtemp(prefix="om3db-"))
     else:
         root = _root(path)
         if _URL_LIKE.match(str(path if path is not None else root)):
+            raise _url_refused(str(path if path is not None else root))
+        if vectors is not None:
             raise ConfigError(
-                f"{path if path is not None else root}: looks like a URL, but a database is a folder here "
-                "(or a postgresql:// URL). Give a folder path"
+                f"vectors={str(vectors)!r} is the FAISS cache folder of a PostgreSQL database, but {root} is a "
+                "folder database (it keeps its index files inside it). Leave vectors out, or give a postgresql:// "
+                "URL as the path"
             )
         if not create and url is None and not (root / "om3db.sqlite").is_file():
             raise NotFoundError(f"{root}: no om3db database here. Create one by ingesting scans into it")
@@ -139,19 +188,90 @@ def upgrade_database(
     path: str | Path | None = None, *, url: str | None = None, lock_timeout: float = 10.0
 ) -> tuple[str | None, str]:
     """Run the shipped migrations on a database folder (or a PostgreSQL URL); returns (revision before,
-    revision after)."""
+    revision after). A database that is not om3db's, or at a revision this om3db does not know, is
+    refused before any change; a migration that fails is rolled back (StoreError)."""
     from .store import upgrade_database as upgrade
+    from .store.schema import check_url
 
+    _check_path(path)
+    _check_timeout(lock_timeout)
+    if url is not None:
+        check_url(url)
     if url is None and _pg_url(path) is not None:
         url = _pg_url(path)
+        check_url(url)
         return upgrade(_vectors_dir(url, None), url=url, lock_timeout=lock_timeout)
-    return upgrade(_root(path), url=url, lock_timeout=lock_timeout)
+    root = _root(path)
+    if _URL_LIKE.match(str(path if path is not None else root)):
+        raise _url_refused(str(path if path is not None else root))
+    return upgrade(root, url=url, lock_timeout=lock_timeout)
+
+
+def _is_bool(value) -> bool:
+    return isinstance(value, (bool, np.bool_))
+
+
+def _check_timeout(lock_timeout) -> None:
+    if (
+        isinstance(lock_timeout, bool)
+        or not isinstance(lock_timeout, (int, float, np.integer, np.floating))
+        or not np.isfinite(lock_timeout)
+        or lock_timeout < 0
+    ):
+        raise ConfigError(f"lock_timeout must be a number of seconds >= 0, got {lock_timeout!r}")
+
+
+def _check_options(path, vectors, ephemeral, url, lock_timeout, ivf_threshold, use_gpu, create, repair) -> None:
+    """connect()'s options, refused before anything is opened or created when they are not what they seem."""
+    for name, value in (("ephemeral", ephemeral), ("create", create), ("repair", repair)):
+        if not _is_bool(value):
+            raise ConfigError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
+    if use_gpu is not None and not _is_bool(use_gpu):
+        raise ConfigError(f"use_gpu must be True, False or None (when a GPU is present), got {use_gpu!r}")
+    _check_timeout(lock_timeout)
+    if ivf_threshold is not None and (
+        isinstance(ivf_threshold, bool) or not isinstance(ivf_threshold, (int, np.integer)) or ivf_threshold < 1
+    ):
+        raise ConfigError(
+            f"ivf_threshold must be a whole number of vectors >= 1 (or None for the default), got {ivf_threshold!r}"
+        )
+    if url is not None and not isinstance(url, str):
+        raise ConfigError(f"url must be a database URL string, got {type(url).__name__} {url!r}")
+    if vectors is not None and not isinstance(vectors, (str, os.PathLike)):
+        raise ConfigError(f"vectors must be a folder (str or pathlib.Path), got {type(vectors).__name__} {vectors!r}")
+    if ephemeral and (path is not None or url is not None or vectors is not None):
+        given = ", ".join(n for n, v in (("path", path), ("url", url), ("vectors", vectors)) if v is not None)
+        raise ConfigError(
+            f"ephemeral=True makes a new temporary database, but {given} was given too. Leave {given} out, or "
+            "drop ephemeral=True to open that database"
+        )
+    _check_path(path)
 
 
 def _sam_key(sam) -> str | None:
     if sam is None:
         return None
     return str(sam) if isinstance(sam, (str, Path)) else type(sam).__name__
+
+
+_MAX_ID = 2**63 - 1
+"""Instance ids are SQLite / PostgreSQL BIGINTs (and FAISS int64 ids): none is larger."""
+
+
+def _open(method):
+    """A public Database method: refused once the Database is closed (its connections and lock are gone;
+    an ephemeral database's folder is deleted)."""
+
+    @functools.wraps(method)
+    def checked(self, *args, **kwargs):
+        if self._closed:
+            raise StoreError(
+                f"{self._where}: this Database is closed. Open the database again with om3db.connect()"
+                + (" (it was ephemeral: its folder was deleted on close)" if self._ephemeral else "")
+            )
+        return method(self, *args, **kwargs)
+
+    return checked
 
 
 class Database:
@@ -165,11 +285,14 @@ class Database:
     def __init__(self, store, *, ephemeral: bool = False) -> None:
         self._store = store
         self.path = store.root
+        self._where = store.where
         self._ephemeral = ephemeral
+        self._closed = False
         self._models: dict[tuple[str, str], object] = {}
         self._given: dict[str, object] = {}
         """Space -> the encoder object given to this Database (ingest / use_encoder): the query default."""
 
+    @_open
     def __enter__(self) -> Database:
         return self
 
@@ -179,17 +302,29 @@ class Database:
     def __repr__(self) -> str:
         return f"Database({str(self.path)!r})"
 
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called: every other method then raises StoreError."""
+        return self._closed
+
     def close(self) -> None:
+        """Release the connections and the lock (an ephemeral database's folder is deleted). Calling it
+        again does nothing; any other method of a closed Database raises StoreError."""
+        if self._closed:
+            return
+        self._closed = True
         self._store.close()
         if self._ephemeral:
             shutil.rmtree(self.path, ignore_errors=True)
 
     # -- encoders ---------------------------------------------------------------------------
 
+    @_open
     def use_encoder(self, space: str, encoder) -> None:
         """Make ``encoder`` (an object, hub id or directory) this Database's query default for ``space``."""
         self._given[space] = self._encoder(space, encoder)
 
+    @_open
     def query_encoder(self, space: str) -> str:
         """Which encoder a query of ``space`` without ``encoder=`` uses, and why (one line)."""
         if space in self._given:
@@ -206,6 +341,7 @@ class Database:
         dtype: None / "auto" (the hardware policy, om3db.hardware) or a dtype name; preset: the model set
         (``om3db.embed.MODEL_PRESETS``) a new space takes when no model is named."""
         if spec is not None and not isinstance(spec, (str, Path)):
+            _check_encoder_object(space, spec)
             return spec
         if spec is None:
             if space in self._given and dtype is None:
@@ -225,6 +361,7 @@ class Database:
 
     # -- writes -----------------------------------------------------------------------------
 
+    @_open
     def ingest(
         self,
         paths_or_root,
@@ -338,6 +475,8 @@ class Database:
             for space, spec in models.items()
             if spec is not False
         }
+        for space, enc in encoders.items():
+            _check_encoder_object(space, enc, needs="encode_images")  # an ingest embeds crops
         if isinstance(sam, (str, Path)):
             from .sam import load_sam
 
@@ -383,14 +522,17 @@ class Database:
         now = self._store.scan_infos(include_incomplete=True)
         return tuple(s.name for s in now if s.name not in before or state(s) != state(before[s.name]))
 
+    @_open
     def write(self, result, *, settings: dict | None = None) -> int:
         """Store an already computed ``IngestResult`` (replacing a scan of that name); returns its scan id."""
         return self._store.write_scan(result, settings={"key": None, "ingest": result.settings, **(settings or {})})
 
+    @_open
     def remove(self, scan: str) -> int:
         """Delete a scan with its instances and vectors; returns how many instances were removed."""
         return self._store.remove_scan(scan)
 
+    @_open
     def reindex(self, *, relations: bool = True) -> list[str]:
         """Rebuild every FAISS index from SQLite (re-choosing exact / IVF); returns the spaces rebuilt.
 
@@ -425,6 +567,7 @@ class Database:
             done.append(name)
         return done, failed
 
+    @_open
     def check(self):
         """Check every part of the database without changing it: SQLite integrity, every stored blob
         decodes, every FAISS index agrees with SQLite. Returns a ``CheckReport`` whose problems name the
@@ -432,16 +575,19 @@ class Database:
         damaged rows)."""
         return self._store.check()
 
+    @_open
     def index_kinds(self) -> dict[str, str]:
         """'space.level' -> the kind of its index ('flat' exact search or 'ivf')."""
         return self._store.index_kinds()
 
     # -- reads ------------------------------------------------------------------------------
 
+    @_open
     def query(self, text: str | None = None, image=None) -> Query:
         """A query to refine and run: ``db.query(text="a mug").where(scans=["kitchen"]).limit(5).to_list()``."""
         return Query(self, text=text, image=image)
 
+    @_open
     def search(
         self,
         text: str | None = None,
@@ -508,13 +654,11 @@ class Database:
         )
         return q.to_list()
 
+    @_open
     def relations(self, scan: str) -> list[dict]:
         """Every stored spatial relation of a scan: subject and object instance ids, relation, score and
         evidence (distance, gap, overlap). ``same_scan`` holds for every pair and is not listed."""
-        if not self._store.scan_infos(names=[scan]):
-            raise NotFoundError(
-                f"{self.path}: no scan named {scan!r}. The scans it holds: {self._store.scan_list_text()}"
-            )
+        self._known_scan(scan)
         if scan in self._store.scans_without_relations([scan]):
             from .relations.query import RelationsMissingError
 
@@ -524,15 +668,35 @@ class Database:
             )
         return self._store.relation_rows(scan)
 
+    @_open
     def instance_geometry(self, instance_id: int) -> dict | None:
         """An instance's geometry in its scan's gravity frame (aabb, z range, yaw box, footprint hull, volume),
-        None before its scan's relations were built."""
-        return self._store.instance_geometry(instance_id)
+        None before its scan's relations were built. An id that is not an integer >= 1 raises ConfigError,
+        an unknown instance NotFoundError (as :meth:`instance`)."""
+        iid = self._instance_id(instance_id)
+        geometry = self._store.instance_geometry(iid)
+        if geometry is None and not self._store.instances(ids=[iid], with_points=False):
+            raise self._no_instance(instance_id)
+        return geometry
 
+    @_open
     def gravity(self, scan: str) -> dict | None:
-        """A scan's up axis ({"up", "source", "settings"}), None before its relations were built."""
-        return self._store.gravity(scan)
+        """A scan's up axis ({"up", "source", "settings"}), None before its relations were built; an
+        unknown scan raises NotFoundError (as :meth:`relations`)."""
+        up = self._store.gravity(scan)
+        if up is None:
+            self._known_scan(scan)
+        return up
 
+    def _known_scan(self, scan: str) -> None:
+        if not isinstance(scan, str):
+            raise ConfigError(f"a scan is named by a string (as scans() lists them), got {scan!r}")
+        if not self._store.scan_infos(names=[scan]):
+            raise NotFoundError(
+                f"{self.path}: no scan named {scan!r}. The scans it holds: {self._store.scan_list_text()}"
+            )
+
+    @_open
     def _run_query(self, q: Query) -> list[Hit]:
         if q.is_relational:
             from .relations.query import run_relational
@@ -565,6 +729,7 @@ class Database:
             if not hasattr(enc, "encode_texts"):
                 raise ConfigError(f"the {space!r} encoder has no text tower; text queries use the 'siglip' space")
             return np.asarray(enc.encode_texts([q.template.format(q.text)]), dtype=np.float32)[0]
+        _check_encoder_object(space, enc, needs="encode_images")
         image = q.image
         if isinstance(image, (str, Path)):
             from .images import open_image
@@ -610,6 +775,7 @@ class Database:
             )
         return hits
 
+    @_open
     def label(
         self,
         scan: str,
@@ -620,8 +786,17 @@ class Database:
         encoder=None,
     ) -> list[Label]:
         """Each instance of a scan gets its best class from ``vocabulary`` (SigLIP text vs instance)."""
+        if isinstance(vocabulary, (str, bytes)):
+            raise ConfigError(
+                f"vocabulary is one string ({vocabulary!r}), not a list of class names: pass a list, e.g. "
+                f"[{vocabulary!r}]"
+            )
+        vocabulary = list(vocabulary)
         if not vocabulary:
             raise ConfigError("vocabulary is empty: pass at least one class name")
+        for name in vocabulary:
+            if not isinstance(name, str) or not name.strip():
+                raise ConfigError(f"vocabulary holds {name!r}: every class name must be a non-blank string")
         enc = self._encoder("siglip", encoder)
         check_encoder(self._store, "siglip", enc.identity)
         insts = {i.id: i for i in self.instances(scan)}
@@ -634,27 +809,38 @@ class Database:
             for i, b, sc in zip(ids, best, score, strict=True)
         ]
 
+    @_open
     def scans(self, *, include_incomplete: bool = False) -> list[ScanInfo]:
         """Scans in the database, by name (only complete ones unless ``include_incomplete``)."""
         return self._store.scan_infos(include_incomplete=include_incomplete)
 
+    @_open
     def instance(self, instance_id: int) -> Instance:
         """One instance with its views and point indices."""
-        if isinstance(instance_id, bool) or not isinstance(instance_id, (int, np.integer)) or instance_id < 1:
-            raise ConfigError(f"instance ids are integers >= 1 (as search returns them), got {instance_id!r}")
-        found = self._store.instances(ids=[int(instance_id)])
+        found = self._store.instances(ids=[self._instance_id(instance_id)])
         if not found:
-            raise NotFoundError(f"{self.path}: no instance {instance_id}. Search first to get instance ids")
+            raise self._no_instance(instance_id)
         return found[0]
 
+    def _instance_id(self, instance_id) -> int:
+        """An instance id as a Python int: ConfigError when it is not an integer >= 1, NotFoundError past the
+        largest id a database can hold (2**63 - 1)."""
+        if isinstance(instance_id, bool) or not isinstance(instance_id, (int, np.integer)) or instance_id < 1:
+            raise ConfigError(f"instance ids are integers >= 1 (as search returns them), got {instance_id!r}")
+        if int(instance_id) > _MAX_ID:
+            raise self._no_instance(instance_id)
+        return int(instance_id)
+
+    def _no_instance(self, instance_id) -> NotFoundError:
+        return NotFoundError(f"{self.path}: no instance {instance_id}. Search first to get instance ids")
+
+    @_open
     def instances(self, scan: str) -> list[Instance]:
         """Every instance of a (complete) scan, by id, with views and point indices."""
-        if not self._store.scan_infos(names=[scan]):
-            raise NotFoundError(
-                f"{self.path}: no scan named {scan!r}. The scans it holds: {self._store.scan_list_text()}"
-            )
+        self._known_scan(scan)
         return self._store.instances(scan=scan)
 
+    @_open
     def export(self, hits: Sequence[Hit], out: str | Path) -> list[Path]:
         """Write, per scan with hits, ``<scan>_hits.ply`` (its points, hits in distinct colours, the rest
         grey) and per hit ``hit<rank>_<instance>.png`` (the level-0 crop of its best view)."""
@@ -692,6 +878,7 @@ class Database:
             written.append(path)
         return sorted(written)
 
+    @_open
     def info(self) -> dict:
         """Versions, faiss build and GPUs, database counts, and per vector space its encoder, the
         encoder queries use, and its index."""
@@ -720,6 +907,23 @@ class Database:
             "instances": sum(s.instances for s in scans),
             "spaces": spaces,
         }
+
+
+def _check_encoder_object(space: str, encoder, *, needs: str | None = None) -> None:
+    """An encoder object must carry its identity and encode images and / or texts (docs/python-api.md,
+    "Encoders"); ``needs``: the method this use calls."""
+    from .records import EncoderIdentity
+
+    methods = [needs] if needs else ["encode_images", "encode_texts"]
+    if not isinstance(getattr(encoder, "identity", None), EncoderIdentity) or not any(
+        callable(getattr(encoder, m, None)) for m in methods
+    ):
+        what = f"{needs}()" if needs else "encode_images() or encode_texts()"
+        raise ConfigError(
+            f"the {space!r} encoder must be a hub id, a model directory or an encoder object with .identity (an "
+            f"om3db.records.EncoderIdentity) and {what}, got {type(encoder).__name__}. Load one with "
+            f"om3db.embed.load_{space}(...)"
+        )
 
 
 def _with_compute(outcome: IngestOutcome, compute: dict) -> IngestOutcome:
