@@ -112,3 +112,35 @@ def test_fusion_with_no_depth_in_any_frame(scan_dir: Path, tmp_path: Path) -> No
         "Check the depth units and poses, or widen FusionConfig.depth_min / depth_max"
     )
     assert not (tmp_path / "fused").exists() or not any((tmp_path / "fused").iterdir())
+
+
+# -- 3. convert: skipped frames found by integer id; what was written is read back before success -------------
+
+
+def test_convert_copies_a_skipped_frame_whose_colour_name_is_padded(scan_dir: Path, tmp_path: Path) -> None:
+    from om3db.captures.convert import convert_capture
+
+    for p in list((scan_dir / "color").iterdir()):
+        p.rename(p.with_name(f"{int(p.stem):06d}{p.suffix}"))  # colour 000002.png, depth 2.png: both frame 2
+    (scan_dir / "pose" / "2.txt").write_text("nan nan nan nan\n" * 4)
+    result = convert_capture(scan_dir, tmp_path / "out")
+    assert result.frames_written == 4 and [s["frame_id"] for s in result.frames_skipped] == [2]
+    for sub in ("color", "depth", "pose"):
+        assert sorted(int(p.stem) for p in (tmp_path / "out" / sub).iterdir()) == [0, 1, 2, 3], sub
+    back = read_scan(tmp_path / "out")
+    assert back.frames_on_disk == 4 and [s.frame_id for s in back.skipped] == [2]
+
+
+def test_convert_refuses_to_report_a_folder_that_does_not_read_back(scan_dir, tmp_path, monkeypatch) -> None:
+    from om3db.captures import convert
+
+    (scan_dir / "pose" / "2.txt").write_text("nan nan nan nan\n" * 4)
+    monkeypatch.setattr(convert, "_copy_skipped", lambda scan, out, sensor: len(scan.skipped))  # writes nothing
+    with pytest.raises(ScanError) as err:
+        convert.convert_capture(scan_dir, tmp_path / "out")
+    assert str(err.value) == (
+        f"{tmp_path / 'out'}: the converted folder does not match the capture (4 frames written; files found: "
+        "color/ 3, pose/ 3, depth/ 3; 3 frames and 357 points read back, 357 points read). "
+        "Report this as an om3db bug, with the capture"
+    )
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.converting-*"))

@@ -112,6 +112,7 @@ def convert_capture(
         shutil.rmtree(tmp)
     try:
         result = _write(scan, tmp, name, src, depth_scale, progress)
+        _check_written(scan, tmp, dst, result["frames_written"])
         if dst.exists():
             dst.rmdir()
         os.replace(tmp, dst)
@@ -191,20 +192,41 @@ def _write_depth(f, path: Path, depth_scale: float) -> int:
 
 
 def _copy_skipped(scan, out: Path, sensor: bool) -> int:
+    from ..scan import COLOR_EXTS, _index_frames
+
+    # By integer frame id, as the reader indexed them: colour 000004.png and depth 4.png are both frame 4.
     root = scan.path
-    n = 0
+    colors = _index_frames(root / "color", COLOR_EXTS)
+    depths = _index_frames(root / "depth", (".png",)) if sensor else {}
     for s in scan.skipped:
-        colors = [
-            p for p in (root / "color").glob(f"*{s.frame_id}.*") if p.stem.isdigit() and int(p.stem) == s.frame_id
-        ]
-        if not colors:
-            continue
-        c = colors[0]
+        c = colors.get(s.frame_id)
+        d = depths.get(s.frame_id)
+        if c is None or (sensor and d is None):
+            missing = "colour" if c is None else "depth"
+            raise ScanError(root, f"skipped frame {s.frame_id} has no {missing} file", "Report this as an om3db bug")
         shutil.copyfile(c, out / "color" / f"{s.frame_id}{_COLOR_SUFFIX.get(c.suffix.lower(), c.suffix)}")
         shutil.copyfile(s.path, out / "pose" / f"{s.frame_id}.txt")
         if sensor:
-            d = root / "depth" / f"{c.stem}.png"
-            if d.is_file():
-                shutil.copyfile(d, out / "depth" / f"{s.frame_id}.png")
-        n += 1
-    return n
+            shutil.copyfile(d, out / "depth" / f"{s.frame_id}.png")
+    return len(scan.skipped)
+
+
+def _check_written(scan, out: Path, dst: Path, written: int) -> None:
+    """Read the written folder back as om3db will: refuse to report success for a folder it cannot read."""
+    from ..scan import read_scan
+
+    fix = "Report this as an om3db bug, with the capture"
+    try:
+        back = read_scan(out, format="scannet", depth="auto", masks=True)
+    except ScanError as exc:
+        raise ScanError(dst, f"the converted folder does not read back ({exc.problem})", fix) from exc
+    counts = {sub: sum(1 for _ in (out / sub).iterdir()) for sub in ("color", "pose", "depth") if (out / sub).is_dir()}
+    wrong = {sub: n for sub, n in counts.items() if n != written}
+    if wrong or back.frames_on_disk != written or back.num_points != scan.num_points:
+        raise ScanError(
+            dst,
+            f"the converted folder does not match the capture ({written} frames written; files found: "
+            + ", ".join(f"{sub}/ {n}" for sub, n in counts.items())
+            + f"; {back.frames_on_disk} frames and {back.num_points} points read back, {scan.num_points} points read)",
+            fix,
+        )
