@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+import string
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, NamedTuple
@@ -33,6 +34,7 @@ __all__ = [
     "Query",
     "RawHit",
     "check_encoder",
+    "check_template",
     "search_space",
     "label_vectors",
     "parse_region",
@@ -71,7 +73,7 @@ class Filters:
     region_mode: Literal["intersects", "centroid"] = "intersects"
     """'intersects': bbox overlaps the region; 'centroid': centroid inside it."""
     min_score: float | None = None
-    """Drop hits with a lower similarity."""
+    """Drop hits with a lower similarity (a cosine similarity, in [-1, 1])."""
 
     def __post_init__(self) -> None:
         scans = self.scans
@@ -96,6 +98,11 @@ class Filters:
                 raise ConfigError(f"min_score must be a number, got {self.min_score!r}")
             if not math.isfinite(self.min_score):
                 raise ConfigError(f"min_score must be a finite number, got {self.min_score!r}")
+            if not -1.0 <= self.min_score <= 1.0:  # a cosine similarity: outside [-1, 1] no hit (or every hit) passes
+                raise ConfigError(
+                    f"min_score is a cosine similarity and must lie in [-1, 1], got {self.min_score!r}. "
+                    "Give a similarity floor such as 0.1"
+                )
 
     @property
     def restricts_ids(self) -> bool:
@@ -159,8 +166,7 @@ class Query:
             raise ConfigError(f"aggregation must be 'mean' or 'max', got {self.aggregation!r}")
         if not isinstance(self.filters, Filters):
             raise ConfigError(f"filters must be an om3db.Filters, got {type(self.filters).__name__}")
-        if self.text is not None and (not isinstance(self.template, str) or "{}" not in self.template):
-            raise ConfigError(f"template must contain '{{}}' where the text goes, got {self.template!r}")
+        check_template(self.template)
 
     def where(
         self,
@@ -269,10 +275,20 @@ class Query:
 
     def to_list(self) -> list[Hit]:
         """Run the query: hits, best first (relational queries: ``SceneMatch`` per scan, best first)."""
+        if not self.is_relational:  # checked here, not on construction: a query may get its relation later
+            for name, value in (("match", self.match), ("candidates", self.candidates)):
+                if value != _RELATIONAL_DEFAULTS[name]:
+                    raise ConfigError(
+                        f"{name}={value!r} applies only to relational queries (a relation such as on= or near=, "
+                        "without= or count_at_least=): a plain search ranks every instance. Drop it or add a relation"
+                    )
         return self.database._run_query(self)
 
     def __iter__(self) -> Iterator[Hit]:
         return iter(self.to_list())
+
+
+_RELATIONAL_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Query) if f.name in ("match", "candidates")}
 
 
 class RawHit(NamedTuple):
@@ -283,6 +299,30 @@ class RawHit(NamedTuple):
     """Cosine similarity (inner product of unit vectors)."""
     view_id: int | None
     """Max aggregation: the FAISS key of the best view (``view_key(instance id, rank)``); mean: None."""
+
+
+def check_template(template) -> str:
+    """A prompt template holds exactly one plain ``{}`` (where the text goes) and no other replacement
+    field; ``{{`` and ``}}`` stand for literal braces (``str.format``)."""
+    rule = "template must contain exactly one '{}' where the text goes ('{{' and '}}' are literal braces)"
+    if not isinstance(template, str):
+        raise ConfigError(f"{rule}; got a {type(template).__name__}")
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError as exc:  # a lone brace
+        raise ConfigError(f"{rule}; {template!r} cannot be used: {exc}") from exc
+    fields = [
+        "{" + name + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "") + "}"
+        for _, name, spec, conv in parts
+        if name is not None
+    ]
+    if fields != ["{}"]:
+        raise ConfigError(f"{rule}; {template!r} holds {', '.join(fields) if fields else 'none'}")
+    try:
+        template.format("x")
+    except (IndexError, KeyError, ValueError) as exc:  # (not reached after the checks above: a last guard)
+        raise ConfigError(f"{rule}; {template!r} cannot be used: {exc!r}") from exc
+    return template
 
 
 def parse_region(text: str) -> tuple[tuple[float, ...], tuple[float, ...]]:

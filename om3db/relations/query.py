@@ -9,8 +9,10 @@ range search with an id selector), so no object is missed for ranking outside so
 the object phrase's matches run out first (a rare object: "a mug on a piano"), the join is driven from
 them instead (the (relation, object) index) and is complete whatever the number of subjects. ``without``: each
 candidate scan's instances are scored exactly against the excluded phrase. The score of a pair is the
-mean of both similarities and the relation's score; results are grouped by scan. No SQL here: the
-store runs it.
+mean of both similarities and the relation's score; results are grouped by scan. An image subject is
+searched in its space (DINOv2 by default) and the object / ``without`` phrases, text, in the SigLIP space:
+each phrase's matches are relative to its own best similarity, so the join is the same; the pair score
+then mixes two spaces' similarities (it ranks the pairs of one query). No SQL here: the store runs it.
 """
 
 from __future__ import annotations
@@ -165,11 +167,12 @@ class _Phrase:
     def __init__(self, database, q, text: str | None, scope, *, floor_scope=...) -> None:
         from ..query import search_space
 
-        self.store, self.space, self.agg, self.scope = database._store, q.space_name, q.aggregation, scope
+        pq = q if text is None else _with_text(q, text)
+        self.store, self.space, self.agg, self.scope = database._store, pq.space_name, q.aggregation, scope
         self.text = text
         self.every_scan: set[str] | None = None
         """Every scan holding a match, once `know_every_match` ran."""
-        self.vector = database._query_vector(q.space_name, q if text is None else _with_text(q, text))
+        self.vector = database._query_vector(pq.space_name, pq)
         floor_scope = scope if floor_scope is ... else floor_scope
         top = search_space(self.store, self.space, self.vector, k=1, aggregation=self.agg, allowed=floor_scope)
         self.floor = None if not top else q.match * max(top[0].score, 0.0)
@@ -229,10 +232,20 @@ class _Phrase:
             self.every_scan = self.store.scans_of(self._at_least_floor(None, ids_only=True))
 
 
+TEXT_SPACE = "siglip"
+"""The vector space text phrases are searched in when the subject is an image searched in an image-only
+space (DINOv2): an object / ``without`` phrase is always text."""
+
+
 def _with_text(q, text):
+    """The query of one of its text phrases (object, ``without``). An image subject searched in a space
+    without a text tower (DINOv2) keeps its space; its phrases go to the text space with its encoder."""
     import dataclasses
 
-    return dataclasses.replace(q, text=text, image=None)
+    tq = dataclasses.replace(q, text=text, image=None)
+    if q.text is None and q.space_name != TEXT_SPACE:
+        tq = dataclasses.replace(tq, space=TEXT_SPACE, encoder=None)
+    return tq
 
 
 def run_relational(database, q) -> list[SceneMatch]:
