@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+
+from .options import local_path
 
 _FORMATS = "auto, scannet, nerfstudio, record3d, arkitscenes, replica, scannetpp, scanner3d"
 
@@ -13,8 +14,8 @@ _FORMATS = "auto, scannet, nerfstudio, record3d, arkitscenes, replica, scannetpp
 def register(app: typer.Typer) -> None:
     @app.command()
     def convert(
-        src: Annotated[Path, typer.Argument(help="Capture folder, or a Record3D .r3d file.")],
-        dst: Annotated[Path, typer.Argument(help="ScanNet-layout folder to write (new or empty).")],
+        src: Annotated[str, typer.Argument(help="Capture folder, or a Record3D .r3d file.")],
+        dst: Annotated[str, typer.Argument(help="ScanNet-layout folder to write (new or empty).")],
         format: Annotated[  # noqa: A002 - the option's name
             str, typer.Option("--format", help=f"Capture format: {_FORMATS}.")
         ] = "auto",
@@ -36,7 +37,7 @@ def register(app: typer.Typer) -> None:
             ),
         ] = None,
         fused_dir: Annotated[
-            Optional[Path], typer.Option("--fused-dir", help="Cache folder for fused clouds (default: user cache).")
+            Optional[str], typer.Option("--fused-dir", help="Cache folder for fused clouds (default: user cache).")
         ] = None,
         json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     ) -> None:
@@ -46,6 +47,8 @@ def register(app: typer.Typer) -> None:
         from om3db.captures.convert import convert_capture
         from om3db.fusion import FusionConfig
 
+        src, dst = local_path(src, "SRC"), local_path(dst, "DST")
+        fused_dir = local_path(fused_dir, "--fused-dir")
         fusion = FusionConfig(voxel_size=voxel_size, depth_max=depth_max)
         kwargs = dict(
             format=format,

@@ -13,7 +13,7 @@ import typer
 
 from om3db.query import DEFAULT_TEMPLATE
 
-from .options import DbOpt, JsonOpt, table
+from .options import DbOpt, JsonOpt, local_path, table
 from .options import echo_json as _echo_json
 
 _table = table
@@ -104,13 +104,67 @@ def _scenes_table(scenes) -> None:
     )
 
 
+def _read_phrase(text, image, rel: list, without: list):
+    """The subject text, relations, excluded phrases and the phrase's reading (None: not read) of a
+    TEXT argument: "a mug on a table" is read as subject 'a mug', relation ('on', 'a table')."""
+    from om3db.relations.query import parse_phrase
+
+    # a blank text is the query's own error ("the text query is empty"), not the phrase grammar's
+    reading = parse_phrase(text) if text is not None and image is None and text.strip() else None
+    rel = list(rel)
+    if reading is not None and reading.relation is not None:
+        rel.append((reading.relation, reading.object))
+    if reading is not None and (reading.relation is not None or reading.without):
+        text = reading.subject
+    excluded = [*(reading.without if reading is not None else ()), *without]
+    return text, rel, excluded, reading
+
+
+def _subjects(scenes) -> list:
+    """The subject hits of a relational query's scans, best first, each instance once."""
+    seen, hits = set(), []
+    for m in scenes:
+        for h in m.hits:
+            if h.subject.instance_id not in seen:
+                seen.add(h.subject.instance_id)
+                hits.append(h.subject)
+    return hits
+
+
+def _relational(q, rel: list, excluded: list, *, within=None, count_at_least=None, match=None):
+    """The query with the relational options given (the query refuses those that need a relation)."""
+    import dataclasses
+
+    from om3db.errors import ConfigError
+
+    if len(rel) > 1:
+        raise ConfigError(f"one relation per query, got {', '.join(n for n, _ in rel)}")
+    if rel:
+        q = q.related(*rel[0])
+    if within is not None:
+        q = q.within(within)
+    for t in excluded:
+        q = q.without(t)
+    if count_at_least is not None:
+        q = q.count_at_least(count_at_least)
+    if match is None:
+        return q
+    q = dataclasses.replace(q, match=match)  # the query checks its range
+    if not q.is_relational:  # (the query cannot tell a --match 0.5 from its default)
+        raise ConfigError(
+            f"--match {match:g} applies only to spatial queries (a phrase such as 'a mug on a table', or --on, "
+            "--near, ..., --without, --count-at-least): a plain search ranks every instance. Drop --match or add a relation"
+        )
+    return q
+
+
 def register(app: typer.Typer) -> None:
     db_app = typer.Typer(name="db", help="Database maintenance (schema upgrades).", no_args_is_help=True)
     app.add_typer(db_app, name="db")
 
     @app.command()
     def ingest(
-        scans_dir: Annotated[Path, typer.Argument(help="A scan folder, or a folder of scans (searched recursively).")],
+        scans_dir: Annotated[str, typer.Argument(help="A scan folder, or a folder of scans (searched recursively).")],
         db: DbOpt = None,
         siglip: Annotated[
             Optional[str],
@@ -197,7 +251,10 @@ def register(app: typer.Typer) -> None:
         from om3db.ingest import IngestConfig
 
         config = IngestConfig(frame_step=frame_step, refine_masks=refine_masks, diverse=diverse)
-        sam_spec = None if sam is None else False if sam.lower() == "none" else Path(sam)
+        scans_path = local_path(scans_dir, "SCANS_DIR")
+        sam_spec = None if sam is None else False if sam.lower() == "none" else local_path(sam, "--sam")
+        for name, value in (("--siglip", siglip), ("--dinov2", dinov2)):
+            local_path(value, name)  # a hub id or a folder: neither is empty nor a URL
         from om3db.captures.base import check_pose_scale
 
         check_pose_scale(pose_scale)  # a bad --pose-scale is refused before the database is created
@@ -207,7 +264,7 @@ def register(app: typer.Typer) -> None:
             check_ray_address(ray)  # before the database is created
         with _connect(db, create=True) as database, _Bars(enabled=not json_out) as bars:
             out = database.ingest(
-                scans_dir,
+                scans_path,
                 config=config,
                 siglip=_model(siglip),
                 dinov2=_model(dinov2),
@@ -244,7 +301,7 @@ def register(app: typer.Typer) -> None:
     def search(
         text: Annotated[Optional[str], typer.Argument(help="What to look for, e.g. 'mug'.")] = None,
         image: Annotated[
-            Optional[Path], typer.Option("--image", help="Search by an example photo instead (DINOv2).")
+            Optional[str], typer.Option("--image", help="Search by an example photo instead (DINOv2).")
         ] = None,
         db: DbOpt = None,
         k: Annotated[int, typer.Option("-k", "--k", help="Number of results.")] = 10,
@@ -294,8 +351,11 @@ def register(app: typer.Typer) -> None:
             Optional[int], typer.Option("--count-at-least", help="Only scans with at least N matching subjects.")
         ] = None,
         match: Annotated[
-            float, typer.Option("--match", help="A noun phrase matches at this fraction of its best similarity.")
-        ] = 0.5,
+            Optional[float],
+            typer.Option(
+                "--match", help="Spatial queries: a noun phrase matches at this fraction of its best similarity (0.5)."
+            ),
+        ] = None,
         explain: Annotated[
             bool, typer.Option("--explain", help="Say how the phrase was read (subject, relation, object).")
         ] = False,
@@ -304,68 +364,31 @@ def register(app: typer.Typer) -> None:
         """Find instances by text (SigLIP) or by an example image (DINOv2) across all scans.
 
         Spatial phrases ("a mug on a table", "a desk but no chair") or --on/--near/... return scans."""
-        from om3db.relations.query import parse_phrase
-
-        # a blank text is the query's own error ("the text query is empty"), not the phrase grammar's
-        reading = parse_phrase(text) if text is not None and image is None and text.strip() else None
+        image_path = local_path(image, "--image")
         rel = [(n, t) for n, t in (("on", on), ("near", near), ("in", inside), ("above", above), ("below", below),
                                    ("next_to", next_to)) if t is not None]  # fmt: skip
-        if reading is not None and reading.relation is not None:
-            rel.append((reading.relation, reading.object))
-        if reading is not None and (reading.relation is not None or reading.without):
-            text = reading.subject
-        excluded = [*(reading.without if reading is not None else ()), *(without or [])]
+        text, rel, excluded, reading = _read_phrase(text, image_path, rel, without or [])
         if explain and reading is not None:
             typer.echo(
                 "read as: " + type(reading)(text, *(rel[0] if rel else (None, None)), tuple(excluded)).explain(),
                 err=json_out,
             )
-        if rel or excluded or count_at_least is not None or within is not None:
-            with _connect(db) as database:
-                q = _query(database, text, image, k=k, aggregation=aggregation, scan=scan, min_points=min_points,
-                           region=region, region_mode=region_mode, min_score=min_score, template=template,
-                           model=model, space=space, with_points=with_points)  # fmt: skip
-                if len(rel) > 1:
-                    from om3db.errors import ConfigError
-
-                    raise ConfigError(f"one relation per query, got {', '.join(n for n, _ in rel)}")
-                if rel:
-                    q = q.related(*rel[0])
-                if within is not None:
-                    q = q.within(within)
-                for t in excluded:
-                    q = q.without(t)
-                if count_at_least is not None:
-                    q = q.count_at_least(count_at_least)
-                import dataclasses
-
-                scenes = dataclasses.replace(q, match=match).to_list()
-            if json_out:
-                _echo_json([m.to_dict() for m in scenes])
-                return
-            _scenes_table(scenes)
-            return
         with _connect(db) as database:
-            hits = _query(
-                database,
-                text,
-                image,
-                k=k,
-                aggregation=aggregation,
-                scan=scan,
-                min_points=min_points,
-                region=region,
-                region_mode=region_mode,
-                min_score=min_score,
-                template=template,
-                model=model,
-                space=space,
-                with_points=with_points,
-            ).to_list()
-        if json_out:
-            _echo_json([h.to_dict() for h in hits])
+            q = _query(database, text, image_path, k=k, aggregation=aggregation, scan=scan, min_points=min_points,
+                       region=region, region_mode=region_mode, min_score=min_score, template=template,
+                       model=model, space=space, with_points=with_points)  # fmt: skip
+            q = _relational(q, rel, excluded, within=within, count_at_least=count_at_least, match=match)
+            found = q.to_list()
+        if q.is_relational:
+            if json_out:
+                _echo_json([m.to_dict() for m in found])
+                return
+            _scenes_table(found)
             return
-        _hits_table(f"{len(hits)} hits for {text if text is not None else image}", hits)
+        if json_out:
+            _echo_json([h.to_dict() for h in found])
+            return
+        _hits_table(f"{len(found)} hits for {text if text is not None else image_path}", found)
 
     @app.command()
     def scans(db: DbOpt = None, json_out: JsonOpt = False) -> None:
@@ -417,23 +440,33 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def export(
-        text: Annotated[Optional[str], typer.Argument(help="Text query whose hits to export.")] = None,
-        out: Annotated[Path, typer.Option("--out", help="Folder to write into (created).")] = Path("om3db-export"),
-        image: Annotated[Optional[Path], typer.Option("--image", help="Image query instead of text.")] = None,
+        text: Annotated[
+            Optional[str],
+            typer.Argument(help="Text query whose hits to export (a spatial phrase exports its subjects)."),
+        ] = None,
+        out: Annotated[str, typer.Option("--out", help="Folder to write into (created).")] = "om3db-export",
+        image: Annotated[Optional[str], typer.Option("--image", help="Image query instead of text.")] = None,
         db: DbOpt = None,
-        k: Annotated[int, typer.Option("-k", "--k", help="Number of hits.")] = 5,
+        k: Annotated[int, typer.Option("-k", "--k", help="Number of hits (spatial phrases: of scans).")] = 5,
         aggregation: Annotated[str, typer.Option("--aggregation", help="mean or max.")] = "mean",
         scan: Annotated[Optional[list[str]], typer.Option("--scan", help="Only this scan (repeatable).")] = None,
         json_out: JsonOpt = False,
     ) -> None:
         """Search, then write each scan's points as PLY with the hits highlighted and each hit's best crop as PNG."""
+        out_path, image_path = local_path(out, "--out"), local_path(image, "--image")
+        text, rel, excluded, _ = _read_phrase(text, image_path, [], [])
         with _connect(db) as database, _Bars(enabled=not json_out) as bars:
             bars.busy("search")
-            hits = _query(database, text, image, k=k, aggregation=aggregation, scan=scan).to_list()
+            q = _relational(_query(database, text, image_path, k=k, aggregation=aggregation, scan=scan), rel, excluded)
+            found = q.to_list()
+            hits = _subjects(found) if q.is_relational else found
             bars.busy(f"export {len(hits)} hits")
-            files = database.export(hits, out)
+            files = database.export(hits, out_path)
         if json_out:
-            _echo_json({"hits": [h.to_dict() for h in hits], "files": [str(f) for f in files]})
+            data = {"hits": [h.to_dict() for h in hits], "files": [str(f) for f in files]}
+            if q.is_relational:
+                data["scenes"] = [m.to_dict() for m in found]
+            _echo_json(data)
             return
         for f in files:
             typer.echo(f"wrote {f}")
@@ -497,8 +530,10 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"rebuilt {len(spaces)} indexes: " + ", ".join(f"{s} ({kinds[s]})" for s in spaces))
             if built:
                 typer.echo(f"built spatial relations of {len(built)} scans: {', '.join(built)}")
-            for scan, why in failed.items():
-                typer.echo(f"Error: no spatial relations for scan {scan}: {why}", err=True)
+        for scan, why in failed.items():  # the indexes and the other scans' relations are built; these are not
+            typer.echo(f"Error: no spatial relations for scan {scan}: {why}", err=True)
+        if failed:
+            raise typer.Exit(1)
 
     @app.command()
     def check(db: DbOpt = None, json_out: JsonOpt = False) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -17,9 +16,9 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def demo(
-        out: Annotated[Path, typer.Option("--out", help="Folder for the demo's scans, models and database.")] = Path(
-            "om3db-demo"
-        ),
+        out: Annotated[
+            str, typer.Option("--out", help="Folder for the demo's scans, models and database.")
+        ] = "om3db-demo",
         siglip: Annotated[
             Optional[str], typer.Option("--siglip", help="SigLIP hub id or local directory (default: random weights).")
         ] = None,
@@ -36,7 +35,11 @@ def register(app: typer.Typer) -> None:
         from om3db.demo import run_demo
 
         from .db_cmds import _Bars, _echo_json, _hits_table
+        from .options import local_path
 
+        out = local_path(out, "--out")
+        for name, value in (("--siglip", siglip), ("--dinov2", dinov2), ("--sam", sam)):
+            local_path(value, name)
         with _Bars(enabled=not json_out) as bars:
             result = run_demo(out, siglip=siglip, dinov2=dinov2, sam=sam, query=query, progress=bars.update)
         if json_out:
@@ -73,7 +76,7 @@ def register(app: typer.Typer) -> None:
 
     @models_app.command("random")
     def models_random(
-        out: Annotated[Path, typer.Argument(help="Folder to write siglip/, dinov2/ and sam.pth into.")],
+        out: Annotated[str, typer.Argument(help="Folder to write siglip/, dinov2/ and sam.pth into.")],
         size: Annotated[
             str, typer.Option("--size", help="tiny (seconds, CPU) or full (SO400M, DINOv2-L, SAM ViT-H; ~4.5 GB).")
         ] = "tiny",
@@ -83,7 +86,9 @@ def register(app: typer.Typer) -> None:
         """Write randomly initialised SigLIP, DINOv2 and SAM checkpoints (real architectures, meaningless weights)."""
         from om3db.random_models import write_random_models
 
-        paths = write_random_models(out, size=size, seed=seed)
+        from .options import local_path
+
+        paths = write_random_models(local_path(out, "OUT"), size=size, seed=seed)
         if json_out:
             from .db_cmds import _echo_json
 

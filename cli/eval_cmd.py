@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from om3db.query import DEFAULT_TEMPLATE
+from om3db.query import DEFAULT_TEMPLATE, check_template
 
 from .db_cmds import _Bars
-from .options import DbOpt
+from .options import DbOpt, local_path
 
 GT_HELP = (
     "Ground truth: a folder of <scene>.txt (one id label*1000+instance+1 per point) or of scans with gt/instances.txt."
@@ -19,7 +18,7 @@ GT_HELP = (
 VOCAB_HELP = "'scannet200', a classes.json ([{id, name}]), a scan folder with gt/classes.json, or a text file of names."
 EXCLUDE_HELP = "Class prompted but not evaluated (its GT points are void); repeat. Default: wall, floor."
 PlotOpt = Annotated[
-    Path | None,
+    str | None,
     typer.Option("--plot", help="Also write PNG figures (matplotlib) into this folder (docs/cli.md, eval)."),
 ]
 
@@ -70,7 +69,7 @@ def register(app: typer.Typer) -> None:
 
     @ev.command("instances")
     def instances(
-        gt: Annotated[Path, typer.Option("--gt", help=GT_HELP)],
+        gt: Annotated[str, typer.Option("--gt", help=GT_HELP)],
         db: DbOpt = None,
         vocabulary: Annotated[str, typer.Option("--vocabulary", help=VOCAB_HELP)] = "scannet200",
         exclude: Annotated[list[str] | None, typer.Option("--exclude", help=EXCLUDE_HELP)] = None,
@@ -93,6 +92,8 @@ def register(app: typer.Typer) -> None:
         from om3db import connect
         from om3db.evaluate import evaluate_database, load_vocabulary
 
+        gt, plot = local_path(gt, "--gt"), local_path(plot, "--plot")
+        check_template(template)
         vocab = load_vocabulary(vocabulary, exclude=tuple(exclude) if exclude is not None else ("wall", "floor"))
         database = connect(db, create=False)
         try:
@@ -122,9 +123,9 @@ def register(app: typer.Typer) -> None:
     @ev.command("files")
     def files(
         predictions: Annotated[
-            Path, typer.Argument(help="A <scene>.npz / ScanNet <scene>.txt file or a folder of them.")
+            str, typer.Argument(help="A <scene>.npz / ScanNet <scene>.txt file or a folder of them.")
         ],
-        gt: Annotated[Path, typer.Option("--gt", help=GT_HELP)],
+        gt: Annotated[str, typer.Option("--gt", help=GT_HELP)],
         vocabulary: Annotated[str, typer.Option("--vocabulary", help=VOCAB_HELP)] = "scannet200",
         exclude: Annotated[list[str] | None, typer.Option("--exclude", help=EXCLUDE_HELP)] = None,
         min_region_size: Annotated[
@@ -140,6 +141,8 @@ def register(app: typer.Typer) -> None:
         """Score another system's predictions (points x masks, class ids, scores) with the same protocol."""
         from om3db.evaluate import instance_ap, load_gt, load_predictions, load_vocabulary
 
+        predictions, gt = local_path(predictions, "PREDICTIONS"), local_path(gt, "--gt")
+        plot = local_path(plot, "--plot")
         vocab = load_vocabulary(vocabulary, exclude=tuple(exclude) if exclude is not None else ("wall", "floor"))
         result = instance_ap(
             load_predictions(predictions), load_gt(gt), vocabulary=vocab, min_region_size=min_region_size
@@ -155,11 +158,11 @@ def register(app: typer.Typer) -> None:
 
     @ev.command("semantic")
     def semantic(
-        gt: Annotated[Path, typer.Option("--gt", help=GT_HELP)],
+        gt: Annotated[str, typer.Option("--gt", help=GT_HELP)],
         db: DbOpt = None,
         vocabulary: Annotated[str, typer.Option("--vocabulary", help=VOCAB_HELP)] = "scannet200",
         novel: Annotated[
-            Path | None,
+            str | None,
             typer.Option(
                 "--novel", help="Novel class names (JSON list or one per line): adds base/novel mIoU and hIoU."
             ),
@@ -175,7 +178,7 @@ def register(app: typer.Typer) -> None:
             ),
         ] = "none",
         export: Annotated[
-            Path | None, typer.Option("--export", help="Write per-point labels to this folder, one file per scan.")
+            str | None, typer.Option("--export", help="Write per-point labels to this folder, one file per scan.")
         ] = None,
         export_format: Annotated[
             str, typer.Option("--format", help="npy (int labels, -1 unlabelled) or ply (coloured per class).")
@@ -187,6 +190,9 @@ def register(app: typer.Typer) -> None:
         from om3db import connect
         from om3db.evaluate import load_vocabulary, semantic_from_database
 
+        gt, plot = local_path(gt, "--gt"), local_path(plot, "--plot")
+        novel, export = local_path(novel, "--novel"), local_path(export, "--export")
+        check_template(template)
         vocab = load_vocabulary(vocabulary)
         database = connect(db, create=False)
         try:

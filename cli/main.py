@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -58,10 +59,29 @@ def _interrupted_message(exc: KeyboardInterrupt) -> tuple[str, int]:
     return message, 128 + int(signum)
 
 
+class _TooLongTextWarning(logging.Filter):
+    """Drops transformers' "Token indices sequence length is longer than ..." warning: the tokenizer logs it
+    while om3db counts a text's tokens, and om3db then refuses the text with its own ``Error:`` line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Token indices sequence length")
+
+
+_TOO_LONG_FILTER = _TooLongTextWarning()
+
+
+def _quiet_library_logs() -> None:
+    # the logger transformers' tokenizers log through (logging.getLogger: transformers need not be imported)
+    logger = logging.getLogger("transformers.tokenization_utils_base")
+    if _TOO_LONG_FILTER not in logger.filters:
+        logger.addFilter(_TOO_LONG_FILTER)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app. Every om3db error becomes one ``Error: ...`` line and exit status 1;
     usage errors exit 2; SIGINT / SIGTERM exit 130 / 143 saying what was committed; anything unexpected
     is one line with a bug-report hint (``OM3DB_DEBUG=1`` re-raises it with its traceback)."""
+    _quiet_library_logs()
     previous = {}
     if threading.current_thread() is threading.main_thread():  # (signal handlers: main thread only)
         previous = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGINT, signal.SIGTERM)}

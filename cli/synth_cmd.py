@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -11,7 +10,7 @@ import typer
 def register(app: typer.Typer) -> None:
     @app.command()
     def synth(
-        out: Annotated[Path, typer.Argument(help="Folder to write the scans into (created).")],
+        out: Annotated[str, typer.Argument(help="Folder to write the scans into (created).")],
         scans: Annotated[int, typer.Option("--scans", help="Number of scans.")] = 2,
         seed: Annotated[int, typer.Option("--seed", help="Random seed: same seed, same scans.")] = 0,
         size: Annotated[
@@ -39,6 +38,9 @@ def register(app: typer.Typer) -> None:
 
         from om3db.synth import write_scans
 
+        from .options import local_path
+
+        out = local_path(out, "OUT")
         if json_out:
             paths = write_scans(out, scans=scans, seed=seed, size=size, masks=masks, masks2d=masks2d, depth=depth)
         else:
