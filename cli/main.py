@@ -94,8 +94,8 @@ def main(argv: list[str] | None = None) -> int:
             command.invoke(ctx)
     except typer.Exit as exc:
         return int(exc.exit_code or 0)
-    except Om3dbError as exc:
-        typer.echo(f"Error: {exc}", err=True)
+    except Om3dbError as exc:  # (an error may word itself for a shell: the command to run, not the Python call)
+        typer.echo(f"Error: {getattr(exc, 'cli_message', None) or exc}", err=True)
         return 1
     except KeyboardInterrupt as exc:
         message, code = _interrupted_message(exc)

@@ -158,8 +158,8 @@ def test_out_of_date_schema_refused_then_upgraded(tmp_path, capsys, monkeypatch)
     assert run(capsys, "scans") == (
         1,
         "",
-        f"Error: {db}: database schema is out of date (revision 0001, this om3db "
-        f"needs 0004). Upgrade it with om3db.upgrade_database('{db}') (the CLI's `om3db db upgrade`)\n",
+        f"Error: {db}: database schema is out of date (revision 0001, this om3db needs 0004). "
+        f"Run: om3db db upgrade --db {db}\n",
     )
     assert run(capsys, "db", "upgrade") == (0, "upgraded database schema from revision 0001 to 0004\n", "")
     assert run(capsys, "db", "upgrade") == (0, "database schema already at revision 0004\n", "")
