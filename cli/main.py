@@ -59,6 +59,19 @@ def _interrupted_message(exc: KeyboardInterrupt) -> tuple[str, int]:
     return message, 128 + int(signum)
 
 
+def _ingest_so_far(exc: Exception) -> str:
+    """What an ingest stopped by this error had committed and had not tried yet (``run_plan`` sets both)."""
+    committed, not_tried = getattr(exc, "committed", None), getattr(exc, "not_tried", None)
+    if not committed and not not_tried:
+        return ""
+    text = " (Ingest stopped at this scan, which was not written."
+    if committed:
+        text += f" Committed before it: {', '.join(committed)}."
+    if not_tried:
+        text += f" Not tried: {len(not_tried)} scan(s) after it."
+    return text + " Fix it, or move it away, and run the same command again: committed scans are skipped.)"
+
+
 class _TooLongTextWarning(logging.Filter):
     """Drops transformers' "Token indices sequence length is longer than ..." warning: the tokenizer logs it
     while om3db counts a text's tokens, and om3db then refuses the text with its own ``Error:`` line."""
@@ -95,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     except typer.Exit as exc:
         return int(exc.exit_code or 0)
     except Om3dbError as exc:  # (an error may word itself for a shell: the command to run, not the Python call)
-        typer.echo(f"Error: {getattr(exc, 'cli_message', None) or exc}", err=True)
+        typer.echo(f"Error: {getattr(exc, 'cli_message', None) or exc}{_ingest_so_far(exc)}", err=True)
         return 1
     except KeyboardInterrupt as exc:
         message, code = _interrupted_message(exc)

@@ -26,7 +26,7 @@ import numpy as np
 
 from .aggregate import dbscan_inliers, instance_vector, view_vectors
 from .crops import CropConfig, crop_frame
-from .errors import ConfigError, MaskFileError
+from .errors import ConfigError, MaskFileError, Om3dbError
 from .masks import mask_files
 from .records import IngestReport, IngestResult, InstanceRecord, View
 from .views import select_views
@@ -601,46 +601,57 @@ def run_plan(
 ) -> list:
     """Read each folder of the plan, skip the scans ``stored`` (name -> ``ScanInfo``) already holds
     unchanged, ingest the others and hand each result to ``write(result, settings)`` (one atomic commit
-    per scan). Returns one ``IngestOutcome`` per folder, in order."""
+    per scan). Returns one ``IngestOutcome`` per folder, in order.
+
+    An om3db error in one scan stops the run (nothing of that scan is written). It is raised with
+    ``committed`` (the scans this run committed before it) and ``not_tried`` (the folders after it) set,
+    so the user knows what a rerun will skip and what is still to do."""
+    out: list = []
+    seen: dict[str, Path] = {}
+    for i, folder in enumerate(plan.folders):
+        try:
+            out.append(_run_one(plan, i, folder, stored=stored, write=write, progress=progress, seen=seen))
+        except Om3dbError as exc:
+            exc.committed = tuple(o.scan for o in out if o.status == "ingested")
+            exc.not_tried = tuple(str(f) for f in plan.folders[i + 1 :])
+            raise
+    return out
+
+
+def _run_one(plan: IngestPlan, i: int, folder: Path, *, stored, write, progress, seen: dict[str, Path]):
+    """`run_plan` for one folder: its ``IngestOutcome`` ('skipped' or 'ingested', committed by ``write``)."""
     from .results import IngestOutcome
     from .scan import read_scan
 
-    out = []
-    seen: dict[str, Path] = {}
-    for i, folder in enumerate(plan.folders):
-        t0 = time.perf_counter()
-        scan = read_scan(
-            folder,
-            frame_step=plan.config.frame_step,
-            depth_scale=plan.read.depth_scale,
-            depth="auto",
-            pose_convention=plan.read.pose_convention,
-            format=plan.read.format,
-            fused_dir=plan.fused_dir,
-            pose_scale=plan.read.pose_scale,
-        )
-        if scan.name in seen:  # (names the folder scan could not foresee: refused before writing)
-            raise ConfigError(_same_name(scan.name, seen[scan.name], folder))
-        seen[scan.name] = folder
-        if progress is not None:
-            progress(scan.name, "scans", i, len(plan.folders))
-        fingerprint = input_fingerprint(scan, plan.config)
-        old = stored.get(scan.name)
-        if (
-            not plan.force
-            and old is not None
-            and old.status == "ready"
-            and old.fingerprint == fingerprint
-            and old.settings.get("key") == plan.key
-        ):
-            out.append(IngestOutcome(scan.name, str(folder), "skipped", old.instances, 0.0))
-            continue
-        cb = None if progress is None else (lambda stage, done, total, _n=scan.name: progress(_n, stage, done, total))
-        result = ingest_scan(scan, config=plan.config, encoders=plan.encoders, sam=plan.sam, progress=cb)
-        write(result, {"key": plan.key, "ingest": result.settings, "report": dataclasses.asdict(result.report)})
-        out.append(
-            IngestOutcome(
-                scan.name, str(folder), "ingested", len(result.instances), time.perf_counter() - t0, result.report
-            )
-        )
-    return out
+    t0 = time.perf_counter()
+    scan = read_scan(
+        folder,
+        frame_step=plan.config.frame_step,
+        depth_scale=plan.read.depth_scale,
+        depth="auto",
+        pose_convention=plan.read.pose_convention,
+        format=plan.read.format,
+        fused_dir=plan.fused_dir,
+        pose_scale=plan.read.pose_scale,
+    )
+    if scan.name in seen:  # (names the folder scan could not foresee: refused before writing)
+        raise ConfigError(_same_name(scan.name, seen[scan.name], folder))
+    seen[scan.name] = folder
+    if progress is not None:
+        progress(scan.name, "scans", i, len(plan.folders))
+    fingerprint = input_fingerprint(scan, plan.config)
+    old = stored.get(scan.name)
+    if (
+        not plan.force
+        and old is not None
+        and old.status == "ready"
+        and old.fingerprint == fingerprint
+        and old.settings.get("key") == plan.key
+    ):
+        return IngestOutcome(scan.name, str(folder), "skipped", old.instances, 0.0)
+    cb = None if progress is None else (lambda stage, done, total, _n=scan.name: progress(_n, stage, done, total))
+    result = ingest_scan(scan, config=plan.config, encoders=plan.encoders, sam=plan.sam, progress=cb)
+    write(result, {"key": plan.key, "ingest": result.settings, "report": dataclasses.asdict(result.report)})
+    return IngestOutcome(
+        scan.name, str(folder), "ingested", len(result.instances), time.perf_counter() - t0, result.report
+    )

@@ -172,3 +172,28 @@ def test_editing_the_2d_masks_re_ingests_a_scan_that_reads_them(tmp_path, tiny_s
             Image.fromarray(ids).save(png)
         assert statuses() == ["ingested", "skipped"]
         assert statuses() == ["skipped", "skipped"]
+
+
+def test_a_bad_scan_in_a_multi_scan_ingest_says_what_was_committed_and_what_was_not_tried(
+    tmp_path, tiny_siglip_dir, capsys
+):
+    """Three scans, the second with a garbage pose: the ingest stops there in one Error line that says the
+    first was committed and one scan was not tried; fixed, the same command skips the first and does the rest."""
+    a, b, c = write_scans(tmp_path / "scans", scans=3, seed=6)
+    pose = sorted((b / "pose").glob("*.txt"))[0]
+    good = pose.read_text()
+    pose.write_text("hello world\n")
+    args = ["ingest", str(tmp_path / "scans"), "--db", str(tmp_path / "db"), "--siglip", str(tiny_siglip_dir)]
+    args += ["--dinov2", "none", "--frame-step", "4", "--json"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"Error: {pose}: ") and err.count("\n") == 1, err
+    assert err.endswith(
+        f" (Ingest stopped at this scan, which was not written. Committed before it: {a.name}. Not tried: 1 "
+        "scan(s) after it. Fix it, or move it away, and run the same command again: committed scans are skipped.)\n"
+    ), err
+    with om3db.connect(tmp_path / "db") as db:
+        assert [s.name for s in db.scans(include_incomplete=True)] == [a.name]
+    pose.write_text(good)
+    assert main(args) == 0
+    assert [o["status"] for o in json.loads(capsys.readouterr().out)] == ["skipped", "ingested", "ingested"]
