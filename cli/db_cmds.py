@@ -248,7 +248,7 @@ def register(app: typer.Typer) -> None:
 
         Scans without a mask file get om3db's own proposals from masks2d/<frame>.png or SAM automatic masks;
         scans without depth/ get depth rendered from their mesh."""
-        from om3db.ingest import IngestConfig
+        from om3db.ingest import IngestConfig, check_ingest_request
 
         config = IngestConfig(frame_step=frame_step, refine_masks=refine_masks, diverse=diverse)
         scans_path = local_path(scans_dir, "SCANS_DIR")
@@ -258,6 +258,7 @@ def register(app: typer.Typer) -> None:
         from om3db.captures.base import check_pose_scale
 
         check_pose_scale(pose_scale)  # a bad --pose-scale is refused before the database is created
+        check_ingest_request(scans_dir, format=capture_format, dtype=dtype, models=models)  # likewise
         if ray is not None:
             from om3db.distributed import check_ray_address
 

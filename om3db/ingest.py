@@ -189,6 +189,32 @@ def _refined(scan, masks: np.ndarray, config: IngestConfig, sam=None):
     }
 
 
+def check_ingest_request(
+    paths_or_root,
+    *,
+    format: str = "auto",
+    dtype: str | None = None,
+    models: str | None = None,  # noqa: A002
+) -> None:
+    """Refuse, before a database is created or a model loaded, an ingest whose scan paths do not exist or
+    whose format, dtype or model preset is unknown (the CLI calls this before it creates the database)."""
+    from .captures import FORMATS
+    from .embed import model_preset
+    from .errors import ScanError
+    from .hardware import resolve_dtype
+
+    roots = [paths_or_root] if isinstance(paths_or_root, (str, Path)) else list(paths_or_root)
+    for root in roots:
+        if not Path(root).exists():
+            raise ScanError(root, "folder not found", "Pass a scan folder or a folder of scans")
+    if format != "auto" and format not in FORMATS:
+        raise ConfigError(f"format must be 'auto' or one of {', '.join(FORMATS)}; got {format!r}")
+    if dtype not in (None, "auto"):
+        resolve_dtype(dtype, "auto")
+    if models is not None:
+        model_preset(models)
+
+
 def input_fingerprint(scan, config: IngestConfig) -> str:
     """What an ingest of ``scan`` with ``config`` reads, as a digest: ``Scan.fingerprint()`` plus, when the
     proposer or MOSS refinement will read 2D masks from the scan's folder, those files' names and bytes

@@ -210,3 +210,23 @@ def test_read_commands_do_not_create_a_database(tmp_path, capsys):
         assert code == 1
         assert err.strip() == f"Error: {missing}: no om3db database here. Create one by ingesting scans into it"
     assert not missing.exists()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--format", "bogus"], "format must be 'auto' or one of scannet, "),
+        (["--dtype", "int8"], "unknown dtype 'int8': use 'auto', 'float32', 'bfloat16' or 'float16'"),
+        (["--models", "huge"], "unknown model preset 'huge'; choose one of ['cpu', 'full']"),
+        (["MISSING"], "MISSING: folder not found. Pass a scan folder or a folder of scans"),
+    ],
+)
+def test_a_refused_ingest_creates_no_database(tmp_path, capsys, synth_root, options, message):
+    """Options and paths that cannot work are refused before the database folder is created (or a model loaded)."""
+    missing = str(tmp_path / "no-such-scans")
+    scans = [missing] if options == ["MISSING"] else [str(synth_root), *options]
+    db = tmp_path / "db"
+    code, _, err = run(capsys, "ingest", *scans, "--db", db)
+    assert code == 1 and err.startswith("Error: ") and err.count("\n") == 1, err
+    assert message.replace("MISSING", missing) in err, err
+    assert not db.exists()
