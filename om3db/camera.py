@@ -6,7 +6,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Intrinsics", "project"]
+__all__ = ["Intrinsics", "project", "matrix_problem"]
+
+PINHOLE_TOL = 1e-6
+"""How far K's skew and bottom row may be from 0 / 0 0 1 (relative to the focal length for the skew)."""
 
 
 @dataclass(frozen=True)
@@ -22,7 +25,8 @@ class Intrinsics:
 
     @classmethod
     def from_matrix(cls, k: np.ndarray, width: int, height: int) -> Intrinsics:
-        """From a 3x3 or 4x4 camera matrix (only ``[:3, :3]`` is used)."""
+        """From a 3x3 or 4x4 camera matrix (only ``[:3, :3]`` is used). Readers check the matrix with
+        :func:`matrix_problem` first: a skewed camera or a transposed matrix is not a plain pinhole."""
         return cls(float(k[0, 0]), float(k[1, 1]), float(k[0, 2]), float(k[1, 2]), int(width), int(height))
 
     def problem(self, margin: float = 0.5) -> str | None:
@@ -55,6 +59,31 @@ class Intrinsics:
         sx = width / self.width
         sy = height / self.height
         return Intrinsics(self.fx * sx, self.fy * sy, self.cx * sx, self.cy * sy, int(width), int(height))
+
+
+def matrix_problem(k: np.ndarray) -> str | None:
+    """What makes a 3x3 (or 4x4, ``[:3, :3]``) camera matrix other than a pinhole ``[[fx 0 cx] [0 fy cy]
+    [0 0 1]]``, naming each entry (``K[0,1] (skew) is 80``); None when it is one. A skew, a bottom row other
+    than ``0 0 1`` (a transposed matrix has ``cx cy 1`` there) or a scaled matrix would otherwise be read as
+    a plain pinhole with its fx, fy, cx, cy entries, silently wrong."""
+    k = np.asarray(k, dtype=np.float64)
+    if k.ndim != 2 or k.shape[0] < 3 or k.shape[1] < 3:
+        return f"camera matrix has shape {k.shape}, expected 3x3"
+    k = k[:3, :3]
+    scale = max(1.0, abs(k[0, 0]), abs(k[1, 1])) if np.isfinite(k[:2, :2]).all() else 1.0
+    wrong = []
+    for (i, j), want, name, tol in (
+        ((0, 1), 0.0, " (skew)", PINHOLE_TOL * scale),
+        ((1, 0), 0.0, "", PINHOLE_TOL * scale),
+        ((2, 0), 0.0, "", PINHOLE_TOL),
+        ((2, 1), 0.0, "", PINHOLE_TOL),
+        ((2, 2), 1.0, "", PINHOLE_TOL),
+    ):
+        if not abs(k[i, j] - want) <= tol:  # also catches nan
+            wrong.append(f"K[{i},{j}]{name} is {k[i, j]:.10g}, expected {want:g}")
+    if not wrong:
+        return None
+    return "camera matrix is not a pinhole [[fx 0 cx] [0 fy cy] [0 0 1]]: " + "; ".join(wrong)
 
 
 def project(

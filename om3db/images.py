@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .errors import Om3dbError, ScanError
 
-__all__ = ["MAX_IMAGE_PIXELS", "open_image"]
+__all__ = ["MAX_IMAGE_PIXELS", "open_image", "DEPTH_MODES", "depth_mode_problem"]
 
 MAX_IMAGE_PIXELS = int(os.environ.get("OM3DB_MAX_IMAGE_PIXELS", 64_000_000))
 """Largest image (width x height) om3db decodes: 64 MP, above every RGB-D camera's frames (a 48 MP
@@ -48,3 +48,17 @@ def open_image(source, *, name: str | Path | None = None, error=_default_error, 
 
 
 _BIG = "Resize it, or raise the limit with OM3DB_MAX_IMAGE_PIXELS if it is really meant"
+
+
+DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I")
+"""PIL modes of a 16-bit depth image ("I" only when the file is a PNG: PNG stores at most 16 bits)."""
+
+
+def depth_mode_problem(mode: str, fmt: str | None) -> str | None:
+    """Why an image header (PIL ``mode``, ``format``) is not 16-bit depth, or None. PIL's mode "I" is 32-bit
+    signed: from a PNG it holds 16-bit values, from a TIFF (even one named ``.png``) anything, negative too."""
+    if mode not in DEPTH_MODES:
+        return f"depth is not 16-bit (PIL mode {mode})"
+    if mode == "I" and fmt != "PNG":
+        return f"depth is a {fmt or 'non-PNG'} image of 32-bit integers (PIL mode I), not a 16-bit PNG"
+    return None

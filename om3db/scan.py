@@ -16,8 +16,9 @@ from typing import Literal
 
 import numpy as np
 
-from .camera import Intrinsics
+from .camera import Intrinsics, matrix_problem
 from .errors import ConfigError, ScanError
+from .images import depth_mode_problem
 from .masks import find_mask_file, load_masks
 
 __all__ = ["Frame", "SkippedFrame", "Scan", "read_scan", "PoseConvention", "DepthSource"]
@@ -80,13 +81,20 @@ class Frame:
             return self.depth_renderer(self)
         if self.depth_loader is not None:
             return self.depth_loader()
-        img = _open_image(self.depth_path)
-        try:
-            raw = np.asarray(img)
-        except OSError as exc:
-            raise ScanError(self.depth_path, f"image is truncated or corrupt ({exc})", _REEXPORT) from exc
+        with _open_image(self.depth_path) as img:
+            problem = depth_mode_problem(img.mode, img.format)
+            if problem is not None:  # the file changed since the scan was read
+                raise ScanError(self.depth_path, problem, _DEPTH_FIX)
+            try:
+                raw = np.asarray(img)
+            except OSError as exc:
+                raise ScanError(self.depth_path, f"image is truncated or corrupt ({exc})", _REEXPORT) from exc
         if raw.dtype not in (np.uint16, np.int32, np.uint32, np.int16):
             raise ScanError(self.depth_path, f"depth is not 16-bit (dtype {raw.dtype})", _DEPTH_FIX)
+        if raw.dtype != np.uint16 and raw.size and (raw.min() < 0 or raw.max() > 65535):
+            raise ScanError(
+                self.depth_path, f"depth values {raw.min()}..{raw.max()} are outside 16 bits (0..65535)", _DEPTH_FIX
+            )
         return raw.astype(np.float32) / np.float32(self.depth_scale)
 
 
@@ -212,6 +220,19 @@ def _check_intrinsics(intr: Intrinsics, path: Path, which: str) -> None:
         raise ScanError(path, f"implausible {which} camera: {problem}", "Fix the camera intrinsics")
 
 
+def _read_camera_matrix(path: Path) -> np.ndarray:
+    k = _read_matrix(path, "intrinsic matrix")
+    problem = matrix_problem(k)
+    if problem is not None:
+        raise ScanError(
+            path,
+            problem,
+            "Write the camera as 4 rows: fx 0 cx 0 / 0 fy cy 0 / 0 0 1 0 / 0 0 0 1 (om3db reads a pinhole camera "
+            "without skew)",
+        )
+    return k
+
+
 def _index_frames(folder: Path, exts: tuple[str, ...]) -> dict[int, Path]:
     if not folder.is_dir():
         raise ScanError(folder, "folder is missing", "A scan needs color/, depth/, pose/ and intrinsic/ folders")
@@ -219,11 +240,33 @@ def _index_frames(folder: Path, exts: tuple[str, ...]) -> dict[int, Path]:
     for p in folder.iterdir():
         if p.suffix.lower() not in exts or not _INT_STEM.match(p.stem):
             continue
-        fid = int(p.stem)
-        if fid in found:
-            raise ScanError(p, f"frame id {fid} appears twice (also {found[fid].name})", "Keep one file per frame id")
-        found[fid] = p
+        add_frame(found, p.stem, p)
     return found
+
+
+MAX_FRAME_ID = 2**31 - 1
+"""The largest frame id om3db stores (a view's frame id is an int32 in the database)."""
+
+
+def frame_id_of(digits: str, path: Path | str) -> int:
+    """The frame id written as ``digits`` in the name of ``path``; ScanError when it is above
+    :data:`MAX_FRAME_ID` (found while the scan is read, not after all the work when it is stored)."""
+    fid = int(digits)
+    if fid > MAX_FRAME_ID:
+        raise ScanError(
+            path,
+            f"frame id {digits} is larger than om3db's limit of {MAX_FRAME_ID} (2^31-1)",
+            "Renumber the frames (a frame's id is the integer in its file name)",
+        )
+    return fid
+
+
+def add_frame(found: dict, digits: str, path: Path) -> None:
+    """Index ``path`` under its frame id; the same id twice (``5.png`` and ``005.png``) is a ScanError."""
+    fid = frame_id_of(digits, path)
+    if fid in found:
+        raise ScanError(path, f"frame id {fid} appears twice (also {found[fid].name})", "Keep one file per frame id")
+    found[fid] = path
 
 
 def _read_matrix(path: Path, what: str) -> np.ndarray:
@@ -292,9 +335,9 @@ def _read_ply(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return pts, cols
 
 
-def _image_size(path: Path) -> tuple[int, int, str]:
-    img = _open_image(path)
-    return img.size[0], img.size[1], img.mode
+def _image_size(path: Path) -> tuple[int, int, str, str | None]:
+    with _open_image(path) as img:
+        return img.size[0], img.size[1], img.mode, img.format
 
 
 def read_scan(
@@ -432,9 +475,9 @@ def _read_scannet(
             "colour intrinsics are missing",
             "Write the 4x4 colour camera matrix there (only [:3,:3] is used)",
         )
-    k_color = _read_matrix(intr_path, "intrinsic matrix")
+    k_color = _read_camera_matrix(intr_path)
     k_depth_path = root / "intrinsic" / "intrinsic_depth.txt"
-    k_depth = _read_matrix(k_depth_path, "intrinsic matrix") if k_depth_path.is_file() else None
+    k_depth = _read_camera_matrix(k_depth_path) if k_depth_path.is_file() else None
 
     colors = _index_frames(root / "color", COLOR_EXTS)
     has_depth_dir = (root / "depth").is_dir()
@@ -455,13 +498,14 @@ def _read_scannet(
     check_ids = ids if check_all_images else ids[:1]
     c_size = d_size = None
     for fid in check_ids:
-        cw, ch, _ = _image_size(colors[fid])
+        cw, ch, _, _ = _image_size(colors[fid])
         if render and not depths:
-            dw, dh, dmode = max(cw // 2, 1), max(ch // 2, 1), "I;16"
+            dw, dh, dmode, dfmt = max(cw // 2, 1), max(ch // 2, 1), "I;16", "PNG"
         else:
-            dw, dh, dmode = _image_size(depths[fid])
-        if dmode not in ("I;16", "I;16B", "I;16L", "I"):
-            raise ScanError(depths[fid], f"depth is not 16-bit (PIL mode {dmode})", _DEPTH_FIX)
+            dw, dh, dmode, dfmt = _image_size(depths[fid])
+        problem = depth_mode_problem(dmode, dfmt)
+        if problem is not None:
+            raise ScanError(depths[fid], problem, _DEPTH_FIX)
         if c_size is None:
             c_size, d_size = (cw, ch), (dw, dh)
         elif (cw, ch) != c_size:

@@ -144,3 +144,238 @@ def test_convert_refuses_to_report_a_folder_that_does_not_read_back(scan_dir, tm
         "Report this as an om3db bug, with the capture"
     )
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.converting-*"))
+
+
+# -- shared capture fixtures ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small_scan(tmp_path_factory, tiny_scan_path) -> Path:
+    """The tiny synthetic scan cut to 4 frames."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("small") / "synth"
+    shutil.copytree(tiny_scan_path, root, ignore=shutil.ignore_patterns("*_masks.pt", "masks2d"))
+    for sub in ("color", "depth", "pose"):
+        for p in (root / sub).iterdir():
+            if int(p.stem) >= 4:
+                p.unlink()
+    return root
+
+
+@pytest.fixture()
+def r3d(small_scan, tmp_path) -> Path:
+    from tests.test_captures import write_record3d
+
+    return write_record3d(small_scan, tmp_path / "rec.r3d")
+
+
+def _edit_r3d_meta(path: Path, fn=None, raw: bytes | None = None) -> Path:
+    import json
+    import zipfile
+
+    with zipfile.ZipFile(path) as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    if raw is None:
+        meta = json.loads(members["metadata"])
+        fn(meta)
+        raw = json.dumps(meta).encode()
+    members["metadata"] = raw
+    with zipfile.ZipFile(path, "w") as z:
+        for n, data in members.items():
+            z.writestr(n, data)
+    return path
+
+
+# -- 4. intrinsics that are not a plain pinhole K -----------------------------------------------------------
+
+
+def test_intrinsics_with_skew_and_a_scaled_bottom_row(scan_dir: Path) -> None:
+    path = scan_dir / "intrinsic" / "intrinsic_color.txt"
+    path.write_text("292.5 80.0 160.9 0\n0 291.3 119.9 0\n0 0 7 0\n0 0 0 1\n")
+    with pytest.raises(ScanError) as err:
+        read_scan(scan_dir)
+    assert str(err.value) == (
+        f"{path}: camera matrix is not a pinhole [[fx 0 cx] [0 fy cy] [0 0 1]]: K[0,1] (skew) is 80, expected 0; "
+        "K[2,2] is 7, expected 1. Write the camera as 4 rows: fx 0 cx 0 / 0 fy cy 0 / 0 0 1 0 / 0 0 0 1 (om3db "
+        "reads a pinhole camera without skew)"
+    )
+
+
+def test_transposed_depth_intrinsics(scan_dir: Path) -> None:
+    path = scan_dir / "intrinsic" / "intrinsic_depth.txt"
+    path.write_text("30 0 0 0\n0 32 0 0\n19.5 14.5 1 0\n0 0 0 1\n")
+    with pytest.raises(ScanError, match=r"intrinsic_depth.txt: camera matrix is not a pinhole .*K\[2,0\] is 19.5"):
+        read_scan(scan_dir)
+
+
+def test_record3d_k_written_row_major(r3d: Path) -> None:
+    def row_major(meta):
+        k = meta["K"]  # column-major: [fx 0 0 0 fy 0 cx cy 1]
+        meta["K"] = [k[0], k[3], k[6], k[1], k[4], k[7], k[2], k[5], k[8]]
+
+    _edit_r3d_meta(r3d, row_major)
+    with pytest.raises(ScanError) as err:
+        read_scan(r3d)
+    msg = str(err.value)
+    assert msg.startswith(
+        f"{r3d}/metadata: K: camera matrix is not a pinhole [[fx 0 cx] [0 fy cy] [0 0 1]]: K[2,0] is "
+    )
+    assert "K may be transposed: cx, cy are in its bottom row (K must be column-major). Re-export" in msg
+
+
+# -- 5. depth that is not a 16-bit PNG ------------------------------------------------------------------------
+
+
+def test_int32_tiff_named_png_is_refused_as_depth(scan_dir: Path) -> None:
+    path = scan_dir / "depth" / "1.png"
+    Image.fromarray(np.full((30, 40), -2000, np.int32)).save(path, format="TIFF")
+    with pytest.raises(ScanError) as err:
+        read_scan(scan_dir)
+    assert str(err.value) == (
+        f"{path}: depth is a TIFF image of 32-bit integers (PIL mode I), not a 16-bit PNG. "
+        "Depth must be a single-channel 16-bit PNG (mode I;16) holding depth_scale units per metre"
+    )
+
+
+def test_depth_replaced_after_reading_is_refused_when_decoded(scan_dir: Path) -> None:
+    scan = read_scan(scan_dir)
+    path = scan_dir / "depth" / "2.png"
+    Image.fromarray(np.full((30, 40), -2000, np.int32)).save(path, format="TIFF")
+    with pytest.raises(ScanError, match=r"2.png: depth is a TIFF image of 32-bit integers"):
+        scan.frame(2).depth()
+
+
+def test_capture_depth_int32_tiff_is_refused(small_scan, tmp_path) -> None:
+    from tests.test_captures import write_nerfstudio
+
+    ns = write_nerfstudio(small_scan, tmp_path / "ns")
+    first = ns / "depth" / "frame_00000.png"
+    Image.fromarray(np.full((120, 160), 7, np.int32)).save(first, format="TIFF")
+    with pytest.raises(ScanError) as err:
+        read_scan(ns)
+    assert err.value.path == first
+    assert "depth is a TIFF image of 32-bit integers (PIL mode I), not a 16-bit PNG: its units are unknown" in str(
+        err.value
+    )
+
+
+# -- 7. frame ids beyond int32 ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("big", ["3000000000", "100000000000000000000000"])
+def test_frame_id_above_int32_is_refused_while_reading(scan_dir: Path, big: str) -> None:
+    for sub, ext in (("color", "png"), ("depth", "png"), ("pose", "txt")):
+        (scan_dir / sub / f"3.{ext}").rename(scan_dir / sub / f"{big}.{ext}")
+    with pytest.raises(ScanError) as err:
+        read_scan(scan_dir)
+    assert str(err.value).endswith(
+        f"{big}.png: frame id {big} is larger than om3db's limit of 2147483647 (2^31-1). "
+        "Renumber the frames (a frame's id is the integer in its file name)"
+    )
+
+
+def test_nerfstudio_timestamp_names_fall_back_to_positions() -> None:
+    from om3db.captures.base import trailing_ids
+
+    assert trailing_ids(["a/frame_3.png", "a/frame_7.png"]) == [3, 7]
+    assert trailing_ids(["a/1690000000123.png", "a/1690000000456.png"]) is None  # ids = positions
+
+
+def test_scanner3d_duplicate_frame_ids(small_scan, tmp_path) -> None:
+    from tests.test_captures import write_scanner3d
+
+    cap = write_scanner3d(small_scan, tmp_path / "s3d")
+    (cap / "frame_1.json").write_bytes((cap / "frame_00001.json").read_bytes())
+    with pytest.raises(ScanError, match=r"frame_0*1\.json: frame id 1 appears twice \(also frame_0*1\.json\)"):
+        read_scan(cap)
+
+
+# -- 10. Record3D metadata and archive members -------------------------------------------------------------
+
+
+def test_record3d_metadata_not_an_object(r3d: Path) -> None:
+    _edit_r3d_meta(r3d, raw=b'"K w h dw dh poses"')
+    with pytest.raises(ScanError) as err:
+        read_scan(r3d)
+    assert str(err.value) == (
+        f"{r3d}/metadata: is a JSON str, not an object with K, w, h, dw, dh, poses. "
+        "Re-export the recording from Record3D (Share > Export > .r3d)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("edit", "problem"),
+    [
+        (lambda m: m.__setitem__("K", ["a"] * 9), "K is not a numeric matrix (['a', 'a', 'a', 'a', 'a'"),
+        (
+            lambda m: m.__setitem__("K", [[1, 2, 3], [4, 5], [6]]),
+            "K is not a numeric matrix ([[1, 2, 3], [4, 5], [6]])",
+        ),
+        (lambda m: m.__setitem__("K", [1.0] * 8), "K has 8 numbers, expected 3x3"),
+        (lambda m: m["poses"].__setitem__(1, ["x"] * 7), "poses[1] (qx qy qz qw tx ty tz) is not a numeric matrix"),
+        (lambda m: m["poses"].__setitem__(1, [0, 0, 0, 1, 0, 0]), "poses[1] (qx qy qz qw tx ty tz) has 6 numbers"),
+        (lambda m: m.__setitem__("w", "wide"), "w is not a number ('wide')"),
+        (lambda m: m.__setitem__("h", 10**400), "h is not a number (1000000000"),
+        (lambda m: m.__setitem__("dw", 2.5), "dw is not a whole number of pixels >= 1 (2.5)"),
+    ],
+)
+def test_record3d_metadata_values(r3d: Path, edit, problem: str) -> None:
+    _edit_r3d_meta(r3d, edit)
+    with pytest.raises(ScanError) as err:
+        read_scan(r3d)
+    assert str(err.value).startswith(f"{r3d}/metadata: {problem}")
+
+
+def _patch_member_header(path: Path, member: bytes, field: str, value: int) -> None:
+    import struct
+
+    b = bytearray(path.read_bytes())
+    # (signature, flag offset, compression offset, name length offset, name offset): local and central headers
+    for sig, off_flag, off_method, off_nlen, off_name in (
+        (b"PK\x03\x04", 6, 8, 26, 30),
+        (b"PK\x01\x02", 8, 10, 28, 46),
+    ):
+        i = 0
+        while (i := b.find(sig, i)) >= 0:
+            n = struct.unpack_from("<H", b, i + off_nlen)[0]
+            if bytes(b[i + off_name : i + off_name + n]) == member:
+                off = off_flag if field == "flag" else off_method
+                old = struct.unpack_from("<H", b, i + off)[0]
+                struct.pack_into("<H", b, i + off, old | value if field == "flag" else value)
+            i += 4
+    path.write_bytes(bytes(b))
+
+
+def test_record3d_encrypted_member(r3d: Path) -> None:
+    _patch_member_header(r3d, b"rgbd/2.depth", "flag", 1)
+    with pytest.raises(ScanError) as err:
+        read_scan(r3d)
+    assert str(err.value).startswith(f"{r3d}/rgbd/2.depth: cannot be read from the archive (File 'rgbd/2.depth' is")
+    assert "encrypted" in str(err.value)
+
+
+def test_record3d_unsupported_compression(r3d: Path) -> None:
+    _patch_member_header(r3d, b"metadata", "method", 99)
+    with pytest.raises(ScanError) as err:
+        read_scan(r3d)
+    assert str(err.value).startswith(f"{r3d}/metadata: cannot be read from the archive (")
+
+
+# -- 14. a format forced on a folder that is not one ---------------------------------------------------------
+
+
+def test_scanner3d_forced_on_a_scannet_folder(scan_dir: Path) -> None:
+    with pytest.raises(ScanError) as err:
+        read_scan(scan_dir, format="scanner3d")
+    assert str(err.value) == (
+        f"{scan_dir}: no frame_<i>.json files: not a 3D Scanner App 'All Data' export. "
+        "Export the scan from 3D Scanner App with 'All Data'"
+    )
+
+
+def test_check_sizes_without_frames_raises_not_asserts() -> None:
+    from om3db.captures.base import check_sizes
+
+    with pytest.raises(ScanError, match="the capture has no frames"):
+        check_sizes([], True, depth_fix="")

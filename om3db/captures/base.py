@@ -19,6 +19,7 @@ import numpy as np
 
 from ..camera import Intrinsics
 from ..errors import ScanError
+from ..images import DEPTH_MODES, depth_mode_problem  # noqa: F401 - DEPTH_MODES re-exported
 
 __all__ = [
     "Capture",
@@ -124,25 +125,67 @@ def read_json(path: Path, fix: str):
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise ScanError(path, f"is not valid JSON ({exc})", fix) from exc
+    except RecursionError as exc:
+        raise ScanError(path, "is not valid JSON (nested too deeply to parse)", fix) from exc
+
+
+def _short(value, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def number(value, path: Path, what: str, fix: str) -> float:
-    """``value`` as a finite float, or ScanError naming ``what``."""
+    """``value`` as a finite float, or ScanError naming ``what`` (a string, a boolean, NaN, inf, or an
+    integer too large for a float is refused)."""
+    if isinstance(value, (bool, str, bytes)) or value is None:
+        raise ScanError(path, f"{what} is not a number ({_short(value)})", fix)
     try:
         out = float(value)
-    except (TypeError, ValueError) as exc:
-        raise ScanError(path, f"{what} is not a number ({value!r})", fix) from exc
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ScanError(path, f"{what} is not a number ({_short(value)})", fix) from exc
     if not np.isfinite(out):
-        raise ScanError(path, f"{what} is not finite ({value!r})", fix)
+        raise ScanError(path, f"{what} is not finite ({_short(value)})", fix)
     return out
 
 
+def camera_matrix(value, path: Path, what: str, fix: str, *, column_major: bool = False) -> np.ndarray:
+    """A 3x3 pinhole K from nine numbers (row-major, or ``column_major``), or ScanError naming the entry
+    that makes it something else (skew, a bottom row other than 0 0 1: transposed?)."""
+    from ..camera import matrix_problem
+
+    k = matrix(value, (3, 3), path, what, fix)
+    if column_major:
+        k = k.T
+    problem = matrix_problem(k)
+    if problem is not None:
+        if k[2, 0] != 0 and k[2, 1] != 0 and k[0, 2] == 0 and k[1, 2] == 0:
+            order = "column-major" if column_major else "row-major"
+            problem += f". K may be transposed: cx, cy are in its bottom row ({what} must be {order})"
+        raise ScanError(path, f"{what}: {problem}", fix)
+    return k
+
+
+def _numbers_only(value) -> bool:
+    """True when ``value`` is a number or (nested) lists of numbers: no strings, booleans, dicts or None
+    (numpy would read "1.5" and true as numbers)."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, (list, tuple)):
+            stack.extend(v)
+        elif isinstance(v, bool) or not isinstance(v, (int, float, np.number)):
+            return False
+    return True
+
+
 def matrix(value, shape: tuple[int, ...], path: Path, what: str, fix: str) -> np.ndarray:
-    """``value`` (nested lists or a flat list) as a float64 array of ``shape``, or ScanError."""
+    """``value`` (nested lists or a flat list of numbers) as a float64 array of ``shape``, or ScanError."""
     try:
+        if not _numbers_only(value):
+            raise TypeError(f"{what} holds something other than numbers")
         arr = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise ScanError(path, f"{what} is not a numeric matrix", fix) from exc
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ScanError(path, f"{what} is not a numeric matrix ({_short(value)})", fix) from exc
     if arr.size != int(np.prod(shape)):
         raise ScanError(path, f"{what} has {arr.size} numbers, expected {'x'.join(map(str, shape))}", fix)
     return arr.reshape(shape)
@@ -188,11 +231,14 @@ def rigid(rotation: np.ndarray, translation) -> np.ndarray:
 
 
 def trailing_ids(names: Iterable[str]) -> list[int] | None:
-    """The integer at the end of each file stem when every stem has one and they are all distinct, else None."""
+    """The integer at the end of each file stem when every stem has one, they are all distinct and none is
+    above the largest frame id om3db stores (2^31-1: timestamps in names), else None."""
+    from ..scan import MAX_FRAME_ID
+
     ids = []
     for n in names:
         m = _TRAILING_INT.search(Path(n).stem)
-        if m is None:
+        if m is None or int(m.group(1)) > MAX_FRAME_ID:
             return None
         ids.append(int(m.group(1)))
     return ids if len(set(ids)) == len(ids) else None
@@ -220,13 +266,14 @@ class Digest:
 
 def image_size(path: Path) -> tuple[int, int, str]:
     """(width, height, PIL mode) from the header (through om3db's image size guard), or ScanError naming the file."""
+    return _image_header(path)[:3]
+
+
+def _image_header(path: Path) -> tuple[int, int, str, str | None]:
     from ..images import open_image
 
     with open_image(path, fix="Re-export the capture") as img:
-        return img.size[0], img.size[1], img.mode
-
-
-DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I")
+        return img.size[0], img.size[1], img.mode, img.format
 
 
 def check_sizes(
@@ -252,9 +299,10 @@ def check_sizes(
             )
         if dpath is None:
             continue
-        dw, dh, mode = image_size(dpath)
-        if mode not in DEPTH_MODES:
-            raise ScanError(dpath, f"depth is not 16-bit (PIL mode {mode}): its units are unknown", depth_fix)
+        dw, dh, mode, fmt = _image_header(dpath)
+        problem = depth_mode_problem(mode, fmt)
+        if problem is not None:
+            raise ScanError(dpath, f"{problem}: its units are unknown", depth_fix)
         if d_size is None:
             d_size = (dw, dh)
         elif (dw, dh) != d_size:
@@ -263,7 +311,8 @@ def check_sizes(
                 f"depth size {dw}x{dh} differs from the first frame's {d_size[0]}x{d_size[1]}",
                 "All depth frames must share one resolution",
             )
-    assert c_size is not None  # callers pass at least one frame
+    if c_size is None:  # readers refuse a capture without frames first; never assert on user input
+        raise ScanError(".", "the capture has no frames", "Check the capture folder")
     return c_size, d_size
 
 

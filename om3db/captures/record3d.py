@@ -14,6 +14,7 @@ import io
 import json
 import re
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,9 @@ from .base import (
     Capture,
     Digest,
     ReadOptions,
+    camera_matrix,
     drop_low_confidence,
+    matrix,
     number,
     quaternion_to_matrix,
     rigid,
@@ -85,7 +88,8 @@ class _Archive:
     def read(self, member: str) -> bytes:
         try:
             return self.zip.read(member)
-        except (KeyError, zipfile.BadZipFile, OSError, EOFError) as exc:
+        # RuntimeError: an encrypted member; NotImplementedError: a compression method zipfile lacks
+        except (KeyError, zipfile.BadZipFile, OSError, EOFError, RuntimeError, NotImplementedError, zlib.error) as exc:
             raise ScanError(f"{self.path}/{member}", f"cannot be read from the archive ({exc})", _FIX) from exc
 
 
@@ -97,31 +101,38 @@ def _open_member(arc: _Archive, member: str):
 
 
 def read(path: Path, options: ReadOptions) -> Capture:
-    from ..scan import Frame
+    from ..scan import Frame, frame_id_of
 
     arc = _Archive(path)
     if "metadata" not in arc.names:
         raise ScanError(path, "archive has no metadata entry", _FIX)
     where = f"{path}/metadata"
+    raw_meta = arc.read("metadata")
     try:
-        meta = json.loads(arc.read("metadata"))
+        meta = json.loads(raw_meta)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ScanError(where, f"is not valid JSON ({exc})", _FIX) from exc
+    except RecursionError as exc:
+        raise ScanError(where, "is not valid JSON (nested too deeply to parse)", _FIX) from exc
+    if not isinstance(meta, dict):
+        raise ScanError(where, f"is a JSON {type(meta).__name__}, not an object with K, w, h, dw, dh, poses", _FIX)
     missing = [k for k in ("K", "w", "h", "dw", "dh", "poses") if k not in meta]
     if missing:
         raise ScanError(where, f"lacks {', '.join(missing)}", _FIX)
-    w, h, dw, dh = (int(number(meta[k], Path(where), k, _FIX)) for k in ("w", "h", "dw", "dh"))
-    k = np.asarray(meta["K"], dtype=np.float64)
-    if k.size != 9:
-        raise ScanError(where, f"K has {k.size} numbers, expected 9 (3x3 column-major)", _FIX)
-    k = k.reshape(3, 3).T  # column-major
+    w, h, dw, dh = (_size(meta[k], Path(where), k) for k in ("w", "h", "dw", "dh"))
+    k = camera_matrix(meta["K"], Path(where), "K", _FIX, column_major=True)
     color = Intrinsics.from_matrix(k, w, h)
 
     files: dict[int, dict[str, str]] = {}
-    for name in arc.names:
+    for name in sorted(arc.names):
         m = _MEMBER.match(name)
         if m:
-            files.setdefault(int(m.group(1)), {})[m.group(2)] = name
+            kind = files.setdefault(frame_id_of(m.group(1), f"{path}/{name}"), {})
+            if m.group(2) in kind:
+                raise ScanError(
+                    f"{path}/{name}", f"frame {int(m.group(1))} appears twice (also {kind[m.group(2)]})", _FIX
+                )
+            kind[m.group(2)] = name
     ids = sorted(files)
     if not ids:
         raise ScanError(path, "archive has no rgbd/<i>.jpg frames", _FIX)
@@ -140,7 +151,7 @@ def read(path: Path, options: ReadOptions) -> Capture:
             raise ScanError(f"{path}/rgbd/{fid}.{lacking[0]}", "missing from the archive", _FIX)
 
     digest = Digest(NAME)
-    digest.text(f"metadata:{arc.read('metadata').hex()}:conf{options.min_confidence}")
+    digest.text(f"metadata:{raw_meta.hex()}:conf{options.min_confidence}")
     for info in sorted(arc.zip.infolist(), key=lambda i: i.filename):
         digest.text(f"{info.filename}:{info.file_size}:{info.CRC}")
 
@@ -167,9 +178,7 @@ def read(path: Path, options: ReadOptions) -> Capture:
 
     frames = []
     for fid in ids:
-        pq = np.asarray(poses[fid], dtype=np.float64)
-        if pq.shape != (7,):
-            raise ScanError(where, f"poses[{fid}] has {pq.size} numbers, expected 7 (qx qy qz qw tx ty tz)", _FIX)
+        pq = matrix(poses[fid], (7,), Path(where), f"poses[{fid}] (qx qy qz qw tx ty tz)", _FIX)
         c2w = rigid(quaternion_to_matrix(pq[:4], Path(where), f"poses[{fid}]"), pq[4:]) @ GL_TO_CV
         f = files[fid]
         frames.append(
@@ -204,6 +213,14 @@ def read(path: Path, options: ReadOptions) -> Capture:
             "up_source": "ARKit world frame (gravity-aligned, y up)",
         },
     )
+
+
+def _size(value, where: Path, what: str) -> int:
+    """An image dimension of the metadata: a whole number of pixels, 1 .. 2^31-1."""
+    v = number(value, where, what, _FIX)
+    if v != int(v) or not 1 <= v <= 2**31 - 1:
+        raise ScanError(where, f"{what} is not a whole number of pixels >= 1 ({value!r})", _FIX)
+    return int(v)
 
 
 def _validate(arc: _Archive, frames, files: dict, color: Intrinsics, options: ReadOptions) -> None:

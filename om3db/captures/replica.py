@@ -59,15 +59,15 @@ def _camera(path: Path, c_size: tuple[int, int]) -> tuple[dict, str, Path | None
 
 
 def read(path: Path, options: ReadOptions) -> Capture:
-    from ..scan import Frame
+    from ..scan import Frame, add_frame
 
     results = path / "results"
     colors, depths = {}, {}
     for p in results.iterdir() if results.is_dir() else ():
         if m := _COLOR.match(p.name):
-            colors[int(m.group(1))] = p
+            add_frame(colors, m.group(1), p)
         elif m := _DEPTH.match(p.name):
-            depths[int(m.group(1))] = p
+            add_frame(depths, m.group(1), p)
     if not colors:
         raise ScanError(results, "no frame<i>.jpg images", _FIX)
     if set(depths) != set(colors):

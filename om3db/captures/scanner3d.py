@@ -19,7 +19,7 @@ import numpy as np
 
 from ..camera import Intrinsics
 from ..errors import ScanError
-from .base import ARKIT_UP, GL_TO_CV, Capture, Digest, ReadOptions, check_sizes, matrix, read_json
+from .base import ARKIT_UP, GL_TO_CV, Capture, Digest, ReadOptions, camera_matrix, check_sizes, matrix, read_json
 
 NAME = "scanner3d"
 NEEDS = "frame_<i>.jpg with frame_<i>.json (intrinsics, cameraPoseARFrame) and the mesh"
@@ -56,10 +56,15 @@ def _mesh(path: Path) -> tuple[Path | None, Path | None]:
 
 
 def read(path: Path, options: ReadOptions) -> Capture:
-    from ..scan import Frame
+    from ..scan import Frame, add_frame
 
-    jsons = {int(m.group(1)): p for p in path.glob("frame_*.json") if (m := _JSON.match(p.name))}
+    jsons: dict[int, Path] = {}
+    for p in path.glob("frame_*.json") if path.is_dir() else ():
+        if m := _JSON.match(p.name):
+            add_frame(jsons, m.group(1), p)
     ids = sorted(jsons)
+    if not ids:
+        raise ScanError(path, "no frame_<i>.json files: not a 3D Scanner App 'All Data' export", _FIX)
     digest = Digest(NAME)
     entries, first_k = [], None
     for i in ids:
@@ -67,7 +72,7 @@ def read(path: Path, options: ReadOptions) -> Capture:
         meta = read_json(jp, _FIX)
         if not isinstance(meta, dict) or "intrinsics" not in meta or "cameraPoseARFrame" not in meta:
             raise ScanError(jp, "lacks intrinsics or cameraPoseARFrame", _FIX)
-        k = matrix(meta["intrinsics"], (3, 3), jp, "intrinsics", _FIX)
+        k = camera_matrix(meta["intrinsics"], jp, "intrinsics", _FIX)
         if first_k is None:
             first_k = (jp, k)
         elif np.abs(k - first_k[1]).max() > INTRINSICS_TOL:

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..camera import Intrinsics
 from ..errors import ScanError
-from .base import Capture, Digest, ReadOptions, check_sizes, matrix, read_json
+from .base import Capture, Digest, ReadOptions, camera_matrix, check_sizes, matrix, read_json
 
 NAME = "scannetpp"
 NEEDS = "iphone/pose_intrinsic_imu.json with rgb/ and depth/ (or the iphone/ folder itself)"
@@ -50,10 +50,12 @@ def read(path: Path, options: ReadOptions) -> Capture:
     meta = read_json(jpath, "Download pose_intrinsic_imu.json again")
     if not isinstance(meta, dict):
         raise ScanError(jpath, "is not a frame -> pose / intrinsic mapping", "Download it again")
+    from ..scan import add_frame
+
     colors = {}
     for p in (ip / "rgb").iterdir():
         if m := _FRAME.match(p.name):
-            colors[int(m.group(1))] = p
+            add_frame(colors, m.group(1), p)
     if not colors:
         raise ScanError(ip / "rgb", "no frame_<i>.jpg images", _FIX)
     ids = sorted(colors)
@@ -74,7 +76,7 @@ def read(path: Path, options: ReadOptions) -> Capture:
         entry = meta[stem]
         if not isinstance(entry, dict) or key not in entry or "intrinsic" not in entry:
             raise ScanError(jpath, f"{stem} lacks {key} or intrinsic", "Download it again")
-        k = matrix(entry["intrinsic"], (3, 3), jpath, f"{stem} intrinsic", "Download it again")
+        k = camera_matrix(entry["intrinsic"], jpath, f"{stem} intrinsic", "Download it again")
         if first_k is None:
             first_k = (stem, k)
         elif np.abs(k - first_k[1]).max() > INTRINSICS_TOL:
