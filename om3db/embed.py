@@ -275,7 +275,7 @@ class SiglipEncoder(_ImageEncoder):
         if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
             raise ConfigError("encode_texts takes a sequence of strings (wrap a single text in a list)")
         for t in texts:  # the model reads max_length tokens: a longer text would be cut without a word
-            n = len(self.tokenizer(t, truncation=False)["input_ids"])
+            n = len(self.tokenizer(t, truncation=False, verbose=False)["input_ids"])
             if n > self.max_length:
                 raise ConfigError(
                     f"the text {t[:60]!r}{'...' if len(t) > 60 else ''} is {n} tokens; the "

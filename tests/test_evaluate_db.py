@@ -85,8 +85,9 @@ def test_database_bad_inputs(tmp_path):
         ),
     ):
         evaluate_database(_db(500), {"s": _gt()}, VOCAB)
-    with pytest.raises(EvaluationError, match=re.escape("prompt template 'a photo' has no '{}' for the class name")):
-        evaluate_database(_db(), {"s": _gt()}, VOCAB, template="a photo")
+    for template in ("a photo", "{} {}", "a {x} {}", "a {} }"):  # exactly one plain {} (a lone brace is not one)
+        with pytest.raises(EvaluationError, match=re.escape(f"prompt template {template!r}: template must contain")):
+            evaluate_database(_db(), {"s": _gt()}, VOCAB, template=template)
     with pytest.raises(
         EvaluationError, match=re.escape("unknown scoring protocol 'rank'; choose one of ('constant', 'similarity')")
     ):

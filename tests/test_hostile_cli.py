@@ -521,3 +521,28 @@ def test_query_template_is_checked_for_image_queries_too(db):
     with om3db.connect(db) as database:
         with pytest.raises(ConfigError, match=r"holds \{\}, \{\}$"):
             Query(database, image=np.zeros((4, 4, 3), np.uint8), template="{} {}")
+
+
+def test_the_library_counts_tokens_without_transformers_warning(db):
+    """From Python too (no CLI filter installed): a too-long text is refused by om3db without transformers
+    logging its "Token indices sequence length" warning first."""
+    import om3db
+    from om3db.errors import ConfigError
+
+    records: list[logging.LogRecord] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            records.append(record)
+
+    logger = logging.getLogger("transformers.tokenization_utils_base")
+    filters, logger.filters = logger.filters, []  # what the CLI's main() installed, if it ran in this process
+    handler = Collect()
+    logger.addHandler(handler)
+    try:
+        with om3db.connect(db, create=False) as database, pytest.raises(ConfigError, match="reads at most 16"):
+            database.search(text="word " * 200)
+    finally:
+        logger.removeHandler(handler)
+        logger.filters = filters
+    assert [r.getMessage() for r in records if "Token indices" in r.getMessage()] == []

@@ -355,3 +355,29 @@ def test_a_foreign_page_cannot_read_the_viewer_over_its_websocket(viewer):
     at = own.find(b"(\xb5/\xfd")  # the first zstd frame
     assert at >= 0 and viewer.scan.encode() in zstd.ZstdDecompressor().decompressobj().decompress(own[at:])
     assert len(viewer.refused) == before + 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"max_points": 0}, "max_points must be an integer >= 1, got 0"),
+        ({"k": 2.5}, "k must be an integer >= 1, got 2.5"),
+        ({"port": 70000}, "port must be an integer in 0..65535, got 70000"),
+    ],
+)
+def test_viewer_config_names_the_bad_field(kwargs, message):
+    from om3db.errors import ConfigError
+    from om3db.viewer import ViewerConfig
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        ViewerConfig(**kwargs)
+
+
+@pytest.mark.parametrize("host", ["999.1.1.1", "no-such-host.invalid", "192.0.2.1"])
+def test_a_host_that_is_not_this_machines_address_names_host_not_port(host):
+    from om3db.errors import ConfigError
+    from om3db.viewer.app import check_port
+
+    with pytest.raises(ConfigError) as info:
+        check_port(host, 0)
+    assert "--host" in str(info.value) and "--port" not in str(info.value), info.value

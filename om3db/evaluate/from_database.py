@@ -15,8 +15,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ..errors import EvaluationError
-from ..query import DEFAULT_TEMPLATE
+from ..errors import ConfigError, EvaluationError
+from ..query import DEFAULT_TEMPLATE, check_template
 from .instance import InstanceAPResult, ScenePredictions, instance_ap
 from .vocabulary import Vocabulary, load_gt, load_gt_file, load_vocabulary
 
@@ -139,8 +139,10 @@ def evaluate_database(
     is called after each scene is labelled (total: scenes x aggregations).
     """
     vocab = vocabulary if isinstance(vocabulary, Vocabulary) else load_vocabulary(vocabulary)
-    if "{}" not in template:
-        raise EvaluationError(f"prompt template {template!r} has no '{{}}' for the class name")
+    try:
+        check_template(template)
+    except ConfigError as exc:
+        raise EvaluationError(f"prompt template {template!r}: {exc}") from exc
     for p in protocols:
         if p not in PROTOCOLS:
             raise EvaluationError(f"unknown scoring protocol {p!r}; choose one of {PROTOCOLS}")

@@ -47,8 +47,10 @@ class ViewerConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
             raise ConfigError(f"port must be an integer in 0..65535, got {self.port!r}")
-        if self.max_points < 1 or self.k < 1:
-            raise ConfigError("max_points and k must be >= 1")
+        for name in ("max_points", "k"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
 
 
 def check_port(host: str, port: int) -> None:
@@ -57,8 +59,16 @@ def check_port(host: str, port: int) -> None:
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
             s.bind((host, port))
     except OSError as exc:
-        reason = "is already in use" if exc.errno == errno.EADDRINUSE else f"cannot be used ({exc.strerror})"
-        raise ConfigError(f"{host}:{port} {reason}. Choose another with --port (or stop what listens there)") from exc
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(
+                f"{host}:{port} is already in use. Choose another with --port (or stop what listens there)"
+            ) from exc
+        raise ConfigError(
+            f"{host}:{port} cannot be used ({exc.strerror}). Check --host: it must be an address of this machine "
+            "(127.0.0.1, ::1, 0.0.0.0 for every interface, or one of its own addresses)"
+        ) from exc
+    except (socket.gaierror, OverflowError, UnicodeError, ValueError) as exc:  # not an address at all
+        raise ConfigError(f"{host!r} is not an address this machine can listen on ({exc}). Check --host") from exc
 
 
 class _Worker:
