@@ -89,9 +89,17 @@ def test_upgrade_refuses_a_foreign_sqlite_file_and_leaves_it_alone(tmp_path, cap
     assert str(caught.value) == message
     assert cli(capsys, "db", "upgrade", "--db", foreign) == (1, "", f"Error: {message}\n")
     assert (foreign / "om3db.sqlite").read_bytes() == before
-    # and it stays refused everywhere
-    code, _, err = cli(capsys, "scans", "--db", foreign)
-    assert code == 1 and "holds tables that are not an om3db database" in err
+    # and it stays refused everywhere, still byte for byte as it was (not even switched to WAL mode)
+    for command in (["scans"], ["search", "mug"], ["check"], ["ingest", tmp_path / "no-scans-needed"]):
+        if command[0] == "ingest":
+            (tmp_path / "no-scans-needed").mkdir()
+        code, _, err = cli(capsys, *command, "--db", foreign)
+        assert (code, err) == (
+            1,
+            f"Error: {foreign}: holds tables that are not an om3db database. Use another folder\n",
+        )
+        assert (foreign / "om3db.sqlite").read_bytes() == before
+    assert sorted(p.name for p in foreign.iterdir()) == ["om3db.sqlite", "write.lock"]
 
 
 def test_upgrade_refuses_a_sqlite_file_without_tables(tmp_path):

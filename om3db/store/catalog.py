@@ -190,6 +190,9 @@ class Store(StoreReads, StoreCheck, StoreRelations):
                 f"{sqlite}: the database file is empty (0 bytes), so it holds no scans: damaged or truncated? "
                 "Restore it from a backup, or move it away to start a new database"
             )
+        if url is None and sqlite.is_file() and _foreign_tables(sqlite):
+            self.lock.release()
+            raise StoreError(f"{self.where}: holds tables that are not an om3db database. Use another folder")
         if not self.read_only:
             try:
                 (self.root / "indexes").mkdir(exist_ok=True)
@@ -733,6 +736,22 @@ def upgrade_database(root: str | Path, *, url: str | None = None, lock_timeout: 
         return before, head_revision()
     finally:
         engine.dispose()
+
+
+def _foreign_tables(path: Path) -> bool:
+    """True when the SQLite file holds tables but no om3db schema record: looked at read-only, before
+    om3db's engine would switch the file to WAL mode. A file that cannot be read says False here (the
+    engine's own open then names the damage)."""
+    from sqlalchemy import inspect
+
+    engine = _plain_sqlite(path)
+    try:
+        names = inspect(engine).get_table_names()
+    except Exception:  # noqa: BLE001 - damage is reported by the normal open, with its repair
+        return False
+    finally:
+        engine.dispose()
+    return bool(names) and "alembic_version" not in names
 
 
 def _plain_sqlite(path: Path):
