@@ -78,9 +78,7 @@ def load_masks(path: str | Path, *, num_points: int) -> tuple[np.ndarray, np.nda
     scores = None
     try:
         if path.suffix == ".pt":
-            arr = _load_torch(path)
-            if hasattr(arr, "numpy"):
-                arr = arr.numpy()
+            arr = _tensor_to_numpy(path, _load_torch(path))
         elif path.suffix == ".npy":
             arr = np.load(path, allow_pickle=False)
         elif path.suffix == ".npz":
@@ -93,7 +91,7 @@ def load_masks(path: str | Path, *, num_points: int) -> tuple[np.ndarray, np.nda
                     )
                 arr = z[key]
                 if "scores" in keys:
-                    scores = np.asarray(z["scores"], dtype=np.float32)
+                    scores = z["scores"]
         else:
             raise MaskFileError(path, f"unknown mask file type {path.suffix!r}", "Use .pt, .npy or .npz")
     except (ValueError, SyntaxError, tokenize.TokenError) as exc:  # an object array refused, or a corrupt
@@ -105,6 +103,8 @@ def load_masks(path: str | Path, *, num_points: int) -> tuple[np.ndarray, np.nda
         ) from exc
     if not isinstance(arr, np.ndarray):
         raise MaskFileError(path, f"holds a {type(arr).__name__}, not an array", _SAVE_FIX)
+    if arr.dtype.kind not in "biuf":  # strings, structured records, complex, datetimes: not 0/1 values
+        raise MaskFileError(path, f"masks have dtype {arr.dtype}, not numbers (0/1)", _SAVE_FIX)
     if arr.ndim == 1:
         arr = arr[:, None]
     if arr.ndim != 2:
@@ -120,11 +120,53 @@ def load_masks(path: str | Path, *, num_points: int) -> tuple[np.ndarray, np.nda
         if not np.all(np.isfinite(arr)) or not np.isin(arr, (0, 1)).all():
             raise MaskFileError(path, "masks must hold only 0 and 1", _SAVE_FIX)
         arr = arr.astype(bool)
-    if scores is not None and scores.shape != (arr.shape[1],):
-        raise MaskFileError(
-            path, f"scores shape {scores.shape} does not match {arr.shape[1]} masks", "Store one score per mask"
-        )
+    if scores is not None:
+        scores = _scores(path, scores, arr.shape[1])
     return arr, scores
+
+
+def _scores(path: Path, raw: np.ndarray, num_masks: int) -> np.ndarray:
+    """(M,) float32 finite proposal scores, or MaskFileError (a NaN score cannot be stored or ranked)."""
+    fix = "Store one finite score per mask under 'scores'"
+    if raw.dtype.kind not in "biuf":
+        raise MaskFileError(path, f"scores have dtype {raw.dtype}, not numbers", fix)
+    if raw.shape != (num_masks,):
+        raise MaskFileError(
+            path, f"scores shape {raw.shape} does not match {num_masks} masks", "Store one score per mask"
+        )
+    with np.errstate(over="ignore"):
+        scores = raw.astype(np.float32)
+    bad = np.flatnonzero(~np.isfinite(scores))
+    if bad.size:
+        raise MaskFileError(
+            path,
+            f"scores must be finite: {bad.size} of {num_masks} are nan or inf (or beyond float32), "
+            f"e.g. scores[{bad[0]}] = {raw[bad[0]]}",
+            fix,
+        )
+    return scores
+
+
+def _tensor_to_numpy(path: Path, obj):
+    """A loaded torch tensor as a numpy array (detached, dense, bf16 as float32); anything else unchanged."""
+    import torch
+
+    if not isinstance(obj, torch.Tensor):
+        return obj
+    if obj.is_meta:
+        raise MaskFileError(path, "holds a meta tensor (a shape without data)", _SAVE_FIX)
+    try:
+        t = obj.detach()
+        if t.layout != torch.strided:  # sparse COO / CSR
+            t = t.to_dense()
+        if t.is_quantized or t.is_complex():
+            raise MaskFileError(path, f"holds a {t.dtype} tensor, not 0/1 numbers", _SAVE_FIX)
+        try:
+            return t.cpu().numpy()
+        except TypeError:  # a dtype numpy lacks (bfloat16, float8): its 0/1 values are exact in float32
+            return t.float().cpu().numpy()
+    except (RuntimeError, TypeError) as exc:
+        raise MaskFileError(path, f"holds a tensor that cannot be read as an array ({exc})", _SAVE_FIX) from exc
 
 
 def save_masks(path: str | Path, masks: np.ndarray) -> None:

@@ -379,3 +379,87 @@ def test_check_sizes_without_frames_raises_not_asserts() -> None:
 
     with pytest.raises(ScanError, match="the capture has no frames"):
         check_sizes([], True, depth_fix="")
+
+
+# -- 6 and 11. mask files: non-finite scores, non-numeric dtypes, tensors numpy cannot take directly ---------------
+
+
+def _masks(n_points: int = 357, n_masks: int = 3) -> np.ndarray:
+    m = np.zeros((n_points, n_masks), bool)
+    for j in range(n_masks):
+        m[j * 10 : j * 10 + 20, j] = True
+    return m
+
+
+@pytest.mark.parametrize(
+    ("scores", "shown"), [(np.array([0.5, np.nan, 0.1]), "nan"), (np.array([np.inf, 0.5, 0.1]), "inf"),
+                          (np.array([0.5, 0.2, 1e300]), "1e+300")]
+)  # fmt: skip
+def test_non_finite_mask_scores(tmp_path: Path, scores, shown: str) -> None:
+    from om3db.masks import load_masks
+
+    path = tmp_path / "s_masks.npz"
+    np.savez(path, masks=_masks(), scores=scores)
+    bad = int(np.flatnonzero(~np.isfinite(scores.astype(np.float32)))[0])
+    with pytest.raises(ScanError) as err:
+        load_masks(path, num_points=357)
+    assert str(err.value) == (
+        f"{path}: scores must be finite: 1 of 3 are nan or inf (or beyond float32), e.g. scores[{bad}] = {shown}. "
+        "Store one finite score per mask under 'scores'"
+    )
+
+
+def test_non_numeric_scores(tmp_path: Path) -> None:
+    from om3db.errors import MaskFileError
+    from om3db.masks import load_masks
+
+    path = tmp_path / "s_masks.npz"
+    np.savez(path, masks=_masks(), scores=np.array(["0.5", "nan", "1"]))
+    with pytest.raises(MaskFileError, match=r"scores have dtype <U3, not numbers"):
+        load_masks(path, num_points=357)
+
+
+@pytest.mark.parametrize(
+    ("array", "dtype"),
+    [
+        (_masks().astype(int).astype(str), "<U21"),
+        (np.zeros((357, 2), dtype=[("a", "f4"), ("b", "i4")]), "[('a', '<f4'), ('b', '<i4')]"),
+        (_masks().astype(np.complex64), "complex64"),
+    ],
+)
+def test_mask_npy_that_is_not_numbers(tmp_path: Path, array, dtype: str) -> None:
+    from om3db.errors import MaskFileError
+    from om3db.masks import load_masks
+
+    path = tmp_path / "m_masks.npy"
+    np.save(path, array)
+    with pytest.raises(MaskFileError) as err:
+        load_masks(path, num_points=357)
+    assert str(err.value).startswith(f"{path}: masks have dtype {dtype}, not numbers (0/1). ")
+
+
+@pytest.mark.parametrize("kind", ["bf16", "grad", "sparse", "int8"])
+def test_mask_tensors_are_read(tmp_path: Path, kind: str) -> None:
+    import torch
+
+    from om3db.masks import load_masks
+
+    t = torch.from_numpy(_masks().astype(np.float32))
+    t = {"bf16": t.bfloat16(), "grad": t.requires_grad_(), "sparse": t.to_sparse(), "int8": t.to(torch.int8)}[kind]
+    path = tmp_path / "m_masks.pt"
+    torch.save(t, path)
+    masks, scores = load_masks(path, num_points=357)
+    assert masks.dtype == bool and (masks == _masks()).all() and scores is None
+
+
+def test_meta_tensor_masks_are_refused(tmp_path: Path) -> None:
+    import torch
+
+    from om3db.errors import MaskFileError
+    from om3db.masks import load_masks
+
+    path = tmp_path / "m_masks.pt"
+    torch.save(torch.empty((357, 3), device="meta"), path)
+    with pytest.raises(MaskFileError) as err:
+        load_masks(path, num_points=357)
+    assert str(err.value).startswith(f"{path}: holds a meta tensor (a shape without data). ")
