@@ -556,6 +556,26 @@ def test_instance_rows_with_impossible_geometry_are_named_by_check(capsys, db):
     assert out.count("Repair:") == 3
 
 
+def test_missing_and_stale_index_files_are_named_as_such_and_healed_by_a_writer(capsys, db):
+    """After an interrupted ingest an index file can be missing or stop before SQLite's last change: check
+    says which, and that an open that can write rebuilds and saves it (a search here), as reindex would."""
+    old = {p.name: p.read_bytes() for p in (db / "indexes").iterdir() if p.name.startswith("dinov2.instance")}
+    assert run(capsys, "rm", SCAN, "--db", db)[0] == 0
+    (db / "indexes" / "siglip.instance.faiss").unlink()
+    for name, data in old.items():  # the dinov2 index as it was before the rm: behind SQLite now
+        (db / "indexes" / name).write_bytes(data)
+    for p in (db / "indexes").iterdir():
+        if p.name.startswith("dinov2.instance") and p.name not in old:
+            p.unlink()
+    rc, out, err = run(capsys, "check", "--db", db)
+    assert rc == 1, out + err
+    assert "index siglip.instance: its file is missing (never saved" in out, out
+    assert "index dinov2.instance: its file and change log stop before the database's changes" in out, out
+    assert out.count("rebuilds and saves it") == 2 and out.count("Repair: run `om3db reindex`") == 2, out
+    assert run(capsys, "search", "chair", "--db", db)[0] == 0
+    assert run(capsys, "check", "--db", db)[0] == 0
+
+
 def test_healthy_database_checks_ok(capsys, db):
     rc, out, err = run(capsys, "check", "--db", db)
     assert rc == 0 and out.strip().endswith(": ok"), out + err

@@ -83,6 +83,31 @@ def _bad_geometry(values) -> str | None:
     return None
 
 
+def _unusable_index_file(path, generation: int) -> str:
+    """Why an index file (+ its change log) does not give the database's generation of the index."""
+    from .vectors import VectorIndex
+
+    healed = (
+        "an open that can write (the next search or ingest while no other process holds the write lock) "
+        "rebuilds and saves it; until then every open rebuilds it in memory"
+    )
+    if not path.exists():
+        return f"its file is missing (never saved, e.g. an ingest interrupted before its first save): {healed}"
+    head = VectorIndex.read_header(path)
+    if head is None:
+        return f"its file is damaged (no index header): {healed}"
+    if int(head.get("generation", -1)) > generation:
+        return f"its file is ahead of the database (generation {head.get('generation')} > {generation}): {healed}"
+    try:
+        VectorIndex.load(path, use_gpu=False)
+    except StoreError:
+        return f"its file is damaged (it does not load): {healed}"
+    return (
+        f"its file and change log stop before the database's changes (an ingest interrupted or crashed before "
+        f"saving them): {healed}"
+    )
+
+
 def _differing_ids(index: tuple[np.ndarray, np.ndarray], stored: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     """Ids whose digest differs between the index and SQLite (both hold the same ids, in any order)."""
     (a_ids, a_dig), (b_ids, b_dig) = index, stored
@@ -282,14 +307,7 @@ class StoreCheck:
             sp = SpaceIndex(row.name, row.level, self.index_path(row.name, row.level), use_gpu=False)
             index = sp.load(row.generation)
             if index is None:
-                problems.append(
-                    Problem(
-                        f"index {label}",
-                        "its file is missing, damaged or behind the database (searches rebuild it in memory "
-                        "each time the database is opened)",
-                        REINDEX,
-                    )
-                )
+                problems.append(Problem(f"index {label}", _unusable_index_file(sp.path, row.generation), REINDEX))
             elif not np.array_equal(np.sort(index.ids()), held):
                 problems.append(
                     Problem(
