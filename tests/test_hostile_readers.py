@@ -463,3 +463,60 @@ def test_meta_tensor_masks_are_refused(tmp_path: Path) -> None:
     with pytest.raises(MaskFileError) as err:
         load_masks(path, num_points=357)
     assert str(err.value).startswith(f"{path}: holds a meta tensor (a shape without data). ")
+
+
+# -- 9. nerfstudio transforms.json values of the wrong type ---------------------------------------------------
+
+_NS_FIX = "Re-export transforms.json (nerfstudio format: fl_x, fl_y, cx, cy, w, h and frames[].transform_matrix)"
+
+
+@pytest.fixture()
+def ns(small_scan, tmp_path) -> Path:
+    from tests.test_captures import write_nerfstudio
+
+    return write_nerfstudio(small_scan, tmp_path / "ns")
+
+
+def _edit_ns(ns: Path, fn) -> Path:
+    import json
+
+    path = ns / "transforms.json"
+    meta = json.loads(path.read_text())
+    fn(meta)
+    path.write_text(json.dumps(meta))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("edit", "problem", "fix"),
+    [
+        (lambda m: m["frames"][0].update(file_path=5), "frames[0].file_path is not a file path (5)", None),
+        (lambda m: m["frames"][1].update(depth_file_path=None), "frames[1].depth_file_path is not a file path (None)",
+         None),
+        (lambda m: m.update(ply_file_path=["a.ply"]), "ply_file_path is not a file path (['a.ply'])", None),
+        (lambda m: m.update(k1="none"), "k1 is not a number ('none')", _NS_FIX),
+        (lambda m: m.update(k1=float("nan")), "k1 is not finite (nan)", _NS_FIX),
+        (lambda m: m.update(p2=True), "p2 is not a number (True)", _NS_FIX),
+        (lambda m: m.update(w=10**400), "w is not a number (1" + "0" * 56 + "...)",
+         _NS_FIX),
+        (lambda m: m.update(h=120.5), "h is not a whole number of pixels >= 1 (120.5)", _NS_FIX),
+        (lambda m: m["frames"][0].update(transform_matrix=[["1"] * 4] * 4),
+         "frames[0] transform_matrix is not a numeric matrix ([['1', '1', '1', '1'], ['1', '1', '1', '1'], ['1', '1', '...)",
+         _NS_FIX),
+    ],
+)  # fmt: skip
+def test_nerfstudio_values_of_the_wrong_type(ns: Path, edit, problem: str, fix: str | None) -> None:
+    path = _edit_ns(ns, edit)
+    with pytest.raises(ScanError) as err:
+        read_scan(ns)
+    fix = fix or "Write file paths as strings relative to transforms.json"
+    assert str(err.value) == f"{path}: {problem}. {fix}"
+
+
+def test_nerfstudio_json_nested_too_deeply(ns: Path) -> None:
+    path = ns / "transforms.json"
+    text = path.read_text()
+    path.write_text(text[:-1] + ', "x": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(ScanError) as err:
+        read_scan(ns)
+    assert str(err.value) == f"{path}: is not valid JSON (nested too deeply to parse). {_NS_FIX}"

@@ -148,6 +148,14 @@ def number(value, path: Path, what: str, fix: str) -> float:
     return out
 
 
+def pixels(value, path: Path, what: str, fix: str) -> int:
+    """An image dimension: a whole number of pixels, 1 .. 2^31-1, or ScanError naming ``what``."""
+    v = number(value, path, what, fix)
+    if v != int(v) or not 1 <= v <= 2**31 - 1:
+        raise ScanError(path, f"{what} is not a whole number of pixels >= 1 ({_short(value)})", fix)
+    return int(v)
+
+
 def camera_matrix(value, path: Path, what: str, fix: str, *, column_major: bool = False) -> np.ndarray:
     """A 3x3 pinhole K from nine numbers (row-major, or ``column_major``), or ScanError naming the entry
     that makes it something else (skew, a bottom row other than 0 0 1: transposed?)."""

@@ -18,7 +18,18 @@ import numpy as np
 
 from ..camera import Intrinsics
 from ..errors import ScanError
-from .base import GL_TO_CV, Capture, Digest, ReadOptions, check_sizes, matrix, number, read_json, trailing_ids
+from .base import (
+    GL_TO_CV,
+    Capture,
+    Digest,
+    ReadOptions,
+    check_sizes,
+    matrix,
+    number,
+    pixels,
+    read_json,
+    trailing_ids,
+)
 
 NAME = "nerfstudio"
 NEEDS = "transforms.json"
@@ -54,7 +65,7 @@ def _camera(src: dict, jpath: Path, where: str) -> tuple[float, float, float, fl
             "Undistort the images to a pinhole camera (e.g. colmap image_undistorter) and write camera_model OPENCV "
             "with zero distortion",
         )
-    dist = {k: float(src.get(k, 0.0) or 0.0) for k in _DIST}
+    dist = {k: number(src[k], jpath, f"{where}{k}", _FIX) for k in _DIST if k in src}  # NaN is not "none"
     if any(abs(v) > 1e-9 for v in dist.values()):
         nonzero = ", ".join(f"{k}={v:g}" for k, v in dist.items() if v)
         raise ScanError(
@@ -63,9 +74,16 @@ def _camera(src: dict, jpath: Path, where: str) -> tuple[float, float, float, fl
             "Undistort the images first (e.g. colmap image_undistorter or ns-process-data) and write zero distortion",
         )
     vals = [number(src[k], jpath, f"{where}{k}", _FIX) for k in ("fl_x", "fl_y", "cx", "cy")]
-    w = int(number(src["w"], jpath, f"{where}w", _FIX)) if "w" in src else None
-    h = int(number(src["h"], jpath, f"{where}h", _FIX)) if "h" in src else None
+    w = pixels(src["w"], jpath, f"{where}w", _FIX) if "w" in src else None
+    h = pixels(src["h"], jpath, f"{where}h", _FIX) if "h" in src else None
     return (*vals, w, h)
+
+
+def _check_path(value, jpath: Path, what: str) -> None:
+    if not isinstance(value, str) or not value.strip():
+        raise ScanError(
+            jpath, f"{what} is not a file path ({value!r})", "Write file paths as strings relative to transforms.json"
+        )
 
 
 def read(path: Path, options: ReadOptions) -> Capture:
@@ -81,6 +99,9 @@ def read(path: Path, options: ReadOptions) -> Capture:
     for i, fm in enumerate(frames_meta):
         if not isinstance(fm, dict) or "file_path" not in fm or "transform_matrix" not in fm:
             raise ScanError(jpath, f"frames[{i}] lacks file_path or transform_matrix", _FIX)
+        for key in ("file_path", "depth_file_path"):
+            if key in fm:
+                _check_path(fm[key], jpath, f"frames[{i}].{key}")
         cams.append(_camera({**meta, **fm}, jpath, f"frames[{i}]: " if "fl_x" in fm else ""))
     if len(set(cams)) > 1:
         raise ScanError(
@@ -142,6 +163,8 @@ def read(path: Path, options: ReadOptions) -> Capture:
             loader = _npy_loader(dpath, scale)
         frames.append(Frame(fid, cpath, dpath, jpath, pose, 1.0 / scale, depth_loader=loader))
     ply = meta.get("ply_file_path")
+    if ply is not None:
+        _check_path(ply, jpath, "ply_file_path")
     ply_path = root / ply if ply else None
     if ply_path is not None and not ply_path.is_file():
         raise ScanError(ply_path, "file not found (ply_file_path in transforms.json)", "Fix ply_file_path or remove it")

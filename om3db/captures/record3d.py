@@ -30,7 +30,7 @@ from .base import (
     camera_matrix,
     drop_low_confidence,
     matrix,
-    number,
+    pixels,
     quaternion_to_matrix,
     rigid,
 )
@@ -119,7 +119,7 @@ def read(path: Path, options: ReadOptions) -> Capture:
     missing = [k for k in ("K", "w", "h", "dw", "dh", "poses") if k not in meta]
     if missing:
         raise ScanError(where, f"lacks {', '.join(missing)}", _FIX)
-    w, h, dw, dh = (_size(meta[k], Path(where), k) for k in ("w", "h", "dw", "dh"))
+    w, h, dw, dh = (pixels(meta[k], Path(where), k, _FIX) for k in ("w", "h", "dw", "dh"))
     k = camera_matrix(meta["K"], Path(where), "K", _FIX, column_major=True)
     color = Intrinsics.from_matrix(k, w, h)
 
@@ -213,14 +213,6 @@ def read(path: Path, options: ReadOptions) -> Capture:
             "up_source": "ARKit world frame (gravity-aligned, y up)",
         },
     )
-
-
-def _size(value, where: Path, what: str) -> int:
-    """An image dimension of the metadata: a whole number of pixels, 1 .. 2^31-1."""
-    v = number(value, where, what, _FIX)
-    if v != int(v) or not 1 <= v <= 2**31 - 1:
-        raise ScanError(where, f"{what} is not a whole number of pixels >= 1 ({value!r})", _FIX)
-    return int(v)
 
 
 def _validate(arc: _Archive, frames, files: dict, color: Intrinsics, options: ReadOptions) -> None:
