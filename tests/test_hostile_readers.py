@@ -520,3 +520,55 @@ def test_nerfstudio_json_nested_too_deeply(ns: Path) -> None:
     with pytest.raises(ScanError) as err:
         read_scan(ns)
     assert str(err.value) == f"{path}: is not valid JSON (nested too deeply to parse). {_NS_FIX}"
+
+
+# -- 12. masks2d: a decompression bomb header, the same frame twice ---------------------------------------------
+
+
+def _masks2d_scan(tmp_path: Path):
+    from types import SimpleNamespace
+
+    from om3db.camera import Intrinsics
+
+    intr = Intrinsics(30.0, 30.0, 19.5, 14.5, 40, 30)
+    (tmp_path / "masks2d").mkdir()
+    return SimpleNamespace(path=tmp_path, color_intrinsics=intr, depth_intrinsics=intr)
+
+
+def test_masks2d_png_whose_header_claims_400_megapixels(tmp_path: Path) -> None:
+    import struct
+    import zlib
+    from types import SimpleNamespace
+
+    from om3db.proposals.masks2d import DiskMasks
+
+    def chunk(t: bytes, d: bytes) -> bytes:
+        return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xFFFFFFFF)
+
+    scan = _masks2d_scan(tmp_path)
+    path = tmp_path / "masks2d" / "5.png"
+    ihdr = struct.pack(">IIBBBBB", 20000, 20000, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 1000)))
+    with pytest.raises(ScanError) as err:
+        DiskMasks().masks(scan, SimpleNamespace(frame_id=5))
+    assert err.value.path == path
+    assert "image is more than om3db's limit of" in str(err.value) or "pixels, more than om3db's limit" in str(
+        err.value
+    )
+
+
+def test_masks2d_same_frame_twice(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from om3db.proposals.masks2d import DiskMasks
+
+    scan = _masks2d_scan(tmp_path)
+    for name in ("5.png", "005.png", "15.png"):
+        Image.fromarray(np.ones((30, 40), np.uint8)).save(tmp_path / "masks2d" / name)
+    with pytest.raises(ScanError) as err:
+        DiskMasks().masks(scan, SimpleNamespace(frame_id=5))
+    assert str(err.value) == (
+        f"{tmp_path / 'masks2d' / '5.png'}: 2D masks of frame 5 appear twice (also 005.png). Keep one file per frame id"
+    )
+    (tmp_path / "masks2d" / "005.png").unlink()
+    assert DiskMasks().masks(scan, SimpleNamespace(frame_id=5)).sum() == 1200

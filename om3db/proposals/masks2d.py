@@ -47,16 +47,19 @@ class DiskMasks:
 
     def _path(self, scan, frame_id: int) -> Path | None:
         root = Path(scan.path) / self.folder
-        direct = root / f"{frame_id}.png"
-        if direct.is_file():
-            return direct
-        for p in root.glob(f"*{frame_id}.png"):
-            if p.stem.isdigit() and int(p.stem) == frame_id:
-                return p
-        return None
+        found = sorted(
+            p for p in root.glob(f"*{frame_id}.png") if p.stem.isdigit() and int(p.stem) == frame_id and p.is_file()
+        )
+        if len(found) > 1:  # 5.png and 005.png: which one is meant is not known
+            raise ScanError(
+                found[1],
+                f"2D masks of frame {frame_id} appear twice (also {found[0].name})",
+                "Keep one file per frame id",
+            )
+        return found[0] if found else None
 
     def masks(self, scan, frame) -> np.ndarray:
-        from PIL import Image, UnidentifiedImageError
+        from ..images import open_image
 
         root = Path(scan.path) / self.folder
         path = self._path(scan, frame.frame_id)
@@ -65,11 +68,11 @@ class DiskMasks:
             if not self.missing_ok:
                 raise ScanError(root / f"{frame.frame_id}.png", "2D mask file is missing", _DISK_FIX)
             return np.zeros((intr_d.height, intr_d.width), dtype=np.int32)
-        try:
-            with Image.open(path) as img:
+        with open_image(path, fix=_DISK_FIX) as img:  # size checked from the header before decoding
+            try:
                 arr = np.asarray(img)
-        except (UnidentifiedImageError, OSError) as exc:
-            raise ScanError(path, f"not a readable image ({exc})", _DISK_FIX) from exc
+            except (OSError, ValueError) as exc:
+                raise ScanError(path, f"not a readable image ({exc})", _DISK_FIX) from exc
         if arr.ndim != 2 or arr.dtype.kind not in "iub":
             raise ScanError(
                 path,
