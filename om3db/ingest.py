@@ -205,8 +205,12 @@ def check_ingest_request(
 
     roots = [paths_or_root] if isinstance(paths_or_root, (str, Path)) else list(paths_or_root)
     for root in roots:
-        if not Path(root).exists():
-            raise ScanError(root, "folder not found", "Pass a scan folder or a folder of scans")
+        try:
+            Path(root).stat()
+        except (FileNotFoundError, NotADirectoryError) as exc:
+            raise ScanError(root, "folder not found", "Pass a scan folder or a folder of scans") from exc
+        except OSError:  # unreadable here (permissions, ...): the scan read names it, after the database's own checks
+            pass
     if format != "auto" and format not in FORMATS:
         raise ConfigError(f"format must be 'auto' or one of {', '.join(FORMATS)}; got {format!r}")
     if dtype not in (None, "auto"):
