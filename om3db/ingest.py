@@ -14,6 +14,7 @@ Nothing here prints; progress goes through ``progress(stage, done, total)``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import os
@@ -187,6 +188,20 @@ def _refined(scan, masks: np.ndarray, config: IngestConfig, sam=None):
         "config": pconfig.to_dict(),
         "points_changed": changed,
     }
+
+
+@contextlib.contextmanager
+def _unreadable_is_a_scan_error(where: Path):
+    """A folder or file the scan readers cannot open (permissions, I/O) becomes a ScanError naming it."""
+    from .errors import ScanError
+
+    try:
+        yield
+    except OSError as exc:
+        path = Path(exc.filename) if exc.filename else Path(where)
+        while path.parent != path and not os.access(path.parent, os.R_OK | os.X_OK):
+            path = path.parent  # name the folder that blocks the way, not a file below it
+        raise ScanError(path, f"cannot be read ({exc.strerror or exc})", "Check its permissions and the disk") from exc
 
 
 def check_ingest_request(
@@ -597,7 +612,8 @@ def plan_ingest(
     roots = [roots] if isinstance(roots, (str, Path)) else list(roots)
     # absolute (not symlink-resolved: a scan is named by its folder): the stored path must not depend on
     # the folder the ingest ran in, and Ray workers may run elsewhere
-    folders = tuple(Path(os.path.abspath(p)) for r in roots for p in find_scans(r))
+    with _unreadable_is_a_scan_error(roots[0] if len(roots) == 1 else Path.cwd()):
+        folders = tuple(Path(os.path.abspath(p)) for r in roots for p in find_scans(r))
     if not folders:
         raise ConfigError(
             f"no scans (folders with color/ and intrinsic/, or captures) under {', '.join(map(str, roots))}"
@@ -654,16 +670,17 @@ def _run_one(plan: IngestPlan, i: int, folder: Path, *, stored, write, progress,
     from .scan import read_scan
 
     t0 = time.perf_counter()
-    scan = read_scan(
-        folder,
-        frame_step=plan.config.frame_step,
-        depth_scale=plan.read.depth_scale,
-        depth="auto",
-        pose_convention=plan.read.pose_convention,
-        format=plan.read.format,
-        fused_dir=plan.fused_dir,
-        pose_scale=plan.read.pose_scale,
-    )
+    with _unreadable_is_a_scan_error(folder):
+        scan = read_scan(
+            folder,
+            frame_step=plan.config.frame_step,
+            depth_scale=plan.read.depth_scale,
+            depth="auto",
+            pose_convention=plan.read.pose_convention,
+            format=plan.read.format,
+            fused_dir=plan.fused_dir,
+            pose_scale=plan.read.pose_scale,
+        )
     if scan.name in seen:  # (names the folder scan could not foresee: refused before writing)
         raise ConfigError(_same_name(scan.name, seen[scan.name], folder))
     seen[scan.name] = folder

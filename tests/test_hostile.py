@@ -603,6 +603,44 @@ def test_database_path_that_is_not_a_folder(capsys, tmp_path, synth_root, path, 
 
 
 @pytest.mark.skipif(not shutil.which("setpriv") or os.geteuid() != 0, reason="needs root and setpriv to become nobody")
+def test_unreadable_scan_folders_are_named_not_a_bug(synth_root, tiny_siglip_dir):
+    """As the user nobody: a scan folder, or its color/, that cannot be listed is one Error line naming it
+    (not an unexpected PermissionError), and no scan is written."""
+    import tempfile
+
+    world = Path(tempfile.mkdtemp(prefix="om3db-perm-"))
+    try:
+        shutil.copytree(synth_root / SCAN, world / "scans" / SCAN)
+        shutil.copytree(tiny_siglip_dir, world / "siglip")
+        for p in [world, *world.rglob("*")]:
+            p.chmod(0o777 if p.is_dir() else 0o644)
+        code = f"""
+import sys
+sys.path.insert(0, {str(REPO)!r})
+from om3db_cli.main import main
+args = ["--siglip", {str(world / "siglip")!r}, "--dinov2", "none"]
+print("ROOT", main(["ingest", {str(world / "scans")!r}, "--db", {str(world / "db1")!r}, *args]), flush=True)
+print("COLOR", main(["ingest", {str(world / "scans" / SCAN)!r}, "--db", {str(world / "db2")!r}, *args]), flush=True)
+"""
+        env = {**os.environ, "HOME": str(world), "HF_HOME": str(world / "hf")}
+        cmd = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", sys.executable, "-c", code]
+        (world / "scans").chmod(0o700)  # the folder of scans cannot be listed by nobody
+        first = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd="/")
+        (world / "scans").chmod(0o777)
+        (world / "scans" / SCAN / "color").chmod(0o700)
+        second = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd="/")
+        for done, where in ((first, world / "scans"), (second, world / "scans" / SCAN / "color")):
+            err = done.stderr
+            assert "Traceback" not in err and "unexpected" not in err, err
+            assert f"Error: {where}: cannot be read (Permission denied). Check its permissions and the disk" in err, err
+        assert "ROOT 1" in first.stdout and "COLOR 1" in second.stdout
+    finally:
+        for p in [world, *world.rglob("*")]:
+            if p.is_dir():
+                p.chmod(0o755)
+        shutil.rmtree(world, ignore_errors=True)
+
+
 def test_read_only_database_can_be_searched_not_written(db, synth_root, tiny_siglip_dir):
     """As the user nobody (root ignores permissions), on a read-only copy of the database: search and
     scans work (a shared read-only mount is a normal deployment), ingest is refused naming the database
