@@ -66,6 +66,11 @@ def _load_torch(path: Path) -> object:
         ) from exc
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
         raise MaskFileError(path, f"not a readable torch file ({exc})", _SAVE_FIX) from exc
+    except Exception as exc:  # noqa: BLE001 - the weights-only unpickler runs no code: any other failure is damage
+        # (bytes flipped inside the pickle fail as IndexError, struct.error, LookupError (an encoding), ...)
+        raise MaskFileError(
+            path, f"not a readable torch file (damaged: {type(exc).__name__}: {exc})", _SAVE_FIX
+        ) from exc
 
 
 def load_masks(path: str | Path, *, num_points: int) -> tuple[np.ndarray, np.ndarray | None]:
@@ -97,7 +102,8 @@ def load_masks(path: str | Path, *, num_points: int) -> tuple[np.ndarray, np.nda
     except (ValueError, SyntaxError, tokenize.TokenError) as exc:  # an object array refused, or a corrupt
         # header (numpy tokenizes and literal_evals the .npy header dict: damage there is a syntax error)
         raise MaskFileError(path, f"cannot be read as a plain array ({exc})", _SAVE_FIX) from exc
-    except (EOFError, OSError, zipfile.BadZipFile) as exc:  # empty or truncated
+    except (EOFError, OSError, zipfile.BadZipFile, NotImplementedError, RuntimeError) as exc:  # empty, truncated,
+        # or a zip member whose header was damaged into an unsupported method / version / encryption
         raise MaskFileError(
             path, f"mask file is truncated or damaged ({exc or type(exc).__name__})", _SAVE_FIX
         ) from exc

@@ -718,7 +718,7 @@ sys.exit(main(["ingest", {str(synth_root)!r}, *{common!r}]))
 # -- hypothesis: damage of any shape is a typed error, never anything else ------------------------
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_any_damage_to_a_mask_file_is_a_mask_file_error(tmp_path, data):
     from om3db.errors import MaskFileError
@@ -726,12 +726,14 @@ def test_any_damage_to_a_mask_file_is_a_mask_file_error(tmp_path, data):
 
     masks = data.draw(st.lists(st.lists(st.booleans(), min_size=3, max_size=3), min_size=5, max_size=12))
     arr = np.array(masks, dtype=bool)
-    suffix = data.draw(st.sampled_from([".pt", ".npy"]))
+    suffix = data.draw(st.sampled_from([".pt", ".npy", ".npz"]))
     path = tmp_path / f"s_masks{suffix}"
     if suffix == ".pt":
         save_masks(path, arr)
-    else:
+    elif suffix == ".npy":
         np.save(path, arr.astype(np.float32))
+    else:  # a zip: damaged member headers claim unsupported methods, versions or encryption
+        np.savez(path, masks=arr.astype(np.float32), scores=np.ones(arr.shape[1], np.float32))
     raw = bytearray(path.read_bytes())
     how = data.draw(st.sampled_from(["truncate", "flip", "both"]))
     if how in ("truncate", "both"):
