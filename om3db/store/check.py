@@ -119,6 +119,8 @@ class StoreCheck:
     """``check()`` of :class:`om3db.store.Store` (mixed in)."""
 
     def check(self) -> CheckReport:
+        from sqlalchemy.exc import SQLAlchemyError
+
         problems: list[Problem] = []
         problems += self._check_sqlite()
         if problems:  # a damaged file: reading rows would only add noise
@@ -132,6 +134,10 @@ class StoreCheck:
             problems += found
         except StoreError as exc:  # rows SQLite itself can no longer read (a damaged page or text)
             return CheckReport(0, 0, 0, 0, (*problems, Problem("database", str(exc), RESTORE)))
+        except SQLAlchemyError as exc:  # a damaged schema (a column renamed by flipped bytes, ...)
+            cause = getattr(exc, "orig", None) or exc
+            problem = f"SQLite cannot read its tables ({type(cause).__name__}: {cause})"
+            return CheckReport(0, 0, 0, 0, (*problems, Problem("database", problem, RESTORE)))
         return CheckReport(n_scans, n_inst, n_vec, n_idx, tuple(problems), n_rel)
 
     def _check_relations(self, owners: dict[int, str]) -> tuple[int, list[Problem]]:
