@@ -576,6 +576,14 @@ def test_missing_and_stale_index_files_are_named_as_such_and_healed_by_a_writer(
     assert run(capsys, "check", "--db", db)[0] == 0
 
 
+def test_a_table_the_orm_cannot_read_is_a_check_problem(capsys, db):
+    _blob(db, "ALTER TABLE relations RENAME COLUMN overlap TO overlaq")  # as flipped schema bytes would
+    rc, out, err = run(capsys, "check", "--db", db)
+    assert rc == 1 and "unexpected" not in out + err, out + err
+    assert "database: SQLite cannot read its tables (OperationalError: no such column: relations.overlap)" in out
+    assert "Repair: restore om3db.sqlite from a backup" in out
+
+
 def test_healthy_database_checks_ok(capsys, db):
     rc, out, err = run(capsys, "check", "--db", db)
     assert rc == 0 and out.strip().endswith(": ok"), out + err
