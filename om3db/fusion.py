@@ -314,6 +314,9 @@ def scannet_digest(
     return h.hexdigest()
 
 
+_MAX_OBJ_INDEX = 2**31 - 1
+
+
 def read_obj(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Vertices (file order), per-vertex colours (``v x y z r g b``; else zeros) and fan-triangulated faces
     of a Wavefront OBJ."""
@@ -328,11 +331,16 @@ def read_obj(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             continue
         try:
             if parts[0] == "v":
+                if len(parts) < 4:  # a cut or damaged record: numpy would fail on the ragged list
+                    raise ValueError("a vertex needs x y z")
                 verts.append([float(x) for x in parts[1:4]])
                 rgb = [float(x) for x in parts[4:7]]
                 cols.append(rgb if len(rgb) == 3 else [0.0, 0.0, 0.0])
             elif parts[0] == "f":
                 idx = [int(p.split("/")[0]) for p in parts[1:]]
+                # OBJ counts vertices from 1 (negative: back from the last one); 0 or past int32 is damage
+                if any(i == 0 or abs(i) > _MAX_OBJ_INDEX for i in idx):
+                    raise ValueError("vertex index out of range")
                 idx = [i - 1 if i > 0 else len(verts) + i for i in idx]
                 faces.extend([idx[0], idx[k], idx[k + 1]] for k in range(1, len(idx) - 1))
         except (ValueError, IndexError) as exc:
@@ -343,6 +351,8 @@ def read_obj(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if not np.isfinite(v).all():
         raise ScanError(path, "mesh has non-finite vertex coordinates", "Re-export the mesh")
     c = np.asarray(cols, dtype=np.float64)
+    if not np.isfinite(c).all():
+        raise ScanError(path, "mesh has non-finite vertex colours", "Re-export the mesh")
     c = c * 255.0 if c.size and c.max() <= 1.0 else c
     f = np.asarray(faces, dtype=np.int64).reshape(-1, 3)
     if len(f) and (f.min() < 0 or f.max() >= len(v)):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .errors import Om3dbError, ScanError
 
-__all__ = ["MAX_IMAGE_PIXELS", "open_image", "DEPTH_MODES", "depth_mode_problem"]
+__all__ = ["MAX_IMAGE_PIXELS", "open_image", "DECODE_ERRORS", "DEPTH_MODES", "depth_mode_problem"]
 
 MAX_IMAGE_PIXELS = int(os.environ.get("OM3DB_MAX_IMAGE_PIXELS", 64_000_000))
 """Largest image (width x height) om3db decodes: 64 MP, above every RGB-D camera's frames (a 48 MP
@@ -46,6 +46,10 @@ def open_image(source, *, name: str | Path | None = None, error=_default_error, 
         raise error(label, f"image is {w}x{h} pixels (empty)", fix)
     return img
 
+
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError)
+"""What PIL raises while it decodes the pixels of a damaged image (after ``open_image`` read its header): a
+truncated or corrupt stream is an OSError, a broken PNG chunk a SyntaxError, a bad tile offset a ValueError."""
 
 _BIG = "Resize it, or raise the limit with OM3DB_MAX_IMAGE_PIXELS if it is really meant"
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from .camera import Intrinsics, matrix_problem
 from .errors import ConfigError, ScanError
-from .images import depth_mode_problem
+from .images import DECODE_ERRORS, depth_mode_problem
 from .masks import find_mask_file, load_masks
 
 __all__ = ["Frame", "SkippedFrame", "Scan", "read_scan", "PoseConvention", "DepthSource"]
@@ -72,7 +72,7 @@ class Frame:
         img = _open_image(self.color_path)
         try:
             return np.asarray(img.convert("RGB"))
-        except OSError as exc:
+        except DECODE_ERRORS as exc:
             raise ScanError(self.color_path, f"image is truncated or corrupt ({exc})", _REEXPORT) from exc
 
     def depth(self) -> np.ndarray:
@@ -87,7 +87,7 @@ class Frame:
                 raise ScanError(self.depth_path, problem, _DEPTH_FIX)
             try:
                 raw = np.asarray(img)
-            except OSError as exc:
+            except DECODE_ERRORS as exc:
                 raise ScanError(self.depth_path, f"image is truncated or corrupt ({exc})", _REEXPORT) from exc
         if raw.dtype not in (np.uint16, np.int32, np.uint32, np.int16):
             raise ScanError(self.depth_path, f"depth is not 16-bit (dtype {raw.dtype})", _DEPTH_FIX)

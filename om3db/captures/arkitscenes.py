@@ -42,7 +42,11 @@ def _timestamp(p: Path) -> str:
 
 def _read_traj(path: Path) -> tuple[np.ndarray, np.ndarray]:
     stamps, poses = [], []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:  # damaged bytes are not text
+        raise ScanError(path, f"trajectory cannot be read as text ({exc})", _FIX) from exc
+    for n, line in enumerate(text.splitlines(), 1):
         parts = line.split()
         if not parts:
             continue
@@ -161,14 +165,20 @@ def _ok(p: Path) -> bool:
         return False
 
 
+def _decode(path: Path) -> np.ndarray:
+    from ..images import DECODE_ERRORS, open_image
+
+    with open_image(path, fix=_FIX) as img:
+        try:
+            return np.asarray(img)
+        except DECODE_ERRORS as exc:
+            raise ScanError(path, f"image is truncated or corrupt ({exc})", _FIX) from exc
+
+
 def _conf_loader(dpath: Path, cpath: Path, min_confidence: int):
     def load() -> np.ndarray:
-        from ..images import open_image
-
-        with open_image(dpath, fix=_FIX) as img:
-            d = np.asarray(img).astype(np.float32) / np.float32(1000.0)
-        with open_image(cpath, fix=_FIX) as img:
-            conf = np.asarray(img)
+        d = _decode(dpath).astype(np.float32) / np.float32(1000.0)
+        conf = _decode(cpath)
         if conf.shape != d.shape:
             raise ScanError(cpath, f"confidence is {conf.shape[::-1]}, depth is {d.shape[::-1]}", _FIX)
         return drop_low_confidence(d, conf, min_confidence)

@@ -21,6 +21,7 @@ import numpy as np
 
 from ..camera import Intrinsics
 from ..errors import ScanError
+from ..images import DECODE_ERRORS
 from .base import (
     ARKIT_UP,
     GL_TO_CV,
@@ -160,7 +161,7 @@ def read(path: Path, options: ReadOptions) -> Capture:
             with _open_member(arc, member) as img:
                 try:
                     return np.asarray(img.convert("RGB"))
-                except OSError as exc:
+                except DECODE_ERRORS as exc:
                     raise ScanError(f"{path}/{member}", f"image is truncated or corrupt ({exc})", _FIX) from exc
 
         return load

@@ -59,7 +59,7 @@ class DiskMasks:
         return found[0] if found else None
 
     def masks(self, scan, frame) -> np.ndarray:
-        from ..images import open_image
+        from ..images import DECODE_ERRORS, open_image
 
         root = Path(scan.path) / self.folder
         path = self._path(scan, frame.frame_id)
@@ -71,7 +71,7 @@ class DiskMasks:
         with open_image(path, fix=_DISK_FIX) as img:  # size checked from the header before decoding
             try:
                 arr = np.asarray(img)
-            except (OSError, ValueError) as exc:
+            except DECODE_ERRORS as exc:
                 raise ScanError(path, f"not a readable image ({exc})", _DISK_FIX) from exc
         if arr.ndim != 2 or arr.dtype.kind not in "iub":
             raise ScanError(

@@ -142,17 +142,18 @@ class SpaceIndex:
     def load(self, target: int) -> VectorIndex | None:
         """The index at generation ``target`` from its file + log (not kept: see :meth:`hold`), or None."""
         head = VectorIndex.read_header(self.path)
-        if head is None or head.get("generation", -1) > target:
+        base = None if head is None else head.get("generation")
+        if base is None or base > target:  # no header, or no generation in it: damaged, rebuilt from SQLite
             return None
         try:
             index, _ = VectorIndex.load(self.path, use_gpu=self.use_gpu)
         except StoreError:
             return None
         steps, end = read_steps(log_path(self.path), index.dim)
-        reached = replay(index, steps, int(head["generation"]), target)
+        reached = replay(index, steps, base, target)
         if reached != target:
             return None
-        self._know_disk(int(head["generation"]), steps, end, reached)
+        self._know_disk(base, steps, end, reached)
         return index
 
     def catch_up(self, target: int) -> VectorIndex | None:

@@ -461,15 +461,19 @@ class VectorIndex:
 
     @staticmethod
     def read_header(path: str | Path) -> dict | None:
-        """The header of a saved index, or None when the file is missing or not an index."""
+        """The header of a saved index, or None when the file is missing, not an index or its header is
+        damaged (not a JSON object with the fields :meth:`save` writes)."""
         try:
             with open(path, "rb") as fh:
                 if fh.read(8) != _MAGIC:
                     return None
                 (n,) = struct.unpack("<Q", fh.read(8))
-                return json.loads(fh.read(n))
-        except (OSError, ValueError, struct.error):
+                if n > os.fstat(fh.fileno()).st_size - 16:  # a damaged length: do not allocate it
+                    return None
+                head = json.loads(fh.read(n))
+        except (OSError, ValueError, struct.error, RecursionError):
             return None
+        return head if _header_problem(head) is None else None
 
     @classmethod
     def load(cls, path: str | Path, *, use_gpu: bool | None = None) -> tuple[VectorIndex, dict]:
@@ -481,18 +485,62 @@ class VectorIndex:
                 raise ValueError("bad magic")
             (n,) = struct.unpack("<Q", data[8:16])
             head = json.loads(data[16 : 16 + n])
+            problem = _header_problem(head)
+            if problem is not None:
+                raise ValueError(problem)
             raw = faiss.deserialize_index(np.frombuffer(data[16 + n :], dtype=np.uint8).copy())
+            choice = IndexChoice(head["kind"], head.get("nlist", 0), head.get("nprobe", 0), head.get("trained_on", 0))
+            outer = faiss.downcast_index(raw)
+            inner = faiss.downcast_index(outer.index) if choice.kind == "flat" else outer
+            problem = _structure_problem(outer, inner, choice, head)
+            if problem is not None:  # FAISS read it, but not what save() wrote: searches would fail or lie
+                raise ValueError(problem)
         except Exception as exc:  # noqa: BLE001 - any damage means: rebuild from SQLite
             raise StoreError(f"{path}: damaged vector index ({exc}). Run: om3db reindex") from exc
-        choice = IndexChoice(head["kind"], head.get("nlist", 0), head.get("nprobe", 0), head.get("trained_on", 0))
         index = cls.__new__(cls)
         index.dim = int(head["dim"])
         index.choice = choice
         index._raw = raw  # owns the C++ object the downcast proxies point into
-        index.index = faiss.downcast_index(raw)
-        index._inner = faiss.downcast_index(index.index.index) if choice.kind == "flat" else index.index
+        index.index = outer
+        index._inner = inner
         if choice.kind == "ivf":
             index._inner.nprobe = choice.nprobe
         index._use_gpu = gpu_count() > 0 if use_gpu is None else bool(use_gpu)
         index._gpu = None
         return index, head
+
+
+def _header_problem(head) -> str | None:
+    """Why a saved index's JSON header is not one :meth:`VectorIndex.save` wrote (None when it is)."""
+    if not isinstance(head, dict):
+        return f"header is a JSON {type(head).__name__}, not an object"
+    if head.get("kind") not in ("flat", "ivf"):
+        return f"header kind is {head.get('kind')!r}"
+    for key in ("dim", "count", "generation", "nlist", "nprobe", "trained_on"):
+        value = head.get(key, 0)
+        if type(value) is not int or value < 0 or (key == "dim" and value == 0):
+            return f"header {key} is {value!r}"
+    return None
+
+
+def _structure_problem(outer, inner, choice: IndexChoice, head: dict) -> str | None:
+    """Why a deserialized FAISS index is not the one the header describes (None when it is)."""
+    faiss = _faiss()
+    if choice.kind == "flat":
+        want = (faiss.IndexIDMap2, faiss.IndexScalarQuantizer)
+    else:
+        want = (faiss.IndexIVFScalarQuantizer, faiss.IndexIVFScalarQuantizer)
+    if not (isinstance(outer, want[0]) and isinstance(inner, want[1])):
+        return f"a {type(outer).__name__} where a {choice.kind} index was saved"
+    if outer.d != head["dim"] or outer.ntotal != head["count"] or outer.metric_type != faiss.METRIC_INNER_PRODUCT:
+        return f"dim {outer.d} / {outer.ntotal} vectors where the header says {head['dim']} / {head['count']}"
+    if choice.kind == "ivf" and (
+        outer.nlist != choice.nlist
+        or not outer.is_trained
+        or outer.quantizer.d != outer.d
+        or outer.quantizer.ntotal != outer.nlist
+    ):
+        return f"an IVF quantizer that does not fit its {outer.nlist} lists (the header says {choice.nlist})"
+    if choice.kind == "flat" and outer.id_map.size() != outer.ntotal:
+        return f"{outer.id_map.size()} ids for {outer.ntotal} vectors"
+    return None
