@@ -732,7 +732,7 @@ class Database:
         _check_encoder_object(space, enc, needs="encode_images")
         image = q.image
         if isinstance(image, (str, Path)):
-            from .images import open_image
+            from .images import DECODE_ERRORS, open_image
 
             def error(path, problem, fix):
                 return ConfigError(f"{path}: the query image: {problem}. {fix or 'Pass a PNG or JPEG file'}")
@@ -740,7 +740,7 @@ class Database:
             with open_image(image, error=error) as img:
                 try:
                     image = np.asarray(img.convert("RGB"))
-                except (OSError, ValueError) as exc:
+                except DECODE_ERRORS as exc:  # (a broken PNG chunk is a SyntaxError)
                     raise error(q.image, f"cannot be decoded ({exc})", "") from exc
         else:
             image = np.asarray(image)

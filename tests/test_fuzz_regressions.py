@@ -230,3 +230,28 @@ def test_damaged_index_file_is_named_by_check_and_rebuilt_on_open(tmp_path, dama
     assert_matches_sqlite(healed)
     assert not healed.check().problems
     healed.close()
+
+
+def test_a_query_photo_with_a_damaged_chunk_is_refused_by_search_and_by_the_viewer(tmp_path):
+    """The same broken PNG chunk in a query photo: `search --image` (Database) and the viewer's upload refuse
+    it with a ConfigError naming it, not PIL's SyntaxError."""
+    import om3db
+    from om3db.errors import ConfigError
+    from om3db.viewer.app import _decode_image
+    from tests.fakes import FakeColorEncoder
+
+    photo = tmp_path / "mug.png"
+    _noise_png(photo, (40, 50, 3), np.uint8)
+    _damaged_idat(photo)
+    from om3db.ingest import IngestConfig
+    from om3db.synth import write_scans
+
+    (scan,) = write_scans(tmp_path / "scans", scans=1, seed=0)
+    enc = FakeColorEncoder()
+    with om3db.connect(ephemeral=True) as db:
+        db.ingest(scan, config=IngestConfig(frame_step=5), siglip=enc, dinov2=False)
+        with pytest.raises(ConfigError) as err:
+            db.search(image=photo, encoder=enc, space="siglip")
+    assert str(err.value).startswith(f"{photo}: the query image: cannot be decoded (broken PNG file")
+    with pytest.raises(ConfigError, match="mug.png: not an image this page can read \\(SyntaxError\\)"):
+        _decode_image("mug.png", photo.read_bytes())

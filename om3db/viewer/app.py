@@ -374,7 +374,7 @@ class Viewer:
 
         try:
             image = self._read_scan(hit.scan).frame(hit.frame_id).color()
-        except (Om3dbError, OSError):
+        except (Om3dbError, OSError):  # (frames decode through the scan's typed errors)
             return None
         x0, y0, x1, y1 = hit.crop_box
         crop = Image.fromarray(np.ascontiguousarray(image[y0:y1, x0:x1]))
@@ -393,7 +393,7 @@ def _decode_image(name: str, content: bytes) -> np.ndarray:
     om3db's pixel limit, checked from its header before it is decoded, as for ``search --image``)."""
     from PIL import Image
 
-    from ..images import open_image
+    from ..images import DECODE_ERRORS, open_image
 
     def refuse(label, problem, fix):
         return ConfigError(f"{label}: {problem}. {fix or 'Upload a PNG or JPEG'}")
@@ -403,7 +403,7 @@ def _decode_image(name: str, content: bytes) -> np.ndarray:
         with img:
             img.load()
             return np.asarray(img.convert("RGB"))
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+    except (*DECODE_ERRORS, Image.DecompressionBombError) as exc:
         raise ConfigError(
             f"{name}: not an image this page can read ({type(exc).__name__}). Upload a PNG or JPEG"
         ) from exc
