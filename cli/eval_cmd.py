@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from om3db.errors import ConfigError
 from om3db.query import DEFAULT_TEMPLATE, check_template
 
 from .db_cmds import _Bars
@@ -21,6 +22,39 @@ PlotOpt = Annotated[
     str | None,
     typer.Option("--plot", help="Also write PNG figures (matplotlib) into this folder (docs/cli.md, eval)."),
 ]
+
+
+def _choices(values: list[str] | None, option: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
+    """The values of a repeatable choice option (all of ``allowed`` when not given), each once, in order."""
+    for v in values or ():
+        if v not in allowed:
+            raise ConfigError(f"{option} {v!r}: not a choice; choose {' or '.join(allowed)}")
+    return tuple(dict.fromkeys(values)) if values else allowed
+
+
+def _vocabulary(spec: str, exclude: list[str] | None):
+    """The vocabulary; a class named by --exclude must be one of its names ('' alone: exclude nothing)."""
+    from om3db.evaluate import load_vocabulary
+
+    if exclude is None:
+        return load_vocabulary(spec, exclude=("wall", "floor"))
+    names = tuple(e for e in exclude if e != "")
+    vocab = load_vocabulary(spec, exclude=names)
+    unknown = [e for e in names if e not in vocab.names]
+    if unknown:
+        raise ConfigError(
+            f"--exclude {unknown[0]!r}: not a class of the vocabulary {spec}; give one of its names "
+            "(--exclude '' evaluates every class)"
+        )
+    return vocab
+
+
+def _check_plot(plot):
+    if plot is not None:
+        from om3db.plots import check_plot_dir
+
+        check_plot_dir(plot)
+    return plot
 
 
 def _wrote(paths) -> None:
@@ -90,11 +124,13 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Label every GT scan's instances in the database and report AP under both scoring protocols."""
         from om3db import connect
-        from om3db.evaluate import evaluate_database, load_vocabulary
+        from om3db.evaluate import evaluate_database
 
-        gt, plot = local_path(gt, "--gt"), local_path(plot, "--plot")
+        gt, plot = local_path(gt, "--gt"), _check_plot(local_path(plot, "--plot"))
         check_template(template)
-        vocab = load_vocabulary(vocabulary, exclude=tuple(exclude) if exclude is not None else ("wall", "floor"))
+        protocols = _choices(protocol, "--protocol", ("constant", "similarity"))
+        aggregations = _choices(aggregation, "--aggregation", ("mean", "max"))
+        vocab = _vocabulary(vocabulary, exclude)
         database = connect(db, create=False)
         try:
             with _Bars(enabled=not json_out) as bars:
@@ -103,8 +139,8 @@ def register(app: typer.Typer) -> None:
                     gt,
                     vocab,
                     template=template,
-                    protocols=tuple(protocol or ("constant", "similarity")),
-                    aggregations=tuple(aggregation or ("mean", "max")),
+                    protocols=protocols,
+                    aggregations=aggregations,
                     progress=bars.update,
                 )
         finally:
@@ -139,11 +175,13 @@ def register(app: typer.Typer) -> None:
         plot: PlotOpt = None,
     ) -> None:
         """Score another system's predictions (points x masks, class ids, scores) with the same protocol."""
-        from om3db.evaluate import instance_ap, load_gt, load_predictions, load_vocabulary
+        from om3db.evaluate import instance_ap, load_gt, load_predictions
 
         predictions, gt = local_path(predictions, "PREDICTIONS"), local_path(gt, "--gt")
-        plot = local_path(plot, "--plot")
-        vocab = load_vocabulary(vocabulary, exclude=tuple(exclude) if exclude is not None else ("wall", "floor"))
+        plot = _check_plot(local_path(plot, "--plot"))
+        if min_region_size < 0:
+            raise ConfigError(f"--min-region-size {min_region_size}: must be >= 0 (points)")
+        vocab = _vocabulary(vocabulary, exclude)
         result = instance_ap(
             load_predictions(predictions), load_gt(gt), vocabulary=vocab, min_region_size=min_region_size
         )
@@ -189,11 +227,17 @@ def register(app: typer.Typer) -> None:
         """Per-point labels from instance labels: mIoU over the vocabulary, hIoU over a base / novel split."""
         from om3db import connect
         from om3db.evaluate import load_vocabulary, semantic_from_database
+        from om3db.evaluate.from_database import check_export_dir
 
-        gt, plot = local_path(gt, "--gt"), local_path(plot, "--plot")
+        gt, plot = local_path(gt, "--gt"), _check_plot(local_path(plot, "--plot"))
         novel, export = local_path(novel, "--novel"), local_path(export, "--export")
         check_template(template)
-        vocab = load_vocabulary(vocabulary)
+        _choices([aggregation], "--aggregation", ("mean", "max"))
+        _choices([fill], "--fill", ("none", "nearest"))
+        _choices([export_format], "--format", ("npy", "ply"))
+        if export is not None:
+            check_export_dir(export)
+        vocab = load_vocabulary(vocabulary, exclude=())  # semantic IoU counts every class
         database = connect(db, create=False)
         try:
             with _Bars(enabled=not json_out) as bars:

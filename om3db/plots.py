@@ -24,10 +24,28 @@ def _figure(width: float, height: float):
     return Figure(figsize=(width, height), dpi=110, layout="constrained")
 
 
-def _out_dir(out: str | Path) -> Path:
+PLOT_FILES = ("per_class_ap.png", "ap_vs_iou.png", "semantic_iou.png", "confusion_summary.png")
+
+
+def check_plot_dir(out: str | Path) -> Path:
+    """Refuse a plot folder that cannot be one (checked before any work; creates nothing): a path that is a
+    file or lies under a file, or a folder in which a figure's name is taken by a folder."""
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"{out}: exists and is not a folder. Give a folder for the plots")
+    for folder in (out, *out.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                if folder == out:
+                    raise ConfigError(f"{out}: exists and is not a folder. Give a folder for the plots")
+                raise ConfigError(f"{out}: cannot create the plot folder ({folder} is a file). Give a folder path")
+            break
+    for name in PLOT_FILES:
+        if (out / name).is_dir():
+            raise ConfigError(f"{out / name}: is a folder, so the figure cannot be written. Move it away")
+    return out
+
+
+def _out_dir(out: str | Path) -> Path:
+    out = check_plot_dir(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -36,7 +54,12 @@ def _out_dir(out: str | Path) -> Path:
 
 
 def _save(fig, path: Path) -> Path:
-    fig.savefig(path)
+    try:
+        fig.savefig(path)
+    except OSError as exc:
+        raise ConfigError(
+            f"{path}: cannot write the figure ({exc.strerror or exc}). Give another plot folder"
+        ) from None
     return path
 
 

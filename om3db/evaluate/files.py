@@ -8,13 +8,14 @@
 
 from __future__ import annotations
 
+import warnings
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import EvaluationError
-from .instance import ScenePredictions
+from .instance import ScenePredictions, check_prediction_arrays
 
 __all__ = ["load_predictions", "load_prediction_file", "save_predictions"]
 
@@ -82,9 +83,8 @@ def _load_npz(path: Path) -> ScenePredictions:
         raise EvaluationError(
             f"{path}: {masks.shape[1]} masks but classes {classes.shape} and scores {scores.shape}; give one of each per mask"
         )
-    if not np.issubdtype(classes.dtype, np.integer):
-        raise EvaluationError(f"{path}: classes has dtype {classes.dtype}; expected integer class ids")
-    return ScenePredictions(masks != 0, classes.astype(np.int64), scores.astype(np.float64))
+    masks, classes, scores = check_prediction_arrays(str(path), masks, classes, scores)
+    return ScenePredictions(masks, classes, scores)
 
 
 def _load_scannet_txt(path: Path) -> ScenePredictions:
@@ -107,13 +107,32 @@ def _load_scannet_txt(path: Path) -> ScenePredictions:
             raise EvaluationError(
                 f"{path}: line {n}: class id must be an integer and confidence a number ({exc})"
             ) from exc
+        if not np.isfinite(conf):
+            raise EvaluationError(f"{path}: line {n}: confidence {parts[2]} is not a finite number")
+        if not np.iinfo(np.int64).min <= cls <= np.iinfo(np.int64).max:
+            raise EvaluationError(f"{path}: line {n}: class id {parts[1]} is out of range; expected a vocabulary id")
         mask_path = path.parent / parts[0]
         try:
-            mask = np.loadtxt(mask_path, dtype=np.int64, ndmin=1)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "input contained no data": refused below instead of printed
+                mask = np.loadtxt(mask_path, dtype=np.int64, ndmin=2)
         except (OSError, ValueError) as exc:
             raise EvaluationError(
                 f"{mask_path}: cannot read mask (line {n} of {path}); expected one 0/1 per point"
             ) from exc
+        if mask.size == 0 or mask.shape[1] != 1 or ((mask != 0) & (mask != 1)).any():
+            raise EvaluationError(
+                f"{mask_path}: not a mask (line {n} of {path}): "
+                + (
+                    "empty"
+                    if mask.size == 0
+                    else f"{mask.shape[1]} columns"
+                    if mask.shape[1] != 1
+                    else "values other than 0 and 1"
+                )
+                + "; expected one 0/1 per point"
+            )
+        mask = mask[:, 0]
         if masks and len(mask) != len(masks[0]):
             raise EvaluationError(f"{mask_path}: {len(mask)} points but earlier masks of {path} have {len(masks[0])}")
         masks.append(mask != 0)

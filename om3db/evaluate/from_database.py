@@ -121,6 +121,32 @@ def _scan_point_counts(db: Any) -> dict[str, int]:
     return counts
 
 
+def _check_point_counts(db: Any, gt_ids: Mapping[str, np.ndarray]) -> None:
+    counts = _scan_point_counts(db)
+    for scene, ids in gt_ids.items():
+        n = counts.get(scene)
+        if n is not None and n != len(ids):
+            raise EvaluationError(
+                f"scan {scene}: the database has {n} points but the ground truth has {len(ids)}; "
+                "use the GT file of this scan's PLY"
+            )
+
+
+def check_export_dir(export: str | Path) -> Path:
+    """The folder semantic labels are exported to: new, or an existing folder (refused before any work)."""
+    export = Path(export)
+    for folder in (export, *export.parents):
+        if folder.exists():
+            if not folder.is_dir() and folder == export:
+                raise EvaluationError(f"{export}: exists and is not a folder; give a folder to export the labels into")
+            if not folder.is_dir():
+                raise EvaluationError(
+                    f"{export}: cannot create the export folder ({folder} is a file); give a folder path"
+                )
+            break
+    return export
+
+
 def evaluate_database(
     db: Any,
     gt: Mapping[str, Any] | str | Path,
@@ -149,14 +175,7 @@ def evaluate_database(
     gt_ids = resolve_gt(gt)
     if not gt_ids:
         raise EvaluationError("no ground-truth scenes given")
-    counts = _scan_point_counts(db)
-    for scene, ids in gt_ids.items():
-        n = counts.get(scene)
-        if n is not None and n != len(ids):
-            raise EvaluationError(
-                f"scan {scene}: the database has {n} points but the ground truth has {len(ids)}; "
-                "use the GT file of this scan's PLY"
-            )
+    _check_point_counts(db, gt_ids)
     results: dict[str, InstanceAPResult] = {}
     notes = []
     done, total = 0, len(aggregations) * len(gt_ids)
@@ -214,34 +233,57 @@ def semantic_from_database(
 
     ``fill="nearest"`` and PLY export read the scan's points (PLY vertices) from the path the scan was ingested from.
     """
-    from .semantic import save_semantic, semantic_gt, semantic_hiou, semantic_labels_from_db_labels, semantic_miou
+    from .semantic import (
+        load_class_split,
+        save_semantic,
+        semantic_gt,
+        semantic_hiou,
+        semantic_labels_from_db_labels,
+        semantic_miou,
+    )
 
     vocab = vocabulary if isinstance(vocabulary, Vocabulary) else load_vocabulary(vocabulary)
     if export_format not in ("npy", "ply"):
         raise EvaluationError(f"unknown export format {export_format!r}; choose 'npy' or 'ply'")
+    if fill not in ("none", "nearest"):
+        raise EvaluationError(f"unknown fill {fill!r}; choose 'none' or 'nearest'")
+    if aggregation not in AGGREGATIONS:
+        raise EvaluationError(f"unknown aggregation {aggregation!r}; choose one of {AGGREGATIONS}")
+    if export is not None:
+        check_export_dir(export)
+    if isinstance(novel, (str, Path)):  # a bad split file is refused before any scan is labelled
+        novel = load_class_split(novel)
+    if novel is not None:
+        novel = tuple(novel)
+        unknown = sorted(set(novel) - set(vocab.names))
+        if unknown:
+            raise EvaluationError(f"novel classes {unknown[:10]} are not in the vocabulary")
     gt_ids = resolve_gt(gt)
     if not gt_ids:
         raise EvaluationError("no ground-truth scenes given")
+    _check_point_counts(db, gt_ids)
     need_points = fill == "nearest" or (export is not None and export_format == "ply")
     paths = {}
     if need_points:
         paths = {str(i.name): i.path for i in db.scans()}
-    pred, truth, written = {}, {}, []
+    pred, truth, points_of, written = {}, {}, {}, []
     for scene in sorted(gt_ids):
         n = len(gt_ids[scene])
-        points = _scan_points(scene, paths, n) if need_points else None
+        points_of[scene] = _scan_points(scene, paths, n) if need_points else None
         labels = label_scan(db, scene, vocab, template=template, aggregation=aggregation)
-        pred[scene] = semantic_labels_from_db_labels(labels, n, fill=fill, points=points)
+        pred[scene] = semantic_labels_from_db_labels(labels, n, fill=fill, points=points_of[scene])
         truth[scene] = semantic_gt(gt_ids[scene], vocab)
-        if export is not None:
-            out = Path(export) / f"{scene}.{export_format}"
-            written.append(str(save_semantic(out, pred[scene], points=points, num_classes=len(vocab.names))))
         if progress is not None:
             progress(scene, "label", len(pred), len(gt_ids))
     if novel is None:
         result = semantic_miou(pred, truth, class_names=vocab.names)
     else:
         result = semantic_hiou(pred, truth, class_names=vocab.names, novel=novel)
+    if export is not None:  # only once everything is computed: a refused evaluation writes nothing
+        for scene in sorted(pred):
+            out = Path(export) / f"{scene}.{export_format}"
+            labels = pred[scene]
+            written.append(str(save_semantic(out, labels, points=points_of[scene], num_classes=len(vocab.names))))
     return SemanticReport(result, tuple(written), predicted=pred, truth=truth)
 
 

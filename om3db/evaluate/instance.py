@@ -117,6 +117,39 @@ class InstanceAPResult:
         }
 
 
+def check_prediction_arrays(
+    where: str, masks: np.ndarray, classes: np.ndarray, scores: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(bool masks, int64 classes, float64 scores), refusing values that would be silently reinterpreted:
+    masks other than bool / 0 / 1 (a probability or a NaN would count as "in the mask"), class ids that are
+    not integers of int64 range, scores that are not finite real numbers (they decide the ranking)."""
+    if masks.dtype != bool:
+        if not (np.issubdtype(masks.dtype, np.integer) or np.issubdtype(masks.dtype, np.floating)):
+            raise EvaluationError(f"{where}: masks has dtype {masks.dtype}; expected bool or 0/1 numbers")
+        bad = (masks != 0) & (masks != 1)
+        if bad.any():
+            raise EvaluationError(
+                f"{where}: masks hold {masks[bad].flat[0].item()} ({int(np.count_nonzero(bad))} values other than 0 and 1); "
+                "expected binary masks (threshold soft masks before saving them)"
+            )
+        masks = masks == 1
+    if classes.size == 0:  # ([] is float64 to numpy)
+        return masks, np.zeros(0, np.int64), np.zeros(0, np.float64)
+    if classes.dtype == bool or not np.issubdtype(classes.dtype, np.integer):
+        raise EvaluationError(f"{where}: classes has dtype {classes.dtype}; expected integer class ids")
+    if classes.dtype == np.uint64 and int(classes.max()) > np.iinfo(np.int64).max:
+        raise EvaluationError(f"{where}: class id {int(classes.max())} is out of range; expected vocabulary ids")
+    if scores.dtype == bool or not (
+        np.issubdtype(scores.dtype, np.integer) or np.issubdtype(scores.dtype, np.floating)
+    ):
+        raise EvaluationError(f"{where}: scores has dtype {scores.dtype}; expected real numbers (confidences)")
+    scores = scores.astype(np.float64)
+    if not np.isfinite(scores).all():
+        j = int(np.flatnonzero(~np.isfinite(scores))[0])
+        raise EvaluationError(f"{where}: the score of mask {j} is {scores[j]}; expected finite confidences")
+    return masks, classes.astype(np.int64), scores
+
+
 def _as_predictions(scene: str, p: Any, num_points: int, vocab: Vocabulary) -> ScenePredictions:
     if isinstance(p, Mapping):
         missing = [k for k in ("pred_masks", "pred_classes", "pred_scores") if k not in p]
@@ -137,17 +170,17 @@ def _as_predictions(scene: str, p: Any, num_points: int, vocab: Vocabulary) -> S
             f"scene {scene}: pred_masks has {masks.shape[0]} rows but the ground truth has {num_points} points; "
             "masks must be (points x masks) in the GT point order"
         )
-    classes = np.asarray(classes).reshape(-1).astype(np.int64)
-    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    classes, scores = np.asarray(classes).reshape(-1), np.asarray(scores).reshape(-1)
     m = masks.shape[1]
     if len(classes) != m or len(scores) != m:
         raise EvaluationError(
             f"scene {scene}: {m} masks but {len(classes)} classes and {len(scores)} scores; give one of each per mask"
         )
+    masks, classes, scores = check_prediction_arrays(f"scene {scene}", masks, classes, scores)
     unknown = sorted(set(classes.tolist()) - set(vocab.ids))
     if unknown:
         raise EvaluationError(f"scene {scene}: predicted class ids {unknown[:10]} are not in the vocabulary")
-    return ScenePredictions(masks != 0, classes, scores)
+    return ScenePredictions(masks, classes, scores)
 
 
 def _scene_matches(scene: str, gt_ids: np.ndarray, pred: ScenePredictions, vocab: Vocabulary, min_region_size: int):

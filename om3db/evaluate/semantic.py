@@ -129,14 +129,23 @@ def save_semantic(
     plus an int ``label`` vertex property)."""
     path = Path(path)
     labels = np.asarray(labels, dtype=np.int64).reshape(-1)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() not in (".npy", ".ply"):
+        raise EvaluationError(f"{path}: unknown export format; use .npy or .ply")
+    if path.suffix.lower() == ".ply" and (points is None or np.asarray(points).shape != (len(labels), 3)):
+        raise EvaluationError(f"{path}: PLY export needs the scan points ({len(labels)}, 3)")
+    if path.is_dir():
+        raise EvaluationError(f"{path}: is a folder; move it away or export elsewhere")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return _write_semantic(path, labels, points, num_classes)
+    except OSError as exc:
+        raise EvaluationError(f"{path}: cannot write the labels ({exc.strerror or exc}); export elsewhere") from None
+
+
+def _write_semantic(path: Path, labels: np.ndarray, points, num_classes) -> Path:
     if path.suffix.lower() == ".npy":
         np.save(path, labels)
         return path
-    if path.suffix.lower() != ".ply":
-        raise EvaluationError(f"{path}: unknown export format; use .npy or .ply")
-    if points is None or np.asarray(points).shape != (len(labels), 3):
-        raise EvaluationError(f"{path}: PLY export needs the scan points ({len(labels)}, 3)")
     n_cls = int(num_classes if num_classes is not None else labels.max(initial=-1) + 1)
     colors = np.zeros((len(labels), 3), dtype=np.uint8)
     ok = labels >= 0
@@ -262,13 +271,12 @@ def semantic_miou(
 
 def load_class_split(path: str | Path) -> tuple[str, ...]:
     """Novel class names from a JSON list or a text file (one name per line, ``#`` comments)."""
+    from .vocabulary import _read_text
+
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise EvaluationError(
-            f"{path}: cannot read the class split ({exc}); give a JSON list or one name per line"
-        ) from exc
+    if path.is_dir():
+        raise EvaluationError(f"{path}: is a folder; give the class split as a JSON list or a text file of names")
+    text = _read_text(path, "class split", "a JSON list or one class name per line")
     if path.suffix.lower() == ".json":
         try:
             names = json.loads(text)
@@ -276,8 +284,15 @@ def load_class_split(path: str | Path) -> tuple[str, ...]:
             raise EvaluationError(f"{path}: not valid JSON ({exc}); expected a list of class names") from exc
         if not isinstance(names, list) or not all(isinstance(x, str) for x in names):
             raise EvaluationError(f"{path}: expected a JSON list of class names")
-        return tuple(names)
-    return tuple(line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#"))
+        names = tuple(names)
+    else:
+        names = tuple(line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#"))
+    if not names:
+        raise EvaluationError(f"{path}: the class split holds no class names; give at least one novel class")
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise EvaluationError(f"{path}: the class split names {dup[:10]} more than once; list each class once")
+    return names
 
 
 def semantic_hiou(

@@ -97,38 +97,120 @@ def load_vocabulary(spec: str | Path, *, exclude: tuple[str, ...] | list[str] = 
     return Vocabulary(ids=vocab.ids, names=vocab.names, evaluated=evaluated, splits=vocab.splits)
 
 
+MAX_CLASS_ID = (2**63 - 1) // 1000 - 1
+"""The largest class id whose GT ids (``id * 1000 + instance + 1``) still fit an int64."""
+
+
 def _load_vocabulary(spec: str | Path) -> Vocabulary:
     if str(spec).lower() == "scannet200":
         return scannet200()
     path = Path(spec)
-    if path.is_dir() and (path / "gt" / "classes.json").is_file():
+    if path.is_dir():
+        if not (path / "gt" / "classes.json").is_file():
+            raise EvaluationError(
+                f"{path}: is a folder without gt/classes.json; give 'scannet200', a classes.json, a text file of "
+                "names or a synthetic scan folder"
+            )
         path = path / "gt" / "classes.json"
     if not path.is_file():
         raise EvaluationError(
             f"{path}: vocabulary file not found; give 'scannet200', a classes.json or a text file of names"
         )
-    text = path.read_text(encoding="utf-8")
-    if path.suffix.lower() == ".json":
-        try:
-            data = json.loads(text)
-            return Vocabulary(ids=tuple(int(c["id"]) for c in data), names=tuple(str(c["name"]) for c in data))
-        except (ValueError, TypeError, KeyError) as exc:
+    text = _read_text(path, "vocabulary", "a classes.json or a text file of class names, one per line")
+    try:
+        if path.suffix.lower() == ".json":
+            return _vocabulary_from_json(path, text)
+        return _vocabulary_from_lines(path, text)
+    except EvaluationError as exc:
+        if str(exc).startswith(f"{path}:"):
+            raise
+        raise EvaluationError(f"{path}: {exc}") from None
+
+
+def _read_text(path: Path, what: str, expected: str) -> str:
+    """A small text file as UTF-8; unreadable or undecodable bytes are an EvaluationError naming the file."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise EvaluationError(
+            f"{path}: the {what} file is not UTF-8 text (byte {exc.start}); expected {expected}"
+        ) from None
+    except OSError as exc:
+        raise EvaluationError(
+            f"{path}: cannot read the {what} file ({exc.strerror or exc}); expected {expected}"
+        ) from None
+
+
+def _check_name(path: Path, where: str, name: object) -> str:
+    if not isinstance(name, str):
+        raise EvaluationError(f"{path}: {where}: the name {name!r} is not a string; give each class a text name")
+    if not name.strip():
+        raise EvaluationError(f"{path}: {where}: the class name is blank; give each class a name")
+    if name != name.strip() or any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
+        raise EvaluationError(
+            f"{path}: {where}: the class name {name!r} has surrounding spaces or control characters; write it plainly"
+        )
+    return name
+
+
+def _vocabulary_from_json(path: Path, text: str) -> Vocabulary:
+    expected = 'expected JSON [{"id": 1, "name": "chair"}, ...]'
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise EvaluationError(f"{path}: not valid JSON ({exc}); {expected}") from None
+    if not isinstance(data, list):
+        raise EvaluationError(f"{path}: holds a JSON {type(data).__name__}, not a list of classes; {expected}")
+    ids, names = [], []
+    for n, entry in enumerate(data):
+        if not isinstance(entry, dict) or "id" not in entry or "name" not in entry:
+            raise EvaluationError(f"{path}: entry {n} is {json.dumps(entry)[:60]}, not a class; {expected}")
+        cid = entry["id"]
+        if isinstance(cid, bool) or not isinstance(cid, int) or not 1 <= cid <= MAX_CLASS_ID:
             raise EvaluationError(
-                f'{path}: not a class list ({exc!r}); expected JSON [{{"id": 1, "name": "chair"}}, ...]'
-            ) from exc
-    names = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+                f"{path}: entry {n}: class id {json.dumps(cid)} is not an integer in 1..{MAX_CLASS_ID}; "
+                "give the GT label id (0 means unlabelled)"
+            )
+        ids.append(cid)
+        names.append(_check_name(path, f"entry {n}", entry["name"]))
+    return Vocabulary(ids=tuple(ids), names=tuple(names))
+
+
+def _vocabulary_from_lines(path: Path, text: str) -> Vocabulary:
+    stripped = text.lstrip()
+    if stripped.startswith(("[", "{")):
+        try:
+            json.loads(text)
+        except ValueError:
+            pass
+        else:
+            raise EvaluationError(
+                f"{path}: holds JSON but is read as a text file of names (one per line); name it .json"
+            )
+    names = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    for i, name in enumerate(names):
+        _check_name(path, f"name {i + 1}", name)
+    if not names:
+        raise EvaluationError(f"{path}: the vocabulary file holds no class names; write one class name per line")
     return Vocabulary.from_names(names)
 
 
 def load_gt_file(path: str | Path) -> np.ndarray:
     """One GT file: one integer per line (``label_id * 1000 + instance + 1``) -> (N,) int64."""
+    import warnings
+
     path = Path(path)
     try:
-        values = np.loadtxt(path, dtype=np.int64, ndmin=1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "input contained no data": refused below instead of printed
+            values = np.loadtxt(path, dtype=np.int64, ndmin=2)
     except (OSError, ValueError) as exc:
         raise EvaluationError(f"{path}: cannot read ground truth ({exc}); expected one integer per line") from exc
-    if values.ndim != 1:
-        raise EvaluationError(f"{path}: ground truth has {values.ndim} columns; expected one integer per line")
+    if values.size == 0:
+        raise EvaluationError(f"{path}: ground truth holds no ids; expected one integer per point (PLY vertex)")
+    if values.shape[1] != 1:
+        raise EvaluationError(f"{path}: ground truth has {values.shape[1]} columns; expected one integer per line")
+    values = values[:, 0]
     if (values < 0).any():
         raise EvaluationError(
             f"{path}: ground truth has negative ids; expected label_id*1000 + instance + 1, 0 unlabelled"
