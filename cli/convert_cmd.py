@@ -11,6 +11,37 @@ from .options import local_path
 _FORMATS = "auto, scannet, nerfstudio, record3d, arkitscenes, replica, scannetpp, scanner3d"
 
 
+def _check_options(fmt, depth_scale, voxel_size, depth_max, min_confidence, pose_scale) -> None:
+    """The options, each named as typed, refused before the capture is read."""
+    import math
+
+    from om3db.errors import ConfigError
+
+    if fmt not in _FORMATS.split(", "):
+        raise ConfigError(f"--format {fmt!r}: not a capture format; choose one of {_FORMATS}")
+    if not (math.isfinite(depth_scale) and 0 < depth_scale <= 65535):
+        raise ConfigError(f"--depth-scale {depth_scale:g}: must be in (0, 65535] depth units per metre (1000: mm)")
+    for option, value in (("--voxel-size", voxel_size), ("--depth-max", depth_max)):
+        if not (math.isfinite(value) and value > 0):
+            raise ConfigError(f"{option} {value:g}: must be a finite number of metres > 0")
+    if min_confidence not in (0, 1, 2):
+        raise ConfigError(f"--min-confidence {min_confidence}: must be 0, 1 or 2 (ARKit low, medium, high)")
+    if pose_scale is not None and not (math.isfinite(pose_scale) and pose_scale > 0):
+        raise ConfigError(f"--pose-scale {pose_scale:g}: must be a finite number of metres per pose unit > 0")
+
+
+def _check_folder(path, option: str) -> None:
+    """A folder the command may create: not a file, not under a file."""
+    from om3db.errors import ConfigError
+
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        if existing != path:
+            raise ConfigError(f"{option} {path}: cannot be created: {existing} is a file. Give a folder path")
+        if option != "DST":  # (DST: the library's own message, "exists and is not an empty folder")
+            raise ConfigError(f"{option} {path}: exists and is not a folder. Give a folder path")
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     def convert(
@@ -49,6 +80,10 @@ def register(app: typer.Typer) -> None:
 
         src, dst = local_path(src, "SRC"), local_path(dst, "DST")
         fused_dir = local_path(fused_dir, "--fused-dir")
+        _check_options(format, depth_scale, voxel_size, depth_max, min_confidence, pose_scale)
+        _check_folder(dst, "DST")
+        if fused_dir is not None:
+            _check_folder(fused_dir, "--fused-dir")
         fusion = FusionConfig(voxel_size=voxel_size, depth_max=depth_max)
         kwargs = dict(
             format=format,

@@ -256,9 +256,14 @@ def register(app: typer.Typer) -> None:
         for name, value in (("--siglip", siglip), ("--dinov2", dinov2)):
             local_path(value, name)  # a hub id or a folder: neither is empty nor a URL
         from om3db.captures.base import check_pose_scale
+        from om3db.errors import ConfigError
 
         check_pose_scale(pose_scale)  # a bad --pose-scale is refused before the database is created
         check_ingest_request(scans_dir, format=capture_format, dtype=dtype, models=models)  # likewise
+        if ray_workers is not None and ray is None:
+            raise ConfigError(f"--ray-workers {ray_workers}: needs --ray (local, or the address of a Ray cluster)")
+        if ray_workers is not None and ray_workers < 1:
+            raise ConfigError(f"--ray-workers {ray_workers}: must be >= 1 (Ray actors)")
         if ray is not None:
             from om3db.distributed import check_ray_address
 

@@ -78,16 +78,26 @@ def register(app: typer.Typer) -> None:
     def models_random(
         out: Annotated[str, typer.Argument(help="Folder to write siglip/, dinov2/ and sam.pth into.")],
         size: Annotated[
-            str, typer.Option("--size", help="tiny (seconds, CPU) or full (SO400M, DINOv2-L, SAM ViT-H; ~4.5 GB).")
+            str,
+            typer.Option(
+                "--size",
+                help="tiny (seconds, CPU), cpu (the cpu preset's SigLIP-B/16, DINOv2-S/14, SAM ViT-B) or full "
+                "(SO400M, DINOv2-L, SAM ViT-H; ~4.5 GB).",
+            ),
         ] = "tiny",
         seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
         json_out: Annotated[bool, typer.Option("--json", help="Print the written paths as JSON.")] = False,
     ) -> None:
         """Write randomly initialised SigLIP, DINOv2 and SAM checkpoints (real architectures, meaningless weights)."""
-        from om3db.random_models import write_random_models
+        from om3db.errors import ConfigError
+        from om3db.random_models import MAX_SEED, write_random_models
 
         from .options import local_path
 
+        if size not in ("tiny", "full", "cpu"):
+            raise ConfigError(f"--size {size!r}: not a choice; choose tiny, cpu or full")
+        if not 0 <= seed <= MAX_SEED:
+            raise ConfigError(f"--seed {seed}: must be in 0..{MAX_SEED}")
         paths = write_random_models(local_path(out, "OUT"), size=size, seed=seed)
         if json_out:
             from .db_cmds import _echo_json

@@ -41,12 +41,23 @@ def register(app: typer.Typer) -> None:
         from .options import local_path
 
         out = local_path(out, "OUT")
-        if json_out:
+        from om3db.errors import ConfigError
+
+        if scans < 1:
+            raise ConfigError(f"--scans {scans}: must be >= 1")
+        if seed < 0:
+            raise ConfigError(f"--seed {seed}: must be >= 0")
+        if size not in ("tiny", "scannet"):
+            raise ConfigError(f"--size {size!r}: not a choice; choose tiny or scannet")
+        from rich.console import Console
+
+        console = Console(stderr=True)
+        if json_out or not console.is_terminal:  # no bar (nor its stray newline on stdout) off a terminal
             paths = write_scans(out, scans=scans, seed=seed, size=size, masks=masks, masks2d=masks2d, depth=depth)
         else:
             from rich.progress import Progress
 
-            with Progress(transient=True) as bar:
+            with Progress(console=console, transient=True) as bar:
                 task = bar.add_task("rendering frames", total=None)
                 paths = write_scans(
                     out, scans=scans, seed=seed, size=size, masks=masks, masks2d=masks2d, depth=depth,

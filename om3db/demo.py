@@ -50,9 +50,12 @@ def run_demo(
     from PIL import Image
 
     from .database import connect
+    from .embed import load_dinov2, load_siglip
     from .errors import ConfigError
     from .ingest import IngestConfig
-    from .random_models import write_random_models
+    from .query import Query
+    from .random_models import check_models_dir, write_random_models
+    from .sam import load_sam
     from .scan import read_scan
     from .synth import write_scans
 
@@ -60,6 +63,15 @@ def run_demo(
     random_weights = siglip is None and dinov2 is None
     if not random_weights and (siglip is None or dinov2 is None):
         raise ConfigError("give both a SigLIP and a DINOv2 model (or neither, for random demo weights)")
+    # everything that can be refused is refused before anything is written
+    Query(None, text=query, k=k)  # (validation only: an empty query, k)
+    _check_out(out)
+    if random_weights:
+        check_models_dir(out / "models")
+    else:  # the encoders are loaded (and a bad model refused) before the scans are written
+        siglip, dinov2 = load_siglip(siglip), load_dinov2(dinov2)
+    if sam is not None:
+        sam = load_sam(sam)
     scan_dirs = write_scans(out / "scans", scans=scans, seed=0, size="tiny", masks=True)
     if random_weights:
         written = write_random_models(out / "models", size="tiny")
@@ -86,7 +98,7 @@ def run_demo(
     return DemoResult(
         scan_dirs,
         db_path,
-        {"siglip": siglip, "dinov2": dinov2},
+        {"siglip": _model_name(siglip), "dinov2": _model_name(dinov2)},
         random_weights,
         outcomes,
         query,
@@ -94,3 +106,18 @@ def run_demo(
         image_path,
         image_hits,
     )
+
+
+def _model_name(model) -> str:
+    """The hub id or directory a model was given as (a loaded encoder carries it in its identity)."""
+    return model if isinstance(model, str) else str(model.identity.model_id)
+
+
+def _check_out(out: Path) -> None:
+    from .errors import ConfigError
+
+    existing = next((p for p in (out, *out.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        if existing == out:
+            raise ConfigError(f"{out}: exists and is not a folder; give a folder for the demo")
+        raise ConfigError(f"{out}: cannot be created: {existing} is a file; give a folder path for the demo")

@@ -49,19 +49,40 @@ def _host_port(address: str) -> tuple[str, int] | None:
     """(host, port) of a head address, or None for 'auto' / 'local'."""
     if address in ("auto", "local"):
         return None
-    rest = address.split("://", 1)[1] if "://" in address else address
+    usage = (
+        "Use 'local', 'auto', HOST:PORT of the head node (port 6379 by default) or ray://HOST:PORT "
+        "(Ray Client, port 10001)"
+    )
+    scheme, sep, rest = address.partition("://")
+    if not sep:
+        scheme, rest = "", address
+    elif scheme != "ray":
+        raise ConfigError(f"{address}: not a Ray address ({scheme}:// is not Ray's scheme). {usage}")
     host, sep, port = rest.rstrip("/").rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise ConfigError(
-            f"{address}: not a Ray address. Use 'local', 'auto', HOST:PORT of the head node (port 6379 by default) "
-            "or ray://HOST:PORT (Ray Client, port 10001)"
+    if not sep or not host or not port.isascii() or not port.isdigit():
+        raise ConfigError(f"{address}: not a Ray address. {usage}")
+    bracketed = host.startswith("[") and host.endswith("]")
+    name = host[1:-1] if bracketed else host
+    if not name or any(c.isspace() or c in "/@?#[]" for c in name) or (":" in name and not bracketed):
+        why = (
+            "holds ':' (an IPv6 host goes in brackets: [::1]:6379)"
+            if ":" in name and not bracketed
+            else "is not a host name"
         )
-    return host.strip("[]"), int(port)
+        raise ConfigError(f"{address}: the host {host!r} {why}. {usage}")
+    if not 1 <= int(port) <= 65535:
+        raise ConfigError(f"{address}: port {int(port)} is out of range (1..65535). {usage}")
+    return name, int(port)
 
 
 def check_ray_address(address: str, *, timeout: float = _PROBE_TIMEOUT_S) -> None:
-    """Refuse an address nobody answers at (ConfigError naming it), in at most ``timeout`` seconds."""
+    """Refuse an address nobody answers at (ConfigError naming it), in at most ``timeout`` seconds, and a
+    missing Ray (without importing it)."""
+    import importlib.util
+
     hp = _host_port(address)
+    if importlib.util.find_spec("ray") is None:
+        _ray()  # raises the ConfigError that says how to install it
     if hp is None:
         return
     try:

@@ -8,6 +8,7 @@ mean nothing, only their shapes and costs are real).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Literal
 
@@ -257,10 +258,42 @@ def write_random_models(
     sizes = {"tiny": ("tiny", "tiny", "tiny"), "full": ("so400m", "large", "vit_h"), "cpu": ("base", "small", "vit_b")}
     if size not in sizes:
         raise ConfigError(f"unknown random model size {size!r}; choose one of {sorted(sizes)}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"seed must be an integer in 0..{MAX_SEED}, got {seed!r}")
     out = Path(out_dir)
+    check_models_dir(out)
     siglip, dinov2, sam = sizes[size]
-    return {
+    written = {
         "siglip": write_random_siglip(out / "siglip", siglip, seed),
         "dinov2": write_random_dinov2(out / "dinov2", dinov2, seed),
         "sam": write_random_sam(out / "sam.pth", sam, seed),
     }
+    (out / MARKER).write_text(json.dumps({"generator": "om3db.random_models", "size": size, "seed": seed}) + "\n")
+    return written
+
+
+MAX_SEED = 2**63 - 1
+"""torch.manual_seed's largest seed."""
+MARKER = "om3db_random_models.json"
+"""Written into the output folder: a later run may replace what is there (nothing else is ever replaced)."""
+_OURS = {"siglip", "dinov2", "sam.pth", MARKER}
+
+
+def check_models_dir(out: str | Path) -> Path:
+    """Refuse, before anything is written, an output folder that is a file, lies under a file, or holds anything
+    but an earlier ``write_random_models`` output (real checkpoints there would be overwritten)."""
+    out = Path(out)
+    existing = next((p for p in (out, *out.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        if existing == out:
+            raise ConfigError(f"{out}: exists and is not a folder; give a new or empty folder for the checkpoints")
+        raise ConfigError(f"{out}: cannot be created: {existing} is a file; give a folder path")
+    if out.is_dir():
+        entries = {p.name for p in out.iterdir()}
+        if entries and not ((out / MARKER).is_file() and entries <= _OURS):
+            shown = ", ".join(sorted(entries)[:5])
+            raise ConfigError(
+                f"{out}: is not empty ({shown}) and was not written by `om3db models random`; give a new or empty "
+                "folder (nothing in it is replaced)"
+            )
+    return out

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -59,64 +61,124 @@ def write_scans(
     cfg = _config(size)
     if scans < 1:
         raise ConfigError(f"scans must be >= 1, got {scans}")
+    if seed < 0:
+        raise ConfigError(f"seed must be >= 0, got {seed}")
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ScanError(out, "exists and is not a folder", "Pass a folder to write the scans into")
+    _check_out(out, scans, size)
     total, done = scans * cfg.frames, 0
     paths = []
     for index in range(scans):
         scene = build_scene(seed, size, index)
-        root = out / scene.name
-        _clear(root)
-        _write_scene_files(root, scene, cfg, masks)
-        if masks2d:
-            (root / "masks2d").mkdir()
-        rc = _raycaster(scene)
-        d_intr, c_intr = _depth_intrinsics(cfg), _color_intrinsics(cfg)
-        # instance -> instance2d value: object i -> i + 1; room and misses (-1) -> 0
-        to_map = np.zeros(len(scene.instance_class) + 1, dtype=np.uint16)
-        to_map[1 : scene.num_objects + 1] = np.arange(1, scene.num_objects + 1)
-        for fid, pose in enumerate(camera_poses(seed, size, index)):
-            stem = f"{fid:0{cfg.id_width}d}" if cfg.id_width else str(fid)
-            text = _fmt_matrix(pose)
-            (root / "pose" / f"{stem}.txt").write_text(text)
-            pose = np.array([[float(x) for x in row.split()] for row in text.splitlines()])  # exactly what readers see
-            col = _render(rc, scene, pose, c_intr)
-            dep = _render(rc, scene, pose, d_intr)
-            depth_mm = (
-                np.where(np.isfinite(dep["depth"]), np.rint(dep["depth"] * 1000.0), 0).clip(0, 65535).astype(np.uint16)
-            )
-            if depth:
-                _save_png(root / "depth" / f"{stem}.png", depth_mm)
-            if cfg.color_ext == ".jpg":
-                _save_png(root / "color" / f"{stem}.jpg", col["rgb"], quality=90)
-            else:
-                _save_png(root / "color" / f"{stem}.png", col["rgb"])
-            for folder, r in (("instance2d", col), ("instance2d_depth", dep)):
-                _save_png(root / "gt" / folder / f"{stem}.png", to_map[r["instance"] + 1])
-            if masks2d:
-                _save_png(root / "masks2d" / f"{stem}.png", to_map[col["instance"] + 1])
-            done += 1
-            if progress is not None:
-                progress("synth", done, total)
-        if not depth:  # a reconstruction from video has neither sensor depth nor a depth camera
-            (root / "depth").rmdir()
-            (root / "intrinsic" / "intrinsic_depth.txt").unlink()
-        paths.append(root)
+        final = out / scene.name
+        _check_replaceable(final)
+        # written beside its final place and moved there whole: an interrupted run leaves no scan that
+        # looks complete but lacks frames (a temporary folder is removed, or ignored by readers: a dot name)
+        root = out / f".{scene.name}.writing-{os.getpid()}"
+        if root.exists():
+            shutil.rmtree(root)
+        try:
+            _write_scan(root, scene, cfg, seed, size, index, masks, masks2d, depth, progress, done, total)
+            _replace(root, final)
+        finally:
+            if root.exists():
+                shutil.rmtree(root, ignore_errors=True)
+        done += cfg.frames
+        paths.append(final)
     return paths
 
 
-def _clear(root: Path) -> None:
-    """Replace an earlier synthetic scan of the same name; never touch a folder we did not write."""
+# bytes one scan takes on disk, rounded up (tiny: ~3.5 MB; scannet: ~62 MB, docs/synthetic.md)
+_SCAN_BYTES = {"tiny": 5_000_000, "scannet": 80_000_000}
+
+
+def _is_scan(folder: Path) -> bool:
+    return (folder / "gt" / "scene.json").is_file() or ((folder / "color").is_dir() and (folder / "intrinsic").is_dir())
+
+
+def _check_out(out: Path, scans: int, size: str) -> None:
+    """Refuse, before anything is written, an output folder that cannot hold the scans: a file, a path under
+    a file, a folder inside a scan (its reader would take the new scans for part of it), too little space."""
+    existing = next((p for p in (out, *out.parents) if p.exists()), Path("."))
+    if not existing.is_dir():
+        if existing == out:
+            raise ScanError(out, "exists and is not a folder", "Pass a folder to write the scans into")
+        raise ScanError(out, f"cannot be created: {existing} is a file", "Pass a folder to write the scans into")
+    for folder in (out, *out.parents):
+        if folder.is_dir() and _is_scan(folder):
+            raise ScanError(
+                out,
+                f"is inside the scan {folder}" if folder != out else "is a scan folder itself",
+                "Write the synthetic scans into a folder of their own",
+            )
+    need = scans * _SCAN_BYTES.get(size, _SCAN_BYTES["scannet"])
+    free = shutil.disk_usage(existing).free
+    if need > free:
+        raise ConfigError(
+            f"{scans} {size} scans need about {_gb(need)} but {existing} has {_gb(free)} free; write fewer scans "
+            "or free space"
+        )
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:,.1f} GB"
+
+
+def _write_scan(root, scene, cfg, seed, size, index, masks, masks2d, depth, progress, done, total) -> None:
+    _write_scene_files(root, scene, cfg, masks)
+    if masks2d:
+        (root / "masks2d").mkdir()
+    rc = _raycaster(scene)
+    d_intr, c_intr = _depth_intrinsics(cfg), _color_intrinsics(cfg)
+    # instance -> instance2d value: object i -> i + 1; room and misses (-1) -> 0
+    to_map = np.zeros(len(scene.instance_class) + 1, dtype=np.uint16)
+    to_map[1 : scene.num_objects + 1] = np.arange(1, scene.num_objects + 1)
+    for fid, pose in enumerate(camera_poses(seed, size, index)):
+        stem = f"{fid:0{cfg.id_width}d}" if cfg.id_width else str(fid)
+        text = _fmt_matrix(pose)
+        (root / "pose" / f"{stem}.txt").write_text(text)
+        pose = np.array([[float(x) for x in row.split()] for row in text.splitlines()])  # exactly what readers see
+        col = _render(rc, scene, pose, c_intr)
+        dep = _render(rc, scene, pose, d_intr)
+        depth_mm = (
+            np.where(np.isfinite(dep["depth"]), np.rint(dep["depth"] * 1000.0), 0).clip(0, 65535).astype(np.uint16)
+        )
+        if depth:
+            _save_png(root / "depth" / f"{stem}.png", depth_mm)
+        if cfg.color_ext == ".jpg":
+            _save_png(root / "color" / f"{stem}.jpg", col["rgb"], quality=90)
+        else:
+            _save_png(root / "color" / f"{stem}.png", col["rgb"])
+        for folder, r in (("instance2d", col), ("instance2d_depth", dep)):
+            _save_png(root / "gt" / folder / f"{stem}.png", to_map[r["instance"] + 1])
+        if masks2d:
+            _save_png(root / "masks2d" / f"{stem}.png", to_map[col["instance"] + 1])
+        done += 1
+        if progress is not None:
+            progress("synth", done, total)
+    if not depth:  # a reconstruction from video has neither sensor depth nor a depth camera
+        (root / "depth").rmdir()
+        (root / "intrinsic" / "intrinsic_depth.txt").unlink()
+
+
+def _check_replaceable(root: Path) -> None:
+    """An earlier synthetic scan of the same name is replaced; a folder we did not write is never touched."""
     if not root.exists():
         return
-    if not (root / "gt" / "scene.json").is_file() and any(root.iterdir()):
+    if not root.is_dir() or (not (root / "gt" / "scene.json").is_file() and any(root.iterdir())):
         raise ScanError(
             root, "exists and is not a synthetic scan (no gt/scene.json)", "Remove it or write the scans elsewhere"
         )
-    import shutil
 
-    shutil.rmtree(root)
+
+def _replace(new: Path, final: Path) -> None:
+    """Move the complete scan ``new`` to ``final``, replacing an earlier one (moved aside first, then removed)."""
+    old = None
+    if final.exists():
+        old = final.parent / f".{final.name}.old-{os.getpid()}"
+        os.replace(final, old)
+    os.replace(new, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _write_scene_files(root: Path, scene: SynthScene, cfg: _SizeConfig, masks: bool) -> None:
