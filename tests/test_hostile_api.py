@@ -427,3 +427,15 @@ def test_out_of_date_error_carries_the_cli_command(tmp_path):
     )
     assert error.upgrade_command == f"om3db db upgrade --db '{old}'"
     assert error.cli_message == f"{problem}. Run: om3db db upgrade --db '{old}'"
+
+
+def test_a_short_password_is_masked_as_a_token_not_in_every_word(tmp_path, capsys):
+    """A one-letter password ("p") is masked in the URL, and the driver's message keeps its words
+    ("port", "accepting"); a long one is masked wherever it appears."""
+    from om3db.store.schema import _without_password
+
+    code, out, err = cli(capsys, "info", "--db", "postgresql://u:p@127.0.0.1:1/db")
+    assert code == 1 and err.startswith("Error: postgresql://u:***@127.0.0.1:1/db: cannot connect"), err
+    assert '"127.0.0.1", port 1 failed' in err and "accepting" in err and ":p@" not in err, err
+    assert _without_password("dsn u:p@h port p", "p") == "dsn u:***@h port ***"
+    assert _without_password("x mysecretpw1y", "secretpw1") == "x my***y"

@@ -162,11 +162,22 @@ def make_engine(url: str, *, read_only: bool = False):
     return create_engine(url)
 
 
+def _without_password(text: str, password: str) -> str:
+    """``text`` with the password masked wherever it stands as a token (between non-word characters, as in
+    a URL or conninfo), and anywhere at all when it is long enough not to be part of ordinary words (a
+    one-letter password must not turn every "p" of a driver's message into ``***``)."""
+    import re
+
+    if len(password) >= 8:
+        return text.replace(password, "***")
+    return re.sub(rf"(?<!\w){re.escape(password)}(?!\w)", "***", text)
+
+
 def _connect_problem(exc, password: str | None) -> tuple[str, str]:
     """(what went wrong, the fix) for a failed connection, without the password."""
     text = " ".join(str(getattr(exc, "orig", None) or exc).split())
     if password:
-        text = text.replace(password, "***")
+        text = _without_password(text, password)
     low = text.lower()
     if (
         "password authentication failed" in low
