@@ -160,7 +160,7 @@ def test_cli_convert_and_ingest_take_pose_scale(tiny_scan_path, tmp_path, capsys
     fused = ["--fused-dir", str(tmp_path / "fused")]
     assert main(["convert", str(ns), str(tmp_path / "bad"), "--pose-scale", "nan", *fused]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("Error: pose_scale (--pose-scale) must be a finite number > 0") and "nan" in err
+    assert err == "Error: --pose-scale nan: must be a finite number of metres per pose unit > 0\n"
     assert not (tmp_path / "bad").exists()
     assert main(["convert", str(ns), str(tmp_path / "out"), "--pose-scale", str(UNIT), "--json", *fused]) == 0
     out = json.loads(capsys.readouterr().out)
