@@ -279,24 +279,27 @@ def _check_binary(path: Path, start: int, size: int, elements, order: str) -> No
 def _list_element_bytes(body, offset: int, count: int, props, order: str) -> int | None:
     """Bytes taken by ``count`` records holding list properties, or None when the body ends first."""
 
-    def read_count(pos: int, t: str) -> int | None:
-        dt = np.dtype(t).newbyteorder(order)
-        if pos + dt.itemsize > len(body):
-            return None
-        return int(np.frombuffer(body[pos : pos + dt.itemsize], dtype=dt)[0])
+    def record_end(pos: int) -> tuple[int | None, list[int]]:
+        """(where the record at ``pos`` ends, its list lengths); None when its list lengths cannot be read."""
+        lengths = []
+        for kind, t, item in props:
+            dt = np.dtype(t).newbyteorder(order)
+            if kind == "list":
+                if pos + dt.itemsize > len(body):
+                    return None, lengths
+                n = int(np.frombuffer(body[pos : pos + dt.itemsize], dtype=dt)[0])
+                if n < 0:
+                    return None, lengths
+                lengths.append(n)
+                pos += n * np.dtype(item).itemsize
+            pos += dt.itemsize
+        return pos, lengths
 
     # Fast path: every record's lists as long as the first record's (triangle meshes): check all counts at once.
-    pos, first = offset, []
-    for kind, t, item in props:
-        if kind == "scalar":
-            pos += np.dtype(t).itemsize
-            continue
-        n = read_count(pos, t)
-        if n is None or n < 0:
-            return None
-        first.append(n)
-        pos += np.dtype(t).itemsize + n * np.dtype(item).itemsize
-    stride = pos - offset
+    end, first = record_end(offset)
+    if end is None:
+        return None
+    stride = end - offset
     if offset + count * stride <= len(body):
         pos, uniform, j = offset, True, 0
         for kind, t, item in props:
@@ -315,14 +318,7 @@ def _list_element_bytes(body, offset: int, count: int, props, order: str) -> int
     # General case: walk the records (polygon meshes with mixed list lengths).
     pos = offset
     for _ in range(count):
-        for kind, t, item in props:
-            if kind == "scalar":
-                pos += np.dtype(t).itemsize
-                continue
-            n = read_count(pos, t)
-            if n is None or n < 0:
-                return None
-            pos += np.dtype(t).itemsize + n * np.dtype(item).itemsize
-        if pos > len(body):
+        pos, _ = record_end(pos)
+        if pos is None or pos > len(body):
             return None
     return pos - offset
