@@ -57,6 +57,14 @@ def _root(path) -> Path:
     return Path(path if path is not None else os.environ.get("OM3DB_DB") or DEFAULT_DB)
 
 
+def _folder(path) -> Path:
+    """The database folder of ``path`` (not a PostgreSQL URL): refused when it looks like another URL."""
+    root = _root(path)
+    if _URL_LIKE.match(str(path if path is not None else root)):
+        raise _url_refused(str(path if path is not None else root))
+    return root
+
+
 def _check_path(path) -> None:
     """Refuse a database path that is not a folder path or URL: another type, or an empty string (which
     ``Path`` would silently read as the current folder)."""
@@ -162,9 +170,7 @@ def connect(
     elif ephemeral:
         root = Path(tempfile.mkdtemp(prefix="om3db-"))
     else:
-        root = _root(path)
-        if _URL_LIKE.match(str(path if path is not None else root)):
-            raise _url_refused(str(path if path is not None else root))
+        root = _folder(path)
         if vectors is not None:
             raise ConfigError(
                 f"vectors={str(vectors)!r} is the FAISS cache folder of a PostgreSQL database, but {root} is a "
@@ -201,10 +207,7 @@ def upgrade_database(
         url = _pg_url(path)
         check_url(url)
         return upgrade(_vectors_dir(url, None), url=url, lock_timeout=lock_timeout)
-    root = _root(path)
-    if _URL_LIKE.match(str(path if path is not None else root)):
-        raise _url_refused(str(path if path is not None else root))
-    return upgrade(root, url=url, lock_timeout=lock_timeout)
+    return upgrade(_folder(path), url=url, lock_timeout=lock_timeout)
 
 
 def _is_bool(value) -> bool:
