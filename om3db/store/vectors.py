@@ -10,6 +10,7 @@ GPU is present.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -103,13 +104,20 @@ def code_digests(codes: np.ndarray) -> np.ndarray:
     16-bit words with fixed odd random weights, mod 2**64. Equal rows give equal digests; a changed
     value changes the digest (a collision needs a chosen edit)."""
     words = np.ascontiguousarray(codes).view("<u2")
-    weights = np.random.default_rng(0x0F3D).integers(1, 2**63, size=words.shape[1], dtype=np.uint64) | np.uint64(1)
+    weights = _digest_weights(words.shape[1])
     out = np.empty(len(words), np.uint64)
     for at in range(0, len(words), 8192):  # bounded temporaries at 1M rows
         part = words[at : at + 8192].astype(np.uint64)
         with np.errstate(over="ignore"):
             out[at : at + 8192] = (part * weights).sum(axis=1, dtype=np.uint64)
     return out
+
+
+@functools.lru_cache(maxsize=8)
+def _digest_weights(n: int) -> np.ndarray:
+    """The digest's fixed odd weights for rows of ``n`` 16-bit words (made once per width: an IVF index
+    digests list by list)."""
+    return np.random.default_rng(0x0F3D).integers(1, 2**63, size=n, dtype=np.uint64) | np.uint64(1)
 
 
 def recall_at_k(approx_ids: np.ndarray, exact_ids: np.ndarray) -> float:
