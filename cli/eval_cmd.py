@@ -37,7 +37,7 @@ def _vocabulary(spec: str, exclude: list[str] | None):
     from om3db.evaluate import load_vocabulary
 
     if exclude is None:
-        return load_vocabulary(spec, exclude=("wall", "floor"))
+        return load_vocabulary(spec)  # its default: wall, floor
     names = tuple(e for e in exclude if e != "")
     vocab = load_vocabulary(spec, exclude=names)
     unknown = [e for e in names if e not in vocab.names]

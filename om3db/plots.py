@@ -31,13 +31,11 @@ def check_plot_dir(out: str | Path) -> Path:
     """Refuse a plot folder that cannot be one (checked before any work; creates nothing): a path that is a
     file or lies under a file, or a folder in which a figure's name is taken by a folder."""
     out = Path(out)
-    for folder in (out, *out.parents):
-        if folder.exists():
-            if not folder.is_dir():
-                if folder == out:
-                    raise ConfigError(f"{out}: exists and is not a folder. Give a folder for the plots")
-                raise ConfigError(f"{out}: cannot create the plot folder ({folder} is a file). Give a folder path")
-            break
+    existing = next((p for p in (out, *out.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        if existing == out:
+            raise ConfigError(f"{out}: exists and is not a folder. Give a folder for the plots")
+        raise ConfigError(f"{out}: cannot create the plot folder ({existing} is a file). Give a folder path")
     for name in PLOT_FILES:
         if (out / name).is_dir():
             raise ConfigError(f"{out / name}: is a folder, so the figure cannot be written. Move it away")

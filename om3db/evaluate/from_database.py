@@ -135,15 +135,11 @@ def _check_point_counts(db: Any, gt_ids: Mapping[str, np.ndarray]) -> None:
 def check_export_dir(export: str | Path) -> Path:
     """The folder semantic labels are exported to: new, or an existing folder (refused before any work)."""
     export = Path(export)
-    for folder in (export, *export.parents):
-        if folder.exists():
-            if not folder.is_dir() and folder == export:
-                raise EvaluationError(f"{export}: exists and is not a folder; give a folder to export the labels into")
-            if not folder.is_dir():
-                raise EvaluationError(
-                    f"{export}: cannot create the export folder ({folder} is a file); give a folder path"
-                )
-            break
+    existing = next((p for p in (export, *export.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        if existing == export:
+            raise EvaluationError(f"{export}: exists and is not a folder; give a folder to export the labels into")
+        raise EvaluationError(f"{export}: cannot create the export folder ({existing} is a file); give a folder path")
     return export
 
 
@@ -234,7 +230,7 @@ def semantic_from_database(
     ``fill="nearest"`` and PLY export read the scan's points (PLY vertices) from the path the scan was ingested from.
     """
     from .semantic import (
-        load_class_split,
+        novel_classes,
         save_semantic,
         semantic_gt,
         semantic_hiou,
@@ -251,13 +247,8 @@ def semantic_from_database(
         raise EvaluationError(f"unknown aggregation {aggregation!r}; choose one of {AGGREGATIONS}")
     if export is not None:
         check_export_dir(export)
-    if isinstance(novel, (str, Path)):  # a bad split file is refused before any scan is labelled
-        novel = load_class_split(novel)
-    if novel is not None:
-        novel = tuple(novel)
-        unknown = sorted(set(novel) - set(vocab.names))
-        if unknown:
-            raise EvaluationError(f"novel classes {unknown[:10]} are not in the vocabulary")
+    if novel is not None:  # a bad split is refused before any scan is labelled
+        novel = novel_classes(novel, vocab.names)
     gt_ids = resolve_gt(gt)
     if not gt_ids:
         raise EvaluationError("no ground-truth scenes given")

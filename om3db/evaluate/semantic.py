@@ -295,6 +295,15 @@ def load_class_split(path: str | Path) -> tuple[str, ...]:
     return names
 
 
+def novel_classes(novel: Iterable[str] | str | Path, class_names: Sequence[str]) -> tuple[str, ...]:
+    """The novel class names (given, or read from a split file), each a name of the vocabulary."""
+    names = load_class_split(novel) if isinstance(novel, (str, Path)) else tuple(novel)
+    unknown = sorted(set(names) - set(class_names))
+    if unknown:
+        raise EvaluationError(f"novel classes {unknown[:10]} are not in the vocabulary")
+    return names
+
+
 def semantic_hiou(
     pred_labels: np.ndarray | Mapping[str, np.ndarray],
     gt_labels: np.ndarray | Mapping[str, np.ndarray],
@@ -304,10 +313,7 @@ def semantic_hiou(
     ignore: int = UNLABELLED,
 ) -> HIoUResult:
     """mIoU over base and novel classes and their harmonic mean (hIoU). ``novel``: names or a split file."""
-    novel_names = load_class_split(novel) if isinstance(novel, (str, Path)) else tuple(novel)
-    unknown = sorted(set(novel_names) - set(class_names))
-    if unknown:
-        raise EvaluationError(f"novel classes {unknown[:10]} are not in the vocabulary")
+    novel_names = novel_classes(novel, class_names)
     res = semantic_miou(pred_labels, gt_labels, class_names=class_names, ignore=ignore)
     iou = np.array(res.iou)
     is_novel = np.array([n in set(novel_names) for n in res.class_names])

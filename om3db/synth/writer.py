@@ -92,7 +92,9 @@ _SCAN_BYTES = {"tiny": 5_000_000, "scannet": 80_000_000}
 
 
 def _is_scan(folder: Path) -> bool:
-    return (folder / "gt" / "scene.json").is_file() or ((folder / "color").is_dir() and (folder / "intrinsic").is_dir())
+    from ..scan import is_scan_dir
+
+    return (folder / "gt" / "scene.json").is_file() or is_scan_dir(folder)
 
 
 def _check_out(out: Path, scans: int, size: str) -> None:
