@@ -213,10 +213,10 @@ def check_ingest_request(
 ) -> None:
     """Refuse, before a database is created or a model loaded, an ingest whose scan paths do not exist or
     whose format, dtype or model preset is unknown (the CLI calls this before it creates the database)."""
-    from .captures import FORMATS
     from .embed import model_preset
     from .errors import ScanError
     from .hardware import resolve_dtype
+    from .scan import check_format
 
     roots = [paths_or_root] if isinstance(paths_or_root, (str, Path)) else list(paths_or_root)
     for root in roots:
@@ -226,8 +226,7 @@ def check_ingest_request(
             raise ScanError(root, "folder not found", "Pass a scan folder or a folder of scans") from exc
         except OSError:  # unreadable here (permissions, ...): the scan read names it, after the database's own checks
             pass
-    if format != "auto" and format not in FORMATS:
-        raise ConfigError(f"format must be 'auto' or one of {', '.join(FORMATS)}; got {format!r}")
+    check_format(format)
     if dtype not in (None, "auto"):
         resolve_dtype(dtype, "auto")
     if models is not None:
@@ -447,12 +446,15 @@ def ingest_scan(
     sam=None,
     masks: np.ndarray | None = None,
     progress: Progress | None = None,
+    fingerprint: str | None = None,
 ) -> IngestResult:
     """Turn one scan (and its class-agnostic masks) into instance records with per-view and
     per-instance vectors for every encoder (space name -> encoder, e.g. "siglip", "dinov2").
 
     masks: (N, M) bool, overriding ``scan.masks``; without either, the proposer is asked.
     sam: a SAM predictor (om3db.sam.load_sam) for crop mode "sam".
+    fingerprint: ``input_fingerprint(scan, config)`` when the caller has it already (it hashes the PLY,
+    the mask file and the 2D masks); None computes it.
     """
     _check_encoders(encoders)
     crop_cfg = config.resolved_crop(sam is not None)
@@ -534,7 +536,7 @@ def ingest_scan(
     return IngestResult(
         scan=scan.name,
         scan_path=os.path.abspath(scan.path),
-        fingerprint=input_fingerprint(scan, config),
+        fingerprint=fingerprint or input_fingerprint(scan, config),
         settings=settings,
         encoders={name: enc.identity for name, enc in encoders.items()},
         instances=instances,
@@ -697,7 +699,9 @@ def _run_one(plan: IngestPlan, i: int, folder: Path, *, stored, write, progress,
     ):
         return IngestOutcome(scan.name, str(folder), "skipped", old.instances, 0.0)
     cb = None if progress is None else (lambda stage, done, total, _n=scan.name: progress(_n, stage, done, total))
-    result = ingest_scan(scan, config=plan.config, encoders=plan.encoders, sam=plan.sam, progress=cb)
+    result = ingest_scan(
+        scan, config=plan.config, encoders=plan.encoders, sam=plan.sam, progress=cb, fingerprint=fingerprint
+    )
     write(result, {"key": plan.key, "ingest": result.settings, "report": dataclasses.asdict(result.report)})
     return IngestOutcome(
         scan.name, str(folder), "ingested", len(result.instances), time.perf_counter() - t0, result.report

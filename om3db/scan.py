@@ -340,6 +340,14 @@ def _image_size(path: Path) -> tuple[int, int, str, str | None]:
         return img.size[0], img.size[1], img.mode, img.format
 
 
+def check_format(format: str) -> None:  # noqa: A002 - the user-facing name (CLI --format)
+    """Refuse a capture format name that is neither 'auto' nor one of ``om3db.captures.FORMATS``."""
+    from .captures import FORMATS
+
+    if format != "auto" and format not in FORMATS:
+        raise ConfigError(f"format must be 'auto' or one of {', '.join(FORMATS)}; got {format!r}")
+
+
 def read_scan(
     path: str | Path,
     *,
@@ -386,7 +394,7 @@ def read_scan(
         nerfstudio capture without depth is refused without it (then depth is rendered from the PLY).
         Other formats define metric poses: passing it with them is an error.
     """
-    from .captures import FORMATS, detect_format
+    from .captures import detect_format
 
     root = Path(path)
     if frame_step < 1:
@@ -397,8 +405,7 @@ def read_scan(
         raise ConfigError(f"pose_convention must be 'opencv' or 'opengl', got {pose_convention!r}")
     if depth not in ("sensor", "rendered", "auto"):
         raise ConfigError(f"depth must be 'sensor', 'rendered' or 'auto', got {depth!r}")
-    if format != "auto" and format not in FORMATS:
-        raise ConfigError(f"format must be 'auto' or one of {', '.join(FORMATS)}; got {format!r}")
+    check_format(format)
     if not isinstance(min_confidence, int) or not 0 <= min_confidence <= 2:
         raise ConfigError(f"min_confidence must be 0, 1 or 2 (ARKit low, medium, high), got {min_confidence!r}")
     fusion = _fusion_config(fusion)
